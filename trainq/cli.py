@@ -1,0 +1,233 @@
+"""The `trainq` command: up (everything on one machine), serve, worker, submit, train, db."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+from trainq.settings import Settings
+
+
+def load_spec_file(path: str) -> dict:
+    text = Path(path).read_text()
+    return yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+def main(verbose: bool) -> None:
+    """trainq: submit PyTorch training jobs over HTTP and train them on a worker pool."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running the service and workers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Port of the service (default 8000).")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the database, broker "
+              "folder and checkpoints live (default ./.trainq).")
+@click.option("--workers", "worker_count", type=int, default=1, show_default=True, help="Local worker processes.")
+def up(port: int | None, host: str | None, data_dir: str | None, worker_count: int) -> None:
+    """Start the service and local workers on the embedded default (SQLite, a filesystem broker)."""
+    for key, value in (("DATA_DIR", data_dir and str(Path(data_dir).resolve())), ("PORT", port), ("HOST", host)):
+        if value:
+            os.environ[f"TRAINQ_{key}"] = str(value)
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    token_file = settings.data_dir / "worker_token"
+    if not settings.worker_token:
+        if not token_file.exists():
+            token_file.write_text(secrets.token_urlsafe(32))
+            token_file.chmod(0o600)
+        env["TRAINQ_WORKER_TOKEN"] = token_file.read_text().strip()
+    url = f"http://{settings.host}:{settings.port}"
+    env.setdefault("TRAINQ_SERVICE_URL", url)
+    env["TRAINQ_DATA_DIR"] = str(settings.data_dir.resolve())
+
+    from trainq.service.migrate import upgrade
+
+    upgrade(settings.resolved_database_url)
+    exe = [sys.executable, "-m", "trainq.cli"]
+    children = [subprocess.Popen(exe + ["serve", "--no-migrate"], env=env)]
+    children += [subprocess.Popen(exe + ["worker", "--pool", "cpu"], env=env) for _ in range(worker_count)]
+    if _wait_healthy(url, children[0]):
+        click.echo(f"\ntrainq is up: dashboard and API at {url}/  (data in {settings.data_dir.resolve()})")
+        click.echo(f"submit a job:  trainq submit examples/digits-mlp.yaml   or   curl -X POST {url}/api/v1/jobs "
+                   "-d @spec.json\n")
+    else:
+        click.echo("the service did not start; see the log above", err=True)
+    _supervise(children)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(f"{url}/api/v1/health", timeout=1).ok:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _supervise(children: list[subprocess.Popen]) -> None:
+    def stop(*_):
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    stop()
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default TRAINQ_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default TRAINQ_PORT or 8000).")
+@click.option("--processes", type=int, default=None, help="gunicorn worker processes (default 1 on SQLite, 2 else).")
+@click.option("--threads", type=int, default=8, show_default=True, help="Threads per process.")
+@click.option("--migrate/--no-migrate", default=True, show_default=True, help="Upgrade the database first.")
+def serve(host: str | None, port: int | None, processes: int | None, threads: int, migrate: bool) -> None:
+    """Run the service alone (gunicorn), with its reconciler."""
+    settings = Settings()
+    if migrate:
+        from trainq.service.migrate import upgrade
+
+        upgrade(settings.resolved_database_url)
+    from trainq.service.server import run
+
+    sqlite = settings.resolved_database_url.startswith("sqlite")
+    run(settings, host or settings.host, port or settings.port, processes or (1 if sqlite else 2), threads)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--pool", default="cpu", show_default=True, help="The pool (queue) this worker serves.")
+@click.option("--name", default=None, help="Worker name (default POOL@HOST-PID).")
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs at once (one process each).")
+@click.pass_context
+def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int) -> None:
+    """Run a worker that trains jobs from one pool."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from trainq.workers.app import create_worker_app, default_name
+
+    settings = Settings()
+    if not settings.worker_token:
+        raise click.UsageError("TRAINQ_WORKER_TOKEN is not set: a worker needs the token the service was given")
+    app = create_worker_app(settings)
+    argv = ["worker", "--queues", pool, "--hostname", name or default_name(pool), "--concurrency", str(concurrency),
+            "--pool", "prefork", "--max-tasks-per-child", "1", "--without-mingle", "--without-gossip",
+            "--loglevel", "INFO"]
+    app.worker_main(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Using the service
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--url", default=None, help="Service URL (default TRAINQ_SERVICE_URL).")
+@click.option("--wait", is_flag=True, help="Wait for the job to finish and print its final metrics.")
+def submit(spec_file: str, url: str | None, wait: bool) -> None:
+    """Submit a job spec (YAML or JSON) to the service."""
+    import requests
+
+    base = (url or Settings().service_url).rstrip("/")
+    answer = requests.post(f"{base}/api/v1/jobs", json=load_spec_file(spec_file), timeout=30)
+    body = answer.json()
+    if answer.status_code != 201:
+        for error in body.get("errors", []):
+            click.echo(f"{error['path']}: {error['message']}", err=True)
+        raise click.ClickException(body.get("message", answer.text))
+    click.echo(body["id"])
+    if wait:
+        while body["status"] in ("queued", "running"):
+            time.sleep(1)
+            body = requests.get(f"{base}/api/v1/jobs/{body['id']}", timeout=30).json()
+        click.echo(json.dumps({k: body[k] for k in ("status", "stop_reason", "epoch", "best_epoch", "metrics")},
+                              indent=2))
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write checkpoints here.")
+def train(spec_file: str, device: str | None, out: str | None) -> None:
+    """Train a spec in the foreground with no service: the engine alone."""
+    from trainq.models.callbacks import Callback
+    from trainq.models.engine import fit
+    from trainq.models.spec import SpecError, parse_spec
+
+    try:
+        spec = parse_spec(load_spec_file(spec_file))
+    except SpecError as exc:
+        for error in exc.errors:
+            click.echo(f"{error.path}: {error.message}", err=True)
+        raise click.ClickException("the spec is not valid")
+
+    class Progress(Callback):
+        def on_epoch_end(self, state):
+            shown = " ".join(f"{k}={v:.4f}" for k, v in state.metrics.items() if k != "epoch")
+            click.echo(f"epoch {state.epoch:>4}/{spec.training.epochs}  {shown}")
+
+    sink = None
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def sink(blob: bytes, info: dict) -> None:
+            (folder / "latest.safetensors").write_bytes(blob)
+            if info["is_best"]:
+                (folder / "best.safetensors").write_bytes(blob)
+
+    result = fit(spec, device=device, callbacks=[Progress()], checkpoint_sink=sink)
+    click.echo(f"{result.stop_reason} after {result.epochs} epochs (best epoch {result.best_epoch}); "
+               f"setup {result.setup_seconds:.2f}s, training {result.train_seconds:.2f}s")
+    click.echo(json.dumps(result.metrics, indent=2))
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to TRAINQ_DATABASE_URL."""
+    from trainq.service.migrate import upgrade
+
+    upgrade(Settings().resolved_database_url)
+    click.echo("database is at the latest revision")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Checkpoints: one safetensors file, never a pickle.
+
+Tensors: `model.*` (the weights), `optimizer.<param>.<key>`, `best.*` (the best weights when early stopping
+restores them), `rng.torch` and `rng.shuffle`. The header's metadata key `trainq` holds JSON with everything
+else a resume needs: epoch, step, spec, optimizer hyperparameters, scheduler, callback state, metrics history.
+A user loads the weights with `safetensors.torch.load_file(path)` and keeps the `model.` keys.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+if TYPE_CHECKING:
+    from trainq.models.engine import State
+
+FORMAT = "trainq-checkpoint/1"
+
+
+def dump(state: "State") -> bytes:
+    """Serialize the whole training state to safetensors bytes."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in state.model.state_dict().items()}
+    opt = state.optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in opt["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{idx}.{key}"] = value.detach().contiguous()
+            elif value is not None:
+                scalars.setdefault(str(idx), {})[key] = value
+    if state.tracker.best_weights is not None:
+        tensors.update({f"best.{k}": v.contiguous() for k, v in state.tracker.best_weights.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.shuffle"] = state.generator.get_state()
+    tensors = {k: v.cpu() for k, v in tensors.items()}
+    meta = {
+        "format": FORMAT,
+        "epoch": state.epoch,
+        "step": state.step,
+        "spec": state.spec.model_dump(mode="json"),
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+        "scheduler": state.scheduler.state_dict() if state.scheduler else None,
+        "callbacks": {type(cb).__name__: cb.state_dict() for cb in state.callbacks},
+        "metrics": state.metrics,
+        "history": state.history,
+    }
+    return save_tensors(tensors, metadata={"trainq": json.dumps(meta)})
+
+
+def read_meta(blob: bytes) -> dict[str, Any]:
+    """Read the JSON metadata of a checkpoint without touching its tensors."""
+    if len(blob) < 8:
+        raise ValueError("not a safetensors file: too short")
+    (size,) = struct.unpack("<Q", blob[:8])
+    if size > len(blob) - 8 or size > 100 * 1024 * 1024:
+        raise ValueError("not a safetensors file: bad header length")
+    header = json.loads(blob[8:8 + size])
+    meta = header.get("__metadata__", {}).get("trainq")
+    if meta is None:
+        raise ValueError("not a trainq checkpoint: no trainq metadata")
+    meta = json.loads(meta)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"unknown checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def restore(state: "State", blob: bytes) -> None:
+    """Put a checkpoint back into a freshly built state, so the run continues as if uninterrupted."""
+    meta = read_meta(blob)
+    tensors = load_tensors(blob)
+    device = next(state.model.parameters()).device
+    state.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, idx, name = key.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = value.to(device) if name != "step" else value
+    for idx, entry in meta["optimizer"]["scalars"].items():
+        opt_state.setdefault(int(idx), {}).update(entry)
+    state.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
+    if state.scheduler and meta["scheduler"]:
+        state.scheduler.load_state_dict(meta["scheduler"])
+    for cb in state.callbacks:
+        saved = meta["callbacks"].get(type(cb).__name__)
+        if saved is not None:
+            cb.load_state_dict(saved)
+    best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+    if best:
+        state.tracker.best_weights = best
+    torch.set_rng_state(tensors["rng.torch"])
+    state.generator.set_state(tensors["rng.shuffle"])
+    state.epoch, state.step = meta["epoch"], meta["step"]
+    state.metrics, state.history = meta["metrics"], meta["history"]
+    state.best_epoch, state.best_score = state.tracker.best_epoch, state.tracker.best
+
+
+def load_weights(blob: bytes) -> dict[str, torch.Tensor]:
+    """Return the model weights of a checkpoint, as a state dict."""
+    return {k[6:]: v for k, v in load_tensors(blob).items() if k.startswith("model.")}

@@ -1,0 +1,98 @@
+"""The Flask app factory: settings, database, broker producer, blueprints, JSON errors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, g, jsonify, request
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
+
+from trainq.broker import TRAIN_TASK, make_celery
+from trainq.service.db import make_engine, make_sessionmaker
+from trainq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class HexIdConverter(BaseConverter):
+    """Ids are 32 lowercase hex digits; anything else never reaches a handler (and never a path)."""
+
+    regex = "[0-9a-f]{32}"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: sessionmaker
+    storage: Path
+    _celery: object = None
+
+    def enqueue(self, job) -> bool:
+        """Send a job id to its pool's queue; False if the broker is unreachable (the reconciler retries)."""
+        try:
+            if self._celery is None:
+                self._celery = make_celery(self.settings, "trainq-service")
+            self._celery.send_task(TRAIN_TASK, args=[job.id], queue=job.pool, retry=True,
+                                   retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
+            return True
+        except Exception:  # noqa: BLE001 - any broker failure leaves the job queued in SQL
+            log.warning("could not send job %s to the broker", job.id, exc_info=True)
+            return False
+
+
+def services() -> Services:
+    from flask import current_app
+
+    return current_app.extensions["trainq"]
+
+
+def db() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db" not in g:
+        g.db = services().sessions()
+    return g.db
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.url_map.converters["hexid"] = HexIdConverter
+    settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    app.extensions["trainq"] = Services(settings, make_sessionmaker(engine), settings.storage_dir.resolve())
+
+    @app.teardown_appcontext
+    def _close(exc):
+        session = g.pop("db", None)
+        if session is not None:
+            if exc is not None:
+                session.rollback()
+            session.close()
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        body = getattr(exc, "body", None) or {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}
+        response = jsonify(body)
+        response.status_code = exc.code or 500
+        for key, value in (getattr(exc, "extra_headers", None) or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return jsonify({"error": "internal", "message": "an unexpected error; see the service log"}), 500
+
+    from trainq.service.api import bp as api_bp
+    from trainq.service.dashboard import bp as dashboard_bp
+    from trainq.service.worker_api import bp as worker_bp
+
+    app.register_blueprint(api_bp)
+    app.register_blueprint(worker_bp)
+    app.register_blueprint(dashboard_bp)
+    return app

@@ -1,0 +1,61 @@
+"""Request helpers shared by the blueprints: reading bodies, answering errors with field paths."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import yaml
+from flask import request
+from werkzeug.exceptions import HTTPException
+
+from trainq.models.spec import FieldError
+
+YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a JSON body."""
+
+    def __init__(self, code: int, error: str, message: str, **extra: Any):
+        super().__init__(description=message)
+        self.code = code
+        self.body = {"error": error, "message": message, **extra}
+
+
+def fail(code: int, error: str, message: str, **extra: Any) -> NoReturn:
+    raise ApiError(code, error, message, **extra)
+
+
+def invalid(errors: list[FieldError]) -> NoReturn:
+    fail(422, "validation", f"{len(errors)} error(s) in the spec", errors=[e.as_dict() for e in errors])
+
+
+def read_body() -> Any:
+    """Decode the body as JSON (or YAML by content type); 400 for anything that is not a document."""
+    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, before reading it whole
+    if not raw.strip():
+        fail(400, "bad_request", "the body is empty; send a JSON document")
+    try:
+        if request.mimetype in YAML_TYPES:
+            return yaml.safe_load(raw)
+        # NaN and Infinity are decoded as floats so that validation names the field that holds them.
+        return json.loads(raw, parse_constant=float)
+    except RecursionError:
+        fail(400, "bad_request", "the document is nested too deeply")
+    except (ValueError, yaml.YAMLError) as exc:
+        fail(400, "bad_request", f"the body is not valid {'YAML' if request.mimetype in YAML_TYPES else 'JSON'}: "
+                                 f"{str(exc)[:300]}")
+
+
+def int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        fail(400, "bad_request", f"query parameter {name} must be an integer")
+    if not lo <= number <= hi:
+        fail(400, "bad_request", f"query parameter {name} must be between {lo} and {hi}")
+    return number

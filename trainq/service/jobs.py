@@ -1,0 +1,258 @@
+"""The life of a job in SQL: submit, claim, heartbeat, report, finish, cancel, reconcile.
+
+Plain functions on a session, so the HTTP layer stays thin. Every write from a worker names its attempt
+and proves it with the attempt token; a conditional update decides, so a stale attempt changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from trainq.models.spec import JobSpec, Plan
+from trainq.service.db import utcnow
+from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, new_id
+
+Enqueue = Callable[[Job], bool]  # sends a job id to its pool's queue; False if the broker did not take it
+
+
+class Conflict(Exception):
+    """The job is not in a state that allows this (another attempt holds it, it has finished...)."""
+
+
+class Fenced(Conflict):
+    """The attempt is no longer the job's live attempt: its writes are refused."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_event(session: Session, job_id: str, message: str, *, source: str = "service", level: str = "info") -> None:
+    session.add(Event(job_id=job_id, message=message, source=source, level=level))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Submitting and cancelling
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def submit(session: Session, spec: JobSpec, plan: Plan) -> Job:
+    job = Job(name=spec.name, spec=spec.model_dump(mode="json"), pool=spec.resources.pool,
+              priority=spec.resources.priority, params=plan.params, max_epochs=spec.training.epochs)
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"submitted to pool {job.pool} ({plan.params} parameters)")
+    return job
+
+
+def mark_enqueued(session: Session, job: Job, enqueue: Enqueue) -> None:
+    """Send the job to the broker; on failure leave enqueued_at empty so the reconciler sends it later."""
+    if enqueue(job):
+        session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.queued.value)
+                        .values(enqueued_at=utcnow()))
+    else:
+        add_event(session, job.id, "the broker did not take the job; it will be sent again", level="warning")
+
+
+def cancel(session: Session, job: Job) -> Job:
+    """Cancel a job: a queued one never starts, a running one is told at its next heartbeat."""
+    now = utcnow()
+    if job.status == JobStatus.queued.value:
+        done = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.queued.value).values(
+            status=JobStatus.cancelled.value, stop_reason="cancelled", finished_at=now, cancel_requested=True))
+        if done.rowcount:
+            add_event(session, job.id, "cancelled before it started")
+    elif job.status == JobStatus.running.value and not job.cancel_requested:
+        session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
+        add_event(session, job.id, "cancel requested; the worker stops at its next heartbeat")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The worker's side
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    job: Job
+    attempt: Attempt
+    token: str
+    resume: Checkpoint | None
+
+
+def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> Claim:
+    """Take a job that is queued, or whose lease expired; hand out a fresh attempt token."""
+    now = utcnow()
+    job = session.get(Job, job_id)
+    if job is None:
+        raise LookupError(job_id)
+    attempt_id = new_id()
+    token = secrets.token_urlsafe(32)
+    claimable = or_(
+        and_(Job.status == JobStatus.queued.value, Job.cancel_requested.is_(False)),
+        and_(Job.status == JobStatus.running.value, Job.lease_expires_at < now, Job.cancel_requested.is_(False)),
+    )
+    won = session.execute(update(Job).where(Job.id == job_id, claimable).values(
+        status=JobStatus.running.value, current_attempt_id=attempt_id, lease_expires_at=now + lease,
+        worker=worker, attempts=Job.attempts + 1, started_at=Job.started_at if job.started_at else now,
+    ).execution_options(synchronize_session=False))
+    if won.rowcount != 1:
+        raise Conflict(f"job {job_id} is {job.status} and held by another attempt" if job.status == "running"
+                       else f"job {job_id} is {job.status}")
+    session.refresh(job)
+    previous = session.scalars(select(Attempt).where(Attempt.job_id == job_id, Attempt.status == "running")).all()
+    for old in previous:
+        old.status, old.ended_at = "lost", now
+    attempt = Attempt(id=attempt_id, job_id=job_id, number=job.attempts, token_hash=hash_token(token), worker=worker)
+    session.add(attempt)
+    resume = latest_checkpoint(session, job_id)
+    add_event(session, job_id, f"attempt {attempt.number} claimed by {worker}"
+              + (f", resuming from epoch {resume.epoch}" if resume else ""))
+    session.flush()
+    return Claim(job, attempt, token, resume)
+
+
+def live_attempt(session: Session, attempt_id: str, token: str) -> tuple[Attempt, Job]:
+    """Return the attempt and its job if this attempt is the job's live one; raise Fenced otherwise."""
+    attempt = session.get(Attempt, attempt_id)
+    if attempt is None or not secrets.compare_digest(attempt.token_hash, hash_token(token)):
+        raise LookupError(attempt_id)
+    job = session.get(Job, attempt.job_id)
+    if job.current_attempt_id != attempt.id or job.status != JobStatus.running.value or attempt.status != "running":
+        raise Fenced(f"attempt {attempt.number} of job {job.id} is no longer live")
+    return attempt, job
+
+
+def heartbeat(session: Session, attempt: Attempt, lease: timedelta, epoch: int | None) -> bool:
+    """Extend the lease; return whether a cancel was requested."""
+    values: dict[str, Any] = {"lease_expires_at": utcnow() + lease}
+    if epoch is not None:
+        values["epoch"] = epoch
+    done = session.execute(update(Job).where(Job.id == attempt.job_id, Job.current_attempt_id == attempt.id,
+                                             Job.status == JobStatus.running.value).values(**values))
+    if done.rowcount != 1:
+        raise Fenced("the lease was lost")
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == attempt.job_id)))
+
+
+def record_metrics(session: Session, job_id: str, points: Iterable[tuple[str, int, int, float]]) -> int:
+    """Insert metric points; a point already stored for (job, name, step) is kept, so retries never duplicate."""
+    rows = [{"job_id": job_id, "name": n, "step": s, "epoch": e, "value": v} for n, s, e, v in points]
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]), rows)
+    epochs = [r["epoch"] for r in rows]
+    session.execute(update(Job).where(Job.id == job_id, Job.epoch < max(epochs)).values(epoch=max(epochs)))
+    return len(rows)
+
+
+def store_checkpoint(session: Session, attempt: Attempt, job: Job, blob: bytes, info: dict[str, Any],
+                     root: Path, keep: int) -> Checkpoint:
+    """Write a checkpoint file, record it, and prune to the best plus the latest `keep`."""
+    ckpt = Checkpoint(job_id=job.id, attempt_id=attempt.id, epoch=int(info["epoch"]), step=int(info["step"]),
+                      metric_name=info.get("metric_name"), metric=info.get("metric"), size=len(blob),
+                      sha256=hashlib.sha256(blob).hexdigest(), is_best=bool(info.get("is_best")))
+    session.add(ckpt)
+    session.flush()
+    path = checkpoint_path(root, job.id, ckpt.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(blob)
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    if ckpt.is_best:
+        session.execute(update(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.id != ckpt.id)
+                        .values(is_best=False))
+    prune_checkpoints(session, job.id, root, keep)
+    return ckpt
+
+
+def checkpoint_path(root: Path, job_id: str, checkpoint_id: str) -> Path:
+    return root / "checkpoints" / job_id / f"{checkpoint_id}.safetensors"
+
+
+def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    return session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                           .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1)).first()
+
+
+def prune_checkpoints(session: Session, job_id: str, root: Path, keep: int) -> None:
+    ckpts = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                            .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())).all()
+    for old in [c for c in ckpts[keep:] if not c.is_best]:
+        session.delete(old)
+        checkpoint_path(root, job_id, old.id).unlink(missing_ok=True)
+
+
+def finish(session: Session, attempt: Attempt, job: Job, outcome: dict[str, Any]) -> Job:
+    """Record an attempt's final outcome, only if it is still the live attempt."""
+    now = utcnow()
+    status = outcome["status"]
+    done = session.execute(update(Job).where(
+        Job.id == job.id, Job.current_attempt_id == attempt.id, Job.status == JobStatus.running.value,
+    ).values(status=status, stop_reason=outcome.get("stop_reason"), finished_at=now, lease_expires_at=None,
+             epoch=outcome.get("epoch", job.epoch), best_epoch=outcome.get("best_epoch"),
+             metrics=outcome.get("metrics") or {}, error=outcome.get("error")))
+    if done.rowcount != 1:
+        raise Fenced("the lease was lost before the attempt finished")
+    attempt.status, attempt.ended_at = "ended", now
+    reason = outcome.get("stop_reason")
+    add_event(session, job.id, f"{status} ({reason}) after {outcome.get('epoch', job.epoch)} epochs",
+              level="error" if status == JobStatus.failed.value else "info")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The reconciler: SQL decides what runs, the broker only delivers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now: datetime | None = None) -> dict:
+    """Requeue jobs whose lease expired, and send again queued jobs the broker may have lost."""
+    now = now or utcnow()
+    expired = session.scalars(select(Job).where(Job.status == JobStatus.running.value,
+                                                Job.lease_expires_at < now)).all()
+    requeued, lost_cancelled, resent = 0, 0, 0
+    for job in expired:
+        if job.cancel_requested:
+            done = session.execute(update(Job).where(Job.id == job.id, Job.current_attempt_id == job.current_attempt_id,
+                                                     Job.lease_expires_at < now).values(
+                status=JobStatus.cancelled.value, stop_reason="cancelled", finished_at=now, lease_expires_at=None))
+            if done.rowcount:
+                lost_cancelled += 1
+                add_event(session, job.id, "cancelled: its worker went silent after the cancel request")
+            continue
+        done = session.execute(update(Job).where(Job.id == job.id, Job.current_attempt_id == job.current_attempt_id,
+                                                 Job.lease_expires_at < now).values(
+            status=JobStatus.queued.value, current_attempt_id=None, lease_expires_at=None, enqueued_at=None))
+        if done.rowcount:
+            session.execute(update(Attempt).where(Attempt.job_id == job.id, Attempt.status == "running")
+                            .values(status="lost", ended_at=now))
+            requeued += 1
+            add_event(session, job.id, f"lease expired (worker {job.worker} went silent); requeued", level="warning")
+    session.flush()
+    stale = session.scalars(select(Job).where(
+        Job.status == JobStatus.queued.value,
+        or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - requeue_after))).all()
+    for job in stale:
+        if enqueue(job):
+            job.enqueued_at = now
+            resent += 1
+    return {"requeued": requeued, "cancelled": lost_cancelled, "resent": resent}

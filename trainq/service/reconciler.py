@@ -1,0 +1,46 @@
+"""The reconciler: a thread in the service that requeues jobs whose worker went silent or whose message was lost."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy import text
+
+from trainq.service import jobs
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x7472_6169_6E71  # "trainq": one reconciler pass at a time across service processes (PostgreSQL)
+
+
+def reconcile_once(app: Flask) -> dict | None:
+    services = app.extensions["trainq"]
+    with services.sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_KEY}):
+                return None  # another service process is reconciling right now
+        result = jobs.reconcile(session, services.enqueue,
+                                timedelta(seconds=services.settings.requeue_after_seconds))
+        session.commit()
+    if any(result.values()):
+        log.info("reconciled: %s", result)
+    return result
+
+
+def start(app: Flask) -> threading.Event:
+    """Run reconcile_once every reconcile_seconds in a daemon thread; set the returned event to stop it."""
+    stop = threading.Event()
+    interval = app.extensions["trainq"].settings.reconcile_seconds
+
+    def loop():
+        while not stop.wait(interval):
+            try:
+                reconcile_once(app)
+            except Exception:  # noqa: BLE001 - a failed pass is retried at the next interval
+                log.exception("reconciler pass failed")
+
+    threading.Thread(target=loop, name="reconciler", daemon=True).start()
+    return stop

@@ -1,0 +1,31 @@
+"""Serve the app with gunicorn (threads per process), each process running the reconciler."""
+
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+from trainq.settings import Settings
+
+
+class Server(BaseApplication):
+    def __init__(self, settings: Settings, options: dict):
+        self.settings, self.options = settings, options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from trainq.service.app import create_app
+        from trainq.service.reconciler import start
+
+        app = create_app(self.settings)
+        start(app)
+        return app
+
+
+def run(settings: Settings, host: str, port: int, processes: int, threads: int) -> None:
+    Server(settings, {"bind": f"{host}:{port}", "workers": processes, "threads": threads,
+                      "worker_class": "gthread", "timeout": 120, "graceful_timeout": 30,
+                      "accesslog": None, "loglevel": "warning"}).run()

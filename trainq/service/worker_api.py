@@ -1,0 +1,165 @@
+"""The worker's HTTP API: claim, heartbeat, metrics, events, checkpoints, finish.
+
+Every route needs the worker token; every route after the claim names its attempt and carries the
+attempt token in `X-Trainq-Attempt-Token`. A write from an attempt that is no longer live gets 409.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from datetime import timedelta
+from functools import wraps
+
+from flask import Blueprint, jsonify, request, url_for
+
+from trainq.models.checkpoint import read_meta
+from trainq.service import jobs
+from trainq.service.app import db, services
+from trainq.service.http import fail, read_body
+from trainq.service.tables import FINISHED
+
+bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
+
+
+def worker_only(view):
+    @wraps(view)
+    def check(*args, **kwargs):
+        expected = services().settings.worker_token
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else ""
+        if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
+            fail(401, "unauthorized", "a worker token is required", extra_headers={"WWW-Authenticate": "Bearer"})
+        return view(*args, **kwargs)
+    return check
+
+
+def lease() -> timedelta:
+    return timedelta(seconds=services().settings.lease_seconds)
+
+
+def live(attempt_id: str):
+    token = request.headers.get("X-Trainq-Attempt-Token", "")
+    try:
+        return jobs.live_attempt(db(), attempt_id, token)
+    except LookupError:
+        fail(404, "not_found", f"no attempt {attempt_id} with that token")
+    except jobs.Fenced as exc:
+        fail(409, "fenced", str(exc))
+
+
+@bp.post("/jobs/<hexid:job_id>/claim")
+def claim(job_id: str):
+    body = read_body()
+    worker = str(body.get("worker", "unknown"))[:255] if isinstance(body, dict) else "unknown"
+    session = db()
+    try:
+        c = jobs.claim(session, job_id, worker, lease())
+    except LookupError:
+        fail(404, "not_found", f"no job {job_id}")
+    except jobs.Conflict as exc:
+        session.rollback()
+        fail(409, "not_claimable", str(exc))
+    session.commit()
+    settings = services().settings
+    resume = None
+    if c.resume is not None:
+        resume = {"checkpoint_id": c.resume.id, "epoch": c.resume.epoch,
+                  "url": url_for("worker_api.resume_checkpoint", attempt_id=c.attempt.id)}
+    return jsonify({"job_id": job_id, "attempt_id": c.attempt.id, "attempt": c.attempt.number, "token": c.token,
+                    "spec": c.job.spec, "lease_seconds": settings.lease_seconds,
+                    "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume})
+
+
+@bp.post("/attempts/<hexid:attempt_id>/heartbeat")
+def heartbeat(attempt_id: str):
+    body = read_body() if request.content_length else {}
+    attempt, _ = live(attempt_id)
+    epoch = body.get("epoch") if isinstance(body, dict) else None
+    session = db()
+    try:
+        cancel = jobs.heartbeat(session, attempt, lease(), epoch if isinstance(epoch, int) else None)
+    except jobs.Fenced as exc:
+        fail(409, "fenced", str(exc))
+    session.commit()
+    return jsonify({"cancel": cancel})
+
+
+@bp.post("/attempts/<hexid:attempt_id>/metrics")
+def metrics(attempt_id: str):
+    body = read_body()
+    attempt, job = live(attempt_id)
+    points = []
+    try:
+        for name, step, epoch, value in body["points"]:
+            if not isinstance(name, str) or len(name) > 64:
+                raise ValueError("name")
+            value = float(value)
+            if not math.isfinite(value):
+                continue  # JSON cannot carry NaN portably; a non-finite metric is simply not stored
+            points.append((name, int(step), int(epoch), value))
+    except (KeyError, TypeError, ValueError):
+        fail(400, "bad_request", "points must be a list of [name, step, epoch, value]")
+    session = db()
+    stored = jobs.record_metrics(session, job.id, points)
+    session.commit()
+    return jsonify({"received": stored})
+
+
+@bp.post("/attempts/<hexid:attempt_id>/events")
+def events(attempt_id: str):
+    body = read_body()
+    _, job = live(attempt_id)
+    session = db()
+    for entry in body.get("events", []) if isinstance(body, dict) else []:
+        level = entry.get("level", "info") if entry.get("level") in ("info", "warning", "error") else "info"
+        jobs.add_event(session, job.id, str(entry.get("message", ""))[:20_000], source="worker", level=level)
+    session.commit()
+    return jsonify({"ok": True})
+
+
+@bp.post("/attempts/<hexid:attempt_id>/checkpoints")
+def upload_checkpoint(attempt_id: str):
+    blob = request.get_data(cache=False)
+    attempt, job = live(attempt_id)
+    try:
+        meta = read_meta(blob)  # a safetensors header with trainq metadata, or refused: nothing is unpickled
+    except ValueError as exc:
+        fail(400, "bad_checkpoint", str(exc))
+    info = {"epoch": meta["epoch"], "step": meta["step"], "is_best": request.args.get("is_best") == "1",
+            "metric_name": request.args.get("metric_name")}
+    try:
+        info["metric"] = float(request.args["metric"]) if request.args.get("metric") else None
+    except ValueError:
+        fail(400, "bad_request", "metric must be a number")
+    keep = int(job.spec.get("training", {}).get("keep_checkpoints", 2))
+    session = db()
+    ckpt = jobs.store_checkpoint(session, attempt, job, blob, info, services().storage, keep)
+    session.commit()
+    return jsonify({"id": ckpt.id}), 201
+
+
+@bp.get("/attempts/<hexid:attempt_id>/resume")
+def resume_checkpoint(attempt_id: str):
+    from trainq.service.api import send_checkpoint
+
+    _, job = live(attempt_id)
+    ckpt = jobs.latest_checkpoint(db(), job.id)
+    if ckpt is None:
+        fail(404, "not_found", "the job has no checkpoint")
+    return send_checkpoint(ckpt)
+
+
+@bp.post("/attempts/<hexid:attempt_id>/finish")
+def finish(attempt_id: str):
+    body = read_body()
+    attempt, job = live(attempt_id)
+    if not isinstance(body, dict) or body.get("status") not in FINISHED:
+        fail(400, "bad_request", f"status must be one of {list(FINISHED)}")
+    session = db()
+    try:
+        job = jobs.finish(session, attempt, job, body)
+    except jobs.Fenced as exc:
+        fail(409, "fenced", str(exc))
+    session.commit()
+    return jsonify({"status": job.status})

@@ -1,0 +1,47 @@
+"""One settings object, read from the environment with the TRAINQ_ prefix, shared by every process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a service or worker process needs to know about its surroundings."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINQ_", extra="ignore")
+
+    data_dir: Path = Path(".trainq")
+    # Empty means the embedded default under data_dir: SQLite and kombu's filesystem broker.
+    database_url: str = ""
+    broker_url: str = ""
+    service_url: str = "http://127.0.0.1:8000"
+    worker_token: str = ""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    lease_seconds: float = Field(30.0, gt=0)  # a claim lives this long without a heartbeat
+    heartbeat_seconds: float = Field(2.0, gt=0)  # worker -> service, also how fast a cancel is heard
+    metrics_flush_seconds: float = Field(1.0, gt=0)  # reporter batches metric points for this long
+    reconcile_seconds: float = Field(5.0, gt=0)  # how often the service looks for lost jobs
+    requeue_after_seconds: float = Field(300.0, gt=0)  # a queued job not claimed this long is sent again
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # checkpoints travel through the API
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'trainq.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()

@@ -1,0 +1,71 @@
+"""The worker's client of the service API: a worker token, retries with backoff, nothing lost on a blip."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """The service answered with a 4xx: retrying the same request will not help."""
+
+    def __init__(self, status: int, body: Any):
+        self.status, self.body = status, body
+        super().__init__(f"{status}: {body}")
+
+
+class Fenced(Refused):
+    """409: this attempt is no longer the job's live attempt."""
+
+
+class ServiceClient:
+    def __init__(self, base_url: str, worker_token: str, *, retry_for: float = 300.0, timeout: float = 30.0):
+        self.base = base_url.rstrip("/")
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {worker_token}"
+        self.retry_for, self.timeout = retry_for, timeout  # seconds
+
+    def call(self, method: str, path: str, *, retry_for: float | None = None, attempt_token: str | None = None,
+             **kwargs) -> requests.Response:
+        """Send a request, retrying connection errors and 5xx with exponential backoff for up to retry_for seconds."""
+        deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
+        headers = kwargs.pop("headers", {})
+        if attempt_token:
+            headers["X-Trainq-Attempt-Token"] = attempt_token
+        delay = 0.1
+        while True:
+            try:
+                response = self.http.request(method, self.base + path, headers=headers, timeout=self.timeout, **kwargs)
+                if response.status_code < 500 and response.status_code != 429:
+                    break
+                problem = f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() + delay > deadline:
+                raise ConnectionError(f"{method} {path} failed for {self.retry_for:.0f}s: {problem}")
+            log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        if response.status_code == 409:
+            raise Fenced(409, _body(response))
+        if response.status_code >= 400:
+            raise Refused(response.status_code, _body(response))
+        return response
+
+    def claim(self, job_id: str, worker: str) -> dict:
+        return self.call("POST", f"/api/v1/worker/jobs/{job_id}/claim", json={"worker": worker}).json()
+
+    def download(self, path: str, attempt_token: str) -> bytes:
+        return self.call("GET", path, attempt_token=attempt_token).content
+
+
+def _body(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:500]
