@@ -1,0 +1,100 @@
+"""Shared fixtures: a real PostgreSQL database (migrated by Alembic), a real Redis, an app, a client.
+
+Environment: TRAINQ_TEST_PG (default postgresql+psycopg://postgres@127.0.0.1:5432) and TRAINQ_TEST_REDIS
+(default redis://127.0.0.1:6379/7; that database is flushed before and after the run).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy.orm import sessionmaker
+
+from trainq.service.app import create_app
+from trainq.service.db import make_engine
+from trainq.service.migrate import upgrade
+from trainq.settings import Settings
+
+PG_SERVER = os.environ.get("TRAINQ_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("TRAINQ_TEST_REDIS", "redis://127.0.0.1:6379/7")
+WORKER_TOKEN = "test-worker-token"
+
+
+def _admin():
+    server = PG_SERVER.replace("postgresql+psycopg://", "postgresql://")
+    return psycopg.connect(f"{server}/postgres", autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def make_database():
+    """Create empty PostgreSQL databases on demand; drop them all at the end."""
+    created = []
+
+    def make() -> str:
+        name = f"trainq_test_{uuid.uuid4().hex[:12]}"
+        with _admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"{PG_SERVER}/{name}"
+
+    yield make
+    with _admin() as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url(make_database) -> str:
+    url = make_database()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture()
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture()
+def settings(pg_url, redis_url, tmp_path) -> Settings:
+    return Settings(database_url=pg_url, broker_url=redis_url, data_dir=tmp_path, worker_token=WORKER_TOKEN,
+                    lease_seconds=30, requeue_after_seconds=300)
+
+
+@pytest.fixture()
+def app(settings):
+    """The app, its sessions joined to one outer transaction that is rolled back after the test."""
+    app = create_app(settings)
+    engine = make_engine(settings.resolved_database_url)
+    connection = engine.connect()
+    outer = connection.begin()
+    app.extensions["trainq"].sessions = sessionmaker(bind=connection, expire_on_commit=False,
+                                                     join_transaction_mode="create_savepoint")
+    yield app
+    outer.rollback()
+    connection.close()
+    engine.dispose()
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture()
+def worker_headers():
+    return {"Authorization": f"Bearer {WORKER_TOKEN}"}

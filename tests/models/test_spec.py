@@ -1,0 +1,118 @@
+"""The spec: every error names its field's path; shapes, parameter counts and memory are arithmetic."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.specs import mlp, with_, xor
+from trainq.models import layers, losses, optimizers
+from trainq.models.spec import (LAYER_TYPES, LOSS_TYPES, OPTIMIZER_TYPES, SCHEDULE_TYPES, SpecError, parse_spec,
+                                plan)
+
+
+def errors_of(data) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    return {e.path: e.message for e in info.value.errors}
+
+
+def test_spec_module_does_not_import_torch():
+    import subprocess
+
+    code = "import sys, trainq.models.spec; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_registries_match_the_spec_names():
+    assert set(layers.LAYERS) == LAYER_TYPES
+    assert set(losses.LOSSES) == LOSS_TYPES
+    assert set(optimizers.OPTIMIZERS) == OPTIMIZER_TYPES
+    assert set(optimizers.SCHEDULES) == SCHEDULE_TYPES
+
+
+def test_plan_counts_parameters_and_shapes():
+    p = plan(parse_spec(mlp(hidden=(64, 32))))
+    assert [layer.output_shape for layer in p.layers] == [[64], [64], [32], [32], [10]]
+    assert [layer.params for layer in p.layers] == [64 * 64 + 64, 0, 64 * 32 + 32, 0, 32 * 10 + 10]
+    assert p.params == 4160 + 2080 + 330
+    assert p.input_shape == [64] and p.output_shape == [10] and p.task == "classification"
+
+
+def test_memory_estimate_grows_with_batch_and_optimizer_state():
+    small = plan(parse_spec(mlp(batch_size=16))).memory_bytes
+    big = plan(parse_spec(mlp(batch_size=512))).memory_bytes
+    sgd = plan(parse_spec(with_(mlp(batch_size=16), optimizer={"type": "sgd", "lr": 0.1}))).memory_bytes
+    assert big > small > sgd
+    # adam keeps two moments per parameter, plain sgd none: the difference is 2 * 4 bytes * params
+    assert small - sgd == 2 * 4 * plan(parse_spec(mlp())).params
+
+
+@pytest.mark.parametrize("change, path, fragment", [
+    ({"optimizer.lr": -0.1}, "optimizer.lr", "greater than 0"),
+    ({"optimizer.lr": float("nan")}, "optimizer.lr", "finite"),
+    ({"optimizer.lr": float("inf")}, "optimizer.lr", "finite"),
+    ({"training.epochs": 0}, "training.epochs", "greater than 0"),
+    ({"training.batch_size": "many"}, "training.batch_size", "integer"),
+    ({"dataset.name": "imagenet"}, "dataset.name", "digits"),
+    ({"resources.pool": "../etc"}, "resources.pool", "pattern"),
+    ({"name": "a\x00b"}, "name", "control characters"),
+    ({"name": "x" * 201}, "name", "at most 200"),
+    ({"training.surprise": 1}, "training.surprise", "Extra inputs"),
+])
+def test_field_errors_name_the_path(change, path, fragment):
+    errors = errors_of(with_(mlp(), **change))
+    assert path in errors, errors
+    assert fragment in errors[path]
+
+
+def test_layer_errors_name_the_layer_without_the_union_tag():
+    spec = mlp()
+    spec["model"]["layers"][2] = {"type": "dense", "units": 0}
+    spec["model"]["layers"][1] = {"type": "activation", "fn": "swish"}
+    errors = errors_of(spec)
+    assert set(errors) == {"model.layers[2].units", "model.layers[1].fn"}
+
+
+def test_unknown_layer_type_names_the_layer():
+    spec = mlp()
+    spec["model"]["layers"][0] = {"type": "transformer"}
+    assert "model.layers[0]" in errors_of(spec)
+
+
+def test_every_error_is_reported_at_once():
+    errors = errors_of(with_(mlp(), **{"optimizer.lr": -1, "training.epochs": -1, "dataset.seed": -1}))
+    assert {"optimizer.lr", "training.epochs", "dataset.seed"} <= set(errors)
+
+
+@pytest.mark.parametrize("spec, path, fragment", [
+    (mlp(outputs=7), "model.layers[2]", "needs 10 output units, got 7"),
+    (with_(xor(), **{"model.layers": [{"type": "dense", "units": 2}]}), "model.layers[0]", "bce needs 1 output"),
+    (with_(mlp(), **{"loss": {"type": "bce"}}), "loss.type", "bce is for two classes"),
+    (with_(mlp("diabetes", outputs=1)), "loss.type", "needs a classification dataset"),
+    (with_(mlp(), **{"training.early_stopping": {"monitor": "val_r2"}}), "training.early_stopping.monitor",
+     "unknown metric"),
+    (with_(mlp(), **{"dataset.val_fraction": 0.5, "dataset.test_fraction": 0.45}), "dataset.val_fraction", "10%"),
+    (with_(mlp(), **{"optimizer": {"type": "sgd", "nesterov": True}}), "optimizer", "nesterov needs momentum"),
+])
+def test_specs_that_cannot_run_are_refused(spec, path, fragment):
+    errors = errors_of(spec)
+    assert path in errors, errors
+    assert fragment in errors[path]
+
+
+def test_defaults_fill_the_optional_sections():
+    spec = parse_spec(mlp())
+    assert spec.schedule.type == "none"
+    assert spec.regularization.l2 == 0
+    assert spec.resources.pool == "cpu"
+    assert spec.training.keep_checkpoints == 2
+
+
+def test_early_stopping_mode_follows_the_metric():
+    loss = parse_spec(with_(mlp(), **{"training.early_stopping": {"monitor": "val_loss"}}))
+    acc = parse_spec(with_(mlp(), **{"training.early_stopping": {"monitor": "val_accuracy"}}))
+    assert loss.training.early_stopping.resolved_mode == "min"
+    assert acc.training.early_stopping.resolved_mode == "max"
