@@ -17,9 +17,10 @@ YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 class ApiError(HTTPException):
     """An HTTP error with a JSON body."""
 
-    def __init__(self, code: int, error: str, message: str, **extra: Any):
+    def __init__(self, code: int, error: str, message: str, extra_headers: dict | None = None, **extra: Any):
         super().__init__(description=message)
         self.code = code
+        self.extra_headers = extra_headers or {}
         self.body = {"error": error, "message": message, **extra}
 
 

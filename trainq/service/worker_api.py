@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import secrets
 from datetime import timedelta
-from functools import wraps
 
 from flask import Blueprint, jsonify, request, url_for
 
@@ -22,16 +21,14 @@ from trainq.service.tables import FINISHED
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
 
 
-def worker_only(view):
-    @wraps(view)
-    def check(*args, **kwargs):
-        expected = services().settings.worker_token
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else ""
-        if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
-            fail(401, "unauthorized", "a worker token is required", extra_headers={"WWW-Authenticate": "Bearer"})
-        return view(*args, **kwargs)
-    return check
+@bp.before_request
+def require_worker_token():
+    """Every worker route needs the worker token; nothing else gets past this."""
+    expected = services().settings.worker_token
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else ""
+    if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
+        fail(401, "unauthorized", "a worker token is required", extra_headers={"WWW-Authenticate": "Bearer"})
 
 
 def lease() -> timedelta:

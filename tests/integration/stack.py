@@ -1,0 +1,114 @@
+"""Start real service and worker processes for a test, and stop them after; logs go to files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """A service and its workers as subprocesses, with the environment every process reads settings from."""
+
+    def __init__(self, folder: Path, **env: str):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINQ_")}
+        self.env.update({"TRAINQ_DATA_DIR": str(folder / "data"), "TRAINQ_PORT": str(self.port),
+                         "TRAINQ_SERVICE_URL": self.url, "TRAINQ_WORKER_TOKEN": "integration-token",
+                         "TRAINQ_HEARTBEAT_SECONDS": "0.5", "TRAINQ_METRICS_FLUSH_SECONDS": "0.25",
+                         "TRAINQ_RECONCILE_SECONDS": "1", "PYTHONUNBUFFERED": "1", **env})
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "trainq.cli", *args], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def serve(self) -> "Stack":
+        self.start("service", "serve")
+        self.wait_healthy()
+        return self
+
+    def worker(self, name: str = "worker", pool: str = "cpu") -> subprocess.Popen:
+        proc = self.start(name, "worker", "--pool", pool, "--name", f"{name}@test")
+        self.wait_for_log(name, "ready.")
+        return proc
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/api/v1/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"service not healthy:\n{self.logs()}")
+
+    def wait_for_log(self, name: str, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in (self.folder / f"{name}.log").read_text(errors="replace"):
+                return
+            if self.procs[name].poll() is not None:
+                break
+            time.sleep(0.2)
+        raise TimeoutError(f"{name} never logged {text!r}:\n{self.logs()}")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def logs(self, tail: int = 3000) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-tail:]}"
+                         for p in sorted(self.folder.glob("*.log")))
+
+    # -- the API ------------------------------------------------------------------------------------------------------
+
+    def submit(self, spec: dict) -> str:
+        answer = requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=10)
+        assert answer.status_code == 201, answer.text
+        return answer.json()["id"]
+
+    def job(self, job_id: str) -> dict:
+        return requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=10).json()
+
+    def get(self, path: str) -> dict:
+        return requests.get(f"{self.url}{path}", timeout=10).json()
+
+    def wait(self, job_id: str, until=lambda job: job["status"] in TERMINAL, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} stuck at {self.job(job_id)}:\n{self.logs()}")

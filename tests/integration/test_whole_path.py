@@ -1,0 +1,97 @@
+"""The whole path on real PostgreSQL, Redis, a gunicorn service and a Celery worker process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+import torch
+
+from tests.specs import mlp, with_, xor
+from trainq.models.checkpoint import load_weights
+from trainq.models.engine import build, evaluate, fit
+from trainq.models.spec import parse_spec
+
+pytestmark = pytest.mark.integration
+
+
+def test_xor_mlp_reaches_accuracy_one(stack):
+    job_id = stack.submit(xor())
+    job = stack.wait(job_id)
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["stop_reason"] == "completed" and job["epoch"] == 300
+    assert job["metrics"]["test_accuracy"] == 1.0
+    assert job["worker"] == "worker@test" and job["attempts"] == 1
+    assert job["started_at"] and job["finished_at"] >= job["started_at"]
+    series = stack.get(f"/api/v1/jobs/{job_id}/metrics")["series"]
+    assert series["val_loss"]["epoch"] == list(range(1, 301))
+    assert len(series["train_loss_step"]["step"]) == 30  # every 10 steps of 1 step per epoch
+
+
+def test_digits_mlp_and_its_best_checkpoint_reproduce_the_reported_accuracy(stack):
+    spec = mlp(hidden=(128,), epochs=40, early_stopping={"patience": 8})
+    job = stack.wait(stack.submit(spec))
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["metrics"]["test_accuracy"] >= 0.95
+    assert job["best_epoch"] is not None
+    checkpoints = stack.get(f"/api/v1/jobs/{job['id']}/checkpoints")["checkpoints"]
+    best = [c for c in checkpoints if c["is_best"]]
+    assert len(best) == 1 and best[0]["epoch"] == job["best_epoch"]
+    assert sum(c["is_latest"] for c in checkpoints) == 1
+    blob = requests.get(stack.url + best[0]["download_url"], timeout=10).content
+    state = build(parse_spec(spec))
+    state.model.load_state_dict(load_weights(blob))
+    local = evaluate(state, state.data.test, "test")
+    assert local["test_accuracy"] == pytest.approx(job["metrics"]["test_accuracy"], abs=1e-6)
+
+
+def test_the_service_path_learns_what_the_engine_learns(stack):
+    spec = mlp(epochs=4)
+    job = stack.wait(stack.submit(spec))
+    direct = fit(parse_spec(spec))
+    assert job["metrics"]["test_accuracy"] == pytest.approx(direct.metrics["test_accuracy"], abs=1e-6)
+    assert job["metrics"]["test_loss"] == pytest.approx(direct.metrics["test_loss"], rel=1e-4)
+    series = stack.get(f"/api/v1/jobs/{job['id']}/metrics?names=val_loss")["series"]["val_loss"]["value"]
+    assert series == pytest.approx([h["val_loss"] for h in direct.history], rel=1e-4)
+
+
+def test_cancel_stops_a_running_job_and_saves_nothing_more(stack):
+    spec = mlp(hidden=(256, 256), epochs=2000, batch_size=8, log_every_steps=1)
+    job_id = stack.submit(spec)
+    stack.wait(job_id, until=lambda j: j["status"] == "running" and j["epoch"] >= 1, timeout=60)
+    asked = time.monotonic()
+    answer = requests.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", timeout=10).json()
+    assert answer["cancel_requested"] is True
+    job = stack.wait(job_id, timeout=30)
+    assert time.monotonic() - asked < 10
+    assert job["status"] == "cancelled" and job["stop_reason"] == "cancelled"
+    assert job["epoch"] < 2000
+    before = stack.get(f"/api/v1/jobs/{job_id}/checkpoints")["checkpoints"]
+    time.sleep(1.5)
+    assert stack.get(f"/api/v1/jobs/{job_id}/checkpoints")["checkpoints"] == before
+    assert max(c["epoch"] for c in before) <= job["epoch"]
+
+
+def test_a_failing_job_ends_failed_and_the_next_job_still_runs(stack):
+    bad = with_(mlp("diabetes", outputs=1, epochs=5, log_every_steps=1), loss={"type": "mse"},
+                optimizer={"type": "sgd", "lr": 100.0})
+    failed = stack.wait(stack.submit(bad))
+    assert failed["status"] == "failed" and failed["stop_reason"] == "error"
+    assert "NonFiniteLoss" in failed["error"] and "at step" in failed["error"]
+    events = stack.get(f"/api/v1/jobs/{failed['id']}/events")["events"]
+    assert any("Traceback" in e["message"] and e["level"] == "error" for e in events)
+    after = stack.wait(stack.submit(xor()))
+    assert after["status"] == "succeeded" and after["metrics"]["test_accuracy"] == 1.0
+
+
+def test_a_duplicate_delivery_runs_one_attempt(stack):
+    from celery import Celery
+
+    job_id = stack.submit(mlp(epochs=3))
+    sender = Celery(broker=stack.env["TRAINQ_BROKER_URL"])
+    sender.send_task("trainq.train", args=[job_id], queue="cpu")  # the same id, delivered again
+    job = stack.wait(job_id)
+    time.sleep(1)  # let the duplicate reach the worker and be refused at claim
+    assert stack.job(job_id)["attempts"] == 1 and job["status"] == "succeeded"
+    assert torch.isfinite(torch.tensor(job["metrics"]["test_loss"]))

@@ -1,0 +1,306 @@
+"""The HTTP API against real PostgreSQL and Redis (no worker process: the worker's calls are made by hand)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.specs import mlp, with_, xor
+from trainq.service import jobs
+from trainq.service.db import utcnow
+from trainq.service.tables import Job
+
+
+def submit(client, spec=None) -> dict:
+    answer = client.post("/api/v1/jobs", json=spec or mlp())
+    assert answer.status_code == 201, answer.json
+    return answer.json
+
+
+def queued_ids(redis_client, queue="cpu") -> list[str]:
+    return [json.loads(m)["headers"]["argsrepr"].strip("[]'\"") for m in redis_client.lrange(queue, 0, -1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Submitting
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_submit_answers_201_queued_and_sends_the_id_to_the_pool_queue(client, redis_client):
+    job = submit(client)
+    assert job["status"] == "queued" and job["pool"] == "cpu" and job["params"] == 64 * 64 + 64 + 650
+    assert job["spec"]["training"]["epochs"] == 5
+    assert queued_ids(redis_client) == [job["id"]]
+    got = client.get(f"/api/v1/jobs/{job['id']}").json
+    assert got["status"] == "queued" and got["spec"] == job["spec"]
+
+
+def test_a_named_pool_gets_its_own_queue(client, redis_client):
+    job = submit(client, with_(mlp(), **{"resources.pool": "gpu"}))
+    assert queued_ids(redis_client, "gpu") == [job["id"]] and queued_ids(redis_client, "cpu") == []
+
+
+def test_a_form_encoded_body_from_curl_is_read_as_json(client):
+    # `curl -d @spec.json` sends application/x-www-form-urlencoded
+    answer = client.post("/api/v1/jobs", data=json.dumps(mlp()),
+                         content_type="application/x-www-form-urlencoded")
+    assert answer.status_code == 201
+
+
+def test_a_yaml_body_is_accepted(client):
+    import yaml
+
+    answer = client.post("/api/v1/jobs", data=yaml.safe_dump(xor()), content_type="application/yaml")
+    assert answer.status_code == 201 and answer.json["name"] == "xor"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs:validate", "/api/v1/jobs?dry_run=1"])
+def test_dry_run_plans_without_queueing(client, redis_client, path):
+    answer = client.post(path, json=mlp(hidden=(32,)))
+    assert answer.status_code == 200
+    planned = answer.json["plan"]
+    assert planned["params"] == 64 * 32 + 32 + 330
+    assert [layer["output_shape"] for layer in planned["layers"]] == [[32], [32], [10]]
+    assert planned["memory_bytes"] > 0
+    assert client.get("/api/v1/jobs").json["total"] == 0
+    assert redis_client.llen("cpu") == 0
+
+
+def test_bad_specs_get_422_with_every_path(client):
+    answer = client.post("/api/v1/jobs", data='{"name": "x", "dataset": {"name": "digits"}, '
+                         '"model": {"layers": [{"type": "dense", "units": 7}]}, "loss": {"type": "cross_entropy"}, '
+                         '"optimizer": {"type": "adam", "lr": Infinity}, "color": "red"}')
+    assert answer.status_code == 422
+    paths = {e["path"] for e in answer.json["errors"]}
+    assert paths == {"optimizer.lr", "color"}
+    # once the fields are right, the shape check speaks
+    answer = client.post("/api/v1/jobs", json=mlp(outputs=7))
+    assert answer.status_code == 422
+    assert answer.json["errors"] == [{"path": "model.layers[2]",
+                                      "message": "cross_entropy on digits needs 10 output units, got 7"}]
+
+
+@pytest.mark.parametrize("body", ["{", "not json", "[1, 2", '{"a": }', "\x00\x01"])
+def test_malformed_bodies_get_400(client, body):
+    answer = client.post("/api/v1/jobs", data=body)
+    assert answer.status_code == 400 and answer.json["error"] == "bad_request"
+
+
+def test_an_empty_body_and_a_non_object_get_clear_errors(client):
+    assert client.post("/api/v1/jobs", data="").status_code == 400
+    answer = client.post("/api/v1/jobs", json=[1, 2, 3])
+    assert answer.status_code == 422 and answer.json["errors"][0]["path"] == "(root)"
+
+
+def test_deep_nesting_gets_a_4xx(client):
+    answer = client.post("/api/v1/jobs", data="[" * 100_000 + "]" * 100_000)
+    assert answer.status_code in (400, 422)
+
+
+def test_an_oversize_body_gets_413(client, app):
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    answer = client.post("/api/v1/jobs", data=json.dumps(with_(mlp(), name="x" * 5000)))
+    assert answer.status_code == 413
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Listing and reading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_list_is_newest_first_filtered_and_paginated(client):
+    ids = [submit(client, with_(mlp(), name=f"job-{i}"))["id"] for i in range(5)]
+    client.post(f"/api/v1/jobs/{ids[1]}/cancel")
+    page = client.get("/api/v1/jobs?limit=2").json
+    assert page["total"] == 5 and [j["id"] for j in page["jobs"]] == [ids[4], ids[3]]
+    page = client.get("/api/v1/jobs?limit=2&offset=4").json
+    assert [j["id"] for j in page["jobs"]] == [ids[0]]
+    cancelled = client.get("/api/v1/jobs?status=cancelled").json
+    assert [j["id"] for j in cancelled["jobs"]] == [ids[1]]
+    assert client.get("/api/v1/jobs?name=job-3").json["total"] == 1
+    assert client.get("/api/v1/jobs?name=%25").json["total"] == 0  # % is a character, not a wildcard
+
+
+@pytest.mark.parametrize("query", ["status=lost", "limit=0", "limit=x", "offset=-1"])
+def test_bad_list_queries_get_400(client, query):
+    assert client.get(f"/api/v1/jobs?{query}").status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs/{}", "/api/v1/jobs/{}/metrics", "/api/v1/jobs/{}/events",
+                                  "/api/v1/jobs/{}/checkpoints"])
+def test_unknown_jobs_get_404(client, path):
+    assert client.get(path.format("0" * 32)).status_code == 404
+    assert client.get(path.format("..%2f..%2fetc")).status_code == 404
+
+
+def test_health(client):
+    assert client.get("/api/v1/health").json == {"status": "ok", "database": "ok"}
+
+
+def test_openapi_carries_the_spec_schema(client):
+    doc = client.get("/api/v1/openapi.json").json
+    assert "JobSpec" in doc["components"]["schemas"]
+    assert "/api/v1/jobs" in doc["paths"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cancelling
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_cancelled_queued_job_never_starts(client, worker_headers):
+    job = submit(client)
+    answer = client.post(f"/api/v1/jobs/{job['id']}/cancel").json
+    assert answer["status"] == "cancelled" and answer["stop_reason"] == "cancelled"
+    claim = client.post(f"/api/v1/worker/jobs/{job['id']}/claim", json={"worker": "w1"}, headers=worker_headers)
+    assert claim.status_code == 409
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The worker protocol
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def claim(client, job_id, worker_headers, worker="w1"):
+    return client.post(f"/api/v1/worker/jobs/{job_id}/claim", json={"worker": worker}, headers=worker_headers)
+
+
+def attempt_headers(worker_headers, claimed):
+    return {**worker_headers, "X-Trainq-Attempt-Token": claimed["token"]}
+
+
+def test_worker_routes_need_the_worker_token(client):
+    job = submit(client)
+    assert claim(client, job["id"], {}).status_code == 401
+    answer = claim(client, job["id"], {"Authorization": "Bearer wrong"})
+    assert answer.status_code == 401 and answer.headers["WWW-Authenticate"] == "Bearer"
+    assert client.get(f"/api/v1/jobs/{job['id']}").json["status"] == "queued"
+
+
+def test_only_one_attempt_wins_a_claim(client, worker_headers):
+    job = submit(client)
+    first = claim(client, job["id"], worker_headers)
+    assert first.status_code == 200
+    assert first.json["spec"]["name"] == "digits-mlp" and first.json["resume"] is None
+    assert claim(client, job["id"], worker_headers, "w2").status_code == 409
+    got = client.get(f"/api/v1/jobs/{job['id']}").json
+    assert got["status"] == "running" and got["worker"] == "w1" and got["attempts"] == 1
+
+
+def test_heartbeat_carries_the_cancel_flag(client, worker_headers):
+    job = submit(client)
+    c = claim(client, job["id"], worker_headers).json
+    beat = f"/api/v1/worker/attempts/{c['attempt_id']}/heartbeat"
+    assert client.post(beat, json={"epoch": 2}, headers=attempt_headers(worker_headers, c)).json == {"cancel": False}
+    assert client.get(f"/api/v1/jobs/{job['id']}").json["epoch"] == 2
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel").json["status"] == "running"
+    assert client.post(beat, json={}, headers=attempt_headers(worker_headers, c)).json == {"cancel": True}
+    # a wrong attempt token is not this attempt
+    assert client.post(beat, json={}, headers={**worker_headers, "X-Trainq-Attempt-Token": "nope"}).status_code == 404
+
+
+def test_metrics_are_stored_once_per_name_and_step(client, worker_headers):
+    job = submit(client)
+    c = claim(client, job["id"], worker_headers).json
+    url = f"/api/v1/worker/attempts/{c['attempt_id']}/metrics"
+    points = [["train_loss_step", 10, 1, 2.5], ["train_loss_step", 20, 1, 2.0], ["val_loss", 20, 1, 1.9]]
+    headers = attempt_headers(worker_headers, c)
+    assert client.post(url, json={"points": points}, headers=headers).status_code == 200
+    assert client.post(url, json={"points": points + [["val_loss", 40, 2, 1.5]]}, headers=headers).status_code == 200
+    series = client.get(f"/api/v1/jobs/{job['id']}/metrics").json["series"]
+    assert series["train_loss_step"] == {"step": [10, 20], "epoch": [1, 1], "value": [2.5, 2.0]}
+    assert series["val_loss"]["value"] == [1.9, 1.5]
+    only = client.get(f"/api/v1/jobs/{job['id']}/metrics?names=val_loss&after_step=20").json["series"]
+    assert only == {"val_loss": {"step": [40], "epoch": [2], "value": [1.5]}}
+    assert client.post(url, json={"points": [["x", "y"]]}, headers=headers).status_code == 400
+
+
+def test_a_stale_attempt_is_fenced_after_its_lease_expires(client, app, worker_headers):
+    job = submit(client)
+    old = claim(client, job["id"], worker_headers, "w1").json
+    session = app.extensions["trainq"].sessions()
+    session.execute(Job.__table__.update().where(Job.id == job["id"])
+                    .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    sent = []
+    result = jobs.reconcile(session, lambda j: sent.append(j.id) or True, timedelta(seconds=300))
+    session.commit()
+    assert result["requeued"] == 1 and sent == [job["id"]]
+    new = claim(client, job["id"], worker_headers, "w2").json
+    assert new["attempt"] == 2
+    base = f"/api/v1/worker/attempts/{old['attempt_id']}"
+    stale = attempt_headers(worker_headers, old)
+    assert client.post(f"{base}/heartbeat", json={}, headers=stale).status_code == 409
+    assert client.post(f"{base}/metrics", json={"points": [["a", 1, 1, 1.0]]}, headers=stale).status_code == 409
+    finish = {"status": "succeeded", "stop_reason": "completed", "epoch": 5, "metrics": {"test_accuracy": 0.1}}
+    assert client.post(f"{base}/finish", json=finish, headers=stale).status_code == 409
+    assert client.get(f"/api/v1/jobs/{job['id']}").json["status"] == "running"
+    live = attempt_headers(worker_headers, new)
+    ok = client.post(f"/api/v1/worker/attempts/{new['attempt_id']}/finish",
+                     json={**finish, "metrics": {"test_accuracy": 0.9}}, headers=live)
+    assert ok.status_code == 200
+    done = client.get(f"/api/v1/jobs/{job['id']}").json
+    assert done["status"] == "succeeded" and done["metrics"] == {"test_accuracy": 0.9} and done["worker"] == "w2"
+    events = [e["message"] for e in client.get(f"/api/v1/jobs/{job['id']}/events").json["events"]]
+    assert any("lease expired" in m for m in events) and any("attempt 2 claimed by w2" in m for m in events)
+
+
+def test_reconciler_sends_again_a_job_the_broker_never_took(client, app):
+    job = submit(client)
+    session = app.extensions["trainq"].sessions()
+    session.execute(Job.__table__.update().where(Job.id == job["id"]).values(enqueued_at=None))
+    session.commit()
+    sent = []
+    assert jobs.reconcile(session, lambda j: sent.append(j.id) or True, timedelta(seconds=300))["resent"] == 1
+    assert sent == [job["id"]]
+    assert session.scalar(select(Job.enqueued_at).where(Job.id == job["id"])) is not None
+
+
+def _checkpoint_blob(epochs=1):
+    from trainq.models.engine import fit
+    from trainq.models.spec import parse_spec
+
+    blobs = []
+    fit(parse_spec(mlp(epochs=epochs)), checkpoint_sink=lambda b, i: blobs.append(b))
+    return blobs
+
+
+def test_checkpoints_upload_list_download_and_prune(client, worker_headers):
+    job = submit(client, with_(mlp(), **{"training.keep_checkpoints": 1}))
+    c = claim(client, job["id"], worker_headers).json
+    url = f"/api/v1/worker/attempts/{c['attempt_id']}/checkpoints"
+    headers = attempt_headers(worker_headers, c)
+    blobs = _checkpoint_blob(epochs=3)
+    for i, blob in enumerate(blobs):
+        answer = client.post(f"{url}?is_best={'1' if i == 0 else '0'}&metric_name=val_loss&metric=0.5",
+                             data=blob, headers=headers)
+        assert answer.status_code == 201
+    listed = client.get(f"/api/v1/jobs/{job['id']}/checkpoints").json["checkpoints"]
+    assert [(c_["epoch"], c_["is_best"], c_["is_latest"]) for c_ in listed] == [(1, True, False), (3, False, True)]
+    download = client.get(listed[1]["download_url"])
+    assert download.status_code == 200 and download.data == blobs[2]
+    # a claim after this resumes from the latest checkpoint
+    resume = client.get(f"/api/v1/worker/attempts/{c['attempt_id']}/resume", headers=headers)
+    assert resume.data == blobs[2]
+
+
+def test_a_pickle_is_refused_as_a_checkpoint_and_stores_nothing(client, worker_headers, tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    job = submit(client)
+    c = claim(client, job["id"], worker_headers).json
+    answer = client.post(f"/api/v1/worker/attempts/{c['attempt_id']}/checkpoints", data=pickle.dumps(Payload()),
+                         headers=attempt_headers(worker_headers, c))
+    assert answer.status_code == 400
+    assert not marker.exists()
+    assert client.get(f"/api/v1/jobs/{job['id']}/checkpoints").json["checkpoints"] == []
