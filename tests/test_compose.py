@@ -1,0 +1,36 @@
+"""The compose file is valid for docker-compose and names every part the README promises."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compose_has_the_parts_and_health_checks():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "service", "worker-cpu", "worker-gpu"}
+    for name in ("postgres", "redis", "service"):
+        assert services[name]["healthcheck"]["test"]
+    gpu = services["worker-gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "cu" in gpu["build"]["args"]["TORCH_INDEX"]
+    assert services["worker-cpu"]["command"] == ["trainq", "worker", "--pool", "cpu"]
+    assert "TRAINQ_DATABASE_URL" in services["service"]["environment"]
+    for worker in ("worker-cpu", "worker-gpu"):  # workers hold no database credentials
+        assert set(services[worker]["environment"]) == {"TRAINQ_BROKER_URL", "TRAINQ_SERVICE_URL",
+                                                         "TRAINQ_WORKER_TOKEN"}
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
+def test_docker_compose_validates_the_file():
+    env = {**os.environ, "TRAINQ_WORKER_TOKEN": "x" * 32}
+    result = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
