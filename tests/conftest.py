@@ -12,6 +12,7 @@ import uuid
 import psycopg
 import pytest
 import redis
+from flask.testing import FlaskClient
 from sqlalchemy.orm import sessionmaker
 
 from trainq.service.app import create_app
@@ -75,6 +76,18 @@ def settings(pg_url, redis_url, tmp_path) -> Settings:
                     lease_seconds=30, requeue_after_seconds=300)
 
 
+class TokenClient(FlaskClient):
+    """A test client that sends its API token unless a test sets Authorization itself."""
+
+    token: str | None = None
+
+    def open(self, *args, **kwargs):
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self.token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return super().open(*args, headers=headers, **kwargs)
+
+
 @pytest.fixture()
 def app(settings):
     """The app, its sessions joined to one outer transaction that is rolled back after the test."""
@@ -84,6 +97,7 @@ def app(settings):
     outer = connection.begin()
     app.extensions["trainq"].sessions = sessionmaker(bind=connection, expire_on_commit=False,
                                                      join_transaction_mode="create_savepoint")
+    app.test_client_class = TokenClient
     yield app
     outer.rollback()
     connection.close()
@@ -91,8 +105,35 @@ def app(settings):
 
 
 @pytest.fixture()
-def client(app):
-    return app.test_client()
+def tokens(app) -> dict[str, str]:
+    """Users admin (role admin), alice and bob (role user), each with an API token."""
+    from trainq.service.auth import create_token, create_user
+
+    with app.extensions["trainq"].sessions() as session:
+        made = {name: create_token(session, create_user(session, name, role, password=f"{name}-password"))
+                for name, role in (("admin", "admin"), ("alice", "user"), ("bob", "user"))}
+        session.commit()
+    return made
+
+
+@pytest.fixture()
+def client_as(app, tokens):
+    """client_as("bob") -> a client signed in with bob's token; client_as(None) -> anonymous."""
+    def make(name: str | None) -> TokenClient:
+        c = app.test_client()
+        c.token = tokens[name] if name else None
+        return c
+    return make
+
+
+@pytest.fixture()
+def client(client_as):
+    return client_as("alice")
+
+
+@pytest.fixture()
+def anon(client_as):
+    return client_as(None)
 
 
 @pytest.fixture()

@@ -63,16 +63,48 @@ def up(port: int | None, host: str | None, data_dir: str | None, worker_count: i
     from trainq.service.migrate import upgrade
 
     upgrade(settings.resolved_database_url)
+    first_admin = _first_admin(settings)
     exe = [sys.executable, "-m", "trainq.cli"]
     children = [subprocess.Popen(exe + ["serve", "--no-migrate"], env=env)]
     children += [subprocess.Popen(exe + ["worker", "--pool", "cpu"], env=env) for _ in range(worker_count)]
     if _wait_healthy(url, children[0]):
         click.echo(f"\ntrainq is up: dashboard and API at {url}/  (data in {settings.data_dir.resolve()})")
+        if first_admin:
+            click.echo(f"sign in as 'admin' with this API token (shown once; also kept in "
+                       f"{settings.data_dir / 'admin_token'}):\n    {first_admin}")
         click.echo(f"submit a job:  trainq submit examples/digits-mlp.yaml   or   curl -X POST {url}/api/v1/jobs "
-                   "-d @spec.json\n")
+                   "-H 'Authorization: Bearer TOKEN' -d @spec.json\n")
     else:
         click.echo("the service did not start; see the log above", err=True)
     _supervise(children)
+
+
+def _sessions(settings: Settings):
+    from trainq.service.db import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(settings.resolved_database_url))
+
+
+def _first_admin(settings: Settings) -> str | None:
+    """On a database with no user, create 'admin' and return a new token for it (kept in data_dir/admin_token)."""
+    from sqlalchemy import func, select
+
+    from trainq.service.auth import create_token, create_user, seed_admin
+    from trainq.service.tables import User
+
+    with _sessions(settings)() as session:
+        if settings.admin_token:
+            seed_admin(session, settings.admin_token)
+            session.commit()
+            return None
+        if session.scalar(select(func.count()).select_from(User)):
+            return None
+        token = create_token(session, create_user(session, "admin", "admin"), "first admin")
+        session.commit()
+    path = settings.data_dir / "admin_token"
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
@@ -121,6 +153,12 @@ def serve(host: str | None, port: int | None, processes: int | None, threads: in
         from trainq.service.migrate import upgrade
 
         upgrade(settings.resolved_database_url)
+    if settings.admin_token:
+        from trainq.service.auth import seed_admin
+
+        with _sessions(settings)() as session:
+            seed_admin(session, settings.admin_token)
+            session.commit()
     from trainq.service.server import run
 
     sqlite = settings.resolved_database_url.startswith("sqlite")
@@ -156,13 +194,21 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int) ->
 @main.command()
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--url", default=None, help="Service URL (default TRAINQ_SERVICE_URL).")
+@click.option("--token", envvar="TRAINQ_TOKEN", default=None,
+              help="API token (default TRAINQ_TOKEN, else the embedded admin token in the data folder).")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and print its final metrics.")
-def submit(spec_file: str, url: str | None, wait: bool) -> None:
+def submit(spec_file: str, url: str | None, token: str | None, wait: bool) -> None:
     """Submit a job spec (YAML or JSON) to the service."""
     import requests
 
-    base = (url or Settings().service_url).rstrip("/")
-    answer = requests.post(f"{base}/api/v1/jobs", json=load_spec_file(spec_file), timeout=30)
+    settings = Settings()
+    base = (url or settings.service_url).rstrip("/")
+    if token is None and (settings.data_dir / "admin_token").exists():
+        token = (settings.data_dir / "admin_token").read_text().strip()
+    http = requests.Session()
+    if token:
+        http.headers["Authorization"] = f"Bearer {token}"
+    answer = http.post(f"{base}/api/v1/jobs", json=load_spec_file(spec_file), timeout=30)
     body = answer.json()
     if answer.status_code != 201:
         for error in body.get("errors", []):
@@ -172,7 +218,7 @@ def submit(spec_file: str, url: str | None, wait: bool) -> None:
     if wait:
         while body["status"] in ("queued", "running"):
             time.sleep(1)
-            body = requests.get(f"{base}/api/v1/jobs/{body['id']}", timeout=30).json()
+            body = http.get(f"{base}/api/v1/jobs/{body['id']}", timeout=30).json()
         click.echo(json.dumps({k: body[k] for k in ("status", "stop_reason", "epoch", "best_epoch", "metrics")},
                               indent=2))
 
@@ -213,6 +259,53 @@ def train(spec_file: str, device: str | None, out: str | None) -> None:
     click.echo(f"{result.stop_reason} after {result.epochs} epochs (best epoch {result.best_epoch}); "
                f"setup {result.setup_seconds:.2f}s, training {result.train_seconds:.2f}s")
     click.echo(json.dumps(result.metrics, indent=2))
+
+
+@main.group()
+def user() -> None:
+    """Users of the service (acts on TRAINQ_DATABASE_URL directly)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "user"]), default="user", show_default=True)
+@click.option("--password", is_flag=True, help="Ask for a password for the dashboard (else tokens only).")
+def user_add(name: str, role: str, password: bool) -> None:
+    """Add a user."""
+    from trainq.service.auth import create_user
+
+    secret = click.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
+    with _sessions(Settings())() as session:
+        try:
+            create_user(session, name, role, secret)
+        except ValueError as exc:
+            raise click.ClickException(str(exc))
+        session.commit()
+    click.echo(f"added {role} {name}", err=True)
+
+
+@main.group()
+def token() -> None:
+    """API tokens (acts on TRAINQ_DATABASE_URL directly)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--label", default="", help="What the token is for.")
+def token_create(name: str, label: str) -> None:
+    """Create an API token for user NAME and print it alone on stdout (it is shown only once)."""
+    from sqlalchemy import select
+
+    from trainq.service.auth import create_token
+    from trainq.service.tables import User
+
+    with _sessions(Settings())() as session:
+        found = session.scalar(select(User).where(User.name == name))
+        if found is None:
+            raise click.ClickException(f"no user {name!r}; add one with: trainq user add {name}")
+        value = create_token(session, found, label)
+        session.commit()
+    click.echo(value)
 
 
 @main.group()

@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(300.0, gt=0)  # a queued job not claimed this long is sent again
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # checkpoints travel through the API
 
+    secret_key: str = ""  # signs session cookies; empty: generated once into data_dir/secret_key
+    admin_token: str = ""  # for automation: an admin API token seeded at start
+    cookie_secure: bool = False  # set behind TLS so the session cookie is never sent in clear
+    login_per_minute: int = Field(10, gt=0)  # sign-in attempts per client address and user name
+    submit_per_minute: int = Field(600, gt=0)  # job submissions per user (per service process)
+    max_params: int = Field(50_000_000, gt=0)  # a larger model is refused at submission
+    max_memory_bytes: int = Field(16 * 1024**3, gt=0)  # so is a larger memory estimate
+
     @property
     def storage_dir(self) -> Path:
         return self.data_dir / "storage"

@@ -13,6 +13,7 @@ from pathlib import Path
 import requests
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+ADMIN_TOKEN = "tq_integration-admin-token-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -32,8 +33,11 @@ class Stack:
         self.env.update({"TRAINQ_DATA_DIR": str(folder / "data"), "TRAINQ_PORT": str(self.port),
                          "TRAINQ_SERVICE_URL": self.url, "TRAINQ_WORKER_TOKEN": "integration-token",
                          "TRAINQ_HEARTBEAT_SECONDS": "0.5", "TRAINQ_METRICS_FLUSH_SECONDS": "0.25",
-                         "TRAINQ_RECONCILE_SECONDS": "1", "PYTHONUNBUFFERED": "1", **env})
+                         "TRAINQ_RECONCILE_SECONDS": "1", "TRAINQ_ADMIN_TOKEN": ADMIN_TOKEN,
+                         "PYTHONUNBUFFERED": "1", **env})
         self.procs: dict[str, subprocess.Popen] = {}
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "ab")
@@ -94,15 +98,15 @@ class Stack:
     # -- the API ------------------------------------------------------------------------------------------------------
 
     def submit(self, spec: dict) -> str:
-        answer = requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=10)
+        answer = self.http.post(f"{self.url}/api/v1/jobs", json=spec, timeout=10)
         assert answer.status_code == 201, answer.text
         return answer.json()["id"]
 
     def job(self, job_id: str) -> dict:
-        return requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=10).json()
+        return self.http.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=10).json()
 
     def get(self, path: str) -> dict:
-        return requests.get(f"{self.url}{path}", timeout=10).json()
+        return self.http.get(f"{self.url}{path}", timeout=10).json()
 
     def wait(self, job_id: str, until=lambda job: job["status"] in TERMINAL, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout

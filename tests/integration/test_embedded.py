@@ -20,12 +20,13 @@ def embedded(tmp_path):
     s = Stack(tmp_path)
     s.port, s.url = port, f"http://127.0.0.1:{port}"
     # no database, broker or worker token: `up` must make its own
-    for key in ("TRAINQ_PORT", "TRAINQ_SERVICE_URL", "TRAINQ_WORKER_TOKEN"):
+    for key in ("TRAINQ_PORT", "TRAINQ_SERVICE_URL", "TRAINQ_WORKER_TOKEN", "TRAINQ_ADMIN_TOKEN"):
         s.env.pop(key)
     s.start("up", "up", "--port", str(port), "--data-dir", str(tmp_path / "data"))
     try:
         s.wait_for_log("up", "trainq is up", timeout=90)
         s.wait_for_log("up", "ready.", timeout=90)  # the local worker
+        s.http.headers["Authorization"] = "Bearer " + (tmp_path / "data" / "admin_token").read_text().strip()
         yield s
     finally:
         s.close()
@@ -37,6 +38,11 @@ def test_up_trains_jobs_on_sqlite_and_the_filesystem_broker(embedded, tmp_path):
     assert len((data / "worker_token").read_text().strip()) >= 32
     log = (tmp_path / "up.log").read_text()
     assert f"dashboard and API at {embedded.url}/" in log
+    token = (data / "admin_token").read_text().strip()
+    assert f"sign in as 'admin' with this API token" in log and token in log
+    import requests
+
+    assert requests.get(f"{embedded.url}/api/v1/jobs", timeout=5).status_code == 401  # secure by default
 
     first, second = embedded.submit(xor()), embedded.submit(mlp(epochs=3))
     assert embedded.wait(first)["metrics"]["test_accuracy"] == 1.0

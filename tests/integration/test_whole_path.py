@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import requests
 import torch
 
 from tests.specs import mlp, with_, xor
@@ -39,7 +38,7 @@ def test_digits_mlp_and_its_best_checkpoint_reproduce_the_reported_accuracy(stac
     best = [c for c in checkpoints if c["is_best"]]
     assert len(best) == 1 and best[0]["epoch"] == job["best_epoch"]
     assert sum(c["is_latest"] for c in checkpoints) == 1
-    blob = requests.get(stack.url + best[0]["download_url"], timeout=10).content
+    blob = stack.http.get(stack.url + best[0]["download_url"], timeout=10).content
     state = build(parse_spec(spec))
     state.model.load_state_dict(load_weights(blob))
     local = evaluate(state, state.data.test, "test")
@@ -61,7 +60,7 @@ def test_cancel_stops_a_running_job_and_saves_nothing_more(stack):
     job_id = stack.submit(spec)
     stack.wait(job_id, until=lambda j: j["status"] == "running" and j["epoch"] >= 1, timeout=60)
     asked = time.monotonic()
-    answer = requests.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", timeout=10).json()
+    answer = stack.http.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", timeout=10).json()
     assert answer["cancel_requested"] is True
     job = stack.wait(job_id, timeout=30)
     assert time.monotonic() - asked < 10

@@ -4,18 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request, send_file, url_for
-from sqlalchemy import func, select, text
+import csv
+import io
 
-from trainq.models.spec import JobSpec, SpecError, parse_spec, plan
+from flask import Blueprint, Response, jsonify, request, send_file, url_for
+from sqlalchemy import delete, func, select, text
+
+from trainq.models.spec import FieldError, JobSpec, SpecError, parse_spec, plan
 from trainq.service import jobs
 from trainq.service.app import db, services
+from trainq.service.auth import audit, create_token, limit, principal, require_admin, require_user
 from trainq.service.http import fail, int_arg, invalid, read_body
-from trainq.service.tables import Checkpoint, Event, Job, JobStatus, Metric
+from trainq.service.db import utcnow
+from trainq.service.tables import FINISHED, ApiToken, AuditEntry, Checkpoint, Event, Job, JobStatus, Metric, User
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 STATUSES = {s.value for s in JobStatus}
+PUBLIC = {"api.health", "api.openapi"}
+
+
+@bp.before_request
+def authenticate():
+    if request.endpoint not in PUBLIC:
+        require_user()
+
+
+def visible(query):
+    """Restrict a job query to what the caller may see: everything for an admin, their own jobs otherwise."""
+    p = principal()
+    return query if p.is_admin else query.where(Job.owner_id == p.id)
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -46,7 +64,8 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def get_job(job_id: str) -> Job:
-    job = db().get(Job, job_id)
+    """The job if the caller may see it; 404 otherwise, so another user's job looks like no job at all."""
+    job = db().scalars(visible(select(Job).where(Job.id == job_id))).first()
     if job is None:
         fail(404, "not_found", f"no job {job_id}")
     return job
@@ -56,9 +75,22 @@ def validated_spec() -> tuple[JobSpec, Any]:
     data = read_body()
     try:
         spec = parse_spec(data)
-        return spec, plan(spec)
+        job_plan = plan(spec)
     except SpecError as exc:
         invalid(exc.errors)
+    settings = services().settings
+    too_big = []
+    if job_plan.params > settings.max_params:
+        too_big.append(FieldError("model.layers", f"{job_plan.params} parameters exceed the limit of "
+                                                  f"{settings.max_params}"))
+    if job_plan.memory_bytes > settings.max_memory_bytes:
+        too_big.append(FieldError("model", f"the run needs about {job_plan.memory_bytes} bytes, more than the limit "
+                                           f"of {settings.max_memory_bytes}"))
+    if too_big:
+        fail(422, "too_large", "the model exceeds the pool's limits", errors=[e.as_dict() for e in too_big],
+             estimate={"params": job_plan.params, "memory_bytes": job_plan.memory_bytes},
+             limit={"params": settings.max_params, "memory_bytes": settings.max_memory_bytes})
+    return spec, job_plan
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -71,8 +103,11 @@ def submit_job():
     spec, job_plan = validated_spec()
     if request.args.get("dry_run") in ("1", "true", "yes"):
         return jsonify({"valid": True, "plan": job_plan.as_dict()})
+    p = principal()
+    limit(f"submit:{p.id}", services().settings.submit_per_minute)
     session = db()
-    job = jobs.submit(session, spec, job_plan)
+    job = jobs.submit(session, spec, job_plan, owner_id=p.id)
+    audit("submit", f"job:{job.id}", name=job.name)
     session.commit()
     jobs.mark_enqueued(session, job, services().enqueue)
     session.commit()
@@ -88,11 +123,8 @@ def validate_job():
     return jsonify({"valid": True, "plan": job_plan.as_dict()})
 
 
-@bp.get("/jobs")
-def list_jobs():
-    limit = int_arg("limit", 50, 1, 500)
-    offset = int_arg("offset", 0, 0, 10**9)
-    query = select(Job)
+def filtered_jobs():
+    query = visible(select(Job))
     status = request.args.get("status")
     if status:
         wanted = set(status.split(","))
@@ -104,10 +136,39 @@ def list_jobs():
     if request.args.get("name"):
         needle = request.args["name"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Job.name.ilike(f"%{needle}%", escape="\\"))
+    return query.order_by(Job.created_at.desc(), Job.id.desc())
+
+
+@bp.get("/jobs")
+def list_jobs():
+    size = int_arg("limit", 50, 1, 500)
+    offset = int_arg("offset", 0, 0, 10**9)
+    query = filtered_jobs()
     session = db()
-    total = session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).all()
-    return jsonify({"jobs": [job_json(j) for j in rows], "total": total, "limit": limit, "offset": offset})
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    rows = session.scalars(query.limit(size).offset(offset)).all()
+    return jsonify({"jobs": [job_json(j) for j in rows], "total": total, "limit": size, "offset": offset})
+
+
+def csv_cell(value: Any) -> str:
+    """A cell a spreadsheet will not run: text starting with = + - @ (or a tab or CR) is prefixed with '."""
+    text_value = "" if value is None else str(value)
+    return "'" + text_value if text_value[:1] in ("=", "+", "-", "@", "\t", "\r") else text_value
+
+
+@bp.get("/jobs.csv")
+def export_jobs():
+    out = io.StringIO()
+    writer = csv.writer(out)
+    columns = ["id", "name", "status", "pool", "worker", "epoch", "max_epochs", "best_epoch", "stop_reason",
+               "created_at", "finished_at"]
+    writer.writerow(columns + ["metrics"])
+    for job in db().scalars(filtered_jobs().limit(int_arg("limit", 10_000, 1, 100_000))):
+        row = job_json(job)
+        writer.writerow([csv_cell(row[c]) for c in columns]
+                        + [csv_cell(" ".join(f"{k}={v}" for k, v in sorted(row["metrics"].items())))])
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=trainq-jobs.csv"})
 
 
 @bp.get("/jobs/<hexid:job_id>")
@@ -119,8 +180,26 @@ def get_job_route(job_id: str):
 def cancel_job(job_id: str):
     session = db()
     job = jobs.cancel(session, get_job(job_id))
+    audit("cancel", f"job:{job.id}")
     session.commit()
     return jsonify(job_json(job))
+
+
+@bp.delete("/jobs/<hexid:job_id>")
+def delete_job(job_id: str):
+    job = get_job(job_id)
+    if job.status not in FINISHED:
+        fail(409, "not_finished", f"job {job_id} is {job.status}; cancel it first")
+    session = db()
+    ids = session.scalars(select(Checkpoint.id).where(Checkpoint.job_id == job_id)).all()
+    for table in (Metric, Event, Checkpoint):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.delete(job)
+    audit("delete", f"job:{job_id}", name=job.name)
+    session.commit()
+    for checkpoint_id in ids:  # files go after the rows are gone, so no row ever points at a missing file
+        jobs.checkpoint_path(services().storage, job_id, checkpoint_id).unlink(missing_ok=True)
+    return "", 204
 
 
 @bp.get("/jobs/<hexid:job_id>/metrics")
@@ -180,6 +259,8 @@ def download_checkpoint(job_id: str, checkpoint_id: str):
     ckpt = db().get(Checkpoint, checkpoint_id)
     if ckpt is None or ckpt.job_id != job_id:
         fail(404, "not_found", f"no checkpoint {checkpoint_id} in job {job_id}")
+    audit("download", f"checkpoint:{checkpoint_id}", job=job_id, epoch=ckpt.epoch)
+    db().commit()
     return send_checkpoint(ckpt)
 
 
@@ -189,6 +270,59 @@ def send_checkpoint(ckpt: Checkpoint):
         fail(404, "not_found", "the checkpoint file is gone (pruned)")
     return send_file(path, mimetype="application/octet-stream", as_attachment=True,
                      download_name=f"{ckpt.job_id}-epoch{ckpt.epoch}.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Who am I, API tokens, the audit log
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@bp.get("/me")
+def me():
+    p = principal()
+    return jsonify({"id": p.id, "name": p.name, "role": p.role})
+
+
+@bp.get("/tokens")
+def list_tokens():
+    rows = db().scalars(select(ApiToken).where(ApiToken.user_id == principal().id).order_by(ApiToken.created_at))
+    return jsonify({"tokens": [{"id": t.id, "label": t.label, "created_at": t.created_at.isoformat(),
+                                "revoked": t.revoked_at is not None} for t in rows]})
+
+
+@bp.post("/tokens")
+def new_token():
+    body = read_body() if request.content_length else {}
+    label = body.get("label", "") if isinstance(body, dict) else ""
+    if not isinstance(label, str) or len(label) > 64:
+        fail(422, "validation", "label must be a string of at most 64 characters",
+             errors=[{"path": "label", "message": "at most 64 characters"}])
+    session = db()
+    token = create_token(session, session.get(User, principal().id), label)
+    audit("token_create", f"user:{principal().id}", label=label)
+    session.commit()
+    return jsonify({"token": token, "label": label}), 201
+
+
+@bp.delete("/tokens/<hexid:token_id>")
+def revoke_token(token_id: str):
+    session = db()
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != principal().id and not principal().is_admin):
+        fail(404, "not_found", f"no token {token_id}")
+    row.revoked_at = row.revoked_at or utcnow()
+    audit("token_revoke", f"token:{token_id}")
+    session.commit()
+    return "", 204
+
+
+@bp.get("/audit")
+def audit_log():
+    require_admin()
+    size = int_arg("limit", 100, 1, 1000)
+    rows = db().scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(size))
+    return jsonify({"entries": [{"id": a.id, "at": a.at.isoformat(), "user": a.user_name, "action": a.action,
+                                 "target": a.target, "detail": a.detail, "ip": a.ip} for a in rows]})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

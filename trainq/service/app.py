@@ -29,6 +29,7 @@ class Services:
     settings: Settings
     sessions: sessionmaker
     storage: Path
+    limiter: object = None  # auth.RateLimiter
     _celery: object = None
 
     def enqueue(self, job) -> bool:
@@ -57,14 +58,33 @@ def db() -> Session:
     return g.db
 
 
+def secret_key(settings: Settings) -> str:
+    """The cookie-signing key: from the settings, or generated once into the data folder."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = settings.data_dir / "secret_key"
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, SECRET_KEY=secret_key(settings),
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=settings.cookie_secure, SESSION_COOKIE_NAME="trainq_session")
     app.url_map.converters["hexid"] = HexIdConverter
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
-    app.extensions["trainq"] = Services(settings, make_sessionmaker(engine), settings.storage_dir.resolve())
+    from trainq.service.auth import RateLimiter
+
+    app.extensions["trainq"] = Services(settings, make_sessionmaker(engine), settings.storage_dir.resolve(),
+                                        RateLimiter())
 
     @app.teardown_appcontext
     def _close(exc):
