@@ -12,7 +12,8 @@ def stack(make_database, redis_url, tmp_path_factory):
 
     redis.Redis.from_url(redis_url).flushdb()
     url = make_database()
-    s = Stack(tmp_path_factory.mktemp("stack"), TRAINQ_DATABASE_URL=url, TRAINQ_BROKER_URL=redis_url)
+    s = Stack(tmp_path_factory.mktemp("stack"), TRAINQ_DATABASE_URL=url, TRAINQ_BROKER_URL=redis_url,
+              TRAINQ_MAX_BODY_BYTES=str(4 * 1024 * 1024))
     try:
         s.serve()
         s.worker()

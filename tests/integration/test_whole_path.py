@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import requests
 import torch
 
 from tests.specs import mlp, with_, xor
@@ -94,3 +95,23 @@ def test_a_duplicate_delivery_runs_one_attempt(stack):
     time.sleep(1)  # let the duplicate reach the worker and be refused at claim
     assert stack.job(job_id)["attempts"] == 1 and job["status"] == "succeeded"
     assert torch.isfinite(torch.tensor(job["metrics"]["test_loss"]))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversize_body_gets_413_also_when_chunked(stack, chunked):
+    size = 5 * 1024 * 1024  # the stack's limit is 4 MiB
+
+    def chunks():
+        piece = b" " * 65536
+        for _ in range(size // len(piece)):
+            yield piece
+
+    body = chunks() if chunked else b" " * size
+    try:
+        # its own connection: after refusing a body the server closes the connection, as it should
+        answer = requests.post(f"{stack.url}/api/v1/jobs", data=body, timeout=30,
+                               headers={"Content-Type": "application/json", **stack.http.headers})
+    except requests.ConnectionError:
+        return  # the service closed the connection before reading it all: also refused, and not read
+    assert answer.status_code == 413, answer.text
+    assert stack.get("/api/v1/health")["status"] == "ok"

@@ -80,3 +80,12 @@ def test_a_torch_save_file_is_refused_without_unpickling():
     torch.save({"x": torch.zeros(2)}, buffer)
     with pytest.raises(ValueError):
         read_meta(buffer.getvalue())
+
+
+def test_a_truncated_checkpoint_is_refused():
+    spec = parse_spec(mlp(epochs=1))
+    _, blobs = run_with_checkpoints(spec)
+    blob = blobs[0][0]
+    assert read_meta(blob)["epoch"] == 1
+    with pytest.raises(ValueError, match="truncated"):
+        read_meta(blob[:-100])

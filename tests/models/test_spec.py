@@ -58,7 +58,7 @@ def test_memory_estimate_grows_with_batch_and_optimizer_state():
     ({"training.batch_size": "many"}, "training.batch_size", "integer"),
     ({"dataset.name": "imagenet"}, "dataset.name", "digits"),
     ({"resources.pool": "../etc"}, "resources.pool", "pattern"),
-    ({"name": "a\x00b"}, "name", "control characters"),
+    ({"name": "a\x00b"}, "name", "pattern"),
     ({"name": "x" * 201}, "name", "at most 200"),
     ({"training.surprise": 1}, "training.surprise", "Extra inputs"),
 ])

@@ -59,7 +59,13 @@ def read_meta(blob: bytes) -> dict[str, Any]:
     (size,) = struct.unpack("<Q", blob[:8])
     if size > len(blob) - 8 or size > 100 * 1024 * 1024:
         raise ValueError("not a safetensors file: bad header length")
-    header = json.loads(blob[8:8 + size])
+    try:
+        header = json.loads(blob[8:8 + size])
+        ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        raise ValueError("not a safetensors file: bad header") from None
+    if max(ends, default=0) != len(blob) - 8 - size:
+        raise ValueError("not a safetensors file: the tensors do not fill the file (truncated?)")
     meta = header.get("__metadata__", {}).get("trainq")
     if meta is None:
         raise ValueError("not a trainq checkpoint: no trainq metadata")

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Base
@@ -248,7 +248,7 @@ class ResourcesSpec(Spec):
 
 
 class JobSpec(Spec):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")  # no control characters
     dataset: DatasetSpec
     model: ModelSpec
     loss: LossSpec
@@ -257,13 +257,6 @@ class JobSpec(Spec):
     regularization: RegularizationSpec = RegularizationSpec()
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise ValueError("must not contain control characters")
-        return value
 
 
 def names_of(union: Any) -> set[str]:

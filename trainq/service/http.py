@@ -32,9 +32,21 @@ def invalid(errors: list[FieldError]) -> NoReturn:
     fail(422, "validation", f"{len(errors)} error(s) in the spec", errors=[e.as_dict() for e in errors])
 
 
+def body_bytes() -> bytes:
+    """Read the whole body, or 413 past MAX_CONTENT_LENGTH.
+
+    Reads until the stream ends: for a chunked body Werkzeug enforces the limit only on a read after the limit
+    is reached, so a single get_data() would silently truncate an oversized body instead of refusing it.
+    """
+    parts = []
+    while chunk := request.stream.read(1 << 16):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def read_body() -> Any:
     """Decode the body as JSON (or YAML by content type); 400 for anything that is not a document."""
-    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, before reading it whole
+    raw = body_bytes()
     if not raw.strip():
         fail(400, "bad_request", "the body is empty; send a JSON document")
     try:

@@ -12,6 +12,32 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _json(schema: dict, description: str = "ok") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERROR = _json(_ref("Error"), "error")
+OBJECT = _json({"type": "object"})
+HEX_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+
+
+def _op(summary: str, ok: dict[str, dict], errors: tuple[int, ...] = (), params: tuple = (), body: dict | None = None,
+        public: bool = False) -> dict:
+    codes = set(errors) | ({400, 413, 422} if body else set()) | (set() if public else {401, 403, 429})
+    op = {"summary": summary, "responses": {**ok, **{str(c): ERROR for c in sorted(codes)}},
+          "parameters": [{"name": p, "in": "path", "required": True, "schema": HEX_ID} if isinstance(p, str) else p
+                         for p in params]}
+    if body:
+        op["requestBody"] = body
+    if public:
+        op["security"] = []
+    return op
+
+
+def _query(name: str, schema: dict) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
 @lru_cache(maxsize=1)
 def document() -> dict:
     spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -22,35 +48,47 @@ def document() -> dict:
                                        "errors": {"type": "array", "items": {
                                            "type": "object", "properties": {"path": {"type": "string"},
                                                                             "message": {"type": "string"}}}}}}
-    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
-    error = {"description": "error", "content": {"application/json": {"schema": _ref("Error")}}}
-    ok = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
     spec_body = {"required": True, "content": {"application/json": {"schema": _ref("JobSpec")}}}
+    job = ("job_id",)
+    paging = (_query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+              _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}),
+              _query("status", {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}),
+              _query("pool", {"type": "string"}), _query("name", {"type": "string"}))
+    binary = {"description": "the file", "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                            "format": "binary"}}}}
+    csv_ok = {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}
+    no_content = {"description": "done"}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "trainq", "version": __version__},
+        "security": [{"bearer": []}],
         "paths": {
             "/api/v1/jobs": {
-                "post": {"summary": "Submit a job", "requestBody": spec_body,
-                         "parameters": [{"name": "dry_run", "in": "query", "schema": {"type": "string"}}],
-                         "responses": {"201": ok, "200": ok, "400": error, "413": error, "422": error}},
-                "get": {"summary": "List jobs, newest first", "parameters": [
-                    {"name": "status", "in": "query", "schema": {"type": "string"}},
-                    {"name": "pool", "in": "query", "schema": {"type": "string"}},
-                    {"name": "name", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
-                    "responses": {"200": ok, "400": error}},
+                "post": _op("Submit a job", {"201": OBJECT, "200": OBJECT}, body=spec_body,
+                            params=(_query("dry_run", {"type": "string", "enum": ["0", "1"]}),)),
+                "get": _op("List jobs, newest first", {"200": OBJECT}, (400,), paging),
             },
-            "/api/v1/jobs:validate": {"post": {"summary": "Validate a spec and dry-run it", "requestBody": spec_body,
-                                               "responses": {"200": ok, "400": error, "422": error}}},
-            "/api/v1/jobs/{job_id}": {"get": {"parameters": [job_id], "responses": {"200": ok, "404": error}}},
-            "/api/v1/jobs/{job_id}/cancel": {"post": {"parameters": [job_id], "responses": {"200": ok, "404": error}}},
-            "/api/v1/jobs/{job_id}/metrics": {"get": {"parameters": [job_id], "responses": {"200": ok, "404": error}}},
-            "/api/v1/jobs/{job_id}/events": {"get": {"parameters": [job_id], "responses": {"200": ok, "404": error}}},
-            "/api/v1/jobs/{job_id}/checkpoints": {"get": {"parameters": [job_id],
-                                                          "responses": {"200": ok, "404": error}}},
-            "/api/v1/health": {"get": {"responses": {"200": ok, "503": error}}},
+            "/api/v1/jobs.csv": {"get": _op("Export jobs as CSV", {"200": csv_ok}, (400,), paging)},
+            "/api/v1/jobs:validate": {"post": _op("Validate a spec and dry-run it", {"200": OBJECT}, body=spec_body)},
+            "/api/v1/jobs/{job_id}": {"get": _op("A job", {"200": OBJECT}, (404,), job),
+                                      "delete": _op("Delete a finished job", {"204": no_content}, (404, 409), job)},
+            "/api/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a job", {"200": OBJECT}, (404,), job)},
+            "/api/v1/jobs/{job_id}/metrics": {"get": _op("Metric series", {"200": OBJECT}, (400, 404), job + (
+                _query("names", {"type": "string"}), _query("after_step", {"type": "integer", "minimum": -1})))},
+            "/api/v1/jobs/{job_id}/events": {"get": _op("Log lines", {"200": OBJECT}, (400, 404), job + (
+                _query("after", {"type": "integer", "minimum": 0}),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 5000})))},
+            "/api/v1/jobs/{job_id}/checkpoints": {"get": _op("Checkpoints", {"200": OBJECT}, (404,), job)},
+            "/api/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/download": {
+                "get": _op("Download a checkpoint", {"200": binary}, (404,), job + ("checkpoint_id",))},
+            "/api/v1/me": {"get": _op("Who am I", {"200": OBJECT})},
+            "/api/v1/tokens": {"get": _op("My API tokens", {"200": OBJECT}),
+                               "post": _op("New API token (shown once)", {"201": OBJECT}, (400, 413, 422))},
+            "/api/v1/tokens/{token_id}": {"delete": _op("Revoke a token", {"204": no_content}, (404,), ("token_id",))},
+            "/api/v1/audit": {"get": _op("The audit log (admins)", {"200": OBJECT}, (400,), (
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),))},
+            "/api/v1/health": {"get": _op("Health", {"200": OBJECT, "503": OBJECT}, public=True)},
         },
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify, request, url_for
 from trainq.models.checkpoint import read_meta
 from trainq.service import jobs
 from trainq.service.app import db, services
-from trainq.service.http import fail, read_body
+from trainq.service.http import body_bytes, fail, read_body
 from trainq.service.tables import FINISHED
 
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
@@ -117,7 +117,7 @@ def events(attempt_id: str):
 
 @bp.post("/attempts/<hexid:attempt_id>/checkpoints")
 def upload_checkpoint(attempt_id: str):
-    blob = request.get_data(cache=False)
+    blob = body_bytes()
     attempt, job = live(attempt_id)
     try:
         meta = read_meta(blob)  # a safetensors header with trainq metadata, or refused: nothing is unpickled
