@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainq.models.spec import LOGIC_GATES, DatasetSpec
+from trainq.models.spec import LOGIC_GATES, SHAPE_CLASSES, DatasetSpec
 
 
 @dataclass
@@ -58,6 +58,61 @@ def _spirals(n: int, classes: int, noise: float, rng: np.random.Generator) -> tu
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
+def _shapes(n: int, size: int, channels: int, classes: int, noise: float,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Procedural images of shapes (circle, square, triangle, cross, ring, diamond) at random places, sizes,
+    rotations and colours, with Gaussian pixel noise: small enough to generate, hard enough for a CNN."""
+    labels = rng.integers(0, classes, n)
+    grid = np.linspace(-1, 1, size, dtype=np.float32)
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    images = np.empty((n, channels, size, size), dtype=np.float32)
+    for start in range(0, n, 4096):  # in chunks, to bound memory
+        idx = slice(start, min(n, start + 4096))
+        m = idx.stop - idx.start
+        cx, cy = rng.uniform(-0.3, 0.3, (2, m, 1, 1)).astype(np.float32)
+        r = rng.uniform(0.35, 0.65, (m, 1, 1)).astype(np.float32)
+        angle = rng.uniform(0, 2 * np.pi, (m, 1, 1)).astype(np.float32)
+        dx, dy = xx - cx, yy - cy
+        u = dx * np.cos(angle) + dy * np.sin(angle)
+        v = -dx * np.sin(angle) + dy * np.cos(angle)
+        dist = np.sqrt(dx ** 2 + dy ** 2)
+        masks = {
+            "circle": dist < r,
+            "square": np.maximum(abs(u), abs(v)) < 0.75 * r,
+            "triangle": (v > -r / 2) & (v < r) & (abs(u) < (r - v) / np.sqrt(3)),
+            "cross": ((abs(u) < r / 4) & (abs(v) < r)) | ((abs(v) < r / 4) & (abs(u) < r)),
+            "ring": (dist < r) & (dist > 0.6 * r),
+            "diamond": abs(u) + abs(v) < r,
+        }
+        shape = np.stack([masks[name] for name in SHAPE_CLASSES[:classes]])  # classes x m x H x W
+        mask = shape[labels[idx], np.arange(m)].astype(np.float32)
+        colour = rng.uniform(0.5, 1.0, (m, channels, 1, 1)).astype(np.float32)
+        images[idx] = mask[:, None] * colour + noise * rng.standard_normal((m, channels, size, size), np.float32)
+    return images, labels.astype(np.int64)
+
+
+def _inverse_sine(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Bishop's inverse problem: t ~ U(0, 1), x = t + 0.3 sin(2 pi t) + U(-noise, noise); predict t from x.
+    For some x several t fit, so a single Gaussian (MSE) averages them where a mixture does not."""
+    t = rng.uniform(0, 1, n).astype(np.float32)
+    x = t + 0.3 * np.sin(2 * np.pi * t) + rng.uniform(-noise, noise, n).astype(np.float32)
+    return x.reshape(-1, 1), t
+
+
+def one_hot(x: np.ndarray, columns: list[int], train: np.ndarray) -> np.ndarray:
+    """Replace each nominal column by its one-hot code, in place; categories are those of the training rows
+    (sorted), and a value never seen in training codes as all zeros."""
+    nominal = set(columns)
+    parts = []
+    for j in range(x.shape[1]):
+        if j in nominal:
+            categories = np.unique(x[train, j])
+            parts.append((x[:, j:j + 1] == categories[None, :]).astype(np.float32))
+        else:
+            parts.append(x[:, j:j + 1])
+    return np.concatenate(parts, axis=1)
+
+
 def raw(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
     """Return the whole dataset as (features, targets) arrays, before splitting."""
     from sklearn import datasets as sk
@@ -74,11 +129,17 @@ def raw(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
                              random_state=seed)
     elif name == "spirals":
         x, y = _spirals(n, spec.classes, spec.noise, np.random.default_rng(seed))
+    elif name == "shapes":
+        x, y = _shapes(n, spec.image_size, spec.channels, spec.classes, spec.noise, np.random.default_rng(seed))
+    elif name == "inverse_sine":
+        x, y = _inverse_sine(n, spec.noise, np.random.default_rng(seed))
     else:
         loader = {"digits": sk.load_digits, "iris": sk.load_iris, "wine": sk.load_wine,
                   "breast_cancer": sk.load_breast_cancer, "diabetes": sk.load_diabetes}[name]
         x, y = loader(return_X_y=True)
     x = np.asarray(x, dtype=np.float32)
+    if name == "digits" and spec.as_images:
+        x = x.reshape(-1, 1, 8, 8)
     y = np.asarray(y, dtype=np.float32 if spec.info().classes is None else np.int64)
     return x, y
 
@@ -99,15 +160,25 @@ def load(spec: DatasetSpec) -> Data:
     else:
         train, val, test = split_indices(len(x), spec.val_fraction, spec.test_fraction, spec.seed)
 
+    nominal = spec.preprocess.one_hot
     scale = spec.preprocess.scale
+    axes = (0, 2, 3) if x.ndim == 4 else 0  # images: one statistic per channel; tables: one per column
+    keep = x.ndim == 4
     if scale == "zscore":
-        shift, div = x[train].mean(axis=0), x[train].std(axis=0)
+        shift, div = x[train].mean(axis=axes, keepdims=keep), x[train].std(axis=axes, keepdims=keep)
     elif scale == "minmax":
-        shift, div = x[train].min(axis=0), x[train].max(axis=0) - x[train].min(axis=0)
+        low = x[train].min(axis=axes, keepdims=keep)
+        shift, div = low, x[train].max(axis=axes, keepdims=keep) - low
     else:
-        shift, div = np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32)
+        shift = np.zeros_like(x[train[:1]].mean(axis=axes, keepdims=keep))
+        div = np.ones_like(shift)
     div = np.where(div > 1e-12, div, 1.0)  # a constant column stays constant instead of dividing by zero
+    if nominal and x.ndim == 2:  # nominal columns are coded, not scaled
+        shift, div = np.array(shift, np.float32), np.array(div, np.float32)
+        shift[nominal], div[nominal] = 0.0, 1.0
     x = ((x - shift) / div).astype(np.float32)
+    if nominal:
+        x = one_hot(x, nominal, train)
 
     classes = spec.info().classes
     y_mean, y_std = 0.0, 1.0

@@ -16,13 +16,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from trainq.models.augment import build_augmentation, tta_views
 from trainq.models.callbacks import Callback, Checkpointer, EarlyStopping
 from trainq.models.checkpoint import restore
 from trainq.models.datasets import Data, Split, load
 from trainq.models.layers import build_model
 from trainq.models.losses import Objective, build_objective
-from trainq.models.optimizers import build_optimizer, build_schedule
-from trainq.models.spec import JobSpec, plan
+from trainq.models.optimizers import Schedule, build_optimizer, build_schedule, decoupled_decay
+from trainq.models.spec import JobSpec, batch_size, plan
 
 EVAL_BATCH = 8192  # rows per evaluation batch; evaluation keeps no graph, so this can be large
 
@@ -38,12 +39,13 @@ class State:
     spec: JobSpec
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: Schedule | None
     objective: Objective
     data: Data
     device: torch.device
     generator: torch.Generator  # shuffles the training split, seeded by training.seed
     tracker: EarlyStopping
+    augment: Any = None  # a module applied to training batches of images
     callbacks: list[Callback] = field(default_factory=list)
     interrupt: threading.Event = field(default_factory=threading.Event)  # set from outside to cancel
     epoch: int = 0  # epochs completed
@@ -61,7 +63,7 @@ class Result:
     stop_reason: str  # completed | early_stopped | cancelled
     epochs: int
     best_epoch: int | None
-    metrics: dict[str, float]  # the final metrics: test split, best monitored value
+    metrics: dict[str, Any]  # the final metrics: test split (and its confusion matrix), best monitored value
     history: list[dict[str, float]]
     setup_seconds: float
     train_seconds: float
@@ -94,7 +96,7 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
     units = plan(spec).output_shape[0]
     torch.manual_seed(spec.training.seed)  # model init and dropout draw from the global generator
     data = load(spec.dataset).to(device)
-    model = build_model(spec).to(device)
+    model = build_model(spec, data.train.x.shape[1:]).to(device)
     optimizer = build_optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.training.seed)
     tracker = tracker_for(spec, data)
@@ -104,7 +106,7 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
     all_callbacks.extend(callbacks)
     state = State(spec=spec, model=model, optimizer=optimizer, scheduler=build_schedule(spec, optimizer),
                   objective=build_objective(spec, units), data=data, device=device, generator=generator,
-                  tracker=tracker, callbacks=all_callbacks)
+                  tracker=tracker, augment=build_augmentation(spec, data), callbacks=all_callbacks)
     if resume is not None:
         restore(state, resume)
     return state
@@ -135,8 +137,12 @@ def fit(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: S
         state.epoch += 1
         state.metrics = {"epoch": state.epoch, **state.metrics, **evaluate(state, state.data.val, "val")}
         state.history.append(state.metrics)
-        if state.scheduler is not None:
-            state.scheduler.step()
+        schedule = state.scheduler
+        if schedule is not None and schedule.every == "epoch":
+            if schedule.on_metric:
+                schedule.scheduler.step(state.metrics.get("val_loss", state.metrics["train_loss"]))
+            else:
+                schedule.scheduler.step()
         for cb in state.callbacks:
             cb.on_epoch_end(state)
         if state.should_stop:
@@ -144,9 +150,9 @@ def fit(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: S
     for cb in state.callbacks:
         cb.on_train_end(state)
 
-    final: dict[str, float] = {}
+    final: dict[str, Any] = {}
     if state.stop_reason != "cancelled":
-        final = evaluate(state, state.data.test, "test")
+        final = evaluate(state, state.data.test, "test", tta=True, confusion=True)
         if state.best_score is not None:
             final[f"best_{state.tracker.monitor}"] = state.best_score
     return Result(state.stop_reason, state.epoch, state.best_epoch, final, state.history, setup_seconds,
@@ -158,23 +164,44 @@ def train_one_epoch(state: State) -> None:
     spec, model, train = state.spec, state.model, state.data.train
     reg = spec.regularization
     params = [p for p in model.parameters() if p.requires_grad]
-    n, batch_size, log_every = len(train), spec.training.batch_size, spec.training.log_every_steps
+    decay = decoupled_decay(spec) if spec.optimizer.type != "adamw" else 0.0  # adamw decays by itself
+    per_step = state.scheduler if state.scheduler is not None and state.scheduler.every == "step" else None
+    closure_step = spec.optimizer.type == "lbfgs"  # quasi-Newton re-evaluates the loss inside its step
+    n, size, log_every = len(train), batch_size(spec), spec.training.log_every_steps
     model.train()
     order = torch.randperm(n, generator=state.generator).to(state.device)
     epoch_sum = torch.zeros((), device=state.device)  # summed on the device: no host sync per step
     window_sum = torch.zeros((), device=state.device)
     window_steps = 0
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        loss = state.objective.loss(model(train.x[idx]), train.y[idx])
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if reg.l1:
-            grads = [p.grad for p in params if p.grad is not None]
-            torch._foreach_add_(grads, torch._foreach_sign([p for p in params if p.grad is not None]), alpha=reg.l1)
-        if reg.max_grad_norm:
-            nn.utils.clip_grad_norm_(params, reg.max_grad_norm, foreach=True)
-        state.optimizer.step()
+    for start in range(0, n, size):
+        idx = order[start:start + size]
+        x, y = train.x[idx], train.y[idx]
+        if state.augment is not None:
+            x = state.augment(x)
+        if reg.input_noise:
+            x = x + reg.input_noise * torch.randn_like(x)
+
+        def closure() -> torch.Tensor:
+            state.optimizer.zero_grad(set_to_none=True)
+            batch_loss = state.objective.loss(model(x), y)
+            batch_loss.backward()
+            if reg.l1:
+                with_grad = [p for p in params if p.grad is not None]
+                torch._foreach_add_([p.grad for p in with_grad], torch._foreach_sign(with_grad), alpha=reg.l1)
+            if reg.max_grad_norm:
+                nn.utils.clip_grad_norm_(params, reg.max_grad_norm, foreach=True)
+            return batch_loss
+
+        if closure_step:
+            loss = state.optimizer.step(closure)
+        else:
+            loss = closure()
+            state.optimizer.step()
+        if decay:
+            with torch.no_grad():
+                torch._foreach_mul_(params, 1 - state.optimizer.param_groups[0]["lr"] * decay)
+        if per_step is not None:
+            per_step.scheduler.step()
         state.step += 1
         detached = loss.detach()
         epoch_sum += detached * len(idx)
@@ -200,36 +227,58 @@ def _check_finite(value: float, step: int) -> None:
                             "or clip gradients (regularization.max_grad_norm)")
 
 
+def _outputs(state: State, split: Split, tta: bool) -> torch.Tensor:
+    """The model's outputs on a split, batched; with test-time augmentation, averaged probabilities."""
+    views = state.spec.test_time_augmentation if tta else None
+    to_probabilities = state.objective.probabilities
+    outputs = []
+    for start in range(0, len(split), EVAL_BATCH):
+        x = split.x[start:start + EVAL_BATCH]
+        if views is not None and to_probabilities is not None:
+            outputs.append(torch.stack([to_probabilities(state.model(v)) for v in tta_views(x, views)]).mean(0))
+        else:
+            outputs.append(state.model(x))
+    return torch.cat(outputs)
+
+
 @torch.inference_mode()
-def evaluate(state: State, split: Split, prefix: str) -> dict[str, float]:
-    """Loss and metrics on a split: accuracy for classification, MSE/RMSE/MAE/R² in target units for regression."""
+def evaluate(state: State, split: Split, prefix: str, tta: bool = False, confusion: bool = False) -> dict[str, Any]:
+    """Loss and metrics on a split: accuracy, precision, recall, F1 (macro) for classification; MSE, RMSE, MAE and
+    R² in the target's units for regression. With tta, the test-time augmentations of the spec are averaged."""
+    import torchmetrics.functional as M
+
     if len(split) == 0:
         return {}
     model = state.model
     model.eval()
-    loss_sum = torch.zeros((), device=state.device)
-    outputs = []
-    for start in range(0, len(split), EVAL_BATCH):
-        x, y = split.x[start:start + EVAL_BATCH], split.y[start:start + EVAL_BATCH]
-        out = model(x)
-        loss_sum += state.objective.loss(out, y) * len(x)
-        outputs.append(out)
-    out = torch.cat(outputs)
-    metrics = {f"{prefix}_loss": loss_sum / len(split)}
+    averaged = tta and state.spec.test_time_augmentation is not None and state.objective.probabilities is not None
+    out = _outputs(state, split, tta)
+    metrics: dict[str, torch.Tensor] = {}
+    if averaged:  # the outputs are probabilities: the loss is the NLL of the averaged prediction
+        metrics[f"{prefix}_loss"] = torch.nn.functional.nll_loss(out.clamp_min(1e-12).log(), split.y)
+    else:
+        metrics[f"{prefix}_loss"] = state.objective.loss(out, split.y)
+    extra: dict[str, Any] = {}
     data = state.data
     if state.objective.predict is not None:
-        metrics[f"{prefix}_accuracy"] = (state.objective.predict(out) == split.y).float().mean()
+        k = data.classes
+        pred = out.argmax(dim=1) if averaged else state.objective.predict(out)
+        task = {"task": "multiclass", "num_classes": k}
+        metrics[f"{prefix}_accuracy"] = (pred == split.y).float().mean()
+        metrics[f"{prefix}_precision"] = M.precision(pred, split.y, average="macro", **task)
+        metrics[f"{prefix}_recall"] = M.recall(pred, split.y, average="macro", **task)
+        metrics[f"{prefix}_f1"] = M.f1_score(pred, split.y, average="macro", **task)
+        if confusion:
+            extra[f"{prefix}_confusion_matrix"] = M.confusion_matrix(pred, split.y, **task).tolist()
     else:
-        pred = out * data.y_std + data.y_mean
+        pred = state.objective.point(out) * data.y_std + data.y_mean
         target = split.y * data.y_std + data.y_mean
-        err = pred - target
-        mse = (err ** 2).mean()
-        metrics[f"{prefix}_mse"] = mse
-        metrics[f"{prefix}_rmse"] = mse.sqrt()
-        metrics[f"{prefix}_mae"] = err.abs().mean()
-        metrics[f"{prefix}_r2"] = 1 - (err ** 2).sum() / ((target - target.mean()) ** 2).sum().clamp_min(1e-12)
-    values = torch.stack(list(metrics.values())).tolist()  # one host sync for all metrics
-    return dict(zip(metrics, values))
+        metrics[f"{prefix}_mse"] = M.mean_squared_error(pred, target)
+        metrics[f"{prefix}_rmse"] = metrics[f"{prefix}_mse"].sqrt()
+        metrics[f"{prefix}_mae"] = M.mean_absolute_error(pred, target)
+        metrics[f"{prefix}_r2"] = M.r2_score(pred.flatten(), target.flatten()) if len(split) > 1 else pred.new_zeros(())
+    values = torch.stack([v.float() for v in metrics.values()]).tolist()  # one host sync for all metrics
+    return {**dict(zip(metrics, values)), **extra}
 
 
 def predict(state: State, x: torch.Tensor) -> torch.Tensor:

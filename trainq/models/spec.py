@@ -11,10 +11,11 @@ a test asserts the two sets of names are equal.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Base
@@ -36,40 +37,49 @@ class Spec(BaseModel):
 class DatasetInfo:
     """What the service must know about a dataset to check a spec, without loading it."""
 
-    features: int
+    shape: tuple[int, ...]  # of one example: (features,) or (channels, height, width)
     classes: int | None  # None for regression
     fixed_size: int | None = None  # the logic gates are their truth table, nothing more
 
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
 
 LOGIC_GATES = ("or", "and", "xor")
-GENERATORS = ("moons", "circles", "spirals", "blobs")
+GENERATORS = ("moons", "circles", "spirals", "blobs", "shapes", "inverse_sine")
 SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 DATASET_NAMES = LOGIC_GATES + GENERATORS + SKLEARN_SETS
+SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "diamond")  # the procedural image set
 
 _BUILTIN_INFO = {
-    "or": DatasetInfo(2, 2, 4),
-    "and": DatasetInfo(2, 2, 4),
-    "xor": DatasetInfo(2, 2, 4),
-    "moons": DatasetInfo(2, 2),
-    "circles": DatasetInfo(2, 2),
-    "digits": DatasetInfo(64, 10, 1797),
-    "iris": DatasetInfo(4, 3, 150),
-    "wine": DatasetInfo(13, 3, 178),
-    "breast_cancer": DatasetInfo(30, 2, 569),
-    "diabetes": DatasetInfo(10, None, 442),
+    "or": DatasetInfo((2,), 2, 4),
+    "and": DatasetInfo((2,), 2, 4),
+    "xor": DatasetInfo((2,), 2, 4),
+    "moons": DatasetInfo((2,), 2),
+    "circles": DatasetInfo((2,), 2),
+    "inverse_sine": DatasetInfo((1,), None),
+    "iris": DatasetInfo((4,), 3, 150),
+    "wine": DatasetInfo((13,), 3, 178),
+    "breast_cancer": DatasetInfo((30,), 2, 569),
+    "diabetes": DatasetInfo((10,), None, 442),
 }
 
 
 class PreprocessSpec(Spec):
     scale: Literal["zscore", "minmax", "none"] = "zscore"  # statistics from the training split only
+    one_hot: list[Annotated[int, Field(ge=0, le=10_000)]] = Field(default_factory=list, max_length=1000)  # nominal
 
 
 class DatasetSpec(Spec):
     name: Literal[DATASET_NAMES]  # type: ignore[valid-type]
     n_samples: int = Field(1000, ge=8, le=1_000_000)  # generators only
     noise: float = Field(0.1, ge=0, le=10)  # generators only
-    classes: int = Field(3, ge=2, le=100)  # spirals and blobs only
+    classes: int = Field(3, ge=2, le=100)  # spirals, blobs and shapes (at most 6)
     features: int = Field(2, ge=1, le=10_000)  # blobs only
+    image_size: int = Field(16, ge=8, le=256)  # shapes only: height and width in pixels
+    channels: Literal[1, 3] = 1  # shapes only
+    as_images: bool = False  # digits only: 1x8x8 images instead of 64 features
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -77,9 +87,13 @@ class DatasetSpec(Spec):
 
     def info(self) -> DatasetInfo:
         if self.name == "spirals":
-            return DatasetInfo(2, self.classes)
+            return DatasetInfo((2,), self.classes)
         if self.name == "blobs":
-            return DatasetInfo(self.features, self.classes)
+            return DatasetInfo((self.features,), self.classes)
+        if self.name == "shapes":
+            return DatasetInfo((self.channels, self.image_size, self.image_size), self.classes)
+        if self.name == "digits":
+            return DatasetInfo((1, 8, 8) if self.as_images else (64,), 10, 1797)
         return _BUILTIN_INFO[self.name]
 
     def size(self) -> int:
@@ -97,76 +111,272 @@ class ShapeError(ValueError):
     """A layer cannot take the shape it is given."""
 
 
+def _needs(shape: Shape, dims: int, what: str) -> None:
+    if len(shape) != dims:
+        kind = "a flat input (features)" if dims == 1 else "an image input (channels, height, width)"
+        hint = "; add a flatten layer first" if dims == 1 else ""
+        raise ShapeError(f"{what} needs {kind}, got shape {list(shape)}{hint}")
+
+
+class SameShape:
+    """A layer that keeps its input's shape and has no parameters."""
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def param_count(self, shape: Shape) -> int:
+        return 0
+
+
 class DenseSpec(Spec):
     type: Literal["dense"]
     units: int = Field(gt=0, le=65_536)
     bias: bool = True
 
     def output_shape(self, shape: Shape) -> Shape:
-        if len(shape) != 1:
-            raise ShapeError(f"dense needs a flat input, got shape {list(shape)}; add a flatten layer first")
+        _needs(shape, 1, "dense")
         return (self.units,)
 
     def param_count(self, shape: Shape) -> int:
         return shape[0] * self.units + (self.units if self.bias else 0)
 
 
-class ActivationSpec(Spec):
+ACTIVATIONS = ("step", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "softmax")
+
+
+class ActivationSpec(SameShape, Spec):
     type: Literal["activation"]
-    fn: Literal["sigmoid", "tanh", "relu"]
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return shape
-
-    def param_count(self, shape: Shape) -> int:
-        return 0
+    fn: Literal[ACTIVATIONS]  # type: ignore[valid-type]
+    slope: float = Field(1.0, gt=0, le=100)  # sigmoid(slope * s)
+    negative_slope: float = Field(0.01, ge=0, le=1)  # leaky_relu
+    alpha: float = Field(1.0, gt=0, le=100)  # elu
 
 
-class DropoutSpec(Spec):
+class DropoutSpec(SameShape, Spec):
     type: Literal["dropout"]
     p: float = Field(0.5, ge=0, lt=1)
 
+
+class NoiseSpec(SameShape, Spec):
+    type: Literal["noise"]  # Gaussian noise added to the activations in training only
+    std: float = Field(0.1, ge=0, le=100)
+
+
+class Conv2dSpec(Spec):
+    type: Literal["conv2d"]
+    out_channels: int = Field(gt=0, le=4096)
+    kernel: int = Field(3, gt=0, le=31)
+    stride: int = Field(1, gt=0, le=16)
+    padding: Annotated[int, Field(ge=0, le=64)] | Literal["same", "valid"] = 0  # same: (kernel - 1) / 2 each side
+    bias: bool = True
+
+    def pad(self) -> int:
+        if self.padding == "same":
+            if self.kernel % 2 == 0:
+                raise ShapeError("padding 'same' needs an odd kernel")
+            return (self.kernel - 1) // 2
+        return 0 if self.padding == "valid" else self.padding
+
     def output_shape(self, shape: Shape) -> Shape:
-        return shape
+        _needs(shape, 3, "conv2d")
+        p = self.pad()
+        h, w = ((size + 2 * p - self.kernel) // self.stride + 1 for size in shape[1:])
+        if h < 1 or w < 1:
+            raise ShapeError(f"conv2d with kernel {self.kernel} does not fit an input of {list(shape)}")
+        return (self.out_channels, h, w)
+
+    def param_count(self, shape: Shape) -> int:
+        return self.out_channels * shape[0] * self.kernel ** 2 + (self.out_channels if self.bias else 0)
+
+
+class PoolSpec(Spec):
+    type: Literal["pool"]
+    kind: Literal["max", "avg", "stochastic"] = "max"  # stochastic: sample a_i with p_i = a_i / sum(a) in training
+    size: int = Field(2, gt=0, le=32)
+    stride: int | None = Field(None, gt=0, le=32)  # default: size
+
+    def output_shape(self, shape: Shape) -> Shape:
+        _needs(shape, 3, "pool")
+        stride = self.stride or self.size
+        h, w = ((size - self.size) // stride + 1 for size in shape[1:])
+        if h < 1 or w < 1:
+            raise ShapeError(f"pool of size {self.size} does not fit an input of {list(shape)}")
+        return (shape[0], h, w)
 
     def param_count(self, shape: Shape) -> int:
         return 0
 
 
-LayerSpec = Annotated[Union[DenseSpec, ActivationSpec, DropoutSpec], Field(discriminator="type")]
+class PadSpec(Spec):
+    type: Literal["pad"]  # zeros around an image: a 32x32x3 image padded by 2 is 36x36x3
+    size: int = Field(1, ge=0, le=64)
 
+    def output_shape(self, shape: Shape) -> Shape:
+        _needs(shape, 3, "pad")
+        return (shape[0], shape[1] + 2 * self.size, shape[2] + 2 * self.size)
+
+    def param_count(self, shape: Shape) -> int:
+        return 0
+
+
+class BatchnormSpec(Spec):
+    type: Literal["batchnorm"]  # over features (1d) or channels (2d), chosen by the input's shape
+    momentum: float = Field(0.1, gt=0, le=1)
+    eps: float = Field(1e-5, gt=0, le=1)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if len(shape) not in (1, 3):
+            raise ShapeError(f"batchnorm needs features or an image, got shape {list(shape)}")
+        return shape
+
+    def param_count(self, shape: Shape) -> int:
+        return 2 * shape[0]  # gamma and beta per feature or channel
+
+
+class FlattenSpec(Spec):
+    type: Literal["flatten"]
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (math.prod(shape),)
+
+    def param_count(self, shape: Shape) -> int:
+        return 0
+
+
+class MdnSpec(Spec):
+    type: Literal["mdn"]  # mixture density head: K mixing logits, K x D means, K x D log standard deviations
+    components: int = Field(5, gt=0, le=100)
+    outputs: int = Field(1, gt=0, le=100)
+
+    @property
+    def width(self) -> int:
+        return self.components * (1 + 2 * self.outputs)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        _needs(shape, 1, "mdn")
+        return (self.width,)
+
+    def param_count(self, shape: Shape) -> int:
+        return shape[0] * self.width + self.width
+
+
+LayerSpec = Annotated[Union[DenseSpec, ActivationSpec, DropoutSpec, NoiseSpec, Conv2dSpec, PoolSpec, PadSpec,
+                            BatchnormSpec, FlattenSpec, MdnSpec], Field(discriminator="type")]
+
+
+class ZerosInit(Spec):
+    type: Literal["zeros"]  # every hidden unit stays identical: the symmetry is never broken
+
+
+class NormalInit(Spec):
+    type: Literal["normal"]
+    mean: float = Field(0.0, ge=-10, le=10)
+    std: float = Field(0.01, gt=0, le=10)
+
+
+class UniformInit(Spec):
+    type: Literal["uniform"]
+    low: float = Field(-0.05, ge=-10, le=10)
+    high: float = Field(0.05, ge=-10, le=10)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "UniformInit":
+        if self.low >= self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
+class XavierInit(Spec):
+    type: Literal["xavier"]  # Glorot: variance 2 / (fan_in + fan_out)
+    distribution: Literal["uniform", "normal"] = "uniform"
+    gain: float = Field(1.0, gt=0, le=10)
+
+
+class HeInit(Spec):
+    type: Literal["he"]  # Kaiming: variance 2 / fan_in, for ReLU
+    distribution: Literal["uniform", "normal"] = "normal"
+    nonlinearity: Literal["relu", "leaky_relu"] = "relu"
+
+
+class LecunInit(Spec):
+    type: Literal["lecun"]  # variance 1 / fan_in, for SELU and tanh
+    distribution: Literal["uniform", "normal"] = "normal"
+
+
+InitSpec = Annotated[Union[ZerosInit, NormalInit, UniformInit, XavierInit, HeInit, LecunInit],
+                     Field(discriminator="type")]
 INIT_NAMES = ("zeros", "normal", "uniform", "xavier", "he", "lecun")
 
 
 class ModelSpec(Spec):
-    init: Literal[INIT_NAMES] = "he"  # type: ignore[valid-type]
+    init: InitSpec = HeInit(type="he")  # a name ("he") or an object with parameters ({type: normal, std: 0.1})
     layers: list[LayerSpec] = Field(min_length=1, max_length=1000)
 
+    @field_validator("init", mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Loss, optimizer, schedule, regularization
+# Loss, optimizer, schedule, regularization, augmentation
 # ---------------------------------------------------------------------------------------------------------------------
+
+ClassWeights = list[Annotated[float, Field(ge=0, le=1e6)]] | None
 
 
 class MseLossSpec(Spec):
     type: Literal["mse"]
 
 
+class MaeLossSpec(Spec):
+    type: Literal["mae"]
+
+
+class HuberLossSpec(Spec):
+    type: Literal["huber"]
+    delta: float = Field(1.0, gt=0, le=1e6)
+
+
 class BceLossSpec(Spec):
-    type: Literal["bce"]  # binary cross entropy on logits: the last layer has one unit and no sigmoid
+    type: Literal["bce"]  # binary cross entropy on a logit: the last layer has one unit and no sigmoid
+    pos_weight: float | None = Field(None, gt=0, le=1e6)
 
 
 class CrossEntropyLossSpec(Spec):
     type: Literal["cross_entropy"]  # softmax + negative log-likelihood on logits
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: ClassWeights = None
 
 
-LossSpec = Annotated[Union[MseLossSpec, BceLossSpec, CrossEntropyLossSpec], Field(discriminator="type")]
+class NllLossSpec(Spec):
+    type: Literal["nll"]  # -log p_y on probabilities: the model ends in a softmax
+    class_weights: ClassWeights = None
+
+
+class HingeLossSpec(Spec):
+    type: Literal["hinge"]  # multi-class hinge, the course's sum form: sum_{j != y} max(0, s_j - s_y + margin)
+    margin: float = Field(1.0, gt=0, le=1e6)
+
+
+class PerceptronLossSpec(Spec):
+    type: Literal["perceptron"]  # max(0, -t s) with t = +-1: SGD on it is the perceptron rule; predicts step(s)
+
+
+class MdnNllLossSpec(Spec):
+    type: Literal["mdn_nll"]  # negative log-likelihood of the target under the mdn head's mixture
+
+
+LossSpec = Annotated[Union[MseLossSpec, MaeLossSpec, HuberLossSpec, BceLossSpec, CrossEntropyLossSpec, NllLossSpec,
+                           HingeLossSpec, PerceptronLossSpec, MdnNllLossSpec], Field(discriminator="type")]
+
+Lr = Annotated[float, Field(gt=0, le=100)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class SgdSpec(Spec):
-    type: Literal["sgd"]
-    lr: float = Field(0.01, gt=0, le=100)
+    type: Literal["sgd"]  # batch, mini-batch or online (batch_size 1) gradient descent
+    lr: Lr = 0.01
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
 
@@ -177,18 +387,71 @@ class SgdSpec(Spec):
         return self
 
 
-class AdamSpec(Spec):
-    type: Literal["adam"]
-    lr: float = Field(0.001, gt=0, le=100)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+class MomentumSpec(Spec):
+    type: Literal["momentum"]  # SGD with classical momentum
+    lr: Lr = 0.01
+    momentum: float = Field(0.9, gt=0, lt=1)
+
+
+class NesterovSpec(Spec):
+    type: Literal["nesterov"]  # SGD with Nesterov momentum
+    lr: Lr = 0.01
+    momentum: float = Field(0.9, gt=0, lt=1)
+
+
+class AdagradSpec(Spec):
+    type: Literal["adagrad"]
+    lr: Lr = 0.01
+    eps: float = Field(1e-10, gt=0, le=1)
+
+
+class RmspropSpec(Spec):
+    type: Literal["rmsprop"]
+    lr: Lr = 0.001
+    alpha: Beta = 0.99
+    momentum: float = Field(0.0, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0, le=1)
 
 
-OptimizerSpec = Annotated[Union[SgdSpec, AdamSpec], Field(discriminator="type")]
+class AdamSpec(Spec):
+    type: Literal["adam"]
+    lr: Lr = 0.001
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, le=1)
+
+
+class AdamwSpec(Spec):
+    type: Literal["adamw"]  # Adam with decoupled weight decay (regularization.weight_decay, default 0.01)
+    lr: Lr = 0.001
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, le=1)
+
+
+class LbfgsSpec(Spec):
+    type: Literal["lbfgs"]  # quasi-Newton; best with full batches (batch_size >= the training split)
+    lr: Lr = 1.0
+    max_iter: int = Field(20, gt=0, le=1000)
+    history_size: int = Field(100, gt=0, le=1000)
+    line_search: Literal["strong_wolfe", "none"] = "strong_wolfe"
+
+
+OptimizerSpec = Annotated[Union[SgdSpec, MomentumSpec, NesterovSpec, AdagradSpec, RmspropSpec, AdamSpec, AdamwSpec,
+                                LbfgsSpec], Field(discriminator="type")]
 
 
 class NoScheduleSpec(Spec):
     type: Literal["none"]
+
+
+class StepScheduleSpec(Spec):
+    type: Literal["step"]  # lr times gamma every step_size epochs
+    step_size: int = Field(10, gt=0)
+    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class ExponentialScheduleSpec(Spec):
+    type: Literal["exponential"]  # lr times gamma every epoch
+    gamma: float = Field(0.95, gt=0, le=1)
 
 
 class CosineScheduleSpec(Spec):
@@ -196,19 +459,91 @@ class CosineScheduleSpec(Spec):
     min_lr: float = Field(0.0, ge=0)
 
 
-class StepScheduleSpec(Spec):
-    type: Literal["step"]  # multiplies lr by gamma every step_size epochs
-    step_size: int = Field(10, gt=0)
-    gamma: float = Field(0.1, gt=0, le=1)
+class OneCycleScheduleSpec(Spec):
+    type: Literal["one_cycle"]  # per step: up to max_lr over pct_start of the run, then down
+    max_lr: Lr = 0.01
+    pct_start: float = Field(0.3, gt=0, lt=1)
 
 
-ScheduleSpec = Annotated[Union[NoScheduleSpec, CosineScheduleSpec, StepScheduleSpec], Field(discriminator="type")]
+class PlateauScheduleSpec(Spec):
+    type: Literal["reduce_on_plateau"]  # lr times factor when val_loss stops improving for patience epochs
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(5, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class WarmupScheduleSpec(Spec):
+    type: Literal["warmup"]  # lr rises linearly from start_factor * lr to lr over `epochs`, then stays
+    epochs: int = Field(5, gt=0)
+    start_factor: float = Field(0.1, gt=0, le=1)
+
+
+ScheduleSpec = Annotated[Union[NoScheduleSpec, StepScheduleSpec, ExponentialScheduleSpec, CosineScheduleSpec,
+                               OneCycleScheduleSpec, PlateauScheduleSpec, WarmupScheduleSpec],
+                         Field(discriminator="type")]
 
 
 class RegularizationSpec(Spec):
     l2: float = Field(0.0, ge=0, le=10)  # coupled: adds l2 * theta to the gradient, as in the course's update rule
+    weight_decay: float | None = Field(None, ge=0, le=10)  # decoupled: theta *= 1 - lr * wd (adamw: default 0.01)
     l1: float = Field(0.0, ge=0, le=10)  # adds l1 * sign(theta) to the gradient
     max_grad_norm: float | None = Field(None, gt=0)  # clip the global gradient norm
+    input_noise: float = Field(0.0, ge=0, le=100)  # std of Gaussian noise added to the inputs in training
+
+
+Prob = Annotated[float, Field(ge=0, le=1)]
+
+
+class AffineAug(Spec):
+    type: Literal["affine"]  # rotation, translation, zoom and shear, drawn per sample
+    degrees: float = Field(0.0, ge=0, le=180)
+    translate: float = Field(0.0, ge=0, lt=1)  # fraction of the size
+    scale: tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]] = (1.0, 1.0)
+    shear: float = Field(0.0, ge=0, le=45)  # degrees
+    p: Prob = 1.0
+
+
+class HflipAug(Spec):
+    type: Literal["hflip"]
+    p: Prob = 0.5
+
+
+class VflipAug(Spec):
+    type: Literal["vflip"]
+    p: Prob = 0.5
+
+
+class InvertAug(Spec):
+    type: Literal["invert"]  # x -> -x on standardized data (1 - x on [0, 1] data)
+    p: Prob = 0.5
+
+
+class CropAug(Spec):
+    type: Literal["crop"]  # pad by `padding` pixels, then crop back to the original size at a random place
+    padding: int = Field(2, ge=1, le=64)
+    p: Prob = 1.0
+
+
+class GaussianNoiseAug(Spec):
+    type: Literal["gaussian_noise"]
+    std: float = Field(0.05, ge=0, le=10)
+    p: Prob = 1.0
+
+
+class PcaColorAug(Spec):
+    type: Literal["pca_color"]  # AlexNet's colour noise along the principal components of the training pixels
+    std: float = Field(0.1, ge=0, le=10)
+
+
+AugmentationSpec = Annotated[Union[AffineAug, HflipAug, VflipAug, InvertAug, CropAug, GaussianNoiseAug, PcaColorAug],
+                             Field(discriminator="type")]
+
+
+class TtaSpec(Spec):
+    """Test-time augmentation: test predictions averaged over the image, its flip, and shifted crops."""
+
+    flips: bool = True
+    crops: int = Field(0, ge=0, le=16)  # shift by this many pixels in the four directions (0: no crops)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -232,7 +567,7 @@ class EarlyStoppingSpec(Spec):
 
 class TrainingSpec(Spec):
     epochs: int = Field(10, gt=0, le=100_000)
-    batch_size: int = Field(32, gt=0, le=1_000_000)  # a batch larger than the training split is the whole split
+    batch_size: Annotated[int, Field(gt=0, le=1_000_000)] | Literal["full"] = 32  # full: the whole split
     seed: int = Field(0, ge=0, le=2**32 - 1)
     early_stopping: EarlyStoppingSpec | None = None
     log_every_steps: int = Field(10, gt=0, le=1_000_000)  # train loss is reported every this many steps
@@ -255,6 +590,8 @@ class JobSpec(Spec):
     optimizer: OptimizerSpec
     schedule: ScheduleSpec = NoScheduleSpec(type="none")
     regularization: RegularizationSpec = RegularizationSpec()
+    augmentation: list[AugmentationSpec] = Field(default_factory=list, max_length=32)  # image data, training only
+    test_time_augmentation: TtaSpec | None = None
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
 
@@ -266,10 +603,13 @@ def names_of(union: Any) -> set[str]:
 
 
 LAYER_TYPES = names_of(LayerSpec)
+INIT_TYPES = names_of(InitSpec)
+AUGMENTATION_TYPES = names_of(AugmentationSpec)
 LOSS_TYPES = names_of(LossSpec)
 OPTIMIZER_TYPES = names_of(OptimizerSpec)
 SCHEDULE_TYPES = names_of(ScheduleSpec)
-_TAGS = LAYER_TYPES | LOSS_TYPES | OPTIMIZER_TYPES | SCHEDULE_TYPES
+_TAGS = LAYER_TYPES | LOSS_TYPES | OPTIMIZER_TYPES | SCHEDULE_TYPES | INIT_TYPES | AUGMENTATION_TYPES
+_UNIONS = {"loss", "optimizer", "schedule", "init"}
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Validation with paths, and the dry run
@@ -293,13 +633,19 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{e.path}: {e.message}" for e in errors))
 
 
+_BRANCH = re.compile(r"^(int|float|str|bool|none|constrained-\w+|literal\[.*\]|function-\w+\[.*\]|"
+                     r"(list|tuple|dict|nullable)\[.*\]|json-or-python\[.*\])$")
+
+
 def format_path(loc: tuple[Any, ...]) -> str:
-    """Turn a pydantic location into `model.layers[1].units`, leaving out union tags."""
+    """Turn a pydantic location into `model.layers[1].units`, leaving out union tags and branch labels."""
     out = ""
     for i, part in enumerate(loc):
+        if isinstance(part, str) and _BRANCH.match(part):
+            continue  # which member of a plain union (int | "full") failed: the message says it
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _TAGS and i > 0 and (isinstance(loc[i - 1], int) or loc[i - 1] in {"loss", "optimizer", "schedule"}):
+        elif part in _TAGS and i > 0 and (isinstance(loc[i - 1], int) or loc[i - 1] in _UNIONS):
             continue  # the tag of a discriminated union: the message already says which member failed
         else:
             out += f".{part}" if out else str(part)
@@ -307,10 +653,16 @@ def format_path(loc: tuple[Any, ...]) -> str:
 
 
 def errors_from(exc: ValidationError) -> list[FieldError]:
-    return [FieldError(format_path(tuple(e["loc"])), e["msg"]) for e in exc.errors(include_url=False)]
+    """One error per path; where a union's members each failed, their messages are joined with 'or'."""
+    merged: dict[str, list[str]] = {}
+    for e in exc.errors(include_url=False):
+        messages = merged.setdefault(format_path(tuple(e["loc"])), [])
+        if e["msg"] not in messages:
+            messages.append(e["msg"])
+    return [FieldError(path, " or ".join(messages)) for path, messages in merged.items()]
 
 
-CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "train_loss")
+CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "train_loss")
 REGRESSION_METRICS = ("val_loss", "val_mse", "val_rmse", "val_mae", "val_r2", "train_loss")
 
 
@@ -344,10 +696,38 @@ class Plan:
         }
 
 
+def train_rows(spec: JobSpec) -> int:
+    ds = spec.dataset
+    if ds.info().fixed_size == 4:
+        return 4
+    return max(1, ds.size() - round(ds.size() * ds.val_fraction) - round(ds.size() * ds.test_fraction))
+
+
+def batch_size(spec: JobSpec) -> int:
+    """The batch size in rows: "full" and sizes above the training split mean the whole split."""
+    rows = train_rows(spec)
+    size = spec.training.batch_size
+    return rows if size == "full" else min(size, rows)
+
+
+def input_shape(spec: JobSpec) -> Shape:
+    info = spec.dataset.info()
+    shape = info.shape
+    if spec.dataset.preprocess.one_hot:  # a nominal column of k values becomes k columns
+        shape = (shape[0] - len(spec.dataset.preprocess.one_hot) + sum(_one_hot_width(spec)),)
+    return shape
+
+
+def _one_hot_width(spec: JobSpec) -> list[int]:
+    # Built-in tabular sets have no nominal columns; the width of a one-hot code is known once the data is
+    # loaded. For planning, count each nominal column as one wide (the estimate stays conservative enough).
+    return [1 for _ in spec.dataset.preprocess.one_hot]
+
+
 def plan(spec: JobSpec) -> Plan:
     """Infer shapes, count parameters and estimate memory; raise SpecError naming the field at fault."""
     info = spec.dataset.info()
-    shape: Shape = (info.features,)
+    shape = input_shape(spec)
     task = "regression" if info.classes is None else "classification"
     result = Plan(input_shape=list(shape), output_shape=[], task=task)
     activations = 0
@@ -367,39 +747,60 @@ def plan(spec: JobSpec) -> Plan:
     if errors:
         raise SpecError(errors)
 
-    train_rows = max(1, int(spec.dataset.size() * (1 - spec.dataset.val_fraction - spec.dataset.test_fraction)))
-    batch = min(spec.training.batch_size, train_rows)
-    optimizer_copies = 2 if spec.optimizer.type == "adam" else (1 if getattr(spec.optimizer, "momentum", 0) else 0)
+    optimizer_copies = {"adam": 2, "adamw": 2, "rmsprop": 1, "adagrad": 1, "momentum": 1, "nesterov": 1,
+                        "lbfgs": 2 * getattr(spec.optimizer, "history_size", 0)}.get(spec.optimizer.type, 0)
+    if spec.optimizer.type == "sgd" and spec.optimizer.momentum:
+        optimizer_copies = 1
     fp32 = 4
+    features = math.prod(info.shape)
     result.memory_bytes = fp32 * (
         result.params * (2 + optimizer_copies + 1)  # weights, gradients, optimizer state, best-weights copy
-        + 2 * batch * (activations + info.features)  # activations kept for backward, and their gradients
-        + spec.dataset.size() * (info.features + 1)  # the whole dataset lives on the device
+        + 2 * batch_size(spec) * (activations + features)  # activations kept for backward, and their gradients
+        + spec.dataset.size() * (features + 1)  # the whole dataset lives on the device
     )
     return result
 
 
 def _check_output(spec: JobSpec, shape: Shape, info: DatasetInfo) -> list[FieldError]:
-    last = f"model.layers[{len(spec.model.layers) - 1}]"
-    width = shape[0] if len(shape) == 1 else None
+    n = len(spec.model.layers)
+    last_path = f"model.layers[{n - 1}]"
+    last = spec.model.layers[-1]
     loss = spec.loss.type
     if len(shape) != 1:
-        return [FieldError(last, f"the model must end in a flat output, got shape {list(shape)}")]
-    if info.classes is None:
-        if loss != "mse":
-            return [FieldError("loss.type", f"{loss} needs a classification dataset; {spec.dataset.name} is regression")]
-        if width != 1:
-            return [FieldError(last, f"regression on {spec.dataset.name} needs 1 output unit, got {width}")]
+        return [FieldError(last_path, f"the model must end in a flat output, got shape {list(shape)}")]
+    width = shape[0]
+    name = spec.dataset.name
+    if loss == "mdn_nll":
+        if info.classes is not None:
+            return [FieldError("loss.type", f"mdn_nll is for regression; {name} is classification")]
+        if last.type != "mdn":
+            return [FieldError(last_path, "mdn_nll needs the model to end in an mdn layer")]
+        if last.outputs != 1:
+            return [FieldError(f"{last_path}.outputs", f"{name} has 1 target, the mdn layer has {last.outputs}")]
         return []
-    if loss == "bce":
-        if info.classes != 2:
-            return [FieldError("loss.type", f"bce is for two classes; {spec.dataset.name} has {info.classes}")]
+    if last.type == "mdn":
+        return [FieldError("loss.type", "an mdn head needs the mdn_nll loss")]
+    if info.classes is None:
+        if loss not in ("mse", "mae", "huber"):
+            return [FieldError("loss.type", f"{loss} needs a classification dataset; {name} is regression")]
         if width != 1:
-            return [FieldError(last, f"bce needs 1 output unit (a logit), got {width}")]
-    elif loss == "cross_entropy" and width != info.classes:
-        return [FieldError(last, f"cross_entropy on {spec.dataset.name} needs {info.classes} output units, got {width}")]
-    elif loss == "mse" and width not in (1, info.classes):
-        return [FieldError(last, f"mse on {info.classes} classes needs 1 unit or {info.classes} (one-hot), got {width}")]
+            return [FieldError(last_path, f"regression on {name} needs 1 output unit, got {width}")]
+        return []
+    k = info.classes
+    if loss in ("bce", "perceptron"):
+        if k != 2:
+            return [FieldError("loss.type", f"{loss} is for two classes; {name} has {k}")]
+        if width != 1:
+            return [FieldError(last_path, f"{loss} needs 1 output unit, got {width}")]
+    elif loss in ("cross_entropy", "nll", "hinge") and width != k:
+        return [FieldError(last_path, f"{loss} on {name} needs {k} output units, got {width}")]
+    elif loss in ("mse", "mae", "huber") and width not in (1, k):
+        return [FieldError(last_path, f"{loss} on {k} classes needs 1 unit or {k} (one-hot), got {width}")]
+    if loss == "nll" and not (last.type == "activation" and last.fn == "softmax"):
+        return [FieldError(last_path, "nll takes probabilities: end the model with {type: activation, fn: softmax}")]
+    weights = getattr(spec.loss, "class_weights", None)
+    if weights is not None and len(weights) != k:
+        return [FieldError("loss.class_weights", f"{name} has {k} classes, got {len(weights)} weights")]
     return []
 
 
@@ -409,6 +810,18 @@ def _check_fields(spec: JobSpec, task: str, info: DatasetInfo) -> list[FieldErro
     if info.fixed_size is None or info.fixed_size > 4:
         if ds.val_fraction + ds.test_fraction > 0.9:
             errors.append(FieldError("dataset.val_fraction", "val_fraction + test_fraction must leave 10% for training"))
+    if ds.name == "shapes" and ds.classes > len(SHAPE_CLASSES):
+        errors.append(FieldError("dataset.classes", f"shapes has at most {len(SHAPE_CLASSES)} classes"))
+    for i, column in enumerate(ds.preprocess.one_hot):
+        if info.is_image or column >= info.shape[0]:
+            errors.append(FieldError(f"dataset.preprocess.one_hot[{i}]",
+                                     f"no column {column} in {ds.name} ({info.shape[0]} columns)"
+                                     if not info.is_image else "one-hot codes are for tabular data"))
+    if not info.is_image:
+        for i, _ in enumerate(spec.augmentation):
+            errors.append(FieldError(f"augmentation[{i}]", f"augmentation needs image data; {ds.name} is tabular"))
+        if spec.test_time_augmentation is not None:
+            errors.append(FieldError("test_time_augmentation", f"needs image data; {ds.name} is tabular"))
     stopping = spec.training.early_stopping
     if stopping is not None:
         allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
