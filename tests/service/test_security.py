@@ -236,3 +236,22 @@ def test_models_over_the_pools_limits_are_refused_with_the_estimate(client, app)
 def test_hostile_values_get_a_4xx(client, body):
     answer = client.post("/api/v1/jobs", data=body)
     assert 400 <= answer.status_code < 500, answer.json
+
+
+@pytest.mark.parametrize("route", ["/api/v1/jobs?pool=a%00b", "/api/v1/jobs?name=%00", "/api/v1/jobs.csv?pool=%00",
+                                   "/api/v1/jobs?%00=1"])
+def test_nul_in_a_query_is_a_400_not_a_database_error(client, route):
+    answer = client.get(route)
+    assert answer.status_code == 400 and "NUL" in answer.json["message"]
+
+
+def test_nul_in_stored_strings_is_refused_with_its_path(client, worker_headers):
+    answer = client.post("/api/v1/tokens", json={"label": "a\x00b"})
+    assert answer.status_code == 400 and answer.json["errors"][0]["path"] == "label"
+    job = submit(client)
+    c = claim(client, job["id"], worker_headers).json
+    answer = client.post(f"/api/v1/worker/attempts/{c['attempt_id']}/events",
+                         json={"events": [{"message": "ok"}, {"message": "x\x00"}]},
+                         headers=attempt_headers(worker_headers, c))
+    assert answer.status_code == 400 and answer.json["errors"][0]["path"] == "events[1].message"
+    assert sign_in(client.application.test_client(), "al\x00ice", "alice-password")[0].status_code == 401

@@ -86,6 +86,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["trainq"] = Services(settings, make_sessionmaker(engine), settings.storage_dir.resolve(),
                                         RateLimiter())
 
+    @app.before_request
+    def _no_nul_in_the_url():
+        # NUL cannot be stored in PostgreSQL text and is never meaningful in a path or query: refuse it once, here.
+        from trainq.service.http import fail
+
+        if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+            fail(400, "bad_request", "the URL must not contain NUL characters")
+
     @app.teardown_appcontext
     def _close(exc):
         session = g.pop("db", None)

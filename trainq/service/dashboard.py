@@ -51,7 +51,7 @@ def login():
     name = request.form.get("username", "")[:64]
     secret = request.form.get("password", "")[:1024]
     limit(f"login:{request.remote_addr}:{name}", services().settings.login_per_minute)
-    user = db().scalar(select(User).where(User.name == name))
+    user = None if "\x00" in name else db().scalar(select(User).where(User.name == name))  # no user has a NUL
     by_token = user_for_token(secret) if secret.startswith("tq_") else None
     ok = user is not None and (verify_password(secret, user.password_hash) or (by_token and by_token.id == user.id))
     if not ok:

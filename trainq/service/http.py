@@ -44,9 +44,35 @@ def body_bytes() -> bytes:
     return b"".join(parts)
 
 
+def find_nul(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding a NUL character; PostgreSQL cannot store one in text."""
+    stack = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return where or "(root)"
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                if isinstance(key, str) and "\x00" in key:
+                    return where or "(root)"
+                stack.append((item, f"{where}.{key}" if where else str(key)))
+        elif isinstance(node, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(node))
+    return None
+
+
 def read_body() -> Any:
     """Decode the body as JSON (or YAML by content type); 400 for anything that is not a document."""
-    raw = body_bytes()
+    document = _decode(body_bytes())
+    where = find_nul(document)
+    if where is not None:
+        fail(400, "bad_request", f"{where}: strings must not contain NUL characters",
+             errors=[{"path": where, "message": "strings must not contain NUL characters"}])
+    return document
+
+
+def _decode(raw: bytes) -> Any:
     if not raw.strip():
         fail(400, "bad_request", "the body is empty; send a JSON document")
     try:
