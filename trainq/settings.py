@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     cookie_secure: bool = False  # set behind TLS so the session cookie is never sent in clear
     login_per_minute: int = Field(10, gt=0)  # sign-in attempts per client address and user name
     submit_per_minute: int = Field(600, gt=0)  # job submissions per user (per service process)
+    max_dataset_rows: int = Field(1_000_000, gt=0)  # an uploaded dataset with more rows is refused
     max_params: int = Field(50_000_000, gt=0)  # a larger model is refused at submission
     max_memory_bytes: int = Field(16 * 1024**3, gt=0)  # so is a larger memory estimate
 

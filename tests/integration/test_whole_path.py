@@ -115,3 +115,21 @@ def test_an_oversize_body_gets_413_also_when_chunked(stack, chunked):
         return  # the service closed the connection before reading it all: also refused, and not read
     assert answer.status_code == 413, answer.text
     assert stack.get("/api/v1/health")["status"] == "ok"
+
+
+def test_a_job_trains_on_an_uploaded_csv(stack):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    label = np.where(x[:, 0] + 2 * x[:, 1] > 0, "pos", "neg")
+    text = "a,b,c,label\n" + "\n".join(f"{r[0]},{r[1]},{r[2]},{lab}" for r, lab in zip(x, label))
+    answer = stack.http.post(f"{stack.url}/api/v1/datasets", params={"name": "linear"}, data=text.encode(),
+                             headers={"Content-Type": "text/csv"}, timeout=10)
+    assert answer.status_code == 201, answer.text
+    spec = {"name": "on-csv", "dataset": {"name": "upload", "upload": "linear"},
+            "model": {"layers": [{"type": "dense", "units": 2}]}, "loss": {"type": "cross_entropy"},
+            "optimizer": {"type": "adam", "lr": 0.05}, "training": {"epochs": 30, "batch_size": 32}}
+    job = stack.wait(stack.submit(spec))
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["metrics"]["test_accuracy"] >= 0.95  # a linear rule: a linear model finds it

@@ -21,6 +21,8 @@ ROUTES = [
     ("GET", "/api/v1/jobs/{job}/checkpoints/{ckpt}/download"),
     ("POST", "/api/v1/jobs/{job}/cancel"),
     ("DELETE", "/api/v1/jobs/{finished}"),
+    ("GET", "/api/v1/datasets/{dataset}"),
+    ("DELETE", "/api/v1/datasets/{dataset}"),
 ]
 
 # expected status per caller: owner is alice, who submitted the jobs
@@ -38,7 +40,10 @@ def owned(client, worker_headers):
                          data=_checkpoint_blob(1)[0], headers=attempt_headers(worker_headers, c))
     finished = submit(client)
     client.post(f"/api/v1/jobs/{finished['id']}/cancel")
-    return {"job": job["id"], "ckpt": answer.json["id"], "finished": finished["id"]}
+    from tests.service.test_datasets import csv_bytes, upload
+
+    dataset = upload(client, "owned", csv_bytes()).json
+    return {"job": job["id"], "ckpt": answer.json["id"], "finished": finished["id"], "dataset": dataset["id"]}
 
 
 @pytest.fixture()

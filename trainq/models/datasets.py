@@ -113,14 +113,18 @@ def one_hot(x: np.ndarray, columns: list[int], train: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def raw(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Return the whole dataset as (features, targets) arrays, before splitting."""
+def raw(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return the whole dataset as (features, targets) arrays, before splitting (an upload's arrays as given)."""
     from sklearn import datasets as sk
 
     name, n, seed = spec.name, spec.n_samples, spec.seed
-    if name in LOGIC_GATES:
+    if name == "upload":
+        if arrays is None:
+            raise ValueError(f"the uploaded dataset {spec.upload!r} was not given to the engine")
+        x, y = arrays
+    elif name in LOGIC_GATES:
         return _logic_gate(name)
-    if name == "moons":
+    elif name == "moons":
         x, y = sk.make_moons(n, noise=spec.noise, random_state=seed)
     elif name == "circles":
         x, y = sk.make_circles(n, noise=spec.noise, factor=0.5, random_state=seed)
@@ -151,9 +155,9 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
-def load(spec: DatasetSpec) -> Data:
+def load(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> Data:
     """Load, split and preprocess a dataset; statistics come from the training split only."""
-    x, y = raw(spec)
+    x, y = raw(spec, arrays)
     if spec.name in LOGIC_GATES:
         # A truth table has nothing to hold out: every split is the whole table.
         train = val = test = np.arange(len(x))

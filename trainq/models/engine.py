@@ -90,12 +90,14 @@ def tracker_for(spec: JobSpec, data: Data) -> EarlyStopping:
 
 
 def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: Sequence[Callback] = (),
-          checkpoint_sink: Callable[[bytes, dict], None] | None = None, resume: bytes | None = None) -> State:
-    """Load the data, build model, loss and optimizer from the spec, and restore a checkpoint if given."""
+          checkpoint_sink: Callable[[bytes, dict], None] | None = None, resume: bytes | None = None,
+          arrays: tuple | None = None) -> State:
+    """Load the data (or take the given arrays of an upload), build model, loss and optimizer from the spec,
+    and restore a checkpoint if given."""
     device = pick_device(device) if not isinstance(device, torch.device) else device
     units = plan(spec).output_shape[0]
     torch.manual_seed(spec.training.seed)  # model init and dropout draw from the global generator
-    data = load(spec.dataset).to(device)
+    data = load(spec.dataset, arrays).to(device)
     model = build_model(spec, data.train.x.shape[1:]).to(device)
     optimizer = build_optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.training.seed)
@@ -119,10 +121,11 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
 
 def fit(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: Sequence[Callback] = (),
         checkpoint_sink: Callable[[bytes, dict], None] | None = None, resume: bytes | None = None,
-        interrupt: threading.Event | None = None) -> Result:
+        interrupt: threading.Event | None = None, arrays: tuple | None = None) -> Result:
     """Train a spec to the end, an early stop, or an interrupt; return the final metrics."""
     started = time.perf_counter()
-    state = build(spec, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink, resume=resume)
+    state = build(spec, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink, resume=resume,
+                  arrays=arrays)
     if interrupt is not None:
         state.interrupt = interrupt
     setup_seconds = time.perf_counter() - started

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Callable, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Base
@@ -31,6 +31,27 @@ class Spec(BaseModel):
 # ---------------------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FieldError:
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; `errors` names every field at fault."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("; ".join(f"{e.path}: {e.message}" for e in errors))
+
+
+_BRANCH = re.compile(r"^(int|float|str|bool|none|constrained-\w+|literal\[.*\]|function-\w+\[.*\]|"
+                     r"(list|tuple|dict|nullable)\[.*\]|json-or-python\[.*\])$")
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,8 @@ class DatasetInfo:
 LOGIC_GATES = ("or", "and", "xor")
 GENERATORS = ("moons", "circles", "spirals", "blobs", "shapes", "inverse_sine")
 SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
-DATASET_NAMES = LOGIC_GATES + GENERATORS + SKLEARN_SETS
+DATASET_NAMES = LOGIC_GATES + GENERATORS + SKLEARN_SETS + ("upload",)
+UPLOAD_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "diamond")  # the procedural image set
 
 _BUILTIN_INFO = {
@@ -84,8 +106,14 @@ class DatasetSpec(Spec):
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     preprocess: PreprocessSpec = PreprocessSpec()
+    upload: str | None = Field(None, pattern=UPLOAD_NAME)  # with name: upload, the uploaded dataset of this name
+    _info: DatasetInfo | None = PrivateAttr(None)  # an upload's shape and classes, resolved by the service
 
     def info(self) -> DatasetInfo:
+        if self.name == "upload":
+            if self._info is None:
+                raise SpecError([FieldError("dataset.upload", f"no uploaded dataset named {self.upload!r}")])
+            return self._info
         if self.name == "spirals":
             return DatasetInfo((2,), self.classes)
         if self.name == "blobs":
@@ -98,6 +126,12 @@ class DatasetSpec(Spec):
 
     def size(self) -> int:
         return self.info().fixed_size or self.n_samples
+
+    @model_validator(mode="after")
+    def _upload_named(self) -> "DatasetSpec":
+        if (self.name == "upload") != (self.upload is not None):
+            raise ValueError("name: upload goes with upload: <dataset name>, and only with it")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -616,27 +650,6 @@ _UNIONS = {"loss", "optimizer", "schedule", "init"}
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FieldError:
-    path: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
-
-
-class SpecError(ValueError):
-    """A spec that cannot run; `errors` names every field at fault."""
-
-    def __init__(self, errors: list[FieldError]):
-        self.errors = errors
-        super().__init__("; ".join(f"{e.path}: {e.message}" for e in errors))
-
-
-_BRANCH = re.compile(r"^(int|float|str|bool|none|constrained-\w+|literal\[.*\]|function-\w+\[.*\]|"
-                     r"(list|tuple|dict|nullable)\[.*\]|json-or-python\[.*\])$")
-
-
 def format_path(loc: tuple[Any, ...]) -> str:
     """Turn a pydantic location into `model.layers[1].units`, leaving out union tags and branch labels."""
     out = ""
@@ -833,11 +846,16 @@ def _check_fields(spec: JobSpec, task: str, info: DatasetInfo) -> list[FieldErro
     return errors
 
 
-def parse_spec(data: Any) -> JobSpec:
-    """Validate a decoded spec; raise SpecError listing every field at fault."""
+def parse_spec(data: Any, uploads: Callable[[str], DatasetInfo | None] | None = None) -> JobSpec:
+    """Validate a decoded spec; raise SpecError listing every field at fault.
+
+    `uploads` looks up an uploaded dataset's shape and classes by name (the service passes one).
+    """
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(errors_from(exc)) from None
+    if spec.dataset.name == "upload" and uploads is not None:
+        spec.dataset._info = uploads(spec.dataset.upload)
     plan(spec)
     return spec

@@ -72,9 +72,11 @@ def get_job(job_id: str) -> Job:
 
 
 def validated_spec() -> tuple[JobSpec, Any]:
+    from trainq.service.datasets_api import upload_info
+
     data = read_body()
     try:
-        spec = parse_spec(data)
+        spec = parse_spec(data, uploads=upload_info)
         job_plan = plan(spec)
     except SpecError as exc:
         invalid(exc.errors)
@@ -106,7 +108,12 @@ def submit_job():
     p = principal()
     limit(f"submit:{p.id}", services().settings.submit_per_minute)
     session = db()
-    job = jobs.submit(session, spec, job_plan, owner_id=p.id)
+    dataset = None
+    if spec.dataset.name == "upload":
+        from trainq.service.datasets_api import find
+
+        dataset = find(spec.dataset.upload).id
+    job = jobs.submit(session, spec, job_plan, owner_id=p.id, dataset_id=dataset)
     audit("submit", f"job:{job.id}", name=job.name)
     session.commit()
     jobs.mark_enqueued(session, job, services().enqueue)

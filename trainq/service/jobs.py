@@ -44,8 +44,9 @@ def add_event(session: Session, job_id: str, message: str, *, source: str = "ser
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def submit(session: Session, spec: JobSpec, plan: Plan, owner_id: str | None = None) -> Job:
-    job = Job(owner_id=owner_id, name=spec.name, spec=spec.model_dump(mode="json"), pool=spec.resources.pool,
+def submit(session: Session, spec: JobSpec, plan: Plan, owner_id: str | None = None,
+           dataset_id: str | None = None) -> Job:
+    job = Job(owner_id=owner_id, dataset_id=dataset_id, name=spec.name, spec=spec.model_dump(mode="json"), pool=spec.resources.pool,
               priority=spec.resources.priority, params=plan.params, max_epochs=spec.training.epochs)
     session.add(job)
     session.flush()

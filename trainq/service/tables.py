@@ -78,11 +78,33 @@ class AuditEntry(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
 
 
+class Dataset(Base):
+    """An uploaded dataset, stored as numeric arrays x and y in an .npz file (no pickle) under the storage root."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(BigInteger)
+    shape: Mapped[list[int]] = mapped_column(JSONType)  # of one example
+    classes: Mapped[int | None] = mapped_column(Integer)  # None for regression
+    class_names: Mapped[list[str] | None] = mapped_column(JSONType)
+    columns: Mapped[list[str] | None] = mapped_column(JSONType)  # CSV feature columns, in order
+    source: Mapped[str] = mapped_column(String(8))  # csv | npz
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)

@@ -16,7 +16,7 @@ from trainq.models.checkpoint import read_meta
 from trainq.service import jobs
 from trainq.service.app import db, services
 from trainq.service.http import body_bytes, fail, read_body
-from trainq.service.tables import FINISHED
+from trainq.service.tables import FINISHED, Dataset
 
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
 
@@ -63,9 +63,14 @@ def claim(job_id: str):
     if c.resume is not None:
         resume = {"checkpoint_id": c.resume.id, "epoch": c.resume.epoch,
                   "url": url_for("worker_api.resume_checkpoint", attempt_id=c.attempt.id)}
+    dataset = None
+    if c.job.dataset_id is not None:
+        d = db().get(Dataset, c.job.dataset_id)
+        dataset = {"shape": d.shape, "classes": d.classes, "rows": d.rows,
+                   "url": url_for("worker_api.attempt_dataset", attempt_id=c.attempt.id)}
     return jsonify({"job_id": job_id, "attempt_id": c.attempt.id, "attempt": c.attempt.number, "token": c.token,
                     "spec": c.job.spec, "lease_seconds": settings.lease_seconds,
-                    "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume})
+                    "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume, "dataset": dataset})
 
 
 @bp.post("/attempts/<hexid:attempt_id>/heartbeat")
@@ -145,6 +150,19 @@ def resume_checkpoint(attempt_id: str):
     if ckpt is None:
         fail(404, "not_found", "the job has no checkpoint")
     return send_checkpoint(ckpt)
+
+
+@bp.get("/attempts/<hexid:attempt_id>/dataset")
+def attempt_dataset(attempt_id: str):
+    from flask import send_file
+
+    from trainq.service.uploads import dataset_path
+
+    _, job = live(attempt_id)
+    path = dataset_path(services().storage, job.dataset_id) if job.dataset_id else None
+    if path is None or not path.is_file():
+        fail(404, "not_found", "the job uses no uploaded dataset, or it is gone")
+    return send_file(path, mimetype="application/octet-stream")
 
 
 @bp.post("/attempts/<hexid:attempt_id>/finish")

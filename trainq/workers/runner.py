@@ -6,12 +6,22 @@ import logging
 import traceback
 
 from trainq.models.engine import fit, pick_device
-from trainq.models.spec import JobSpec
+from trainq.models.spec import DatasetInfo, JobSpec
 from trainq.settings import Settings
 from trainq.workers.client import Fenced, Refused, ServiceClient
 from trainq.workers.reporter import Reporter, ReportingCallback
 
 log = logging.getLogger(__name__)
+
+
+def read_arrays(blob: bytes):
+    """An uploaded dataset's arrays, from the .npz the service stored; never unpickled."""
+    import io
+
+    import numpy as np
+
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        return archive["x"], archive["y"]
 
 
 def run_job(job_id: str, settings: Settings, worker: str, device: str | None = None) -> str:
@@ -30,12 +40,17 @@ def run_job(job_id: str, settings: Settings, worker: str, device: str | None = N
     outcome: dict = {}
     try:
         spec = JobSpec.model_validate(claim["spec"])
+        arrays = None
+        if claim.get("dataset"):
+            info = claim["dataset"]
+            spec.dataset._info = DatasetInfo(tuple(info["shape"]), info["classes"], info["rows"])
+            arrays = read_arrays(client.download(info["url"], token))
         resume = client.download(claim["resume"]["url"], token) if claim["resume"] else None
         dev = pick_device(device)
         reporter.event(f"training on {dev} (worker {worker}, attempt {claim['attempt']})"
                        + (f", resuming after epoch {claim['resume']['epoch']}" if resume else ""))
         result = fit(spec, device=dev, callbacks=[ReportingCallback(reporter)], checkpoint_sink=reporter.checkpoint,
-                     resume=resume, interrupt=reporter.interrupt)
+                     resume=resume, interrupt=reporter.interrupt, arrays=arrays)
         status = "cancelled" if result.stop_reason == "cancelled" else "succeeded"
         outcome = {"status": status, "stop_reason": result.stop_reason, "epoch": result.epochs,
                    "best_epoch": result.best_epoch, "metrics": result.metrics}

@@ -1,0 +1,123 @@
+"""Uploaded datasets over HTTP: upload, list, get, delete; a spec names one with {name: upload, upload: NAME}."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from trainq.models.spec import UPLOAD_NAME, DatasetInfo
+from trainq.service.app import db, services
+from trainq.service.auth import audit, principal, require_user
+from trainq.service.http import body_bytes, fail
+from trainq.service.tables import Dataset, Job, JobStatus
+from trainq.service.uploads import UploadError, dataset_path, parse, store
+
+bp = Blueprint("datasets_api", __name__, url_prefix="/api/v1/datasets")
+
+
+@bp.before_request
+def authenticate():
+    require_user()
+
+
+def dataset_json(d: Dataset) -> dict:
+    return {"id": d.id, "name": d.name, "rows": d.rows, "shape": d.shape, "classes": d.classes,
+            "class_names": d.class_names, "columns": d.columns, "source": d.source, "size": d.size,
+            "sha256": d.sha256, "task": "regression" if d.classes is None else "classification",
+            "created_at": d.created_at.isoformat()}
+
+
+def visible_datasets():
+    p = principal()
+    query = select(Dataset)
+    return query if p.is_admin else query.where(Dataset.owner_id == p.id)
+
+
+def find(name: str) -> Dataset | None:
+    """The caller's dataset of this name (an admin may also name any dataset by its id)."""
+    p = principal()
+    own = db().scalar(select(Dataset).where(Dataset.owner_id == p.id, Dataset.name == name))
+    if own is None and p.is_admin and re.fullmatch("[0-9a-f]{32}", name):
+        own = db().get(Dataset, name)
+    return own
+
+
+def upload_info(name: str) -> DatasetInfo | None:
+    d = find(name)
+    return None if d is None else DatasetInfo(tuple(d.shape), d.classes, d.rows)
+
+
+def get_dataset(dataset_id: str) -> Dataset:
+    d = db().scalar(visible_datasets().where(Dataset.id == dataset_id))
+    if d is None:
+        fail(404, "not_found", f"no dataset {dataset_id}")
+    return d
+
+
+@bp.post("")
+def upload():
+    name = request.args.get("name", "")
+    if not re.fullmatch(UPLOAD_NAME, name):
+        fail(422, "validation", "name must be 1-64 letters, digits, '_', '.', '-'",
+             errors=[{"path": "name", "message": f"must match {UPLOAD_NAME}"}])
+    task = request.args.get("task")
+    if task not in (None, "classification", "regression"):
+        fail(422, "validation", "task must be classification or regression",
+             errors=[{"path": "task", "message": "classification or regression"}])
+    if find(name) is not None:
+        fail(409, "exists", f"you have a dataset named {name!r}; delete it first or choose another name")
+    raw = body_bytes()
+    try:
+        parsed = parse(raw, target=request.args.get("target"), task=task,
+                       max_rows=services().settings.max_dataset_rows)
+    except UploadError as exc:
+        fail(422, "bad_dataset", str(exc), errors=[{"path": "(file)", "message": str(exc)}])
+    session = db()
+    row = Dataset(owner_id=principal().id, name=name, rows=len(parsed.x), shape=list(parsed.x.shape[1:]),
+                  classes=parsed.classes, class_names=parsed.class_names, columns=parsed.columns,
+                  source=parsed.source, size=0, sha256="")
+    session.add(row)
+    session.flush()
+    path = dataset_path(services().storage, row.id)
+    row.size, row.sha256 = store(parsed, path)
+    audit("dataset_upload", f"dataset:{row.id}", name=name, rows=row.rows)
+    try:
+        session.commit()
+    except IntegrityError:  # the same name uploaded twice at once: the second loses, and leaves no file
+        session.rollback()
+        path.unlink(missing_ok=True)
+        fail(409, "exists", f"you have a dataset named {name!r}")
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    return jsonify(dataset_json(row)), 201
+
+
+@bp.get("")
+def list_datasets():
+    rows = db().scalars(visible_datasets().order_by(Dataset.created_at.desc())).all()
+    return jsonify({"datasets": [dataset_json(d) for d in rows]})
+
+
+@bp.get("/<hexid:dataset_id>")
+def show(dataset_id: str):
+    return jsonify(dataset_json(get_dataset(dataset_id)))
+
+
+@bp.delete("/<hexid:dataset_id>")
+def delete(dataset_id: str):
+    d = get_dataset(dataset_id)
+    session = db()
+    busy = session.scalar(select(Job.id).where(Job.dataset_id == d.id, Job.status.in_(
+        [JobStatus.queued.value, JobStatus.running.value])).limit(1))
+    if busy:
+        fail(409, "in_use", f"job {busy} uses this dataset; cancel it or wait for it to finish")
+    session.execute(Job.__table__.update().where(Job.dataset_id == d.id).values(dataset_id=None))
+    session.delete(d)
+    audit("dataset_delete", f"dataset:{dataset_id}", name=d.name)
+    session.commit()
+    dataset_path(services().storage, dataset_id).unlink(missing_ok=True)
+    return "", 204
