@@ -176,6 +176,8 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int) ->
         return
     from trainq.workers.app import create_worker_app, default_name
 
+    if "TRAINQ_CPU_THREADS" not in os.environ:  # each job process gets its share of the cores
+        os.environ["TRAINQ_CPU_THREADS"] = str(max(1, (os.cpu_count() or 1) // concurrency))
     settings = Settings()
     if not settings.worker_token:
         raise click.UsageError("TRAINQ_WORKER_TOKEN is not set: a worker needs the token the service was given")

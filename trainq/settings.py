@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(300.0, gt=0)  # a queued job not claimed this long is sent again
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # checkpoints travel through the API
 
+    cpu_threads: int = Field(0, ge=0)  # a worker's share of cores for torch (0: all); trainq worker sets it
+
     secret_key: str = ""  # signs session cookies; empty: generated once into data_dir/secret_key
     admin_token: str = ""  # for automation: an admin API token seeded at start
     cookie_secure: bool = False  # set behind TLS so the session cookie is never sent in clear

@@ -697,6 +697,7 @@ class Plan:
     layers: list[LayerPlan] = field(default_factory=list)
     params: int = 0
     memory_bytes: int = 0
+    flops_per_example: int = 0  # multiply-adds of one forward pass (a conv's weights count once per output pixel)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -706,6 +707,7 @@ class Plan:
             "layers": [vars(layer) for layer in self.layers],
             "params": self.params,
             "memory_bytes": self.memory_bytes,
+            "flops_per_example": self.flops_per_example,
         }
 
 
@@ -752,6 +754,7 @@ def plan(spec: JobSpec) -> Plan:
         params = layer.param_count(shape)
         result.layers.append(LayerPlan(i, layer.type, list(out), params))
         result.params += params
+        result.flops_per_example += params * (math.prod(out[1:]) if len(out) == 3 else 1)
         activations += math.prod(out)
         shape = out
     result.output_shape = list(shape)

@@ -47,6 +47,12 @@ def run_job(job_id: str, settings: Settings, worker: str, device: str | None = N
             arrays = read_arrays(client.download(info["url"], token))
         resume = client.download(claim["resume"]["url"], token) if claim["resume"] else None
         dev = pick_device(device)
+        if dev.type == "cpu":
+            import os
+
+            import torch
+
+            torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)  # the engine picks within this share
         reporter.event(f"training on {dev} (worker {worker}, attempt {claim['attempt']})"
                        + (f", resuming after epoch {claim['resume']['epoch']}" if resume else ""))
         result = fit(spec, device=dev, callbacks=[ReportingCallback(reporter)], checkpoint_sink=reporter.checkpoint,

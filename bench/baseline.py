@@ -1,0 +1,67 @@
+"""The loop users write by hand, the way the PyTorch tutorials write it: TensorDataset + DataLoader with
+shuffle, loss.item() every step, evaluation under no_grad. The benchmarks compare trainq's engine with it."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainq.models.datasets import load
+from trainq.models.layers import build_model
+from trainq.models.optimizers import build_optimizer
+from trainq.models.spec import JobSpec
+
+
+def tutorial_loop(spec: JobSpec) -> dict:
+    """Train the spec's model on its data for its epochs; return test accuracy."""
+    torch.manual_seed(spec.training.seed)
+    data = load(spec.dataset)
+    model = build_model(spec, data.train.x.shape[1:])
+    optimizer = build_optimizer(spec, model.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    train_loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=spec.training.batch_size,
+                              shuffle=True)
+    val_loader = DataLoader(TensorDataset(data.val.x, data.val.y), batch_size=256)
+    for _epoch in range(spec.training.epochs):
+        model.train()
+        running = 0.0
+        for x, y in train_loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in val_loader:
+                out = model(x)
+                correct += (out.argmax(1) == y).sum().item()
+                total += len(y)
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(data.test.x).argmax(1) == data.test.y).float().mean().item()
+    return {"test_accuracy": accuracy}
+
+
+def bare_loop(spec: JobSpec) -> dict:
+    """The floor for eager PyTorch: in-memory tensors, randperm and indexing, no reporting at all."""
+    torch.manual_seed(spec.training.seed)
+    data = load(spec.dataset)
+    model = build_model(spec, data.train.x.shape[1:])
+    optimizer = build_optimizer(spec, model.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x_all, y_all = data.train.x, data.train.y
+    size = spec.training.batch_size
+    for _epoch in range(spec.training.epochs):
+        model.train()
+        order = torch.randperm(len(x_all))
+        for start in range(0, len(x_all), size):
+            idx = order[start:start + size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x_all[idx]), y_all[idx]).backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(data.test.x).argmax(1) == data.test.y).float().mean().item()
+    return {"test_accuracy": accuracy}
