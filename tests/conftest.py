@@ -97,6 +97,7 @@ def app(settings):
     outer = connection.begin()
     app.extensions["trainq"].sessions = sessionmaker(bind=connection, expire_on_commit=False,
                                                      join_transaction_mode="create_savepoint")
+    app.extensions["trainq"].read_sessions = None  # reads, too, inside the test's transaction
     app.test_client_class = TokenClient
     yield app
     outer.rollback()

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # checkpoints travel through the API
 
     cpu_threads: int = Field(0, ge=0)  # a worker's share of cores for torch (0: all); trainq worker sets it
+    worker_max_memory_mb: int = Field(4096, gt=0)  # a job process above this after a job is replaced by a fresh one
 
     secret_key: str = ""  # signs session cookies; empty: generated once into data_dir/secret_key
     admin_token: str = ""  # for automation: an admin API token seeded at start

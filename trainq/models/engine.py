@@ -27,8 +27,9 @@ from trainq.models.spec import JobSpec, batch_size, plan
 
 EVAL_BATCH = 8192  # rows per evaluation batch; evaluation keeps no graph, so this can be large
 # Below this many multiply-adds per training step (forward and backward, ~3x the forward), splitting each op
-# across threads costs more than it saves: on a two-core machine the digits MLP trains ~3x faster on one thread.
-PARALLEL_STEP_FLOPS = 50_000_000
+# across threads saves nothing (digits MLP: 1.7 M, same speed on 1 or 2 threads; on a loaded machine 1 thread is
+# much faster) while a small CNN (19 M) is ~25% faster on two threads than on one.
+PARALLEL_STEP_FLOPS = 5_000_000
 
 
 class NonFiniteLoss(RuntimeError):

@@ -115,9 +115,9 @@ def submit_job():
         dataset = find(spec.dataset.upload).id
     job = jobs.submit(session, spec, job_plan, owner_id=p.id, dataset_id=dataset)
     audit("submit", f"job:{job.id}", name=job.name)
-    session.commit()
-    jobs.mark_enqueued(session, job, services().enqueue)
-    session.commit()
+    session.commit()  # before the broker has the id: a worker must find the job when it claims it
+    if not jobs.mark_enqueued(session, job, services().enqueue):
+        session.commit()
     response = jsonify(job_json(job))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_job_route", job_id=job.id)
@@ -320,6 +320,7 @@ def revoke_token(token_id: str):
     row.revoked_at = row.revoked_at or utcnow()
     audit("token_revoke", f"token:{token_id}")
     session.commit()
+    services().tokens.clear()  # at once in this process; other service processes within TOKEN_CACHE_SECONDS
     return "", 204
 
 

@@ -30,6 +30,8 @@ class Services:
     sessions: sessionmaker
     storage: Path
     limiter: object = None  # auth.RateLimiter
+    read_sessions: sessionmaker | None = None  # autocommit, for GET: no BEGIN and ROLLBACK round trips
+    tokens: object = None  # auth.TokenCache
     _celery: object = None
 
     def enqueue(self, job) -> bool:
@@ -54,7 +56,9 @@ def services() -> Services:
 def db() -> Session:
     """The request's session, opened on first use and closed at teardown."""
     if "db" not in g:
-        g.db = services().sessions()
+        found = services()
+        reads = request.method in ("GET", "HEAD") and found.read_sessions is not None
+        g.db = (found.read_sessions if reads else found.sessions)()
     return g.db
 
 
@@ -81,10 +85,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["hexid"] = HexIdConverter
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
-    from trainq.service.auth import RateLimiter
+    from trainq.service.auth import RateLimiter, TokenCache
 
     app.extensions["trainq"] = Services(settings, make_sessionmaker(engine), settings.storage_dir.resolve(),
-                                        RateLimiter())
+                                        RateLimiter(), make_sessionmaker(engine.execution_options(
+                                            isolation_level="AUTOCOMMIT")), TokenCache())
 
     @app.before_request
     def _no_nul_in_the_url():

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from trainq.models.spec import JobSpec, Plan
@@ -46,7 +46,8 @@ def add_event(session: Session, job_id: str, message: str, *, source: str = "ser
 
 def submit(session: Session, spec: JobSpec, plan: Plan, owner_id: str | None = None,
            dataset_id: str | None = None) -> Job:
-    job = Job(owner_id=owner_id, dataset_id=dataset_id, name=spec.name, spec=spec.model_dump(mode="json"), pool=spec.resources.pool,
+    job = Job(owner_id=owner_id, dataset_id=dataset_id, name=spec.name, spec=spec.model_dump(mode="json"),
+              enqueued_at=utcnow(), pool=spec.resources.pool,
               priority=spec.resources.priority, params=plan.params, max_epochs=spec.training.epochs)
     session.add(job)
     session.flush()
@@ -54,13 +55,15 @@ def submit(session: Session, spec: JobSpec, plan: Plan, owner_id: str | None = N
     return job
 
 
-def mark_enqueued(session: Session, job: Job, enqueue: Enqueue) -> None:
-    """Send the job to the broker; on failure leave enqueued_at empty so the reconciler sends it later."""
+def mark_enqueued(session: Session, job: Job, enqueue: Enqueue) -> bool:
+    """Send a committed job to the broker. The job was stored with enqueued_at set, so success costs no
+    second write; on failure enqueued_at is cleared and the reconciler sends it later. Return whether it was sent."""
     if enqueue(job):
-        session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.queued.value)
-                        .values(enqueued_at=utcnow()))
-    else:
-        add_event(session, job.id, "the broker did not take the job; it will be sent again", level="warning")
+        return True
+    session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.queued.value)
+                    .values(enqueued_at=None))
+    add_event(session, job.id, "the broker did not take the job; it will be sent again", level="warning")
+    return False
 
 
 def cancel(session: Session, job: Job) -> Job:
@@ -149,18 +152,26 @@ def heartbeat(session: Session, attempt: Attempt, lease: timedelta, epoch: int |
 
 def record_metrics(session: Session, job_id: str, points: Iterable[tuple[str, int, int, float]]) -> int:
     """Insert metric points; a point already stored for (job, name, step) is kept, so retries never duplicate."""
-    rows = [{"job_id": job_id, "name": n, "step": s, "epoch": e, "value": v} for n, s, e, v in points]
-    if not rows:
+    points = list(points)
+    if not points:
         return 0
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+    names, steps, epochs, values = (list(column) for column in zip(*points))
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement for the whole batch: the arrays travel as four parameters and the server unnests them,
+        # several times faster than one INSERT per row (executemany).
+        session.execute(text(
+            "INSERT INTO metrics (job_id, name, step, epoch, value) "
+            "SELECT :job_id, * FROM unnest(CAST(:names AS varchar[]), CAST(:steps AS bigint[]), "
+            "CAST(:epochs AS integer[]), CAST(:values AS double precision[])) "
+            "ON CONFLICT (job_id, name, step) DO NOTHING"),
+            {"job_id": job_id, "names": names, "steps": steps, "epochs": epochs, "values": values})
     else:
         from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]), rows)
-    epochs = [r["epoch"] for r in rows]
+
+        rows = [{"job_id": job_id, "name": n, "step": s, "epoch": e, "value": v} for n, s, e, v in points]
+        session.execute(insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]), rows)
     session.execute(update(Job).where(Job.id == job_id, Job.epoch < max(epochs)).values(epoch=max(epochs)))
-    return len(rows)
+    return len(points)
 
 
 def store_checkpoint(session: Session, attempt: Attempt, job: Job, blob: bytes, info: dict[str, Any],

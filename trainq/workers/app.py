@@ -15,6 +15,7 @@ def preload() -> None:
     """Import the training stack once in the worker's parent process: each job runs in a fresh child forked
     from it, which then starts without paying seconds of imports. Importing torch initializes no CUDA."""
     import kornia.augmentation  # noqa: F401
+    import sklearn.datasets  # noqa: F401
     import torchmetrics.functional  # noqa: F401
 
     import trainq.models.engine  # noqa: F401
