@@ -8,15 +8,12 @@ import time
 import common
 from stack import running_stack
 
+from engine_speed import MLP
+
 from trainq.models.engine import fit
 from trainq.models.spec import parse_spec
 
-SPEC = {"name": "digits-mlp-20", "dataset": {"name": "digits", "seed": 0},
-        "model": {"init": "he", "layers": [{"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"},
-                                           {"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"},
-                                           {"type": "dense", "units": 10}]},
-        "loss": {"type": "cross_entropy"}, "optimizer": {"type": "adam", "lr": 0.001},
-        "training": {"epochs": 20, "batch_size": 64, "seed": 0}}
+SPEC = {**MLP, "name": "digits-mlp-20", "training": {**MLP["training"], "epochs": 20}}
 
 
 def main(repeats: int = 3) -> None:

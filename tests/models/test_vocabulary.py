@@ -21,41 +21,31 @@ def test_every_registry_matches_the_spec_names():
     assert set(augment.AUGMENTATIONS) == AUGMENTATION_TYPES
 
 
-def tabular(**overrides) -> dict:
-    spec = {
-        "name": "t", "dataset": {"name": "blobs", "n_samples": 300, "classes": 3, "noise": 1.0},
-        "model": {"init": "he", "layers": [{"type": "dense", "units": 16}, {"type": "activation", "fn": "relu"},
-                                           {"type": "dense", "units": 3}]},
-        "loss": {"type": "cross_entropy"}, "optimizer": {"type": "adam", "lr": 0.01},
-        "training": {"epochs": 8, "batch_size": 32, "seed": 0},
-    }
+def case(data: dict, layers: list[dict], loss: str, overrides: dict, init: str = "he") -> dict:
+    """A small spec to train a few epochs (Adam, 8 epochs of batch 32), any top-level section replaced."""
+    spec = {"name": "v", "dataset": data, "model": {"init": init, "layers": layers}, "loss": {"type": loss},
+            "optimizer": {"type": "adam", "lr": 0.01}, "training": {"epochs": 8, "batch_size": 32, "seed": 0}}
     spec.update(overrides)
     return spec
+
+
+def tabular(**overrides) -> dict:
+    return case({"name": "blobs", "n_samples": 300, "classes": 3, "noise": 1.0},
+                [{"type": "dense", "units": 16}, {"type": "activation", "fn": "relu"}, {"type": "dense", "units": 3}],
+                "cross_entropy", overrides)
 
 
 def image(**overrides) -> dict:
-    spec = {
-        "name": "i", "dataset": {"name": "shapes", "n_samples": 300, "image_size": 12, "classes": 3, "noise": 0.2},
-        "model": {"init": "he", "layers": [{"type": "conv2d", "out_channels": 6, "padding": "same"},
-                                           {"type": "activation", "fn": "relu"}, {"type": "pool", "kind": "max"},
-                                           {"type": "flatten"}, {"type": "dense", "units": 3}]},
-        "loss": {"type": "cross_entropy"}, "optimizer": {"type": "adam", "lr": 0.01},
-        "training": {"epochs": 8, "batch_size": 32, "seed": 0},
-    }
-    spec.update(overrides)
-    return spec
+    return case({"name": "shapes", "n_samples": 300, "image_size": 12, "classes": 3, "noise": 0.2},
+                [{"type": "conv2d", "out_channels": 6, "padding": "same"}, {"type": "activation", "fn": "relu"},
+                 {"type": "pool", "kind": "max"}, {"type": "flatten"}, {"type": "dense", "units": 3}],
+                "cross_entropy", overrides)
 
 
 def regression(**overrides) -> dict:
-    spec = {
-        "name": "r", "dataset": {"name": "inverse_sine", "n_samples": 400},
-        "model": {"init": "xavier", "layers": [{"type": "dense", "units": 16}, {"type": "activation", "fn": "tanh"},
-                                               {"type": "dense", "units": 1}]},
-        "loss": {"type": "mse"}, "optimizer": {"type": "adam", "lr": 0.01},
-        "training": {"epochs": 8, "batch_size": 32, "seed": 0},
-    }
-    spec.update(overrides)
-    return spec
+    return case({"name": "inverse_sine", "n_samples": 400},
+                [{"type": "dense", "units": 16}, {"type": "activation", "fn": "tanh"}, {"type": "dense", "units": 1}],
+                "mse", overrides, init="xavier")
 
 
 def with_layers(spec: dict, hidden: list[dict]) -> dict:

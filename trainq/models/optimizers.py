@@ -35,15 +35,11 @@ def sgd(spec: JobSpec, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
 
 
 @OPTIMIZERS.register("momentum")
-def momentum(spec: JobSpec, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-    o = spec.optimizer
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=_l2(spec), foreach=True)
-
-
 @OPTIMIZERS.register("nesterov")
-def nesterov(spec: JobSpec, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+def momentum_sgd(spec: JobSpec, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
     o = spec.optimizer
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=_l2(spec), foreach=True)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.type == "nesterov",
+                           weight_decay=_l2(spec), foreach=True)
 
 
 @OPTIMIZERS.register("adagrad")
