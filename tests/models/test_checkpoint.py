@@ -89,3 +89,16 @@ def test_a_truncated_checkpoint_is_refused():
     assert read_meta(blob)["epoch"] == 1
     with pytest.raises(ValueError, match="truncated"):
         read_meta(blob[:-100])
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"type": "sgd", "lr": 0.05, "momentum": 0.9}, {"type": "nesterov"}, {"type": "adagrad"}, {"type": "rmsprop"},
+    {"type": "adamw"}, {"type": "lbfgs", "lr": 0.5},
+])
+def test_every_optimizers_state_survives_a_resume(optimizer):
+    batch = "full" if optimizer["type"] == "lbfgs" else 64
+    spec = parse_spec(with_(mlp(epochs=4, batch_size=batch), optimizer=optimizer,
+                            schedule={"type": "reduce_on_plateau", "patience": 1}))
+    full, blobs = run_with_checkpoints(spec)
+    resumed = fit(spec, resume=next(blob for blob, info in blobs if info["epoch"] == 2))
+    assert resumed.history == full.history and resumed.metrics == full.metrics

@@ -27,10 +27,16 @@ def dump(state: "State") -> bytes:
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in state.model.state_dict().items()}
     opt = state.optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
+    lists: dict[str, dict[str, list[bool]]] = {}  # L-BFGS keeps lists of tensors (and Nones): which hold one
     for idx, entry in opt["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optimizer.{idx}.{key}"] = value.detach().contiguous()
+            elif isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+                for i, item in enumerate(value):
+                    if item is not None:
+                        tensors[f"optimizer.{idx}.{key}#{i}"] = item.detach().contiguous()
+                lists.setdefault(str(idx), {})[key] = [item is not None for item in value]
             elif value is not None:
                 scalars.setdefault(str(idx), {})[key] = value
     if state.tracker.best_weights is not None:
@@ -43,7 +49,7 @@ def dump(state: "State") -> bytes:
         "epoch": state.epoch,
         "step": state.step,
         "spec": state.spec.model_dump(mode="json"),
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars, "lists": lists},
         "scheduler": state.scheduler.state_dict() if state.scheduler else None,
         "callbacks": {type(cb).__name__: cb.state_dict() for cb in state.callbacks},
         "metrics": state.metrics,
@@ -83,9 +89,13 @@ def restore(state: "State", blob: bytes) -> None:
     state.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
-        if key.startswith("optimizer."):
+        if key.startswith("optimizer.") and "#" not in key:
             _, idx, name = key.split(".", 2)
             opt_state.setdefault(int(idx), {})[name] = value.to(device) if name != "step" else value
+    for idx, entries in meta["optimizer"].get("lists", {}).items():
+        for name, present in entries.items():
+            opt_state.setdefault(int(idx), {})[name] = [tensors[f"optimizer.{idx}.{name}#{i}"].to(device)
+                                                        if held else None for i, held in enumerate(present)]
     for idx, entry in meta["optimizer"]["scalars"].items():
         opt_state.setdefault(int(idx), {}).update(entry)
     state.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
