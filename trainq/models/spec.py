@@ -726,17 +726,9 @@ def batch_size(spec: JobSpec) -> int:
 
 
 def input_shape(spec: JobSpec) -> Shape:
-    info = spec.dataset.info()
-    shape = info.shape
-    if spec.dataset.preprocess.one_hot:  # a nominal column of k values becomes k columns
-        shape = (shape[0] - len(spec.dataset.preprocess.one_hot) + sum(_one_hot_width(spec)),)
-    return shape
-
-
-def _one_hot_width(spec: JobSpec) -> list[int]:
-    # Built-in tabular sets have no nominal columns; the width of a one-hot code is known once the data is
-    # loaded. For planning, count each nominal column as one wide (the estimate stays conservative enough).
-    return [1 for _ in spec.dataset.preprocess.one_hot]
+    """One example's shape as the spec tells it. A one-hot column's width is known only once the data is loaded,
+    so the dry run counts it as one column; the engine builds the model from the loaded data's shape."""
+    return spec.dataset.info().shape
 
 
 def plan(spec: JobSpec) -> Plan:
