@@ -26,6 +26,16 @@ def test_spec_module_does_not_import_torch():
     assert out == "False"
 
 
+def test_the_service_loads_no_torch():
+    import subprocess
+
+    code = ("import sys; from trainq.service.app import create_app; import trainq.service.api, "
+            "trainq.service.worker_api, trainq.service.datasets_api, trainq.service.dashboard; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
 def test_registries_match_the_spec_names():
     assert set(layers.LAYERS) == LAYER_TYPES
     assert set(losses.LOSSES) == LOSS_TYPES

@@ -12,18 +12,22 @@ import json
 import struct
 from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
-
 if TYPE_CHECKING:
+    import torch
+
     from trainq.models.engine import State
+
+# torch is imported inside the functions that need it: the service checks uploaded checkpoints with read_meta,
+# which reads only the JSON header, and must not load torch for that.
 
 FORMAT = "trainq-checkpoint/1"
 
 
 def dump(state: "State") -> bytes:
     """Serialize the whole training state to safetensors bytes."""
+    import torch
+    from safetensors.torch import save as save_tensors
+
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in state.model.state_dict().items()}
     opt = state.optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
@@ -83,6 +87,9 @@ def read_meta(blob: bytes) -> dict[str, Any]:
 
 def restore(state: "State", blob: bytes) -> None:
     """Put a checkpoint back into a freshly built state, so the run continues as if uninterrupted."""
+    import torch
+    from safetensors.torch import load as load_tensors
+
     meta = read_meta(blob)
     tensors = load_tensors(blob)
     device = next(state.model.parameters()).device
@@ -115,6 +122,8 @@ def restore(state: "State", blob: bytes) -> None:
     state.best_epoch, state.best_score = state.tracker.best_epoch, state.tracker.best
 
 
-def load_weights(blob: bytes) -> dict[str, torch.Tensor]:
+def load_weights(blob: bytes) -> "dict[str, torch.Tensor]":
     """Return the model weights of a checkpoint, as a state dict."""
+    from safetensors.torch import load as load_tensors
+
     return {k[6:]: v for k, v in load_tensors(blob).items() if k.startswith("model.")}
