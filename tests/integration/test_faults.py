@@ -1,0 +1,80 @@
+"""Faults survived: a worker killed with SIGKILL in the middle of a run loses nothing and counts nothing twice."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.integration.stack import Stack
+from tests.specs import mlp
+from trainq.models.engine import fit
+from trainq.models.spec import parse_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def short_lease_stack(make_database, redis_url, tmp_path):
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    s = Stack(tmp_path, TRAINQ_DATABASE_URL=make_database(), TRAINQ_BROKER_URL=redis_url, TRAINQ_LEASE_SECONDS="3")
+    try:
+        s.serve()
+        yield s
+    finally:
+        s.close()
+
+
+def test_kill_9_mid_run_resumes_from_the_latest_checkpoint_with_the_same_result(short_lease_stack):
+    stack = short_lease_stack
+    spec = mlp(hidden=(128, 128), epochs=40, batch_size=8)
+    stack.worker("doomed")
+    job_id = stack.submit(spec)
+    stack.wait(job_id, until=lambda j: j["epoch"] >= 6, timeout=120)
+    stack.stop("doomed", signal.SIGKILL)  # the worker and its job process, with no chance to say anything
+    assert stack.job(job_id)["status"] == "running"  # the service does not know yet: the lease still runs
+
+    stack.worker("rescuer")
+    job = stack.wait(job_id, timeout=180)
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["attempts"] == 2 and job["worker"] == "rescuer@test"
+    events = [e["message"] for e in stack.get(f"/api/v1/jobs/{job_id}/events")["events"]]
+    assert any("lease expired" in m for m in events)
+    assert any("resuming from epoch" in m for m in events)
+
+    series = stack.get(f"/api/v1/jobs/{job_id}/metrics")["series"]
+    assert series["val_loss"]["epoch"] == list(range(1, 41))  # every epoch once: none lost, none counted twice
+    steps = series["train_loss_step"]["step"]
+    assert steps == sorted(set(steps))  # one row per (name, step)
+    uninterrupted = fit(parse_spec(spec))
+    assert series["val_loss"]["value"] == pytest.approx([h["val_loss"] for h in uninterrupted.history], rel=1e-5)
+    assert job["metrics"]["test_accuracy"] == pytest.approx(uninterrupted.metrics["test_accuracy"], abs=1e-6)
+
+
+def test_a_service_restart_mid_run_loses_and_duplicates_no_metric(make_database, redis_url, tmp_path):
+    import time
+
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    stack = Stack(tmp_path, TRAINQ_DATABASE_URL=make_database(), TRAINQ_BROKER_URL=redis_url)
+    try:
+        stack.serve()
+        stack.worker()
+        spec = mlp(hidden=(128, 128), epochs=30, batch_size=8, log_every_steps=5)
+        job_id = stack.submit(spec)
+        stack.wait(job_id, until=lambda j: j["epoch"] >= 3, timeout=120)
+        stack.stop("service")
+        time.sleep(4)  # the worker keeps training and buffers its reports
+        stack.serve()
+        job = stack.wait(job_id, timeout=180)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, stack.logs()
+        series = stack.get(f"/api/v1/jobs/{job_id}/metrics")["series"]
+        assert series["val_loss"]["epoch"] == list(range(1, 31))
+        steps = series["train_loss_step"]["step"]
+        per_epoch = -(-1257 // 8)  # training rows of digits / batch size, rounded up
+        assert steps == list(range(5, 30 * per_epoch + 1, 5))  # every report, once
+    finally:
+        stack.close()
