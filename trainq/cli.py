@@ -29,6 +29,8 @@ def main(verbose: bool) -> None:
     """trainq: submit PyTorch training jobs over HTTP and train them on a worker pool."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration buries the address
 
 
 # ---------------------------------------------------------------------------------------------------------------------

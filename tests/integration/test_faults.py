@@ -78,3 +78,28 @@ def test_a_service_restart_mid_run_loses_and_duplicates_no_metric(make_database,
         assert steps == list(range(5, 30 * per_epoch + 1, 5))  # every report, once
     finally:
         stack.close()
+
+
+def test_sigterm_hands_the_job_back_and_it_resumes_elsewhere(short_lease_stack):
+    import os
+
+    stack = short_lease_stack
+    spec = mlp(hidden=(128, 128), epochs=40, batch_size=8)
+    stack.worker("preempted")
+    job_id = stack.submit(spec)
+    stack.wait(job_id, until=lambda j: j["epoch"] >= 6, timeout=120)
+    worker = stack.procs["preempted"]
+    os.kill(worker.pid, signal.SIGTERM)  # what docker stop and a preemption send: to the worker process only
+    worker.wait(timeout=30)  # it exits within the grace period instead of finishing the job
+    handed_back = stack.job(job_id)
+    assert handed_back["status"] == "queued" and handed_back["epoch"] >= 6
+
+    stack.worker("successor")
+    job = stack.wait(job_id, timeout=180)
+    assert job["status"] == "succeeded" and job["attempts"] == 2 and job["worker"] == "successor@test"
+    events = [e["message"] for e in stack.get(f"/api/v1/jobs/{job_id}/events")["events"]]
+    assert any("handed back by preempted@test" in m for m in events)
+    series = stack.get(f"/api/v1/jobs/{job_id}/metrics")["series"]
+    assert series["val_loss"]["epoch"] == list(range(1, 41))  # no finished epoch lost, none counted twice
+    uninterrupted = fit(parse_spec(spec))
+    assert job["metrics"]["test_accuracy"] == pytest.approx(uninterrupted.metrics["test_accuracy"], abs=1e-6)

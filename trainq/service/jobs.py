@@ -231,6 +231,23 @@ def finish(session: Session, attempt: Attempt, job: Job, outcome: dict[str, Any]
     return job
 
 
+def release(session: Session, attempt: Attempt, job: Job, reason: str) -> Job:
+    """Hand a running job back to the queue (its worker is shutting down); it resumes from its latest checkpoint."""
+    now = utcnow()
+    done = session.execute(update(Job).where(
+        Job.id == job.id, Job.current_attempt_id == attempt.id, Job.status == JobStatus.running.value,
+    ).values(status=JobStatus.queued.value, current_attempt_id=None, lease_expires_at=None, enqueued_at=now))
+    if done.rowcount != 1:
+        raise Fenced("the lease was lost before the attempt was handed back")
+    attempt.status, attempt.ended_at = "released", now
+    latest = latest_checkpoint(session, job.id)
+    add_event(session, job.id, f"handed back by {attempt.worker} ({reason[:200]}); resumes from "
+              + (f"epoch {latest.epoch}" if latest else "the start"), level="warning")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The reconciler: SQL decides what runs, the broker only delivers
 # ---------------------------------------------------------------------------------------------------------------------

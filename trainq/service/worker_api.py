@@ -165,6 +165,22 @@ def attempt_dataset(attempt_id: str):
     return send_file(path, mimetype="application/octet-stream")
 
 
+@bp.post("/attempts/<hexid:attempt_id>/release")
+def release(attempt_id: str):
+    body = read_body() if request.content_length else {}
+    attempt, job = live(attempt_id)
+    reason = str(body.get("reason", "worker shutting down")) if isinstance(body, dict) else "worker shutting down"
+    session = db()
+    try:
+        job = jobs.release(session, attempt, job, reason)
+    except jobs.Fenced as exc:
+        fail(409, "fenced", str(exc))
+    session.commit()
+    if not jobs.mark_enqueued(session, job, services().enqueue):
+        session.commit()
+    return jsonify({"status": job.status})
+
+
 @bp.post("/attempts/<hexid:attempt_id>/finish")
 def finish(attempt_id: str):
     body = read_body()

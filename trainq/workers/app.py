@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
+from pathlib import Path
 
-from celery import Celery
+from celery import Celery, signals
 
 from trainq.broker import TRAIN_TASK, make_celery
 from trainq.settings import Settings
@@ -22,9 +24,26 @@ def preload() -> None:
     import trainq.workers.runner  # noqa: F401
 
 
+def drain_flag(worker_pid: int) -> Path:
+    """The file that tells a worker's job processes to hand their job back: the worker is shutting down."""
+    return Path(tempfile.gettempdir()) / f"trainq-drain-{worker_pid}"
+
+
+def draining() -> bool:
+    """Whether this job process's worker is shutting down (SIGTERM: a drain or a preemption)."""
+    return drain_flag(os.getppid()).exists()
+
+
 def create_worker_app(settings: Settings) -> Celery:
     app = make_celery(settings, "trainq-worker")
     preload()
+    drain_flag(os.getpid()).unlink(missing_ok=True)  # a restarted container may reuse the pid of the last worker
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _drain(**_):
+        # Celery's warm shutdown waits for the running job to finish, which may take hours. Tell the job process
+        # instead: it stops within one batch, keeps its last finished epoch's checkpoint and hands the job back.
+        drain_flag(os.getpid()).touch()
 
     @app.task(name=TRAIN_TASK, bind=True)
     def train(self, job_id: str) -> str:

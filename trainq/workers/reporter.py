@@ -26,6 +26,7 @@ class Reporter:
         self.interrupt = threading.Event()  # set on cancel or fencing: the engine stops within one batch
         self.cancelled = False
         self.fenced = False
+        self.draining = False  # the worker is shutting down: stop and hand the job back
         self.epoch = 0
         self._lock = threading.Lock()
         self._points: list[list[Any]] = []
@@ -75,8 +76,13 @@ class Reporter:
             return bool(self._points or self._events or self._checkpoints)
 
     def _run(self) -> None:
+        from trainq.workers.app import draining
+
         last_beat = 0.0
         while not self._stop.wait(self.flush_seconds):
+            if not self.draining and draining():
+                self.draining = True
+                self.interrupt.set()
             if time.monotonic() - last_beat >= self.heartbeat_seconds:
                 self._heartbeat()
                 last_beat = time.monotonic()

@@ -71,6 +71,13 @@ def run_job(job_id: str, settings: Settings, worker: str, device: str | None = N
         reporter.close()
     if reporter.fenced:
         return "fenced"
+    if reporter.draining and outcome.get("status") == "cancelled" and not reporter.cancelled:
+        try:
+            client.call("POST", f"/api/v1/worker/attempts/{attempt_id}/release",
+                        json={"reason": f"worker {worker} shutting down"}, attempt_token=token, retry_for=20)
+        except Fenced:
+            return "fenced"
+        return "released"
     try:
         client.call("POST", f"/api/v1/worker/attempts/{attempt_id}/finish", json=outcome, attempt_token=token)
     except Fenced:
