@@ -50,3 +50,50 @@ def make_celery(settings: Settings, name: str = "trainq") -> Celery:
     app = Celery(name)
     app.config_from_object(celery_config(settings))
     return app
+
+
+def _job_id(message: bytes | str) -> str | None:
+    """The job id a Celery message carries (protocol 2: body is base64 JSON [args, kwargs, embed])."""
+    import base64
+    import json
+
+    try:
+        envelope = json.loads(message)
+        if envelope.get("headers", {}).get("task") != TRAIN_TASK:
+            return None
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        return str(args[0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def job_ids_in_broker(settings: Settings, pools: set[str]) -> set[str] | None:
+    """Job ids the broker holds for these pools, waiting or delivered but not yet acknowledged; None if this kind of
+    broker cannot be looked into (then the reconciler falls back to re-sending jobs queued too long)."""
+    import json
+
+    url = settings.resolved_broker_url
+    found: set[str] = set()
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        for pool in pools:
+            found.update(_job_id(raw) for raw in client.lrange(pool, 0, -1))
+        for raw in client.hvals("unacked"):  # kombu keeps delivered, unacknowledged messages here
+            try:
+                found.add(_job_id(json.dumps(json.loads(raw)[0])))
+            except (ValueError, IndexError, TypeError):
+                continue
+    elif url.startswith("filesystem"):
+        folder = settings.broker_dir / "queue"
+        for path in folder.glob("*.msg") if folder.is_dir() else ():
+            if path.name.rsplit(".", 2)[-2] in pools:
+                try:
+                    found.add(_job_id(path.read_bytes()))
+                except OSError:  # taken by a worker while we looked
+                    continue
+    else:
+        return None
+    found.discard(None)
+    return found

@@ -103,3 +103,37 @@ def test_sigterm_hands_the_job_back_and_it_resumes_elsewhere(short_lease_stack):
     assert series["val_loss"]["epoch"] == list(range(1, 41))  # no finished epoch lost, none counted twice
     uninterrupted = fit(parse_spec(spec))
     assert job["metrics"]["test_accuracy"] == pytest.approx(uninterrupted.metrics["test_accuracy"], abs=1e-6)
+
+
+def test_redis_killed_and_restarted_empty_loses_no_job(make_database, tmp_path):
+    import subprocess
+    import time
+
+    from tests.integration.stack import free_port
+
+    port = free_port()
+
+    def start_redis():
+        return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL)
+
+    server = start_redis()
+    stack = Stack(tmp_path, TRAINQ_DATABASE_URL=make_database(), TRAINQ_BROKER_URL=f"redis://127.0.0.1:{port}/0")
+    try:
+        time.sleep(0.5)
+        stack.serve()
+        stack.worker()
+        spec = mlp(hidden=(128,), epochs=25, batch_size=8)
+        ids = [stack.submit({**spec, "name": f"job-{i}"}) for i in range(3)]  # one runs, two wait in Redis
+        stack.wait(ids[0], until=lambda j: j["status"] == "running" and j["epoch"] >= 2, timeout=60)
+        server.kill()
+        server.wait()
+        server = start_redis()  # empty: the two waiting messages are gone
+        started = time.monotonic()
+        finished = [stack.wait(job_id, timeout=180) for job_id in ids]
+        assert [j["status"] for j in finished] == ["succeeded"] * 3, stack.logs()
+        assert time.monotonic() - started < 150
+        assert all(j["attempts"] == 1 for j in finished)  # nothing ran twice
+    finally:
+        stack.close()
+        server.kill()

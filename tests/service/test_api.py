@@ -304,3 +304,24 @@ def test_a_pickle_is_refused_as_a_checkpoint_and_stores_nothing(client, worker_h
     assert answer.status_code == 400
     assert not marker.exists()
     assert client.get(f"/api/v1/jobs/{job['id']}/checkpoints").json["checkpoints"] == []
+
+
+def test_reconciler_resends_at_once_a_queued_job_the_broker_lost(client, app, redis_client):
+    from trainq.broker import job_ids_in_broker
+
+    services = app.extensions["trainq"]
+    kept, lost = submit(client)["id"], submit(client)["id"]
+    session = services.sessions()
+    session.execute(Job.__table__.update().values(enqueued_at=utcnow() - timedelta(seconds=20)))
+    session.commit()
+    assert job_ids_in_broker(services.settings, {"cpu"}) == {kept, lost}
+    redis_client.lrem("cpu", 1, redis_client.lrange("cpu", 0, -1)[0])  # kombu LPUSHes: index 0 is the newest
+    assert job_ids_in_broker(services.settings, {"cpu"}) == {kept}
+
+    def in_broker(pools):
+        return job_ids_in_broker(services.settings, pools)
+
+    result = jobs.reconcile(session, services.enqueue, timedelta(hours=1), in_broker=in_broker)
+    session.commit()
+    assert result["resent"] == 1 and queued_ids(redis_client) == [lost, kept]
+    assert jobs.reconcile(session, services.enqueue, timedelta(hours=1), in_broker=in_broker)["resent"] == 0

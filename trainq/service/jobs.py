@@ -253,8 +253,16 @@ def release(session: Session, attempt: Attempt, job: Job, reason: str) -> Job:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now: datetime | None = None) -> dict:
-    """Requeue jobs whose lease expired, and send again queued jobs the broker may have lost."""
+SEND_GRACE = timedelta(seconds=10)  # a job just committed may not have reached the broker yet
+
+
+def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now: datetime | None = None,
+              in_broker: Callable[[set[str]], set[str] | None] | None = None) -> dict:
+    """Requeue jobs whose lease expired, and send again queued jobs the broker lost.
+
+    `in_broker(pools)` returns the job ids the broker holds (None if it cannot tell): a queued job missing from it
+    is sent again at once; without it, a job queued longer than `requeue_after` is.
+    """
     now = now or utcnow()
     expired = session.scalars(select(Job).where(Job.status == JobStatus.running.value,
                                                 Job.lease_expires_at < now)).all()
@@ -277,11 +285,12 @@ def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now:
             requeued += 1
             add_event(session, job.id, f"lease expired (worker {job.worker} went silent); requeued", level="warning")
     session.flush()
-    stale = session.scalars(select(Job).where(
-        Job.status == JobStatus.queued.value,
-        or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - requeue_after))).all()
-    for job in stale:
-        if enqueue(job):
+    queued = session.scalars(select(Job).where(Job.status == JobStatus.queued.value,
+                                               or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - SEND_GRACE))).all()
+    held = in_broker({job.pool for job in queued}) if (queued and in_broker is not None) else None
+    for job in queued:
+        lost = job.id not in held if held is not None else job.enqueued_at is None or job.enqueued_at < now - requeue_after
+        if (job.enqueued_at is None or lost) and enqueue(job):
             job.enqueued_at = now
             resent += 1
     return {"requeued": requeued, "cancelled": lost_cancelled, "resent": resent}

@@ -9,6 +9,7 @@ from datetime import timedelta
 from flask import Flask
 from sqlalchemy import text
 
+from trainq.broker import job_ids_in_broker
 from trainq.service import jobs
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,8 @@ def reconcile_once(app: Flask) -> dict | None:
             if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_KEY}):
                 return None  # another service process is reconciling right now
         result = jobs.reconcile(session, services.enqueue,
-                                timedelta(seconds=services.settings.requeue_after_seconds))
+                                timedelta(seconds=services.settings.requeue_after_seconds),
+                                in_broker=lambda pools: job_ids_in_broker(services.settings, pools))
         session.commit()
     if any(result.values()):
         log.info("reconciled: %s", result)
