@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(2.0, gt=0)  # worker -> service, also how fast a cancel is heard
     metrics_flush_seconds: float = Field(1.0, gt=0)  # reporter batches metric points for this long
     reconcile_seconds: float = Field(5.0, gt=0)  # how often the service looks for lost jobs
+    max_attempts: int = Field(3, ge=1, le=100)  # a job whose worker is lost this many times ends failed
     requeue_after_seconds: float = Field(300.0, gt=0)  # a queued job not claimed this long is sent again
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # checkpoints travel through the API
 

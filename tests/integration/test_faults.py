@@ -137,3 +137,26 @@ def test_redis_killed_and_restarted_empty_loses_no_job(make_database, tmp_path):
     finally:
         stack.close()
         server.kill()
+
+
+def test_a_hung_worker_is_fenced_and_its_job_resumes_elsewhere(short_lease_stack):
+    import os
+    import time
+
+    stack = short_lease_stack
+    spec = mlp(hidden=(128, 128), epochs=30, batch_size=8)
+    stack.worker("hung")
+    job_id = stack.submit(spec)
+    stack.wait(job_id, until=lambda j: j["epoch"] >= 4, timeout=120)
+    hung = stack.procs["hung"]
+    os.killpg(hung.pid, signal.SIGSTOP)  # it stops answering, but is not dead
+    stack.worker("rescuer")
+    job = stack.wait(job_id, timeout=180)
+    assert job["status"] == "succeeded" and job["worker"] == "rescuer@test" and job["attempts"] == 2
+    os.killpg(hung.pid, signal.SIGCONT)  # it wakes up and tries to go on: every write of its attempt is refused
+    time.sleep(3)
+    after = stack.job(job_id)
+    assert (after["status"], after["attempts"], after["metrics"]) == ("succeeded", 2, job["metrics"])
+    series = stack.get(f"/api/v1/jobs/{job_id}/metrics")["series"]
+    assert series["val_loss"]["epoch"] == list(range(1, 31))
+    assert "fenced" in (stack.folder / "hung.log").read_text()

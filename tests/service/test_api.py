@@ -325,3 +325,21 @@ def test_reconciler_resends_at_once_a_queued_job_the_broker_lost(client, app, re
     session.commit()
     assert result["resent"] == 1 and queued_ids(redis_client) == [lost, kept]
     assert jobs.reconcile(session, services.enqueue, timedelta(hours=1), in_broker=in_broker)["resent"] == 0
+
+
+def test_a_job_that_loses_its_worker_every_time_fails_after_max_attempts(client, app, worker_headers):
+    services = app.extensions["trainq"]
+    job = submit(client)
+    session = services.sessions()
+    for attempt in range(1, 4):
+        assert claim(client, job["id"], worker_headers, f"w{attempt}").json["attempt"] == attempt
+        session.execute(Job.__table__.update().where(Job.id == job["id"])
+                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        result = jobs.reconcile(session, lambda j: True, timedelta(hours=1), max_attempts=3)
+        session.commit()
+        assert result["failed"] == (1 if attempt == 3 else 0) and result["requeued"] == (0 if attempt == 3 else 1)
+    done = client.get(f"/api/v1/jobs/{job['id']}").json
+    assert done["status"] == "failed" and done["stop_reason"] == "error"
+    assert "lost its worker on each of 3 attempts (last: w3)" in done["error"]
+    assert claim(client, job["id"], worker_headers, "w4").status_code == 409

@@ -257,7 +257,7 @@ SEND_GRACE = timedelta(seconds=10)  # a job just committed may not have reached 
 
 
 def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now: datetime | None = None,
-              in_broker: Callable[[set[str]], set[str] | None] | None = None) -> dict:
+              in_broker: Callable[[set[str]], set[str] | None] | None = None, max_attempts: int = 3) -> dict:
     """Requeue jobs whose lease expired, and send again queued jobs the broker lost.
 
     `in_broker(pools)` returns the job ids the broker holds (None if it cannot tell): a queued job missing from it
@@ -266,8 +266,23 @@ def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now:
     now = now or utcnow()
     expired = session.scalars(select(Job).where(Job.status == JobStatus.running.value,
                                                 Job.lease_expires_at < now)).all()
-    requeued, lost_cancelled, resent = 0, 0, 0
+    requeued, lost_cancelled, resent, given_up = 0, 0, 0, 0
     for job in expired:
+        if job.attempts >= max_attempts and not job.cancel_requested:
+            # A job that takes its worker down every time (killed for memory, a crash in native code) would
+            # otherwise be requeued forever and starve the pool.
+            reason = (f"lost its worker on each of {job.attempts} attempts (last: {job.worker}); "
+                      "a process killed for memory is the usual cause")
+            done = session.execute(update(Job).where(Job.id == job.id, Job.current_attempt_id == job.current_attempt_id,
+                                                     Job.lease_expires_at < now).values(
+                status=JobStatus.failed.value, stop_reason="error", finished_at=now, lease_expires_at=None,
+                error=reason))
+            if done.rowcount:
+                session.execute(update(Attempt).where(Attempt.job_id == job.id, Attempt.status == "running")
+                                .values(status="lost", ended_at=now))
+                given_up += 1
+                add_event(session, job.id, f"failed: {reason}", level="error")
+            continue
         if job.cancel_requested:
             done = session.execute(update(Job).where(Job.id == job.id, Job.current_attempt_id == job.current_attempt_id,
                                                      Job.lease_expires_at < now).values(
@@ -293,4 +308,4 @@ def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now:
         if (job.enqueued_at is None or lost) and enqueue(job):
             job.enqueued_at = now
             resent += 1
-    return {"requeued": requeued, "cancelled": lost_cancelled, "resent": resent}
+    return {"requeued": requeued, "cancelled": lost_cancelled, "resent": resent, "failed": given_up}
