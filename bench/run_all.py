@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["engine_speed.py", "service_overhead.py", "queue_latency.py", "api_throughput.py", "metric_ingestion.py"]
+SCRIPTS = ["engine_speed.py", "service_overhead.py", "queue_latency.py", "api_throughput.py", "metric_ingestion.py",
+           "scale.py"]
 
 
 def main() -> None:
