@@ -1,5 +1,5 @@
 """Soak (not in CI): N jobs through 3 workers with a fault every M seconds (a worker killed with SIGKILL or sent
-SIGTERM, then replaced), printing jobs accepted, finished, lost (must be 0) and duplicated attempts (must be 0).
+SIGTERM in turn, then replaced), printing jobs accepted, finished, lost (must be 0) and duplicated attempts (must be 0).
 
     python bench/soak.py --jobs 60 --every 10
 """
@@ -38,7 +38,7 @@ def main() -> None:
                 break
             if time.monotonic() >= next_fault:
                 victim = rng.choice([name for name in stack.procs if name.startswith("worker")])
-                sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+                sig = (signal.SIGKILL, signal.SIGTERM)[faults % 2]  # both kinds, in turn
                 stack.stop(victim, sig)
                 stack.worker(f"worker{spare}")
                 spare += 1
