@@ -12,6 +12,12 @@ from celery import Celery
 from trainq.settings import Settings
 
 TRAIN_TASK = "trainq.train"
+PRIORITY_STEPS = range(10)
+
+
+def broker_priority(priority: int) -> int:
+    """Map a job's priority (-100..100, higher first) to a Redis priority step (0..9, 0 served first)."""
+    return 9 - round((max(-100, min(100, priority)) + 100) * 9 / 200)
 
 
 def celery_config(settings: Settings) -> dict:
@@ -42,7 +48,12 @@ def celery_config(settings: Settings) -> dict:
             "polling_interval": 0.05,  # seconds; the filesystem transport polls its folder
         }
     elif url.startswith(("redis", "rediss")):
-        conf["broker_transport_options"] = {"visibility_timeout": 7 * 24 * 3600}  # seconds
+        conf["broker_transport_options"] = {
+            "visibility_timeout": 7 * 24 * 3600,  # seconds: far above any lease; the lease decides, not Redis
+            "queue_order_strategy": "priority",
+            "priority_steps": list(PRIORITY_STEPS),  # one Redis list per step; step 0 is served first
+            "sep": ":",
+        }
     return conf
 
 
@@ -79,7 +90,8 @@ def job_ids_in_broker(settings: Settings, pools: set[str]) -> set[str] | None:
 
         client = redis.Redis.from_url(url, socket_timeout=5)
         for pool in pools:
-            found.update(_job_id(raw) for raw in client.lrange(pool, 0, -1))
+            for key in [pool] + [f"{pool}:{step}" for step in PRIORITY_STEPS if step]:
+                found.update(_job_id(raw) for raw in client.lrange(key, 0, -1))
         for raw in client.hvals("unacked"):  # kombu keeps delivered, unacknowledged messages here
             try:
                 found.add(_job_id(json.dumps(json.loads(raw)[0])))

@@ -133,3 +133,18 @@ def test_a_job_trains_on_an_uploaded_csv(stack):
     job = stack.wait(stack.submit(spec))
     assert job["status"] == "succeeded", stack.logs()
     assert job["metrics"]["test_accuracy"] >= 0.95  # a linear rule: a linear model finds it
+
+
+def test_a_higher_priority_job_goes_first_and_positions_say_so(stack):
+    from datetime import datetime
+
+    blocker = stack.submit(mlp(hidden=(256, 256), epochs=400, batch_size=8))
+    stack.wait(blocker, until=lambda j: j["status"] == "running", timeout=60)
+    low = stack.submit({**xor(), "name": "low", "resources": {"priority": -50}})
+    high = stack.submit({**xor(), "name": "high", "resources": {"priority": 50}})
+    assert (stack.job(high)["queue_position"], stack.job(low)["queue_position"]) == (1, 2)
+    stack.http.post(f"{stack.url}/api/v1/jobs/{blocker}/cancel", timeout=10)
+    first, second = stack.wait(high), stack.wait(low)
+    assert first["status"] == second["status"] == "succeeded"
+    assert datetime.fromisoformat(first["started_at"]) < datetime.fromisoformat(second["started_at"])
+    assert "queue_position" not in first

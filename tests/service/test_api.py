@@ -21,7 +21,10 @@ def submit(client, spec=None) -> dict:
 
 
 def queued_ids(redis_client, queue="cpu") -> list[str]:
-    return [json.loads(m)["headers"]["argsrepr"].strip("[]'\"") for m in redis_client.lrange(queue, 0, -1)]
+    """Job ids waiting in a pool's Redis lists, in the order a worker takes them (highest priority step first)."""
+    keys = [queue] + [f"{queue}:{step}" for step in range(1, 10)]
+    return [json.loads(m)["headers"]["argsrepr"].strip("[]'\"")
+            for key in keys for m in reversed(redis_client.lrange(key, 0, -1))]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -315,7 +318,7 @@ def test_reconciler_resends_at_once_a_queued_job_the_broker_lost(client, app, re
     session.execute(Job.__table__.update().values(enqueued_at=utcnow() - timedelta(seconds=20)))
     session.commit()
     assert job_ids_in_broker(services.settings, {"cpu"}) == {kept, lost}
-    redis_client.lrem("cpu", 1, redis_client.lrange("cpu", 0, -1)[0])  # kombu LPUSHes: index 0 is the newest
+    redis_client.lrem("cpu:5", 1, redis_client.lrange("cpu:5", 0, -1)[0])  # kombu LPUSHes: index 0 is the newest
     assert job_ids_in_broker(services.settings, {"cpu"}) == {kept}
 
     def in_broker(pools):
@@ -323,7 +326,7 @@ def test_reconciler_resends_at_once_a_queued_job_the_broker_lost(client, app, re
 
     result = jobs.reconcile(session, services.enqueue, timedelta(hours=1), in_broker=in_broker)
     session.commit()
-    assert result["resent"] == 1 and queued_ids(redis_client) == [lost, kept]
+    assert result["resent"] == 1 and queued_ids(redis_client) == [kept, lost]
     assert jobs.reconcile(session, services.enqueue, timedelta(hours=1), in_broker=in_broker)["resent"] == 0
 
 
@@ -343,3 +346,10 @@ def test_a_job_that_loses_its_worker_every_time_fails_after_max_attempts(client,
     assert done["status"] == "failed" and done["stop_reason"] == "error"
     assert "lost its worker on each of 3 attempts (last: w3)" in done["error"]
     assert claim(client, job["id"], worker_headers, "w4").status_code == 409
+
+
+def test_priorities_map_onto_the_brokers_steps_higher_first():
+    from trainq.broker import broker_priority
+
+    assert [broker_priority(p) for p in (100, 50, 0, -50, -100, 1000)] == [0, 2, 5, 7, 9, 0]
+    assert all(broker_priority(a) <= broker_priority(b) for a, b in zip(range(100, -100, -1), range(99, -101, -1)))

@@ -178,9 +178,21 @@ def export_jobs():
                     headers={"Content-Disposition": "attachment; filename=trainq-jobs.csv"})
 
 
+def queue_position(job: Job) -> int:
+    """1 for the next job its pool will take: higher priority first, then older."""
+    ahead = db().scalar(select(func.count()).select_from(Job).where(
+        Job.pool == job.pool, Job.status == JobStatus.queued.value, Job.id != job.id,
+        (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.created_at < job.created_at))))
+    return ahead + 1
+
+
 @bp.get("/jobs/<hexid:job_id>")
 def get_job_route(job_id: str):
-    return jsonify(job_json(get_job(job_id)))
+    job = get_job(job_id)
+    body = job_json(job)
+    if job.status == JobStatus.queued.value:
+        body["queue_position"] = queue_position(job)
+    return jsonify(body)
 
 
 @bp.post("/jobs/<hexid:job_id>/cancel")

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from trainq.broker import TRAIN_TASK, make_celery
+from trainq.broker import TRAIN_TASK, broker_priority, make_celery
 from trainq.service.db import make_engine, make_sessionmaker
 from trainq.settings import Settings
 
@@ -39,7 +39,8 @@ class Services:
         try:
             if self._celery is None:
                 self._celery = make_celery(self.settings, "trainq-service")
-            self._celery.send_task(TRAIN_TASK, args=[job.id], queue=job.pool, retry=True,
+            self._celery.send_task(TRAIN_TASK, args=[job.id], queue=job.pool, priority=broker_priority(job.priority),
+                                   retry=True,
                                    retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
             return True
         except Exception:  # noqa: BLE001 - any broker failure leaves the job queued in SQL
