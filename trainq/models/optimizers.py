@@ -28,18 +28,14 @@ def _l2(spec: JobSpec) -> float:
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(spec: JobSpec, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-    o = spec.optimizer
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=_l2(spec),
-                           foreach=True)
-
-
 @OPTIMIZERS.register("momentum")
 @OPTIMIZERS.register("nesterov")
-def momentum_sgd(spec: JobSpec, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+def sgd(spec: JobSpec, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """Gradient descent; `momentum` and `nesterov` are SGD with those settings as their defaults."""
     o = spec.optimizer
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.type == "nesterov",
-                           weight_decay=_l2(spec), foreach=True)
+    nesterov = o.type == "nesterov" or getattr(o, "nesterov", False)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=nesterov, weight_decay=_l2(spec),
+                           foreach=True)
 
 
 @OPTIMIZERS.register("adagrad")

@@ -31,6 +31,12 @@ def require_worker_token():
         fail(401, "unauthorized", "a worker token is required", extra_headers={"WWW-Authenticate": "Bearer"})
 
 
+@bp.errorhandler(jobs.Fenced)
+def fenced(exc: jobs.Fenced):
+    """Any write from an attempt that is no longer the job's live one: refused, whichever route it came by."""
+    return jsonify({"error": "fenced", "message": str(exc)}), 409
+
+
 def lease() -> timedelta:
     return timedelta(seconds=services().settings.lease_seconds)
 
@@ -41,8 +47,6 @@ def live(attempt_id: str):
         return jobs.live_attempt(db(), attempt_id, token)
     except LookupError:
         fail(404, "not_found", f"no attempt {attempt_id} with that token")
-    except jobs.Fenced as exc:
-        fail(409, "fenced", str(exc))
 
 
 @bp.post("/jobs/<hexid:job_id>/claim")
@@ -79,10 +83,7 @@ def heartbeat(attempt_id: str):
     attempt, _ = live(attempt_id)
     epoch = body.get("epoch") if isinstance(body, dict) else None
     session = db()
-    try:
-        cancel = jobs.heartbeat(session, attempt, lease(), epoch if isinstance(epoch, int) else None)
-    except jobs.Fenced as exc:
-        fail(409, "fenced", str(exc))
+    cancel = jobs.heartbeat(session, attempt, lease(), epoch if isinstance(epoch, int) else None)
     session.commit()
     return jsonify({"cancel": cancel})
 
@@ -171,10 +172,7 @@ def release(attempt_id: str):
     attempt, job = live(attempt_id)
     reason = str(body.get("reason", "worker shutting down")) if isinstance(body, dict) else "worker shutting down"
     session = db()
-    try:
-        job = jobs.release(session, attempt, job, reason)
-    except jobs.Fenced as exc:
-        fail(409, "fenced", str(exc))
+    job = jobs.release(session, attempt, job, reason)
     session.commit()
     if not jobs.mark_enqueued(session, job, services().enqueue):
         session.commit()
@@ -188,9 +186,6 @@ def finish(attempt_id: str):
     if not isinstance(body, dict) or body.get("status") not in FINISHED:
         fail(400, "bad_request", f"status must be one of {list(FINISHED)}")
     session = db()
-    try:
-        job = jobs.finish(session, attempt, job, body)
-    except jobs.Fenced as exc:
-        fail(409, "fenced", str(exc))
+    job = jobs.finish(session, attempt, job, body)
     session.commit()
     return jsonify({"status": job.status})
