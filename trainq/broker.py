@@ -20,6 +20,16 @@ def broker_priority(priority: int) -> int:
     return 9 - round((max(-100, min(100, priority)) + 100) * 9 / 200)
 
 
+def queue_name(pool: str, device: str = "any") -> str:
+    """The broker queue of a pool's jobs that ask for a device kind. Pool names hold no dot, so no clash."""
+    return pool if device == "any" else f"{pool}.{device}"
+
+
+def worker_queues(pool: str, kind: str) -> list[str]:
+    """The queues a worker of this pool and device kind (cpu | gpu) consumes: the pool's, and its own kind's."""
+    return [pool, queue_name(pool, kind)]
+
+
 def celery_config(settings: Settings) -> dict:
     url = settings.resolved_broker_url
     conf = {
@@ -78,8 +88,8 @@ def _job_id(message: bytes | str) -> str | None:
         return None
 
 
-def job_ids_in_broker(settings: Settings, pools: set[str]) -> set[str] | None:
-    """Job ids the broker holds for these pools, waiting or delivered but not yet acknowledged; None if this kind of
+def job_ids_in_broker(settings: Settings, queues: set[str]) -> set[str] | None:
+    """Job ids the broker holds in these queues, waiting or delivered but not yet acknowledged; None if this kind of
     broker cannot be looked into (then the reconciler falls back to re-sending jobs queued too long)."""
     import json
 
@@ -89,8 +99,8 @@ def job_ids_in_broker(settings: Settings, pools: set[str]) -> set[str] | None:
         import redis
 
         client = redis.Redis.from_url(url, socket_timeout=5)
-        for pool in pools:
-            for key in [pool] + [f"{pool}:{step}" for step in PRIORITY_STEPS if step]:
+        for queue in queues:
+            for key in [queue] + [f"{queue}:{step}" for step in PRIORITY_STEPS if step]:
                 found.update(_job_id(raw) for raw in client.lrange(key, 0, -1))
         for raw in client.hvals("unacked"):  # kombu keeps delivered, unacknowledged messages here
             try:
@@ -100,7 +110,7 @@ def job_ids_in_broker(settings: Settings, pools: set[str]) -> set[str] | None:
     elif url.startswith("filesystem"):
         folder = settings.broker_dir / "queue"
         for path in folder.glob("*.msg") if folder.is_dir() else ():
-            if path.name.rsplit(".", 2)[-2] in pools:
+            if path.name[:-len(".msg")].split("_", 1)[-1] in queues:
                 try:
                     found.add(_job_id(path.read_bytes()))
                 except OSError:  # taken by a worker while we looked

@@ -123,7 +123,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bo
     return False
 
 
-def _supervise(children: list[subprocess.Popen]) -> None:
+def _supervise(children: list[subprocess.Popen], until: str = "any") -> None:
+    """Wait on child processes, passing SIGTERM/SIGINT on; stop them all when one ends (until="any") or when all
+    have ended (until="all": GPU workers, each of which may be drained on its own)."""
     def stop(*_):
         for child in children:
             if child.poll() is None:
@@ -137,7 +139,8 @@ def _supervise(children: list[subprocess.Popen]) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while all(child.poll() is None for child in children):
+    done = any if until == "any" else all
+    while not done(child.poll() is not None for child in children):
         time.sleep(0.5)
     stop()
 
@@ -169,22 +172,47 @@ def serve(host: str | None, port: int | None, processes: int | None, threads: in
 
 @main.group(invoke_without_command=True)
 @click.option("--pool", default="cpu", show_default=True, help="The pool (queue) this worker serves.")
-@click.option("--name", default=None, help="Worker name (default POOL@HOST-PID).")
+@click.option("--name", default=None, help="Worker name (default POOL@HOST-PID, or POOL@HOST-gpuN with --gpus).")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs at once (one process each).")
+@click.option("--gpus", default=None, help="GPU indices, e.g. 0,1: one worker process per GPU, each pinned to it "
+                                           "with CUDA_VISIBLE_DEVICES and training one job at a time.")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=None, hidden=True)
 @click.pass_context
-def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int) -> None:
-    """Run a worker that trains jobs from one pool."""
+def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int, gpus: str | None,
+           kind: str | None) -> None:
+    """Run a worker that trains jobs from one pool (subcommands: list, drain)."""
     if ctx.invoked_subcommand is not None:
         return
+    if gpus:
+        # One process per GPU. CUDA is never initialized here: each child sees only its own GPU, as cuda:0.
+        import socket
+
+        indices = [part.strip() for part in gpus.split(",") if part.strip()]
+        children = []
+        for index in indices:
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": index}
+            child_name = f"{name or pool + '@' + socket.gethostname()}-gpu{index}"
+            children.append(subprocess.Popen([sys.executable, "-m", "trainq.cli", "worker", "--pool", pool,
+                                              "--name", child_name, "--kind", "gpu"], env=env))
+        _supervise(children, until="all")
+        return
+    from trainq.broker import worker_queues
     from trainq.workers.app import create_worker_app, default_name
 
+    kind = kind or "cpu"
+    if kind == "gpu":
+        concurrency = 1  # one job per GPU
     if "TRAINQ_CPU_THREADS" not in os.environ:  # each job process gets its share of the cores
         os.environ["TRAINQ_CPU_THREADS"] = str(max(1, (os.cpu_count() or 1) // concurrency))
     settings = Settings()
     if not settings.worker_token:
         raise click.UsageError("TRAINQ_WORKER_TOKEN is not set: a worker needs the token the service was given")
-    app = create_worker_app(settings)
-    argv = ["worker", "--queues", pool, "--hostname", name or default_name(pool), "--concurrency", str(concurrency),
+    name = name or default_name(pool)
+    device = (_gpu_name(os.environ.get("CUDA_VISIBLE_DEVICES", "0")) if kind == "gpu"
+              else f"cpu ({os.environ['TRAINQ_CPU_THREADS']} threads per job)")
+    app = create_worker_app(settings, name=name, pool=pool, kind=kind, device=device, concurrency=concurrency)
+    argv = ["worker", "--queues", ",".join(worker_queues(pool, kind)), "--hostname", name,
+            "--concurrency", str(concurrency),
             # Jobs run in a child process (a crash or an out-of-memory kill takes only the child), kept warm across
             # jobs: a fresh child per job re-paid ~2 s of imports and first-op setup. A child that has grown past
             # the memory limit is replaced after its job.
@@ -192,6 +220,70 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int) ->
             "--without-mingle", "--without-gossip",
             "--loglevel", "INFO"]
     app.worker_main(argv)
+
+
+def _gpu_name(index: str) -> str:
+    """Which GPU, for people, asked of nvidia-smi so that this process never initializes CUDA."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", index],
+                             capture_output=True, text=True, timeout=10)
+        label = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        label = ""
+    return f"cuda:{index} {label}".strip()
+
+
+@worker.command("list")
+@click.option("--url", default=None, help="Service URL (default TRAINQ_SERVICE_URL).")
+@click.option("--token", envvar="TRAINQ_TOKEN", default=None, help="API token (default TRAINQ_TOKEN).")
+def worker_list(url: str | None, token: str | None) -> None:
+    """List the workers: state, pool, device, the job each runs, jobs done."""
+    base, http = _api(url, token)
+    body = _checked(http.get(f"{base}/api/v1/workers", timeout=30))
+    for w in body["workers"]:
+        running = ", ".join(j["id"] for j in w["jobs"]) or ("busy" if w["busy"] else "-")
+        click.echo(f"{w['name']:<40} {w['state']:<9} {w['pool']:<10} {w['device']:<28} {running:<34} "
+                   f"{w['jobs_done']} done")
+    for pool, p in body["pools"].items():
+        click.echo(f"pool {pool}: {p['online']} online, {p['busy']}/{p['slots']} busy, {p['queued']} queued")
+
+
+@worker.command("drain")
+@click.argument("name")
+@click.option("--url", default=None, help="Service URL (default TRAINQ_SERVICE_URL).")
+@click.option("--token", envvar="TRAINQ_TOKEN", default=None, help="An admin's API token (default TRAINQ_TOKEN).")
+def worker_drain(name: str, url: str | None, token: str | None) -> None:
+    """Ask worker NAME to finish its running job, take no new one, and stop."""
+    from urllib.parse import quote
+
+    base, http = _api(url, token)
+    body = _checked(http.post(f"{base}/api/v1/workers/{quote(name, safe='@')}/drain", timeout=30))
+    click.echo(f"{body['name']}: {body['state']}")
+
+
+def _api(url: str | None, token: str | None):
+    """The service's base URL and an HTTP session with the token (else the embedded admin's, when there is one)."""
+    import requests
+
+    settings = Settings()
+    if token is None and (settings.data_dir / "admin_token").exists():
+        token = (settings.data_dir / "admin_token").read_text().strip()
+    http = requests.Session()
+    if token:
+        http.headers["Authorization"] = f"Bearer {token}"
+    return (url or settings.service_url).rstrip("/"), http
+
+
+def _checked(answer) -> dict:
+    try:
+        body = answer.json()
+    except ValueError:
+        raise click.ClickException(f"HTTP {answer.status_code}: {answer.text[:200]}")
+    if answer.status_code >= 400:
+        for error in body.get("errors", []):
+            click.echo(f"{error['path']}: {error['message']}", err=True)
+        raise click.ClickException(body.get("message", answer.text))
+    return body
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,21 +299,8 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int) ->
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and print its final metrics.")
 def submit(spec_file: str, url: str | None, token: str | None, wait: bool) -> None:
     """Submit a job spec (YAML or JSON) to the service."""
-    import requests
-
-    settings = Settings()
-    base = (url or settings.service_url).rstrip("/")
-    if token is None and (settings.data_dir / "admin_token").exists():
-        token = (settings.data_dir / "admin_token").read_text().strip()
-    http = requests.Session()
-    if token:
-        http.headers["Authorization"] = f"Bearer {token}"
-    answer = http.post(f"{base}/api/v1/jobs", json=load_spec_file(spec_file), timeout=30)
-    body = answer.json()
-    if answer.status_code != 201:
-        for error in body.get("errors", []):
-            click.echo(f"{error['path']}: {error['message']}", err=True)
-        raise click.ClickException(body.get("message", answer.text))
+    base, http = _api(url, token)
+    body = _checked(http.post(f"{base}/api/v1/jobs", json=load_spec_file(spec_file), timeout=30))
     click.echo(body["id"])
     if wait:
         while body["status"] in ("queued", "running"):

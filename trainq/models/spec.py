@@ -614,6 +614,7 @@ POOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 class ResourcesSpec(Spec):
     pool: str = Field("cpu", pattern=POOL_PATTERN)
     priority: int = Field(0, ge=-100, le=100)
+    device: Literal["any", "cpu", "gpu"] = "any"  # gpu: only a GPU worker of the pool takes it; cpu: only a CPU one
 
 
 class JobSpec(Spec):

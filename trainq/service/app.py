@@ -39,7 +39,7 @@ class Services:
         try:
             if self._celery is None:
                 self._celery = make_celery(self.settings, "trainq-service")
-            self._celery.send_task(TRAIN_TASK, args=[job.id], queue=job.pool, priority=broker_priority(job.priority),
+            self._celery.send_task(TRAIN_TASK, args=[job.id], queue=job.queue, priority=broker_priority(job.priority),
                                    retry=True,
                                    retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
             return True

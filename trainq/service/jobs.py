@@ -47,7 +47,7 @@ def add_event(session: Session, job_id: str, message: str, *, source: str = "ser
 def submit(session: Session, spec: JobSpec, plan: Plan, owner_id: str | None = None,
            dataset_id: str | None = None) -> Job:
     job = Job(owner_id=owner_id, dataset_id=dataset_id, name=spec.name, spec=spec.model_dump(mode="json"),
-              enqueued_at=utcnow(), pool=spec.resources.pool,
+              enqueued_at=utcnow(), pool=spec.resources.pool, device=spec.resources.device,
               priority=spec.resources.priority, params=plan.params, max_epochs=spec.training.epochs)
     session.add(job)
     session.flush()
@@ -260,7 +260,7 @@ def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now:
               in_broker: Callable[[set[str]], set[str] | None] | None = None, max_attempts: int = 3) -> dict:
     """Requeue jobs whose lease expired, and send again queued jobs the broker lost.
 
-    `in_broker(pools)` returns the job ids the broker holds (None if it cannot tell): a queued job missing from it
+    `in_broker(queues)` returns the job ids the broker holds (None if it cannot tell): a queued job missing from it
     is sent again at once; without it, a job queued longer than `requeue_after` is.
     """
     now = now or utcnow()
@@ -302,7 +302,7 @@ def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now:
     session.flush()
     queued = session.scalars(select(Job).where(Job.status == JobStatus.queued.value,
                                                or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - SEND_GRACE))).all()
-    held = in_broker({job.pool for job in queued}) if (queued and in_broker is not None) else None
+    held = in_broker({job.queue for job in queued}) if (queued and in_broker is not None) else None
     for job in queued:
         lost = job.id not in held if held is not None else job.enqueued_at is None or job.enqueued_at < now - requeue_after
         if (job.enqueued_at is None or lost) and enqueue(job):

@@ -25,7 +25,7 @@ def reconcile_once(app: Flask) -> dict | None:
                 return None  # another service process is reconciling right now
         result = jobs.reconcile(session, services.enqueue,
                                 timedelta(seconds=services.settings.requeue_after_seconds),
-                                in_broker=lambda pools: job_ids_in_broker(services.settings, pools),
+                                in_broker=lambda queues: job_ids_in_broker(services.settings, queues),
                                 max_attempts=services.settings.max_attempts)
         session.commit()
     if any(result.values()):

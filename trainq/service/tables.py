@@ -109,6 +109,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     pool: Mapped[str] = mapped_column(String(63))
+    device: Mapped[str] = mapped_column(String(8), default="any", server_default="any")  # any | cpu | gpu
     priority: Mapped[int] = mapped_column(Integer, default=0)
     params: Mapped[int] = mapped_column(BigInteger, default=0)
     max_epochs: Mapped[int] = mapped_column(Integer)
@@ -126,6 +127,12 @@ class Job(Base):
     stop_reason: Mapped[str | None] = mapped_column(String(16))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def queue(self) -> str:
+        from trainq.broker import queue_name
+
+        return queue_name(self.pool, self.device or "any")
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -186,3 +193,21 @@ class Event(Base):
     source: Mapped[str] = mapped_column(String(16))  # service | worker
     level: Mapped[str] = mapped_column(String(8), default="info")
     message: Mapped[str] = mapped_column(Text)
+
+
+class Worker(Base):
+    """A worker process serving one pool on one device; it says it is alive every few seconds."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # the Celery hostname, as in jobs.worker
+    pool: Mapped[str] = mapped_column(String(63), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # cpu | gpu
+    device: Mapped[str] = mapped_column(String(255))  # what it trains on, e.g. "cpu (2 threads)" or "cuda:0 NVIDIA H200"
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="online")  # online | draining | stopped
+    drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -11,12 +11,13 @@ import secrets
 from datetime import timedelta
 
 from flask import Blueprint, jsonify, request, url_for
+from sqlalchemy import select
 
 from trainq.models.checkpoint import read_meta
-from trainq.service import jobs
+from trainq.service import jobs, workers
 from trainq.service.app import db, services
 from trainq.service.http import body_bytes, fail, read_body
-from trainq.service.tables import FINISHED, Dataset
+from trainq.service.tables import FINISHED, Dataset, Job
 
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
 
@@ -53,7 +54,11 @@ def live(attempt_id: str):
 def claim(job_id: str):
     body = read_body()
     worker = str(body.get("worker", "unknown"))[:255] if isinstance(body, dict) else "unknown"
+    kind = body.get("kind") if isinstance(body, dict) else None
     session = db()
+    wanted = session.scalar(select(Job.device).where(Job.id == job_id))
+    if kind in workers.KINDS and wanted in workers.KINDS and wanted != kind:
+        fail(409, "wrong_device", f"job {job_id} needs a {wanted.upper()} worker; {worker} is a {kind.upper()} worker")
     try:
         c = jobs.claim(session, job_id, worker, lease())
     except LookupError:
@@ -189,3 +194,37 @@ def finish(attempt_id: str):
     job = jobs.finish(session, attempt, job, body)
     session.commit()
     return jsonify({"status": job.status})
+
+
+def worker_info(body) -> dict:
+    """What a worker says of itself, checked: a bad field is a 400 naming it, never a 500."""
+    if not isinstance(body, dict):
+        fail(400, "bad_request", "the body must be a JSON object")
+    checks = {"pool": lambda v: isinstance(v, str) and 0 < len(v) <= 63,
+              "kind": lambda v: v in workers.KINDS,
+              "device": lambda v: isinstance(v, str) and len(v) <= 255,
+              "host": lambda v: isinstance(v, str) and len(v) <= 255,
+              "pid": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              "concurrency": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1024}
+    for field, ok in checks.items():
+        if not ok(body.get(field)):
+            fail(400, "bad_request", f"{field}: missing or not valid", errors=[{"path": field, "message": "not valid"}])
+    return {field: body[field] for field in checks}
+
+
+@bp.post("/workers/<name>/heartbeat")
+def worker_heartbeat(name: str):
+    """A worker's main process says it is alive; the answer tells it whether to drain."""
+    info = worker_info(read_body())
+    session = db()
+    drain = workers.heartbeat(session, name[:255], info)
+    session.commit()
+    return jsonify({"drain": drain})
+
+
+@bp.post("/workers/<name>/stopped")
+def worker_stopped(name: str):
+    session = db()
+    workers.stopped(session, name)
+    session.commit()
+    return jsonify({"ok": True})

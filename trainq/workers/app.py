@@ -11,6 +11,8 @@ from celery import Celery, signals
 
 from trainq.broker import TRAIN_TASK, make_celery
 from trainq.settings import Settings
+from trainq.workers.client import ServiceClient
+from trainq.workers.presence import Presence, warm_shutdown
 
 
 def preload() -> None:
@@ -34,22 +36,41 @@ def draining() -> bool:
     return drain_flag(os.getppid()).exists()
 
 
-def create_worker_app(settings: Settings) -> Celery:
+def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "cpu", device: str = "cpu",
+                      concurrency: int = 1) -> Celery:
+    """The worker's Celery app. `kind` is cpu or gpu; `device` describes it for people (e.g. "cuda:0 NVIDIA H200").
+    The main process registers the worker and heartbeats; a drain asked through the API finishes the running job."""
     app = make_celery(settings, "trainq-worker")
     preload()
     drain_flag(os.getpid()).unlink(missing_ok=True)  # a restarted container may reuse the pid of the last worker
+    presence = Presence(ServiceClient(settings.service_url, settings.worker_token), name,
+                        {"pool": pool, "kind": kind, "device": device, "concurrency": concurrency},
+                        every=settings.heartbeat_seconds, on_drain=warm_shutdown)
+
+    @signals.worker_ready.connect(weak=False)
+    def _online(**_):
+        presence.start()
 
     @signals.worker_shutting_down.connect(weak=False)
     def _drain(**_):
-        # Celery's warm shutdown waits for the running job to finish, which may take hours. Tell the job process
-        # instead: it stops within one batch, keeps its last finished epoch's checkpoint and hands the job back.
+        if presence.drained:
+            return  # a drain asked through the API: the running job finishes here, then the worker stops
+        # A SIGTERM (preemption, a rolling restart): Celery's warm shutdown would wait for the running job to finish,
+        # which may take hours. Tell the job process instead: it stops within one batch, keeps its last finished
+        # epoch's checkpoint and hands the job back to the queue.
         drain_flag(os.getpid()).touch()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _gone(**_):
+        presence.stop()
+
+    torch_device = "cuda" if kind == "gpu" else "cpu"  # a GPU worker sees one GPU (CUDA_VISIBLE_DEVICES): cuda:0
 
     @app.task(name=TRAIN_TASK, bind=True)
     def train(self, job_id: str) -> str:
         from trainq.workers.runner import run_job
 
-        return run_job(job_id, Settings(), worker=self.request.hostname or socket.gethostname())
+        return run_job(job_id, Settings(), worker=self.request.hostname or name, device=torch_device, kind=kind)
 
     return app
 

@@ -24,11 +24,11 @@ def read_arrays(blob: bytes):
         return archive["x"], archive["y"]
 
 
-def run_job(job_id: str, settings: Settings, worker: str, device: str | None = None) -> str:
+def run_job(job_id: str, settings: Settings, worker: str, device: str | None = None, kind: str | None = None) -> str:
     """Claim and train a job; return what happened (skipped, succeeded, failed, cancelled, fenced)."""
     client = ServiceClient(settings.service_url, settings.worker_token)
     try:
-        claim = client.claim(job_id, worker)
+        claim = client.claim(job_id, worker, kind)
     except Refused as exc:  # another attempt holds it, or it finished or was cancelled: nothing to do
         log.info("job %s not claimed: %s", job_id, exc)
         return "skipped"

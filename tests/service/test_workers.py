@@ -1,0 +1,113 @@
+"""The worker registry: registration by heartbeat, states, drains, why a queued job waits, device routing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from tests.specs import mlp, with_
+from trainq.service.db import utcnow
+from trainq.service.tables import Worker
+
+
+def beat(app, name, worker_headers, **info):
+    body = {"pool": "cpu", "kind": "cpu", "device": "cpu (2 threads per job)", "host": "node-1", "pid": 41,
+            "concurrency": 1, **info}
+    return app.test_client().post(f"/api/v1/worker/workers/{name}/heartbeat", json=body, headers=worker_headers)
+
+
+def age(app, name, seconds):
+    with app.extensions["trainq"].sessions() as session:
+        session.execute(update(Worker).where(Worker.name == name)
+                        .values(last_seen_at=utcnow() - timedelta(seconds=seconds)))
+        session.commit()
+
+
+def test_a_heartbeat_registers_the_worker_and_the_list_shows_it(app, client, worker_headers):
+    answer = beat(app, "cpu@node-1", worker_headers, concurrency=2)
+    assert answer.status_code == 200 and answer.get_json() == {"drain": False}
+    body = client.get("/api/v1/workers").get_json()
+    (w,) = body["workers"]
+    assert (w["name"], w["pool"], w["kind"], w["state"], w["host"], w["concurrency"]) == (
+        "cpu@node-1", "cpu", "cpu", "online", "node-1", 2)
+    assert w["jobs"] == [] and w["jobs_done"] == 0
+    assert body["pools"]["cpu"] == {"online": 1, "slots": 2, "busy": 0, "queued": 0}
+
+
+def test_a_silent_worker_is_shown_lost_and_a_stopped_one_stopped(app, client, worker_headers):
+    beat(app, "cpu@a", worker_headers)
+    beat(app, "cpu@b", worker_headers)
+    age(app, "cpu@a", 60)
+    app.test_client().post("/api/v1/worker/workers/cpu@b/stopped", headers=worker_headers)
+    states = {w["name"]: w["state"] for w in client.get("/api/v1/workers").get_json()["workers"]}
+    assert states == {"cpu@a": "lost", "cpu@b": "stopped"}
+    assert client.get("/api/v1/workers").get_json()["pools"]["cpu"]["online"] == 0
+
+
+def test_a_drain_is_passed_to_the_worker_and_ends_with_a_restart(app, client_as, worker_headers):
+    beat(app, "gpu@n2-gpu0", worker_headers, pool="gpu", kind="gpu", device="cuda:0 NVIDIA H200")
+    assert client_as("alice").post("/api/v1/workers/gpu@n2-gpu0/drain").status_code == 403  # admins only
+    assert client_as("admin").post("/api/v1/workers/nobody@x/drain").status_code == 404
+    answer = client_as("admin").post("/api/v1/workers/gpu@n2-gpu0/drain")
+    assert answer.status_code == 202 and answer.get_json()["state"] == "draining"
+    assert beat(app, "gpu@n2-gpu0", worker_headers, pool="gpu", kind="gpu", device="x").get_json() == {"drain": True}
+    (w,) = client_as("admin").get("/api/v1/workers").get_json()["workers"]
+    assert w["state"] == "draining"
+    # The same name from a new process (the worker was restarted): a fresh registration, not draining.
+    assert beat(app, "gpu@n2-gpu0", worker_headers, pool="gpu", kind="gpu", device="x", pid=99).get_json() == {
+        "drain": False}
+
+
+def test_a_bad_heartbeat_is_a_400_naming_the_field(app, worker_headers, client):
+    answer = beat(app, "cpu@x", worker_headers, kind="tpu")
+    assert answer.status_code == 400 and answer.get_json()["errors"][0]["path"] == "kind"
+    answer = app.test_client().post("/api/v1/worker/workers/cpu@x/heartbeat", json=[1],
+                                    headers=worker_headers)
+    assert answer.status_code == 400
+    assert client.post("/api/v1/worker/workers/cpu@x/heartbeat", json={}).status_code == 401  # a user token
+    assert client.get("/api/v1/workers").get_json()["workers"] == []
+
+
+def test_a_queued_job_says_why_it_waits(app, client, worker_headers):
+    job = client.post("/api/v1/jobs", json=mlp(epochs=1)).get_json()
+    assert client.get(f"/api/v1/jobs/{job['id']}").get_json()["waiting_reason"].startswith(
+        "no worker online for pool cpu")
+    beat(app, "cpu@n1", worker_headers)
+    assert "is free" in client.get(f"/api/v1/jobs/{job['id']}").get_json()["waiting_reason"]
+    gpu_job = client.post("/api/v1/jobs", json=with_(mlp(epochs=1), **{"resources.device": "gpu"})).get_json()
+    assert gpu_job["device"] == "gpu"
+    reason = client.get(f"/api/v1/jobs/{gpu_job['id']}").get_json()["waiting_reason"]
+    assert reason.startswith("no GPU worker online for pool cpu") and "--gpus" in reason
+    # The CPU worker takes the first job: now the pool is busy for the next one.
+    claimed = app.test_client().post(f"/api/v1/worker/jobs/{job['id']}/claim", json={"worker": "cpu@n1",
+                                                                                    "kind": "cpu"},
+                                     headers=worker_headers)
+    assert claimed.status_code == 200
+    other = client.post("/api/v1/jobs", json=mlp(epochs=1)).get_json()
+    assert client.get(f"/api/v1/jobs/{other['id']}").get_json()["waiting_reason"] == (
+        "all 1 workers of pool cpu are busy (1 running)")
+    (w,) = client.get("/api/v1/workers").get_json()["workers"]
+    assert w["busy"] == 1 and [j["id"] for j in w["jobs"]] == [job["id"]]
+
+
+def test_a_gpu_job_is_never_claimed_by_a_cpu_worker(app, client, worker_headers):
+    job = client.post("/api/v1/jobs", json=with_(mlp(epochs=1), **{"resources.device": "gpu"})).get_json()
+    answer = app.test_client().post(f"/api/v1/worker/jobs/{job['id']}/claim",
+                                    json={"worker": "cpu@n1", "kind": "cpu"}, headers=worker_headers)
+    assert answer.status_code == 409 and answer.get_json()["error"] == "wrong_device"
+    assert client.get(f"/api/v1/jobs/{job['id']}").get_json()["status"] == "queued"
+    answer = app.test_client().post(f"/api/v1/worker/jobs/{job['id']}/claim",
+                                    json={"worker": "gpu@n1-gpu0", "kind": "gpu"}, headers=worker_headers)
+    assert answer.status_code == 200
+
+
+def test_a_users_sees_only_their_own_jobs_on_a_worker(app, client_as, worker_headers):
+    job = client_as("bob").post("/api/v1/jobs", json=mlp(epochs=1)).get_json()
+    beat(app, "cpu@n1", worker_headers)
+    app.test_client().post(f"/api/v1/worker/jobs/{job['id']}/claim", json={"worker": "cpu@n1"},
+                           headers=worker_headers)
+    (seen_by_alice,) = client_as("alice").get("/api/v1/workers").get_json()["workers"]
+    assert seen_by_alice["busy"] == 1 and seen_by_alice["jobs"] == []
+    (seen_by_admin,) = client_as("admin").get("/api/v1/workers").get_json()["workers"]
+    assert [j["id"] for j in seen_by_admin["jobs"]] == [job["id"]]

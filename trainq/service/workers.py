@@ -1,0 +1,140 @@
+"""The worker registry: who is online in which pool, on what device, running what; drains; why a job waits.
+
+Workers say they are alive every few seconds (their main process, not the job process, so a long epoch never
+makes a worker look lost). A worker not heard from for `lost_after` is shown lost; its jobs' leases decide what
+happens to them, not this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from trainq.service.db import utcnow
+from trainq.service.tables import Attempt, Job, JobStatus, Worker
+
+KINDS = ("cpu", "gpu")
+
+
+def lost_after(heartbeat_seconds: float) -> timedelta:
+    return timedelta(seconds=max(3 * heartbeat_seconds, 10))
+
+
+def heartbeat(session: Session, name: str, info: dict[str, Any], now: datetime | None = None) -> bool:
+    """Record that a worker is alive (registering it on first sight); return whether it is asked to drain."""
+    now = now or utcnow()
+    worker = session.get(Worker, name, with_for_update=session.get_bind().dialect.name == "postgresql")
+    fields = {"pool": info["pool"], "kind": info["kind"], "device": info["device"], "host": info["host"],
+              "pid": info["pid"], "concurrency": info["concurrency"]}
+    if worker is None or worker.state == "stopped" or worker.pid != info["pid"]:
+        # A new process under a known name (a restart): a fresh registration; an old drain request does not carry over.
+        if worker is None:
+            worker = Worker(name=name, **fields)
+            session.add(worker)
+        else:
+            for key, value in fields.items():
+                setattr(worker, key, value)
+        worker.started_at, worker.state, worker.drain_requested = now, "online", False
+    worker.last_seen_at = now
+    if worker.drain_requested:
+        worker.state = "draining"
+    return worker.drain_requested
+
+
+def stopped(session: Session, name: str) -> None:
+    session.execute(update(Worker).where(Worker.name == name).values(state="stopped", last_seen_at=utcnow()))
+
+
+def request_drain(session: Session, name: str) -> Worker:
+    """Ask a worker to finish the job it runs and take no new one; it leaves once idle. LookupError if unknown."""
+    worker = session.get(Worker, name)
+    if worker is None:
+        raise LookupError(name)
+    if worker.state != "stopped":
+        worker.drain_requested = True
+        worker.state = "draining"
+    return worker
+
+
+@dataclass
+class WorkerView:
+    worker: Worker
+    state: str  # online | draining | lost | stopped
+    jobs: list[Job]
+    jobs_done: int
+
+    def json(self, can_see) -> dict[str, Any]:
+        w = self.worker
+        return {"name": w.name, "pool": w.pool, "kind": w.kind, "device": w.device, "host": w.host, "pid": w.pid,
+                "concurrency": w.concurrency, "state": self.state, "started_at": w.started_at.isoformat(),
+                "last_seen_at": w.last_seen_at.isoformat(), "jobs_done": self.jobs_done,
+                "busy": len(self.jobs),
+                "jobs": [{"id": j.id, "name": j.name, "epoch": j.epoch, "max_epochs": j.max_epochs}
+                         for j in self.jobs if can_see(j)]}
+
+
+def state_of(worker: Worker, now: datetime, lost: timedelta) -> str:
+    if worker.state == "stopped":
+        return "stopped"
+    if worker.last_seen_at < now - lost:
+        return "lost"
+    return worker.state
+
+
+def list_workers(session: Session, lost: timedelta, include_stopped: bool = False) -> list[WorkerView]:
+    now = utcnow()
+    query = select(Worker).order_by(Worker.pool, Worker.name)
+    if not include_stopped:
+        # Stopped workers stay listed for an hour, so a drained or restarted worker's history is visible.
+        query = query.where((Worker.state != "stopped") | (Worker.last_seen_at > now - timedelta(hours=1)))
+    workers = session.scalars(query).all()
+    names = [w.name for w in workers]
+    running: dict[str, list[Job]] = {}
+    done: dict[str, int] = {}
+    if names:
+        for job in session.scalars(select(Job).where(Job.status == JobStatus.running.value, Job.worker.in_(names))):
+            running.setdefault(job.worker, []).append(job)
+        done = dict(session.execute(select(Attempt.worker, func.count()).where(
+            Attempt.worker.in_(names), Attempt.status == "ended").group_by(Attempt.worker)).all())
+    return [WorkerView(w, state_of(w, now, lost), running.get(w.name, []), done.get(w.name, 0)) for w in workers]
+
+
+def pools(session: Session, views: list[WorkerView]) -> dict[str, dict[str, int]]:
+    """Per pool: workers online, job slots busy, jobs queued."""
+    summary: dict[str, dict[str, int]] = {}
+    for view in views:
+        entry = summary.setdefault(view.worker.pool, {"online": 0, "slots": 0, "busy": 0, "queued": 0})
+        if view.state in ("online", "draining"):
+            entry["online"] += 1
+            entry["slots"] += view.worker.concurrency if view.state == "online" else 0
+        entry["busy"] += len(view.jobs)
+    for pool, count in session.execute(select(Job.pool, func.count()).where(
+            Job.status == JobStatus.queued.value).group_by(Job.pool)):
+        summary.setdefault(pool, {"online": 0, "slots": 0, "busy": 0, "queued": 0})["queued"] = count
+    return summary
+
+
+def waiting_reason(session: Session, job: Job, lost: timedelta) -> str:
+    """Why a queued job is not running yet, in words a user can act on."""
+    now = utcnow()
+    kinds = (job.device,) if job.device in KINDS else KINDS
+    candidates = [w for w in session.scalars(select(Worker).where(Worker.pool == job.pool, Worker.kind.in_(kinds)))
+                  if state_of(w, now, lost) == "online"]
+    wanted = {"gpu": "GPU worker", "cpu": "CPU worker"}.get(job.device, "worker")
+    if not candidates:
+        draining = session.scalar(select(func.count()).select_from(Worker).where(
+            Worker.pool == job.pool, Worker.kind.in_(kinds), Worker.state == "draining",
+            Worker.last_seen_at >= now - lost))
+        tail = f" ({draining} draining)" if draining else ""
+        return f"no {wanted} online for pool {job.pool}{tail}; start one with: trainq worker --pool {job.pool}" + (
+            " --gpus 0" if job.device == "gpu" else "")
+    slots = sum(w.concurrency for w in candidates)
+    busy = session.scalar(select(func.count()).select_from(Job).where(
+        Job.status == JobStatus.running.value, Job.worker.in_([w.name for w in candidates])))
+    if busy >= slots:
+        return f"all {len(candidates)} {wanted}s of pool {job.pool} are busy ({busy} running)"
+    return f"a {wanted} of pool {job.pool} is free; it is about to take the next job"
