@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request, send_file, url_for
 from sqlalchemy import delete, func, select, text
 
 from trainq.models.spec import FieldError, JobSpec, SpecError, parse_spec, plan
-from trainq.service import jobs
+from trainq.service import jobs, workers
 from trainq.service.app import db, services
 from trainq.service.auth import audit, create_token, limit, principal, require_admin, require_user
 from trainq.service.http import fail, int_arg, invalid, read_body
@@ -45,6 +45,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "name": job.name,
         "status": job.status,
         "pool": job.pool,
+        "device": job.device,
         "priority": job.priority,
         "params": job.params,
         "created_at": iso(job.created_at),
@@ -130,6 +131,10 @@ def validate_job():
     return jsonify({"valid": True, "plan": job_plan.as_dict()})
 
 
+SORTS = {"created": Job.created_at, "name": Job.name, "status": Job.status, "pool": Job.pool, "worker": Job.worker,
+         "epoch": Job.epoch, "started": Job.started_at, "finished": Job.finished_at, "priority": Job.priority}
+
+
 def filtered_jobs():
     query = visible(select(Job))
     status = request.args.get("status")
@@ -143,18 +148,74 @@ def filtered_jobs():
     if request.args.get("name"):
         needle = request.args["name"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Job.name.ilike(f"%{needle}%", escape="\\"))
-    return query.order_by(Job.created_at.desc(), Job.id.desc())
+    sort = request.args.get("sort", "-created")
+    column = SORTS.get(sort.lstrip("-"))
+    if column is None:
+        fail(400, "bad_request", f"sort: unknown field {sort.lstrip('-')!r}; one of {sorted(SORTS)} (prefix - for "
+                                 "descending)", errors=[{"path": "sort", "message": f"one of {sorted(SORTS)}"}])
+    order = column.desc() if sort.startswith("-") else column.asc()
+    tie = Job.id.desc() if sort.startswith("-") else Job.id.asc()
+    return query.order_by(order.nulls_last() if sort.startswith("-") else order.nulls_first(), tie)
+
+
+def change_cursor(session) -> str:
+    """Where the job tables stand: every change to a job writes an event (state changes) or a metric (progress)."""
+    return f"{session.scalar(select(func.max(Event.id))) or 0}.{session.scalar(select(func.max(Metric.id))) or 0}"
+
+
+def changed_ids(session, cursor: str):
+    """The ids of jobs that changed after a cursor from change_cursor, as a subquery."""
+    try:
+        event_id, metric_id = (int(part) for part in cursor.split("."))
+    except ValueError:
+        fail(400, "bad_request", "changed_since must be a cursor from an earlier answer",
+             errors=[{"path": "changed_since", "message": "not a cursor"}])
+    return (select(Event.job_id).where(Event.id > event_id)
+            .union(select(Metric.job_id).where(Metric.id > metric_id))).subquery()
+
+
+BEST = {"val_accuracy": "max", "val_r2": "max", "val_loss": "min"}  # the first one a job reports is its best metric
+
+
+def best_metrics(session, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each job's best validation metric so far (accuracy, else R², else loss), from its reported epochs."""
+    if not ids:
+        return {}
+    rows = session.execute(select(Metric.job_id, Metric.name, func.max(Metric.value), func.min(Metric.value))
+                           .where(Metric.job_id.in_(ids), Metric.name.in_(list(BEST)))
+                           .group_by(Metric.job_id, Metric.name)).all()
+    found: dict[str, dict[str, float]] = {}
+    for job_id, name, high, low in rows:
+        found.setdefault(job_id, {})[name] = high if BEST[name] == "max" else low
+    out = {}
+    for job_id, values in found.items():
+        name = next(n for n in BEST if n in values)
+        out[job_id] = {"name": name, "value": values[name]}
+    return out
+
+
+def jobs_page_json(session, rows) -> list[dict[str, Any]]:
+    best = best_metrics(session, [j.id for j in rows])
+    return [{**job_json(j), "best_metric": best.get(j.id)} for j in rows]
 
 
 @bp.get("/jobs")
 def list_jobs():
+    """Jobs, newest first (or `sort`), filtered by status, pool and name, a page at a time. `changed_since` (the
+    `cursor` of an earlier answer) returns only the jobs that changed since, so a live page fetches only those."""
     size = int_arg("limit", 50, 1, 500)
     offset = int_arg("offset", 0, 0, 10**9)
     query = filtered_jobs()
     session = db()
+    cursor = change_cursor(session)
+    if request.args.get("changed_since"):
+        query = query.where(Job.id.in_(select(changed_ids(session, request.args["changed_since"]))))
+        rows = session.scalars(query.limit(size)).all()
+        return jsonify({"jobs": jobs_page_json(session, rows), "cursor": cursor, "changed": True})
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     rows = session.scalars(query.limit(size).offset(offset)).all()
-    return jsonify({"jobs": [job_json(j) for j in rows], "total": total, "limit": size, "offset": offset})
+    return jsonify({"jobs": jobs_page_json(session, rows), "total": total, "limit": size, "offset": offset,
+                    "cursor": cursor})
 
 
 def csv_cell(value: Any) -> str:
@@ -192,6 +253,7 @@ def get_job_route(job_id: str):
     body = job_json(job)
     if job.status == JobStatus.queued.value:
         body["queue_position"] = queue_position(job)
+        body["waiting_reason"] = workers.waiting_reason(db(), job, lost_after())
     return jsonify(body)
 
 
@@ -221,22 +283,71 @@ def delete_job(job_id: str):
     return "", 204
 
 
-@bp.get("/jobs/<hexid:job_id>/metrics")
-def job_metrics(job_id: str):
-    get_job(job_id)
-    query = select(Metric.name, Metric.step, Metric.epoch, Metric.value).where(Metric.job_id == job_id)
-    if request.args.get("names"):
-        query = query.where(Metric.name.in_(request.args["names"].split(",")))
-    after = int_arg("after_step", -1, -1, 2**62)
-    if after >= 0:
-        query = query.where(Metric.step > after)
-    series: dict[str, dict[str, list]] = {}
-    for name, step, epoch, value in db().execute(query.order_by(Metric.name, Metric.step)):
-        s = series.setdefault(name, {"step": [], "epoch": [], "value": []})
+def metric_series(job_ids: list[str], names: list[str] | None, after_step: int = -1,
+                  max_points: int | None = None) -> dict[str, dict[str, dict[str, list]]]:
+    """{job_id: {name: {step, epoch, value}}}, each series downsampled with LTTB to max_points when longer."""
+    import numpy as np
+
+    from trainq.service.series import lttb
+
+    query = select(Metric.job_id, Metric.name, Metric.step, Metric.epoch, Metric.value).where(
+        Metric.job_id.in_(job_ids))
+    if names:
+        query = query.where(Metric.name.in_(names))
+    if after_step >= 0:
+        query = query.where(Metric.step > after_step)
+    out: dict[str, dict[str, dict[str, list]]] = {job_id: {} for job_id in job_ids}
+    for job_id, name, step, epoch, value in db().execute(query.order_by(Metric.job_id, Metric.name, Metric.step)):
+        s = out[job_id].setdefault(name, {"step": [], "epoch": [], "value": []})
         s["step"].append(step)
         s["epoch"].append(epoch)
         s["value"].append(value)
+    if max_points:
+        for series in out.values():
+            for name, s in series.items():
+                if len(s["step"]) > max_points:
+                    index = np.arange(len(s["step"]), dtype=np.float64)
+                    kept, _ = lttb(index, np.asarray(s["value"], dtype=np.float64), max_points)
+                    picks = kept.astype(np.int64).tolist()
+                    series[name] = {key: [s[key][i] for i in picks] for key in ("step", "epoch", "value")}
+                    series[name]["downsampled_from"] = len(index)
+    return out
+
+
+def names_arg() -> list[str] | None:
+    return request.args["names"].split(",") if request.args.get("names") else None
+
+
+@bp.get("/jobs/<hexid:job_id>/metrics")
+def job_metrics(job_id: str):
+    """A job's metric series; `names` picks some, `after_step` only newer points (to extend a live chart),
+    `max_points` downsamples each longer series (LTTB) for a chart."""
+    get_job(job_id)
+    after = int_arg("after_step", -1, -1, 2**62)
+    max_points = int_arg("max_points", 0, 0, 100_000) or None
+    series = metric_series([job_id], names_arg(), after, max_points)[job_id]
     return jsonify({"job_id": job_id, "series": series})
+
+
+@bp.get("/compare")
+def compare():
+    """Several runs side by side: each run's series of the metrics named (downsampled to max_points, default 400),
+    its final metrics, and the spec fields whose values differ between the runs."""
+    from trainq.service.series import spec_differences
+
+    ids = [i for i in request.args.get("ids", "").split(",") if i]
+    if not ids or len(ids) > 200:
+        fail(400, "bad_request", "ids: give 1 to 200 job ids, comma separated",
+             errors=[{"path": "ids", "message": "1 to 200 job ids"}])
+    found = {j.id: j for j in db().scalars(visible(select(Job)).where(Job.id.in_(ids)))}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        fail(404, "not_found", f"no job {missing[0]}")
+    runs = [found[i] for i in dict.fromkeys(ids)]
+    series = metric_series([j.id for j in runs], names_arg() or ["val_loss"], -1,
+                           int_arg("max_points", 400, 3, 100_000))
+    return jsonify({"runs": [{**job_json(j), "series": series[j.id]} for j in runs],
+                    "differences": spec_differences([j.spec for j in runs])})
 
 
 @bp.get("/jobs/<hexid:job_id>/events")
@@ -294,6 +405,47 @@ def send_checkpoint(ckpt: Checkpoint):
 # ---------------------------------------------------------------------------------------------------------------------
 # Who am I, API tokens, the audit log
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def lost_after():
+    return workers.lost_after(services().settings.heartbeat_seconds)
+
+
+@bp.get("/workers")
+def list_workers():
+    """Every worker seen in the last hour with its state (online, draining, lost, stopped), and per pool the workers
+    online, job slots, busy slots and queued jobs. A user sees which of their own jobs a worker runs; an admin all."""
+    p = principal()
+    views = workers.list_workers(db(), lost_after())
+    queued = db().scalars(visible(select(Job)).where(Job.status == JobStatus.queued.value)
+                          .order_by(Job.pool, Job.priority.desc(), Job.created_at).limit(200)).all()
+    return jsonify({"workers": [v.json(lambda j: p.is_admin or j.owner_id == p.id) for v in views],
+                    "pools": workers.pools(db(), views),
+                    "queue": [{"id": j.id, "name": j.name, "pool": j.pool, "device": j.device,
+                               "priority": j.priority, "position": queue_position(j),
+                               "created_at": j.created_at.isoformat()} for j in queued]})
+
+
+@bp.get("/examples")
+def examples():
+    """The example specs shipped with trainq, to start a new job from."""
+    from trainq.service.examples import load_examples
+
+    return jsonify({"examples": load_examples()})
+
+
+@bp.post("/workers/<name>/drain")
+def drain_worker(name: str):
+    """Ask a worker to finish its job and take no new one (admin). It stops once idle."""
+    require_admin()
+    session = db()
+    try:
+        worker = workers.request_drain(session, name)
+    except LookupError:
+        fail(404, "not_found", f"no worker {name}")
+    audit("drain", f"worker:{name}")
+    session.commit()
+    return jsonify({"name": worker.name, "state": worker.state}), 202
 
 
 @bp.get("/me")

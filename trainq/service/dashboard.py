@@ -1,19 +1,20 @@
-"""The dashboard: server-rendered pages over the same tables as the JSON API (a first version: runs and run)."""
+"""The dashboard: server-rendered pages that are clients of the JSON API; their JavaScript keeps them live."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
-from sqlalchemy import select
+from flask import Blueprint, abort, redirect, render_template, request, send_from_directory, session, url_for
+from sqlalchemy import func, select
 
-from trainq.service.api import get_job, job_json, visible
+from trainq.service.api import get_job, job_json
 from trainq.service.app import db, services
 from trainq.service.auth import (check_csrf, csrf_token, limit, principal, user_for_token, verify_password)
-from trainq.service.tables import Event, Job, Metric, User
+from trainq.service.tables import User
 
 bp = Blueprint("dashboard", __name__)
-OPEN_PAGES = {"dashboard.login", "dashboard.login_form", "static"}
+OPEN_PAGES = {"dashboard.login", "dashboard.login_form", "dashboard.asset", "static"}
 
 
 @bp.before_request
@@ -77,21 +78,85 @@ def _headers(response):
     return response
 
 
+ASSETS = {"uplot.js": "uPlot.iife.min.js", "uplot.css": "uPlot.min.css"}
+ASSET_DIR = Path(__file__).parent / "assets" / "node_modules" / "uplot" / "dist"
+
+
+@bp.get("/assets/<name>")
+def asset(name: str):
+    """The chart library, as the install step fetched it from the npm registry (never from a CDN at run time)."""
+    if name not in ASSETS or not (ASSET_DIR / ASSETS[name]).is_file():
+        abort(404)
+    return send_from_directory(ASSET_DIR, ASSETS[name], max_age=86400)
+
+
+COLUMNS = [("name", "name"), ("status", "status"), ("pool", "pool"), ("worker", "worker"), ("epoch", "epoch"),
+           ("", "best validation"), ("started", "duration"), ("created", "submitted")]
+
+
 @bp.get("/")
 def runs():
-    rows = db().scalars(visible(select(Job)).order_by(Job.created_at.desc()).limit(100)).all()
-    return render_template("runs.html", jobs=[job_json(j) for j in rows])
+    """The runs table: the same query as GET /api/v1/jobs (filters, sort, page), rendered; the page then asks the
+    API only for the jobs that changed."""
+    from trainq.service.api import STATUSES, change_cursor, filtered_jobs, jobs_page_json
+
+    limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
+    offset = max(request.args.get("offset", 0, type=int), 0)
+    sort = request.args.get("sort", "-created")
+    query = filtered_jobs()  # validates sort and status: a bad one is a 400 naming it
+    session = db()
+    cursor = change_cursor(session)
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    rows = session.scalars(query.limit(limit).offset(offset)).all()
+    args = {k: v for k, v in request.args.items() if k in ("status", "pool", "name") and v}
+
+    def link(**changes):
+        return "/?" + urlencode({**args, "sort": sort, "limit": limit, "offset": offset, **changes})
+
+    return render_template("runs.html", nav="runs", jobs=jobs_page_json(session, rows), total=total, limit=limit,
+                           offset=offset, sort=sort, args=args, statuses=sorted(STATUSES), columns=COLUMNS,
+                           cursor=cursor, query=urlencode({**args, "sort": sort, "limit": limit}),
+                           sort_link=lambda key: link(sort=key if sort == f"-{key}" else f"-{key}", offset=0),
+                           page_link=lambda to: link(offset=max(to, 0)))
 
 
 @bp.get("/jobs/<hexid:job_id>")
 def run(job_id: str):
-    job = job_json(get_job(job_id))
-    session = db()
-    epochs = session.execute(select(Metric.epoch, Metric.name, Metric.value).where(
-        Metric.job_id == job_id, Metric.name.in_(["train_loss", "val_loss", "val_accuracy", "val_r2"]))
-        .order_by(Metric.step)).all()
-    table: dict[int, dict[str, float]] = {}
-    for epoch, name, value in epochs:
-        table.setdefault(epoch, {})[name] = value
-    events = session.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id.desc()).limit(50)).all()
-    return render_template("run.html", job=job, epochs=sorted(table.items()), events=events)
+    from trainq.service.api import lost_after, queue_position
+    from trainq.service.series import flatten
+    from trainq.service.workers import waiting_reason
+
+    found = get_job(job_id)
+    job = job_json(found)
+    if found.status == "queued":
+        job["queue_position"] = queue_position(found)
+        job["waiting_reason"] = waiting_reason(db(), found, lost_after())
+    return render_template("run.html", nav="runs", job=job, spec_rows=sorted(flatten(job["spec"]).items()))
+
+
+@bp.get("/compare")
+def compare():
+    ids = ",".join(i for i in request.args.get("ids", "").replace(" ", "").split(",") if i)
+    metric = request.args.get("metric", "val_loss")
+    names = ["val_loss", "train_loss", "val_accuracy", "train_accuracy", "val_r2", "train_loss_step"]
+    if metric not in names:
+        names.append(metric)
+    return render_template("compare.html", nav="compare", ids=ids, metric=metric, metric_names=names)
+
+
+@bp.get("/workers")
+def workers_page():
+    return render_template("workers.html", nav="workers")
+
+
+@bp.get("/submit")
+def submit_page():
+    """The submit form, empty, from an example, or from an earlier run's spec ("run again")."""
+    import yaml
+
+    initial = ""
+    if request.args.get("from"):
+        spec = dict(get_job(request.args["from"]).spec)
+        spec["name"] = spec["name"] if spec["name"].endswith("(again)") else f"{spec['name']} (again)"[:200]
+        initial = yaml.safe_dump(spec, sort_keys=False)
+    return render_template("submit.html", nav="submit", initial=initial)

@@ -1,0 +1,141 @@
+"""The dashboard in headless Chromium against a running service with a real worker. Each test saves a screenshot
+(test-artifacts/screenshots/<test>.png)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.specs import mlp, with_
+
+pytestmark = pytest.mark.integration
+
+
+def chart_points(page, selector: str, attr: str = "data-points") -> int:
+    return int(page.get_attribute(selector, attr) or 0)
+
+
+def eventually(check, timeout: float = 20.0):
+    """Poll from here: the page's CSP forbids the eval that page.wait_for_function would need."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(getattr(check, "__doc__", None) or "condition not met")
+
+
+def test_submit_from_the_form_shows_errors_next_to_the_field_then_the_run(page, stack):
+    page.goto(stack.url + "/submit")
+    eventually(lambda: "digits" in page.input_value("#spec"))  # an example to start from
+    text = page.input_value("#spec")
+    page.fill("#spec", text.replace("lr: 0.", "lr: -0.", 1))
+    page.click("#check")
+    error = page.locator("#errors li[data-path='optimizer.lr']")
+    error.wait_for()
+    assert "greater than 0" in error.inner_text() and re.search(r"\(line \d+\)", error.inner_text())
+    page.fill("#spec", re.sub(r"(?m)^name: .*$", "name: from-the-form", text, count=1))
+    page.click("#check")
+    page.locator("#valid").wait_for()
+    assert int(page.locator("#plan tbody tr").count()) >= 3 and "parameters" in page.inner_text("#plan-totals")
+    page.click("#submit")
+    page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]{32}$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    assert stack.job(job_id)["name"] == "from-the-form"
+    page.goto(stack.url + "/")
+    row = page.locator(f"#runs tr[data-id='{job_id}']")
+    assert row.locator("td.name").inner_text() == "from-the-form"
+    row.locator(".badge.succeeded").wait_for(timeout=60_000)  # the row goes live to succeeded, no reload
+
+
+def test_a_new_run_appears_in_the_table_without_a_reload(page, stack):
+    page.goto(stack.url + "/")
+    page.locator("#runs").wait_for()
+    marker = page.evaluate("window.__marker = Math.random()")
+    job_id = stack.submit(with_(mlp(epochs=2), name="appears-live"))
+    page.locator(f"#runs tr[data-id='{job_id}'] td.name").wait_for()
+    assert page.evaluate("window.__marker") == marker  # the same document: no reload happened
+    assert page.locator("#runs tbody tr").first.get_attribute("data-id") == job_id
+    page.locator(f"#runs tr[data-id='{job_id}'] .badge.succeeded").wait_for(timeout=60_000)
+    assert "val_accuracy" in page.inner_text(f"#runs tr[data-id='{job_id}'] td.best")
+
+
+def test_the_curves_grow_while_the_run_trains_and_the_best_epoch_is_kept(page, stack):
+    job_id = stack.submit(with_(mlp(hidden=(256, 256), epochs=150, batch_size=16), name="watch-it-grow"))
+    stack.wait(job_id, until=lambda j: j["status"] == "running" and j["epoch"] >= 2)
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    first = eventually(lambda: chart_points(page, "#chart-loss"))
+    eventually(lambda: chart_points(page, "#chart-loss") > first + 4)
+    assert page.locator("#chart-loss canvas").count() == 1
+    assert int(page.inner_text("#job-epoch")) >= 2
+    assert page.locator("#model-summary tbody tr").count() >= 4  # input + dense, relu, dense, relu, dense
+    assert "[10]" in page.inner_text("#model-summary")
+    page.locator("#events div").first.wait_for()
+    assert "claimed by worker@test" in page.inner_text("#events")
+    stack.http.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", timeout=10)
+    page.locator("#job-status.cancelled").wait_for(timeout=30_000)
+
+
+def test_cancel_a_second_job_from_its_page(page, stack):
+    long = stack.submit(with_(mlp(hidden=(256, 256), epochs=500, batch_size=16), name="first-long"))
+    second = stack.submit(with_(mlp(epochs=500), name="second-to-cancel"))
+    page.goto(f"{stack.url}/jobs/{second}")
+    assert page.inner_text("#job-status") == "queued"
+    page.locator("#job-waiting").wait_for()
+    assert "busy" in page.inner_text("#job-waiting")  # the one worker runs the first job
+    page.click("#cancel")
+    page.locator("#job-status.cancelled").wait_for()
+    assert stack.job(second)["status"] == "cancelled" and stack.job(second)["attempts"] == 0
+    assert page.locator("#cancel").is_hidden()
+    stack.http.post(f"{stack.url}/api/v1/jobs/{long}/cancel", timeout=10)
+    stack.wait(long)
+
+
+def test_compare_two_runs_overlays_their_curves_and_shows_what_differs(page, stack):
+    a = stack.submit(with_(mlp(epochs=6), name="compare-a"))
+    b = stack.submit(with_(mlp(epochs=6), **{"name": "compare-b", "optimizer.lr": 0.003}))
+    stack.wait(a), stack.wait(b)
+    page.goto(stack.url + "/?name=compare-")
+    page.check(f"#runs tr[data-id='{a}'] input.pick")
+    page.check(f"#runs tr[data-id='{b}'] input.pick")
+    page.click("#compare-selected")
+    page.wait_for_url(re.compile(r".*/compare\?ids="))
+    eventually(lambda: chart_points(page, "#chart-compare", "data-series") == 2)
+    assert chart_points(page, "#chart-compare") == 12  # 6 epochs of val_loss for each run
+    headers = page.locator("#compare-table thead th").all_inner_texts()
+    assert "optimizer.lr" in headers and "test_accuracy" in headers
+    assert page.locator("#compare-table tbody tr").count() == 2
+    column = headers.index("optimizer.lr")
+    rows = page.locator("#compare-table tbody tr")
+    lr = {rows.nth(i).locator("td").first.inner_text(): rows.nth(i).locator("td").nth(column) for i in range(2)}
+    assert lr["compare-b"].inner_text() == "0.003"
+    assert lr["compare-a"].inner_text() == str(mlp()["optimizer"]["lr"])
+    assert "differs" in lr["compare-a"].get_attribute("class")
+
+
+def test_the_worker_is_on_the_workers_page(page, stack):
+    page.goto(stack.url + "/workers")
+    row = page.locator("#workers tr[data-name='worker@test']")
+    row.wait_for()
+    assert row.locator(".badge").inner_text() == "online"
+    assert "cpu" in row.inner_text()
+    assert page.locator("#pools tbody tr").first.inner_text().startswith("cpu")
+
+
+def test_a_run_named_like_a_script_shows_as_text(page, stack):
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    name = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    job_id = stack.submit(with_(mlp(epochs=1), name=name))
+    page.goto(stack.url + "/")
+    assert page.locator(f"#runs tr[data-id='{job_id}'] td.name").inner_text() == name
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    assert page.inner_text("#job-name") == name
+    page.goto(f"{stack.url}/compare?ids={job_id}")
+    page.locator("#compare-table tbody tr").wait_for()
+    assert page.locator("#compare-table tbody tr td").first.inner_text() == name
+    time.sleep(0.5)
+    assert dialogs == []

@@ -1,0 +1,437 @@
+// The dashboard's JavaScript: every page is a client of the JSON API under /api/v1.
+// Text that users wrote (names, log lines, specs) is only ever set with textContent, never parsed as HTML.
+"use strict";
+
+const CSRF = document.body.dataset.csrf;
+const IS_ADMIN = document.body.dataset.admin === "1";
+const FINISHED = ["succeeded", "failed", "cancelled"];
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f", "#a16207",
+                "#475569"];
+
+async function api(path, options = {}) {
+  const headers = {"Accept": "application/json", ...(options.headers || {})};
+  if (options.method && options.method !== "GET") headers["X-CSRF-Token"] = CSRF;
+  const response = await fetch(path, {credentials: "same-origin", ...options, headers});
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (response.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); }
+  return {status: response.status, ok: response.ok, body};
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "text") node.textContent = value;
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+function every(ms, fn) {
+  // Poll while the tab is visible; a failed poll marks the page's live badge stale until one succeeds.
+  let timer = null;
+  const live = document.querySelector(".live");
+  const tick = async () => {
+    let again = true;
+    try {
+      if (!document.hidden) again = (await fn()) !== false;
+      if (live) live.classList.remove("stale");
+    } catch (e) { if (live) live.classList.add("stale"); }
+    if (again) timer = setTimeout(tick, ms);
+    else if (live) { live.textContent = "final"; live.classList.add("stale"); }
+  };
+  timer = setTimeout(tick, ms);
+  return () => clearTimeout(timer);
+}
+
+function fmt(value, digits = 4) {
+  return typeof value === "number" ? (Number.isInteger(value) ? String(value) : value.toFixed(digits)) : "";
+}
+
+function duration(started, finished) {
+  if (!started) return "";
+  const seconds = Math.max(0, ((finished ? Date.parse(finished) : Date.now()) - Date.parse(started)) / 1000);
+  if (seconds < 60) return seconds.toFixed(1) + " s";
+  if (seconds < 3600) return Math.floor(seconds / 60) + " min " + Math.round(seconds % 60) + " s";
+  return Math.floor(seconds / 3600) + " h " + Math.round((seconds % 3600) / 60) + " min";
+}
+
+function when(iso) { return iso ? iso.slice(0, 19).replace("T", " ") : ""; }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Charts (uPlot, installed from npm by the install step)
+// ---------------------------------------------------------------------------------------------------------------------
+
+function markerPlugin(getX, label) {
+  // A dashed vertical line at an x value (the best epoch).
+  return {hooks: {draw: [u => {
+    const x = getX();
+    if (x === null || x === undefined) return;
+    const left = u.valToPos(x, "x", true);
+    if (!isFinite(left)) return;
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.strokeStyle = "#16a34a"; ctx.setLineDash([5, 4]); ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.beginPath(); ctx.moveTo(left, u.bbox.top); ctx.lineTo(left, u.bbox.top + u.bbox.height); ctx.stroke();
+    ctx.fillStyle = "#16a34a"; ctx.font = `${11 * devicePixelRatio}px system-ui`;
+    ctx.fillText(label, left + 4 * devicePixelRatio, u.bbox.top + 12 * devicePixelRatio);
+    ctx.restore();
+  }]}};
+}
+
+class LineChart {
+  // One chart of several named series over a shared x axis; series are extended point by point.
+  constructor(target, xLabel, plugins = []) {
+    this.target = target; this.xLabel = xLabel; this.plugins = plugins;
+    this.names = []; this.points = {}; this.plot = null;
+  }
+  add(name, xs, ys) {
+    if (!this.points[name]) { this.points[name] = new Map(); this.names.push(name); this.plot && this.plot.destroy(); this.plot = null; }
+    xs.forEach((x, i) => this.points[name].set(x, ys[i]));
+  }
+  data() {
+    const xs = [...new Set(this.names.flatMap(n => [...this.points[n].keys()]))].sort((a, b) => a - b);
+    return [xs, ...this.names.map(n => xs.map(x => this.points[n].has(x) ? this.points[n].get(x) : null))];
+  }
+  render() {
+    if (!window.uPlot || !this.names.length) return;
+    const data = this.data();
+    this.target.dataset.points = this.names.reduce((n, name) => n + this.points[name].size, 0);
+    this.target.dataset.series = this.names.length;
+    if (this.plot) { this.plot.setData(data); return; }
+    this.target.textContent = "";
+    const width = Math.max(320, this.target.clientWidth || 480);
+    this.plot = new uPlot({
+      width, height: 240, plugins: this.plugins,
+      scales: {x: {time: false}},
+      axes: [{label: this.xLabel}, {size: 60}],
+      series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true, points: {show: false}}))],
+    }, data, this.target);
+  }
+  count(name) { return this.points[name] ? this.points[name].size : 0; }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------------------------------------------------
+
+function runRow(job) {
+  const best = job.best_metric ? `${job.best_metric.name} ${fmt(job.best_metric.value)}` : "";
+  return el("tr", {"data-id": job.id},
+    el("td", {}, el("input", {type: "checkbox", class: "pick", value: job.id, "aria-label": "select " + job.name})),
+    el("td", {class: "name"}, el("a", {href: "/jobs/" + job.id, text: job.name})),
+    el("td", {class: "status"}, el("span", {class: "badge " + job.status, text: job.status})),
+    el("td", {class: "pool", text: job.pool}),
+    el("td", {class: "worker", text: job.worker || ""}),
+    el("td", {class: "epoch", text: `${job.epoch} / ${job.max_epochs}`}),
+    el("td", {class: "best", text: best}),
+    el("td", {class: "duration", "data-started": job.started_at || "", "data-finished": job.finished_at || ""}),
+    el("td", {class: "created", "data-at": job.created_at, text: when(job.created_at)}));
+}
+
+function refreshDurations(root) {
+  for (const cell of root.querySelectorAll("td.duration")) cell.textContent = duration(cell.dataset.started, cell.dataset.finished);
+}
+
+function pageRuns() {
+  const table = document.getElementById("runs");
+  const body = table.tBodies[0];
+  let cursor = table.dataset.cursor;
+  const firstPage = table.dataset.firstPage === "1";
+  const limit = Number(table.dataset.limit);
+  const button = document.getElementById("compare-selected");
+  const picked = () => [...body.querySelectorAll("input.pick:checked")].map(i => i.value);
+  body.addEventListener("change", () => { button.disabled = picked().length < 1; });
+  button.addEventListener("click", () => { location.href = "/compare?ids=" + picked().join(","); });
+  refreshDurations(body);
+  every(2000, async () => {
+    const answer = await api(`/api/v1/jobs?${table.dataset.query}&changed_since=${cursor}&limit=500`);
+    if (!answer.ok) throw new Error(answer.status);
+    cursor = answer.body.cursor;
+    // The answer is in the page's sort order; new jobs go on top of the first page of the newest-first view.
+    for (const job of answer.body.jobs.slice().reverse()) {
+      const old = body.querySelector(`tr[data-id="${job.id}"]`);
+      const row = runRow(job);
+      if (old) {
+        row.querySelector("input.pick").checked = old.querySelector("input.pick").checked;
+        old.replaceWith(row);
+      } else if (firstPage) {
+        body.prepend(row);
+        while (body.rows.length > limit) body.deleteRow(-1);
+      }
+    }
+    refreshDurations(body);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Run
+// ---------------------------------------------------------------------------------------------------------------------
+
+function pageRun() {
+  let job = JSON.parse(document.getElementById("job-data").textContent);
+  const id = job.id;
+  let bestEpoch = job.best_epoch;
+  const marker = () => markerPlugin(() => bestEpoch, "best");
+  const charts = {
+    loss: new LineChart(document.getElementById("chart-loss"), "epoch", [marker()]),
+    metric: new LineChart(document.getElementById("chart-metric"), "epoch", [marker()]),
+    steps: new LineChart(document.getElementById("chart-steps"), "step"),
+  };
+  const chartOf = name => name === "train_loss_step" ? charts.steps
+    : (name.endsWith("_loss") ? charts.loss : (/^(train|val)_(accuracy|r2|mae)$/.test(name) ? charts.metric : null));
+  const lastStep = {};
+  let lastEvent = 0;
+
+  const show = (selector, value) => { document.getElementById(selector).textContent = value; };
+  const renderJob = () => {
+    const badge = document.getElementById("job-status");
+    badge.textContent = job.status; badge.className = "badge " + job.status;
+    show("job-epoch", job.epoch); show("job-best-epoch", job.best_epoch ?? "–");
+    show("job-stop", job.stop_reason || "–"); show("job-worker", job.worker || "–"); show("job-attempts", job.attempts);
+    const waiting = document.getElementById("job-waiting");
+    waiting.hidden = !job.waiting_reason;
+    waiting.textContent = job.waiting_reason ? `#${job.queue_position} in the queue: ${job.waiting_reason}` : "";
+    const error = document.getElementById("job-error");
+    error.hidden = !job.error; error.textContent = job.error || "";
+    document.getElementById("cancel").hidden = FINISHED.includes(job.status);
+    bestEpoch = job.best_epoch;
+  };
+
+  async function pollMetrics() {
+    const after = Math.min(...Object.values(lastStep).concat([Infinity]));
+    const since = isFinite(after) ? `&after_step=${Math.max(-1, after - 1)}` : "";
+    const answer = await api(`/api/v1/jobs/${id}/metrics?max_points=2000${since}`);
+    if (!answer.ok) throw new Error(answer.status);
+    for (const [name, s] of Object.entries(answer.body.series)) {
+      const chart = chartOf(name);
+      if (!chart) continue;
+      const useStep = chart === charts.steps;
+      const keep = s.step.map((step, i) => i).filter(i => s.step[i] > (lastStep[name] ?? -1));
+      if (!keep.length) continue;
+      chart.add(name, keep.map(i => useStep ? s.step[i] : s.epoch[i]), keep.map(i => s.value[i]));
+      lastStep[name] = s.step[keep[keep.length - 1]];
+    }
+    Object.values(charts).forEach(c => c.render());
+  }
+
+  async function pollEvents() {
+    const answer = await api(`/api/v1/jobs/${id}/events?after=${lastEvent}`);
+    if (!answer.ok) throw new Error(answer.status);
+    const box = document.getElementById("events");
+    const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+    for (const e of answer.body.events) {
+      box.append(el("div", {class: e.level}, el("time", {text: when(e.at)}), `[${e.source}] ${e.message}`));
+      lastEvent = e.id;
+    }
+    if (atBottom) box.scrollTop = box.scrollHeight;
+  }
+
+  async function loadCheckpoints() {
+    const answer = await api(`/api/v1/jobs/${id}/checkpoints`);
+    if (!answer.ok) return;
+    const body = document.querySelector("#checkpoints tbody");
+    body.textContent = "";
+    for (const c of answer.body.checkpoints) {
+      body.append(el("tr", {},
+        el("td", {text: c.epoch}), el("td", {text: c.step}),
+        el("td", {text: c.metric_name ? `${c.metric_name} ${fmt(c.metric)}` : ""}),
+        el("td", {text: [c.is_best ? "best" : "", c.is_latest ? "latest" : ""].filter(Boolean).join(", ")}),
+        el("td", {text: (c.size / 1024).toFixed(1) + " KiB"}),
+        el("td", {}, el("a", {href: c.download_url, text: "download"}))));
+    }
+  }
+
+  async function loadModel() {
+    const answer = await api("/api/v1/jobs:validate", {method: "POST", headers: {"Content-Type": "application/json"},
+                                                        body: JSON.stringify(job.spec)});
+    if (!answer.ok) return;
+    const plan = answer.body.plan;
+    const body = document.querySelector("#model-summary tbody");
+    body.append(el("tr", {}, el("td", {text: ""}), el("td", {text: "input"}), el("td", {text: JSON.stringify(plan.input_shape)}), el("td", {text: ""})));
+    for (const layer of plan.layers) {
+      body.append(el("tr", {}, el("td", {text: layer.index}), el("td", {text: layer.type}),
+        el("td", {text: JSON.stringify(layer.output_shape)}), el("td", {text: layer.params.toLocaleString()})));
+    }
+    show("model-totals", `${plan.params.toLocaleString()} parameters · about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train · ${plan.task}`);
+  }
+
+  document.getElementById("cancel").addEventListener("click", async () => {
+    const answer = await api(`/api/v1/jobs/${id}/cancel`, {method: "POST"});
+    if (answer.ok) { job = {...job, ...answer.body}; renderJob(); }
+  });
+
+  for (const cell of document.querySelectorAll("table.confusion td")) {
+    cell.style.background = `rgba(37, 99, 235, ${Math.min(0.85, Number(cell.dataset.share) * 0.85).toFixed(3)})`;
+    if (Number(cell.dataset.share) > 0.5) cell.style.color = "#fff";
+  }
+  renderJob(); loadModel(); loadCheckpoints(); pollMetrics(); pollEvents();
+  let finalRound = FINISHED.includes(job.status) ? 0 : 1;
+  every(1000, async () => {
+    const answer = await api(`/api/v1/jobs/${id}`);
+    if (!answer.ok) throw new Error(answer.status);
+    const wasDone = FINISHED.includes(job.status);
+    job = answer.body; renderJob();
+    await pollMetrics(); await pollEvents();
+    if (FINISHED.includes(job.status)) {
+      if (!wasDone) { loadCheckpoints(); if (job.metrics && job.metrics.test_confusion_matrix) location.reload(); }
+      return finalRound-- > 0;
+    }
+    return true;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Compare
+// ---------------------------------------------------------------------------------------------------------------------
+
+async function pageCompare() {
+  const form = document.getElementById("compare-form");
+  const ids = form.ids.value;
+  if (!ids) return;
+  const metric = form.metric.value;
+  const answer = await api(`/api/v1/compare?ids=${encodeURIComponent(ids)}&names=${encodeURIComponent(metric)}&max_points=400`);
+  const caption = document.getElementById("compare-caption");
+  if (!answer.ok) { caption.textContent = answer.body ? answer.body.message : "could not load the runs"; return; }
+  const runs = answer.body.runs;
+  const useStep = metric.endsWith("_step");
+  const chart = new LineChart(document.getElementById("chart-compare"), useStep ? "step" : "epoch");
+  runs.forEach((run, i) => {
+    const s = run.series[metric];
+    chart.add(`${run.name} · ${run.id.slice(0, 6)}`, s ? (useStep ? s.step : s.epoch) : [], s ? s.value : []);
+  });
+  chart.render();
+  const differences = answer.body.differences;
+  const finals = [...new Set(runs.flatMap(r => Object.keys(r.metrics || {}).filter(k => typeof r.metrics[k] === "number")))]
+    .filter(k => k.startsWith("test_") || k.startsWith("best_")).sort();
+  const head = document.querySelector("#compare-table thead");
+  const body = document.querySelector("#compare-table tbody");
+  head.append(el("tr", {}, el("th", {text: "run"}), el("th", {text: "status"}),
+    ...differences.map(d => el("th", {text: d.path})), ...finals.map(f => el("th", {text: f}))));
+  runs.forEach((run, i) => {
+    body.append(el("tr", {},
+      el("td", {}, el("a", {href: "/jobs/" + run.id, text: run.name})),
+      el("td", {}, el("span", {class: "badge " + run.status, text: run.status})),
+      ...differences.map(d => el("td", {class: "differs", text: JSON.stringify(d.values[i])})),
+      ...finals.map(f => el("td", {text: fmt((run.metrics || {})[f])}))));
+  });
+  caption.textContent = `${metric} by ${useStep ? "step" : "epoch"} · ${runs.length} runs · ${differences.length} spec fields differ`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Workers
+// ---------------------------------------------------------------------------------------------------------------------
+
+function pageWorkers() {
+  async function load() {
+    const answer = await api("/api/v1/workers");
+    if (!answer.ok) throw new Error(answer.status);
+    const {workers, pools, queue} = answer.body;
+    const wbody = document.querySelector("#workers tbody");
+    wbody.textContent = "";
+    for (const w of workers) {
+      const running = w.jobs.length ? w.jobs.map(j => el("a", {href: "/jobs/" + j.id, text: `${j.name} (${j.epoch}/${j.max_epochs})`}))
+        : [w.busy ? "busy" : "idle"];
+      const drain = IS_ADMIN && (w.state === "online") ? el("button", {type: "button", class: "drain", "data-name": w.name, text: "Drain"}) : "";
+      wbody.append(el("tr", {"data-name": w.name},
+        el("td", {text: w.name}), el("td", {}, el("span", {class: "badge " + w.state, text: w.state})),
+        el("td", {text: w.pool}), el("td", {text: w.device}), el("td", {}, ...running),
+        el("td", {text: w.jobs_done}), el("td", {text: when(w.last_seen_at)}), el("td", {}, drain)));
+    }
+    document.getElementById("no-workers").hidden = workers.length > 0;
+    const pbody = document.querySelector("#pools tbody");
+    pbody.textContent = "";
+    for (const [name, p] of Object.entries(pools)) {
+      pbody.append(el("tr", {}, el("td", {text: name}), el("td", {text: p.online}),
+        el("td", {text: `${p.busy} / ${p.slots}`}), el("td", {text: p.queued})));
+    }
+    const qbody = document.querySelector("#queue tbody");
+    qbody.textContent = "";
+    for (const j of queue) {
+      qbody.append(el("tr", {}, el("td", {text: j.position}), el("td", {}, el("a", {href: "/jobs/" + j.id, text: j.name})),
+        el("td", {text: j.pool}), el("td", {text: j.device}), el("td", {text: j.priority}), el("td", {text: when(j.created_at)})));
+    }
+  }
+  document.querySelector("#workers").addEventListener("click", async event => {
+    const button = event.target.closest("button.drain");
+    if (!button) return;
+    button.disabled = true;
+    await api(`/api/v1/workers/${encodeURIComponent(button.dataset.name)}/drain`, {method: "POST"});
+    await load();
+  });
+  load();
+  every(2000, load);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Submit
+// ---------------------------------------------------------------------------------------------------------------------
+
+function lineOf(text, path) {
+  // The line of the spec text where the field a path names is written (its last key), for errors next to it.
+  const keys = path.split(".").map(k => k.replace(/\[\d+\]$/, "")).filter(k => k && !/^\d+$/.test(k));
+  const lines = text.split("\n");
+  let from = 0;
+  for (const key of keys) {
+    const found = lines.findIndex((line, i) => i >= from && new RegExp(`(^|[\\s{,"'-])"?${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}"?\\s*:`).test(line));
+    if (found < 0) break;
+    from = found;
+  }
+  return keys.length ? from + 1 : null;
+}
+
+function pageSubmit() {
+  const area = document.getElementById("spec");
+  const format = document.getElementById("format");
+  const errors = document.getElementById("errors");
+  const examples = document.getElementById("example");
+  let known = [];
+  api("/api/v1/examples").then(answer => {
+    if (!answer.ok) return;
+    known = answer.body.examples;
+    for (const e of known) examples.append(el("option", {value: e.name, text: e.name}));
+    if (!area.value.trim() && known.length) { area.value = known.find(e => e.name === "digits-mlp")?.yaml || known[0].yaml; }
+  });
+  examples.addEventListener("change", () => {
+    const e = known.find(x => x.name === examples.value);
+    if (e) { area.value = format.value === "json" ? JSON.stringify(e.spec, null, 2) : e.yaml; format.value = format.value; }
+  });
+  const send = path => api(path, {method: "POST", body: area.value,
+    headers: {"Content-Type": area.value.trim().startsWith("{") ? "application/json" : "application/yaml"}});
+  const showErrors = body => {
+    errors.textContent = "";
+    document.getElementById("valid").hidden = true;
+    const list = body && body.errors ? body.errors : [{path: "", message: body ? body.message : "the service did not answer"}];
+    for (const e of list) {
+      const line = e.path ? lineOf(area.value, e.path) : null;
+      errors.append(el("li", {"data-path": e.path}, el("code", {text: e.path || "spec"}), " ",
+        line ? `(line ${line}) ` : "", e.message));
+    }
+  };
+  const showPlan = plan => {
+    const body = document.querySelector("#plan tbody");
+    body.textContent = "";
+    body.append(el("tr", {}, el("td", {text: ""}), el("td", {text: "input"}), el("td", {text: JSON.stringify(plan.input_shape)}), el("td", {text: ""})));
+    for (const layer of plan.layers) body.append(el("tr", {}, el("td", {text: layer.index}), el("td", {text: layer.type}),
+      el("td", {text: JSON.stringify(layer.output_shape)}), el("td", {text: layer.params.toLocaleString()})));
+    const totals = document.getElementById("plan-totals");
+    totals.className = "";
+    totals.textContent = `${plan.task}: ${plan.params.toLocaleString()} parameters, about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train, ${plan.flops_per_example.toLocaleString()} multiply-adds per example`;
+  };
+  document.getElementById("check").addEventListener("click", async () => {
+    const answer = await send("/api/v1/jobs:validate");
+    if (answer.ok) { errors.textContent = ""; document.getElementById("valid").hidden = false; showPlan(answer.body.plan); }
+    else showErrors(answer.body);
+  });
+  document.getElementById("submit").addEventListener("click", async () => {
+    const answer = await send("/api/v1/jobs");
+    if (answer.status === 201) location.href = "/jobs/" + answer.body.id;
+    else showErrors(answer.body);
+  });
+}
+
+const PAGES = {runs: pageRuns, run: pageRun, compare: pageCompare, workers: pageWorkers, submit: pageSubmit};
+(PAGES[document.body.dataset.page] || (() => {}))();
