@@ -54,6 +54,7 @@ def celery_config(settings: Settings) -> dict:
             "data_folder_in": str(queue),
             "data_folder_out": str(queue),
             "processed_folder": str(processed),
+            "control_folder": str(settings.broker_dir / "control"),  # kombu's default is ./control, wherever we run
             "store_processed": False,
             "polling_interval": 0.05,  # seconds; the filesystem transport polls its folder
         }
