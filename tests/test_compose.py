@@ -22,6 +22,7 @@ def test_compose_has_the_parts_and_health_checks():
     gpu = services["worker-gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "cu" in gpu["build"]["args"]["TORCH_INDEX"]
+    assert gpu["command"][-2:] == ["--gpus", "0"]  # registers as a GPU worker, so GPU jobs route to it
     assert services["worker-cpu"]["command"] == ["trainq", "worker", "--pool", "cpu"]
     assert "TRAINQ_DATABASE_URL" in services["service"]["environment"]
     for worker in ("worker-cpu", "worker-gpu"):  # workers hold no database credentials

@@ -20,14 +20,19 @@ def broker_priority(priority: int) -> int:
     return 9 - round((max(-100, min(100, priority)) + 100) * 9 / 200)
 
 
-def queue_name(pool: str, device: str = "any") -> str:
-    """The broker queue of a pool's jobs that ask for a device kind. Pool names hold no dot, so no clash."""
+def queue_name(pool: str, device: str = "any", gpus: int = 1) -> str:
+    """The broker queue of a pool's jobs that ask for a device kind, or for several GPUs at once (data-parallel).
+    Pool names hold no dot, so no clash."""
+    if gpus > 1:
+        return f"{pool}.gpu{gpus}"
     return pool if device == "any" else f"{pool}.{device}"
 
 
-def worker_queues(pool: str, kind: str) -> list[str]:
-    """The queues a worker of this pool and device kind (cpu | gpu) consumes: the pool's, and its own kind's."""
-    return [pool, queue_name(pool, kind)]
+def worker_queues(pool: str, kind: str, gpus: int = 1) -> list[str]:
+    """The queues a worker consumes: the pool's, its device kind's, and on a worker with several GPUs the queues
+    of data-parallel jobs that fit on them."""
+    return [pool, queue_name(pool, kind)] + ([queue_name(pool, "gpu", n) for n in range(2, gpus + 1)]
+                                            if kind == "gpu" else [])
 
 
 def celery_config(settings: Settings) -> dict:
@@ -60,7 +65,11 @@ def celery_config(settings: Settings) -> dict:
         }
     elif url.startswith(("redis", "rediss")):
         conf["broker_transport_options"] = {
-            "visibility_timeout": 7 * 24 * 3600,  # seconds: far above any lease; the lease decides, not Redis
+            # Far above any lease: the lease decides, not Redis. A re-delivery while the job still runs is harmless
+            # (the claim refuses it), and a short timeout sweeps for unacknowledged messages as often.
+            "visibility_timeout": settings.broker_visibility_seconds,
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_seconds // 2)),
+            "unacked_restore_throttle": 1 if settings.broker_visibility_seconds < 600 else 10,
             "queue_order_strategy": "priority",
             "priority_steps": list(PRIORITY_STEPS),  # one Redis list per step; step 0 is served first
             "sep": ":",

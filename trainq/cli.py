@@ -176,10 +176,12 @@ def serve(host: str | None, port: int | None, processes: int | None, threads: in
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs at once (one process each).")
 @click.option("--gpus", default=None, help="GPU indices, e.g. 0,1: one worker process per GPU, each pinned to it "
                                            "with CUDA_VISIBLE_DEVICES and training one job at a time.")
+@click.option("--gpus-per-worker", type=int, default=1, show_default=True,
+              help="With --gpus: GPUs per worker process, for data-parallel jobs (resources.gpus).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=None, hidden=True)
 @click.pass_context
 def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int, gpus: str | None,
-           kind: str | None) -> None:
+           gpus_per_worker: int, kind: str | None) -> None:
     """Run a worker that trains jobs from one pool (subcommands: list, drain)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -188,10 +190,13 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int, gp
         import socket
 
         indices = [part.strip() for part in gpus.split(",") if part.strip()]
+        if gpus_per_worker < 1 or len(indices) % gpus_per_worker:
+            raise click.UsageError(f"{len(indices)} GPUs do not split into workers of {gpus_per_worker}")
         children = []
-        for index in indices:
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": index}
-            child_name = f"{name or pool + '@' + socket.gethostname()}-gpu{index}"
+        for first in range(0, len(indices), gpus_per_worker):
+            group = indices[first:first + gpus_per_worker]
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(group)}
+            child_name = f"{name or pool + '@' + socket.gethostname()}-gpu{'-'.join(group)}"
             children.append(subprocess.Popen([sys.executable, "-m", "trainq.cli", "worker", "--pool", pool,
                                               "--name", child_name, "--kind", "gpu"], env=env))
         _supervise(children, until="all")
@@ -208,10 +213,12 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int, gp
     if not settings.worker_token:
         raise click.UsageError("TRAINQ_WORKER_TOKEN is not set: a worker needs the token the service was given")
     name = name or default_name(pool)
-    device = (_gpu_name(os.environ.get("CUDA_VISIBLE_DEVICES", "0")) if kind == "gpu"
+    visible = [i for i in os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",") if i] if kind == "gpu" else []
+    device = (", ".join(_gpu_name(i) for i in visible) if kind == "gpu"
               else f"cpu ({os.environ['TRAINQ_CPU_THREADS']} threads per job)")
-    app = create_worker_app(settings, name=name, pool=pool, kind=kind, device=device, concurrency=concurrency)
-    argv = ["worker", "--queues", ",".join(worker_queues(pool, kind)), "--hostname", name,
+    app = create_worker_app(settings, name=name, pool=pool, kind=kind, device=device, concurrency=concurrency,
+                            gpus=len(visible))
+    argv = ["worker", "--queues", ",".join(worker_queues(pool, kind, len(visible))), "--hostname", name,
             "--concurrency", str(concurrency),
             # Jobs run in a child process (a crash or an out-of-memory kill takes only the child), kept warm across
             # jobs: a fresh child per job re-paid ~2 s of imports and first-op setup. A child that has grown past

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     metrics_flush_seconds: float = Field(1.0, gt=0)  # reporter batches metric points for this long
     reconcile_seconds: float = Field(5.0, gt=0)  # how often the service looks for lost jobs
     max_attempts: int = Field(3, ge=1, le=100)  # a job whose worker is lost this many times ends failed
+    broker_visibility_seconds: int = 7 * 24 * 3600  # Redis re-delivers an unacknowledged job after this long
     requeue_after_seconds: float = Field(300.0, gt=0)  # a queued job not claimed this long is sent again
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # checkpoints travel through the API
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.dashboard.conftest import SHOTS
 from tests.specs import mlp, with_
 
 pytestmark = pytest.mark.integration
@@ -15,6 +16,12 @@ pytestmark = pytest.mark.integration
 
 def chart_points(page, selector: str, attr: str = "data-points") -> int:
     return int(page.get_attribute(selector, attr) or 0)
+
+
+def snap(page, name: str) -> None:
+    """A screenshot of what the viewport shows at this moment (the README's pictures come from these)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
 def eventually(check, timeout: float = 20.0):
@@ -37,10 +44,12 @@ def test_submit_from_the_form_shows_errors_next_to_the_field_then_the_run(page, 
     error = page.locator("#errors li[data-path='optimizer.lr']")
     error.wait_for()
     assert "greater than 0" in error.inner_text() and re.search(r"\(line \d+\)", error.inner_text())
+    snap(page, "submit-errors")
     page.fill("#spec", re.sub(r"(?m)^name: .*$", "name: from-the-form", text, count=1))
     page.click("#check")
     page.locator("#valid").wait_for()
     assert int(page.locator("#plan tbody tr").count()) >= 3 and "parameters" in page.inner_text("#plan-totals")
+    snap(page, "submit")
     page.click("#submit")
     page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]{32}$"))
     job_id = page.url.rsplit("/", 1)[1]
@@ -69,6 +78,7 @@ def test_the_curves_grow_while_the_run_trains_and_the_best_epoch_is_kept(page, s
     page.goto(f"{stack.url}/jobs/{job_id}")
     first = eventually(lambda: chart_points(page, "#chart-loss"))
     eventually(lambda: chart_points(page, "#chart-loss") > first + 4)
+    snap(page, "run")
     assert page.locator("#chart-loss canvas").count() == 1
     assert int(page.inner_text("#job-epoch")) >= 2
     assert page.locator("#model-summary tbody tr").count() >= 4  # input + dense, relu, dense, relu, dense
@@ -139,3 +149,26 @@ def test_a_run_named_like_a_script_shows_as_text(page, stack):
     assert page.locator("#compare-table tbody tr td").first.inner_text() == name
     time.sleep(0.5)
     assert dialogs == []
+
+
+def test_the_sweep_page_shows_trials_parameters_and_curves(page, stack):
+    body = {"name": "sweep-page", "base": mlp(epochs=9, batch_size=64),
+            "search": {"optimizer.lr": {"choice": [0.0003, 0.003, 0.03]}, "model.layers[0].units": {"choice": [16, 64]}},
+            "method": "grid", "parallel": 2, "metric": "val_accuracy", "pruner": {"type": "asha"}}
+    answer = stack.http.post(f"{stack.url}/api/v1/sweeps", json=body, timeout=30)
+    assert answer.status_code == 201, answer.text
+    sweep_id = answer.json()["id"]
+    page.goto(stack.url + "/sweeps")
+    page.click(f"#sweeps tr[data-id='{sweep_id}'] a")
+    page.wait_for_url(f"{stack.url}/sweeps/{sweep_id}")
+    page.locator("#sweep-status.succeeded").wait_for(timeout=120_000)
+    assert page.locator("#trials tbody tr").count() == 6
+    headers = page.locator("#trials thead th").all_inner_texts()
+    assert set(headers[2:4]) == {"optimizer.lr", "model.layers[0].units"} and "val_accuracy" in headers
+    state = stack.get(f"/api/v1/sweeps/{sweep_id}")
+    assert state["direction"] == "maximize"
+    eventually(lambda: chart_points(page, "#chart-trials", "data-series") == 6)
+    assert page.get_attribute("#parallel", "data-lines") == "6"
+    assert page.locator("#param-charts figure").count() == 2
+    best_row = page.locator("#trials tbody tr.best")
+    assert best_row.get_attribute("data-trial") == str(state["best"]["trial"])

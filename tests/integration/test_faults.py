@@ -161,3 +161,34 @@ def test_a_hung_worker_is_fenced_and_its_job_resumes_elsewhere(short_lease_stack
     assert stack.get(f"/api/v1/jobs/{job_id}/metrics?names=val_loss")["series"]["val_loss"]["epoch"] == \
         list(range(1, 31))
     assert "fenced" in (stack.folder / "hung.log").read_text()
+
+
+def test_a_job_that_outlives_the_brokers_visibility_timeout_still_has_one_live_attempt(make_database, redis_url,
+                                                                                        tmp_path):
+    """Redis hands an unacknowledged message to another consumer after its visibility timeout (Celery's known
+    double run of long tasks). Here it is 2 s against a job of ~10 s: the second delivery must exit at the claim."""
+    import time
+
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    stack = Stack(tmp_path, TRAINQ_DATABASE_URL=make_database(), TRAINQ_BROKER_URL=redis_url,
+                  TRAINQ_BROKER_VISIBILITY_SECONDS="2")
+    try:
+        stack.serve()
+        stack.worker("first")
+        stack.worker("second")
+        job_id = stack.submit(mlp(hidden=(128, 128), epochs=150, batch_size=8))
+        deadline = time.monotonic() + 60
+        while not any(f"job {job_id} not claimed" in (tmp_path / f"{w}.log").read_text() for w in ("first", "second")):
+            assert time.monotonic() < deadline, stack.logs()
+            time.sleep(0.2)
+        assert stack.job(job_id)["status"] == "running"  # the re-delivery came while the job still ran
+        job = stack.wait(job_id)
+        assert (job["status"], job["attempts"]) == ("succeeded", 1), stack.logs()
+        events = [e["message"] for e in stack.get(f"/api/v1/jobs/{job_id}/events")["events"]]
+        assert sum("claimed by" in m for m in events) == 1
+        series = stack.get(f"/api/v1/jobs/{job_id}/metrics?names=val_loss")["series"]["val_loss"]
+        assert series["epoch"] == list(range(1, 151))  # every epoch once: no second run wrote anything
+    finally:
+        stack.close()

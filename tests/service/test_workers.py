@@ -111,3 +111,28 @@ def test_a_users_sees_only_their_own_jobs_on_a_worker(app, client_as, worker_hea
     assert seen_by_alice["busy"] == 1 and seen_by_alice["jobs"] == []
     (seen_by_admin,) = client_as("admin").get("/api/v1/workers").get_json()["workers"]
     assert [j["id"] for j in seen_by_admin["jobs"]] == [job["id"]]
+
+
+def test_a_data_parallel_job_waits_for_a_worker_with_enough_gpus(app, client, worker_headers):
+    from trainq.broker import worker_queues
+
+    spec = with_(mlp(epochs=1), **{"resources.gpus": 2})
+    job = client.post("/api/v1/jobs", json=spec).get_json()
+    assert client.post("/api/v1/jobs", json=with_(spec, **{"resources.device": "cpu"})).status_code == 422
+    beat(app, "cpu@n1-gpu0", worker_headers, kind="gpu", gpus=1, device="cuda:0")
+    reason = client.get(f"/api/v1/jobs/{job['id']}").get_json()["waiting_reason"]
+    assert reason.startswith("no worker with 2 GPUs online for pool cpu") and "--gpus-per-worker 2" in reason
+    refused = app.test_client().post(f"/api/v1/worker/jobs/{job['id']}/claim",
+                                     json={"worker": "cpu@n1-gpu0", "kind": "gpu", "gpus": 1}, headers=worker_headers)
+    assert refused.status_code == 409 and "needs 2 GPUs" in refused.get_json()["message"]
+    beat(app, "cpu@n2-gpu0-1", worker_headers, kind="gpu", gpus=2, device="cuda:0, cuda:1")
+    assert "is free" in client.get(f"/api/v1/jobs/{job['id']}").get_json()["waiting_reason"]
+    assert worker_queues("cpu", "gpu", 2) == ["cpu", "cpu.gpu", "cpu.gpu2"]
+    assert worker_queues("cpu", "cpu", 0) == ["cpu", "cpu.cpu"]
+    with app.app_context():
+        from trainq.service.tables import Job
+        with app.extensions["trainq"].sessions() as session:
+            assert session.get(Job, job["id"]).queue == "cpu.gpu2"
+    taken = app.test_client().post(f"/api/v1/worker/jobs/{job['id']}/claim",
+                                   json={"worker": "cpu@n2-gpu0-1", "kind": "gpu", "gpus": 2}, headers=worker_headers)
+    assert taken.status_code == 200

@@ -60,6 +60,19 @@ class State:
     best_score: float | None = None
     should_stop: bool = False
     stop_reason: str = "completed"
+    world: int = 1  # data-parallel replicas (DDP), one process each; this one is `rank`
+    rank: int = 0
+    train_model: nn.Module | None = None  # the DistributedDataParallel wrapper when world > 1
+
+    def interrupted(self) -> bool:
+        """Whether to stop now. With replicas, rank 0 decides (it hears cancels and pruners) and all follow."""
+        if self.world == 1:
+            return self.interrupt.is_set()
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if self.rank == 0 and self.interrupt.is_set() else 0], device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
 
 @dataclass
@@ -131,12 +144,19 @@ def cpu_threads(spec: JobSpec, available: int) -> int:
 
 def fit(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: Sequence[Callback] = (),
         checkpoint_sink: Callable[[bytes, dict], None] | None = None, resume: bytes | None = None,
-        interrupt: threading.Event | None = None, arrays: tuple | None = None, threads: int | None = None) -> Result:
+        interrupt: threading.Event | None = None, arrays: tuple | None = None, threads: int | None = None,
+        world: int = 1) -> Result:
     """Train a spec to the end, an early stop, or an interrupt; return the final metrics.
 
     On CPU, `threads` (default: chosen from the work per step, up to torch's current setting) is set for the
-    run and restored after it.
+    run and restored after it. With `world` > 1 the run is data-parallel (DDP): this process is rank 0 and runs the
+    callbacks; `world - 1` replicas are started beside it (one per GPU on CUDA, gloo processes on CPU).
     """
+    if world > 1:
+        from trainq.models.distributed import fit_data_parallel
+
+        return fit_data_parallel(spec, world, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink,
+                                 resume=resume, interrupt=interrupt, arrays=arrays, threads=threads)
     previous = torch.get_num_threads()
     if pick_device(device if not isinstance(device, torch.device) else str(device)).type == "cpu":
         torch.set_num_threads(threads or cpu_threads(spec, previous))
@@ -147,19 +167,26 @@ def fit(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: S
         torch.set_num_threads(previous)
 
 
-def _fit(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interrupt, arrays) -> Result:
+def _fit(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interrupt, arrays, rank: int = 0,
+         world: int = 1) -> Result:
     started = time.perf_counter()
     state = build(spec, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink, resume=resume,
                   arrays=arrays)
     if interrupt is not None:
         state.interrupt = interrupt
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        state.world, state.rank = world, rank
+        state.train_model = DistributedDataParallel(
+            state.model, device_ids=[state.device] if state.device.type == "cuda" else None)
     setup_seconds = time.perf_counter() - started
 
     for cb in state.callbacks:
         cb.on_train_start(state)
     for _ in range(state.epoch, spec.training.epochs):
         train_one_epoch(state)
-        if state.interrupt.is_set():
+        if state.interrupted():
             state.stop_reason = "cancelled"
             break
         state.epoch += 1
@@ -174,6 +201,9 @@ def _fit(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interrupt
         for cb in state.callbacks:
             cb.on_epoch_end(state)
         if state.should_stop:
+            break
+        if state.interrupted():  # asked during the epoch's end (a sweep's pruner): stop before another batch
+            state.stop_reason = "cancelled"
             break
     for cb in state.callbacks:
         cb.on_train_end(state)
@@ -196,12 +226,23 @@ def train_one_epoch(state: State) -> None:
     per_step = state.scheduler if state.scheduler is not None and state.scheduler.every == "step" else None
     closure_step = spec.optimizer.type == "lbfgs"  # quasi-Newton re-evaluates the loss inside its step
     n, size, log_every = len(train), batch_size(spec), spec.training.log_every_steps
+    micro = min(spec.training.accumulate_steps, size)
+    net = state.train_model or model  # with replicas, DDP averages the gradients of their shards
     model.train()
     order = torch.randperm(n, generator=state.generator).to(state.device)
     losses: list[torch.Tensor] = []  # detached batch losses, still on the device: summed once per interval
     logged = 0  # how many of them the last report covered
     for start in range(0, n, size):
         idx = order[start:start + size]
+        batch_rows = len(idx)
+        share = 1.0
+        if state.world > 1:  # every replica draws the same permutation and takes its shard of each batch
+            shard = idx.tensor_split(state.world)[state.rank]
+            # DDP averages shard gradients: weighting each shard's mean loss by its share of the batch makes that
+            # average the whole batch's mean gradient, as in one process, even when shards differ in size. A
+            # replica with no row in a short last batch still takes part (with weight 0): DDP needs every one.
+            share = len(shard) * state.world / batch_rows
+            idx = shard if len(shard) else idx[:1]
         x, y = train.x[idx], train.y[idx]
         if state.augment is not None:
             x = state.augment(x)
@@ -210,8 +251,16 @@ def train_one_epoch(state: State) -> None:
 
         def closure() -> torch.Tensor:
             state.optimizer.zero_grad(set_to_none=True)
-            batch_loss = state.objective.loss(model(x), y)
-            batch_loss.backward()
+            if micro == 1:
+                batch_loss = state.objective.loss(net(x), y)
+                (batch_loss * share if share != 1.0 else batch_loss).backward()
+            else:  # gradient accumulation: each part weighted by its share of the batch, so the sum is the mean
+                batch_loss = x.new_zeros(())
+                for xs, ys in zip(x.tensor_split(micro), y.tensor_split(micro)):
+                    if len(xs):
+                        part = state.objective.loss(net(xs), ys) * (len(xs) / len(x))
+                        (part * share).backward()
+                        batch_loss = batch_loss + part.detach()
             if reg.l1:
                 with_grad = [p for p in params if p.grad is not None]
                 torch._foreach_add_([p.grad for p in with_grad], torch._foreach_sign(with_grad), alpha=reg.l1)
@@ -237,15 +286,32 @@ def train_one_epoch(state: State) -> None:
             _check_finite(value, state.step)
             for cb in state.callbacks:
                 cb.on_log(state, {"train_loss_step": value})
-        if state.interrupt.is_set():
+        if state.world == 1 and state.interrupt.is_set():  # replicas stop together, at the epoch's end
             return
     # the epoch's mean loss per example: batches weighted by their size (the last one may be smaller)
-    sizes = torch.full((len(losses),), float(size), device=state.device)
-    sizes[-1] = n - size * (len(losses) - 1)
+    if state.world > 1:
+        shards = [idx_len for idx_len in _shard_sizes(n, size, state.world, state.rank)]
+        sizes = torch.tensor(shards, dtype=torch.float32, device=state.device)
+    else:
+        sizes = torch.full((len(losses),), float(size), device=state.device)
+        sizes[-1] = n - size * (len(losses) - 1)
     epoch_sum = (torch.stack(losses) * sizes).sum()
+    if state.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(epoch_sum)  # every replica's share: the same train_loss on all of them
     train_loss = (epoch_sum / n).item()
     _check_finite(train_loss, state.step)
     state.metrics = {"train_loss": train_loss}
+
+
+def _shard_sizes(n: int, size: int, world: int, rank: int) -> list[int]:
+    """The rows this replica trained on in each batch of an epoch (tensor_split's split of each batch)."""
+    out = []
+    for start in range(0, n, size):
+        rows = min(size, n - start)
+        out.append(rows // world + (1 if rank < rows % world else 0))
+    return out
 
 
 def _check_finite(value: float, step: int) -> None:

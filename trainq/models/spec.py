@@ -606,6 +606,9 @@ class TrainingSpec(Spec):
     early_stopping: EarlyStoppingSpec | None = None
     log_every_steps: int = Field(10, gt=0, le=1_000_000)  # train loss is reported every this many steps
     keep_checkpoints: int = Field(2, ge=1, le=100)  # latest checkpoints kept, besides the best
+    # Each batch is split into this many micro-batches whose gradients add up before one optimizer step: the same
+    # effective batch with a fraction of the activation memory (set by the out-of-memory retry, or by hand).
+    accumulate_steps: int = Field(1, ge=1, le=1024)
 
 
 POOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -615,6 +618,13 @@ class ResourcesSpec(Spec):
     pool: str = Field("cpu", pattern=POOL_PATTERN)
     priority: int = Field(0, ge=-100, le=100)
     device: Literal["any", "cpu", "gpu"] = "any"  # gpu: only a GPU worker of the pool takes it; cpu: only a CPU one
+    gpus: int = Field(1, ge=1, le=16)  # > 1: data-parallel (DDP) over this many GPUs of one worker
+
+    @model_validator(mode="after")
+    def _gpus_need_a_gpu(self):
+        if self.gpus > 1 and self.device == "cpu":
+            raise ValueError("gpus > 1 trains on several GPUs: device must be gpu or any")
+        return self
 
 
 class JobSpec(Spec):
@@ -764,7 +774,7 @@ def plan(spec: JobSpec) -> Plan:
     features = math.prod(info.shape)
     result.memory_bytes = fp32 * (
         result.params * (2 + optimizer_copies + 1)  # weights, gradients, optimizer state, best-weights copy
-        + 2 * batch_size(spec) * (activations + features)  # activations kept for backward, and their gradients
+        + 2 * -(-batch_size(spec) // spec.training.accumulate_steps) * (activations + features)  # activations kept for backward, and their gradients
         + spec.dataset.size() * (features + 1)  # the whole dataset lives on the device
     )
     return result

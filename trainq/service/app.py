@@ -125,10 +125,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from trainq.service.api import bp as api_bp
     from trainq.service.dashboard import bp as dashboard_bp
     from trainq.service.datasets_api import bp as datasets_bp
+    from trainq.service.sweeps_api import bp as sweeps_bp
     from trainq.service.worker_api import bp as worker_bp
 
     app.register_blueprint(api_bp)
     app.register_blueprint(worker_bp)
     app.register_blueprint(datasets_bp)
+    app.register_blueprint(sweeps_bp)
     app.register_blueprint(dashboard_bp)
     return app

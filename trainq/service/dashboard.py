@@ -160,3 +160,21 @@ def submit_page():
         spec["name"] = spec["name"] if spec["name"].endswith("(again)") else f"{spec['name']} (again)"[:200]
         initial = yaml.safe_dump(spec, sort_keys=False)
     return render_template("submit.html", nav="submit", initial=initial)
+
+
+@bp.get("/sweeps")
+def sweeps_page():
+    from trainq.service.tables import Sweep
+
+    p = principal()
+    query = select(Sweep).order_by(Sweep.created_at.desc()).limit(200)
+    if not p.is_admin:
+        query = query.where(Sweep.owner_id == p.id)
+    return render_template("sweeps.html", nav="sweeps", sweeps=db().scalars(query).all())
+
+
+@bp.get("/sweeps/<hexid:sweep_id>")
+def sweep_page(sweep_id: str):
+    from trainq.service.sweeps_api import get_sweep
+
+    return render_template("sweep.html", nav="sweeps", sweep=get_sweep(sweep_id))

@@ -28,9 +28,32 @@ def reconcile_once(app: Flask) -> dict | None:
                                 in_broker=lambda queues: job_ids_in_broker(services.settings, queues),
                                 max_attempts=services.settings.max_attempts)
         session.commit()
+        result["sweeps"] = settle_sweeps(app, session)
     if any(result.values()):
         log.info("reconciled: %s", result)
     return result
+
+
+def settle_sweeps(app: Flask, session) -> int:
+    """Carry every running sweep on: trials that ended outside the finish route (lost, given up, cancelled),
+    trials not yet launched (after a restart). Return how many trials it launched."""
+    from trainq.service import sweeps
+
+    services = app.extensions["trainq"]
+    launched = 0
+    for sweep_id in sweeps.running_sweeps(session):
+        try:
+            created = sweeps.settle(session, services.settings, sweep_id)
+            session.commit()
+        except Exception:  # noqa: BLE001 - one broken sweep must not stop the others
+            session.rollback()
+            log.exception("settling sweep %s failed", sweep_id)
+            continue
+        for job in created:
+            if not jobs.mark_enqueued(session, job, services.enqueue):
+                session.commit()
+        launched += len(created)
+    return launched
 
 
 def start(app: Flask) -> threading.Event:

@@ -19,9 +19,10 @@ class JobStatus(str, enum.Enum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    pruned = "pruned"  # a sweep trial its pruner stopped early
 
 
-FINISHED = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
+FINISHED = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value, JobStatus.pruned.value)
 
 
 class StopReason(str, enum.Enum):
@@ -29,6 +30,7 @@ class StopReason(str, enum.Enum):
     early_stopped = "early_stopped"
     cancelled = "cancelled"
     error = "error"
+    pruned = "pruned"
 
 
 def new_id() -> str:
@@ -99,12 +101,33 @@ class Dataset(Base):
     __table_args__ = (UniqueConstraint("owner_id", "name"),)
 
 
+class Sweep(Base):
+    """A hyperparameter search: its trials are ordinary jobs; Optuna (samplers, pruners) decides what they try."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the sweep as submitted, validated
+    base: Mapped[dict[str, Any]] = mapped_column(JSONType)  # its base job spec with every default filled in
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | cancelled | failed
+    budget: Mapped[int] = mapped_column(Integer)  # trials in all
+    launched: Mapped[int] = mapped_column(Integer, default=0)  # trials made into jobs so far
+    best_job_id: Mapped[str | None] = mapped_column(String(32))
+    best_value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    trial: Mapped[int | None] = mapped_column(Integer)  # the Optuna trial number, for a sweep's trial
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -132,7 +155,7 @@ class Job(Base):
     def queue(self) -> str:
         from trainq.broker import queue_name
 
-        return queue_name(self.pool, self.device or "any")
+        return queue_name(self.pool, self.device or "any", int(self.spec.get("resources", {}).get("gpus", 1)))
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -207,6 +230,7 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # GPUs it trains one job on
     state: Mapped[str] = mapped_column(String(16), default="online")  # online | draining | stopped
     drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

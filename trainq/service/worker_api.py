@@ -14,10 +14,10 @@ from flask import Blueprint, jsonify, request, url_for
 from sqlalchemy import select
 
 from trainq.models.checkpoint import read_meta
-from trainq.service import jobs, workers
+from trainq.service import jobs, sweeps, workers
 from trainq.service.app import db, services
 from trainq.service.http import body_bytes, fail, read_body
-from trainq.service.tables import FINISHED, Dataset, Job
+from trainq.service.tables import FINISHED, Dataset, Job, Sweep
 
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
 
@@ -55,10 +55,14 @@ def claim(job_id: str):
     body = read_body()
     worker = str(body.get("worker", "unknown"))[:255] if isinstance(body, dict) else "unknown"
     kind = body.get("kind") if isinstance(body, dict) else None
+    gpus = body.get("gpus") if isinstance(body, dict) else None
     session = db()
-    wanted = session.scalar(select(Job.device).where(Job.id == job_id))
+    wanted, spec = session.execute(select(Job.device, Job.spec).where(Job.id == job_id)).first() or (None, {})
     if kind in workers.KINDS and wanted in workers.KINDS and wanted != kind:
         fail(409, "wrong_device", f"job {job_id} needs a {wanted.upper()} worker; {worker} is a {kind.upper()} worker")
+    needs = int(spec.get("resources", {}).get("gpus", 1))
+    if isinstance(gpus, int) and needs > 1 and gpus < needs:
+        fail(409, "wrong_device", f"job {job_id} needs {needs} GPUs; {worker} has {gpus}")
     try:
         c = jobs.claim(session, job_id, worker, lease())
     except LookupError:
@@ -77,9 +81,16 @@ def claim(job_id: str):
         d = db().get(Dataset, c.job.dataset_id)
         dataset = {"shape": d.shape, "classes": d.classes, "rows": d.rows,
                    "url": url_for("worker_api.attempt_dataset", attempt_id=c.attempt.id)}
+    prune = None
+    if c.job.sweep_id is not None:
+        sweep = db().get(Sweep, c.job.sweep_id)
+        if sweep is not None and sweep.spec.get("pruner", {}).get("type", "none") != "none":
+            prune = {"metric": sweep.spec.get("metric", "val_loss"), "url": url_for("worker_api.prune_check",
+                                                                                   attempt_id=c.attempt.id)}
     return jsonify({"job_id": job_id, "attempt_id": c.attempt.id, "attempt": c.attempt.number, "token": c.token,
                     "spec": c.job.spec, "lease_seconds": settings.lease_seconds,
-                    "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume, "dataset": dataset})
+                    "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume, "dataset": dataset,
+                    "prune": prune})
 
 
 @bp.post("/attempts/<hexid:attempt_id>/heartbeat")
@@ -193,7 +204,32 @@ def finish(attempt_id: str):
     session = db()
     job = jobs.finish(session, attempt, job, body)
     session.commit()
+    if job.sweep_id is not None:  # the sweep goes on at once: tell Optuna, launch the next trial
+        from trainq.service.sweeps_api import enqueue_all
+
+        created = sweeps.settle(session, services().settings, job.sweep_id)
+        session.commit()
+        enqueue_all(session, created)
     return jsonify({"status": job.status})
+
+
+@bp.post("/attempts/<hexid:attempt_id>/prune")
+def prune_check(attempt_id: str):
+    """A sweep trial reports its metric at the end of an epoch; the answer says whether its pruner stops it."""
+    body = read_body()
+    _, job = live(attempt_id)
+    try:
+        epoch, value = int(body["epoch"]), float(body["value"])
+    except (KeyError, TypeError, ValueError):
+        fail(400, "bad_request", "epoch (an integer) and value (a number) are required")
+    if job.sweep_id is None or not math.isfinite(value):
+        return jsonify({"prune": False})
+    session = db()
+    prune = sweeps.should_prune(session, services().settings, job, epoch, value)
+    if prune:
+        jobs.add_event(session, job.id, f"pruned at epoch {epoch} ({value:.4g}): the sweep's pruner stops it")
+        session.commit()
+    return jsonify({"prune": prune})
 
 
 def worker_info(body) -> dict:
@@ -205,7 +241,9 @@ def worker_info(body) -> dict:
               "device": lambda v: isinstance(v, str) and len(v) <= 255,
               "host": lambda v: isinstance(v, str) and len(v) <= 255,
               "pid": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-              "concurrency": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1024}
+              "concurrency": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1024,
+              "gpus": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 64}
+    body = {"gpus": 0, **body}
     for field, ok in checks.items():
         if not ok(body.get(field)):
             fail(400, "bad_request", f"{field}: missing or not valid", errors=[{"path": field, "message": "not valid"}])

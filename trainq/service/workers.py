@@ -29,7 +29,7 @@ def heartbeat(session: Session, name: str, info: dict[str, Any], now: datetime |
     now = now or utcnow()
     worker = session.get(Worker, name, with_for_update=session.get_bind().dialect.name == "postgresql")
     fields = {"pool": info["pool"], "kind": info["kind"], "device": info["device"], "host": info["host"],
-              "pid": info["pid"], "concurrency": info["concurrency"]}
+              "pid": info["pid"], "concurrency": info["concurrency"], "gpus": info.get("gpus", 0)}
     if worker is None or worker.state == "stopped" or worker.pid != info["pid"]:
         # A new process under a known name (a restart): a fresh registration; an old drain request does not carry over.
         if worker is None:
@@ -70,7 +70,7 @@ class WorkerView:
     def json(self, can_see) -> dict[str, Any]:
         w = self.worker
         return {"name": w.name, "pool": w.pool, "kind": w.kind, "device": w.device, "host": w.host, "pid": w.pid,
-                "concurrency": w.concurrency, "state": self.state, "started_at": w.started_at.isoformat(),
+                "concurrency": w.concurrency, "gpus": w.gpus, "state": self.state, "started_at": w.started_at.isoformat(),
                 "last_seen_at": w.last_seen_at.isoformat(), "jobs_done": self.jobs_done,
                 "busy": len(self.jobs),
                 "jobs": [{"id": j.id, "name": j.name, "epoch": j.epoch, "max_epochs": j.max_epochs}
@@ -121,17 +121,20 @@ def pools(session: Session, views: list[WorkerView]) -> dict[str, dict[str, int]
 def waiting_reason(session: Session, job: Job, lost: timedelta) -> str:
     """Why a queued job is not running yet, in words a user can act on."""
     now = utcnow()
-    kinds = (job.device,) if job.device in KINDS else KINDS
+    gpus = int(job.spec.get("resources", {}).get("gpus", 1))
+    kinds = ("gpu",) if gpus > 1 else ((job.device,) if job.device in KINDS else KINDS)
     candidates = [w for w in session.scalars(select(Worker).where(Worker.pool == job.pool, Worker.kind.in_(kinds)))
-                  if state_of(w, now, lost) == "online"]
-    wanted = {"gpu": "GPU worker", "cpu": "CPU worker"}.get(job.device, "worker")
+                  if state_of(w, now, lost) == "online" and (gpus == 1 or w.gpus >= gpus)]
+    wanted = f"worker with {gpus} GPUs" if gpus > 1 else {"gpu": "GPU worker", "cpu": "CPU worker"}.get(
+        job.device, "worker")
     if not candidates:
         draining = session.scalar(select(func.count()).select_from(Worker).where(
             Worker.pool == job.pool, Worker.kind.in_(kinds), Worker.state == "draining",
             Worker.last_seen_at >= now - lost))
         tail = f" ({draining} draining)" if draining else ""
-        return f"no {wanted} online for pool {job.pool}{tail}; start one with: trainq worker --pool {job.pool}" + (
-            " --gpus 0" if job.device == "gpu" else "")
+        start = (f" --gpus {','.join(map(str, range(gpus)))} --gpus-per-worker {gpus}" if gpus > 1
+                 else " --gpus 0" if job.device == "gpu" else "")
+        return f"no {wanted} online for pool {job.pool}{tail}; start one with: trainq worker --pool {job.pool}{start}"
     slots = sum(w.concurrency for w in candidates)
     busy = session.scalar(select(func.count()).select_from(Job).where(
         Job.status == JobStatus.running.value, Job.worker.in_([w.name for w in candidates])))

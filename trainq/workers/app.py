@@ -37,14 +37,14 @@ def draining() -> bool:
 
 
 def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "cpu", device: str = "cpu",
-                      concurrency: int = 1) -> Celery:
+                      concurrency: int = 1, gpus: int = 0) -> Celery:
     """The worker's Celery app. `kind` is cpu or gpu; `device` describes it for people (e.g. "cuda:0 NVIDIA H200").
     The main process registers the worker and heartbeats; a drain asked through the API finishes the running job."""
     app = make_celery(settings, "trainq-worker")
     preload()
     drain_flag(os.getpid()).unlink(missing_ok=True)  # a restarted container may reuse the pid of the last worker
     presence = Presence(ServiceClient(settings.service_url, settings.worker_token), name,
-                        {"pool": pool, "kind": kind, "device": device, "concurrency": concurrency},
+                        {"pool": pool, "kind": kind, "device": device, "concurrency": concurrency, "gpus": gpus},
                         every=settings.heartbeat_seconds, on_drain=warm_shutdown)
 
     @signals.worker_ready.connect(weak=False)
@@ -70,7 +70,8 @@ def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "
     def train(self, job_id: str) -> str:
         from trainq.workers.runner import run_job
 
-        return run_job(job_id, Settings(), worker=self.request.hostname or name, device=torch_device, kind=kind)
+        return run_job(job_id, Settings(), worker=self.request.hostname or name, device=torch_device, kind=kind,
+                       gpus=gpus)
 
     return app
 

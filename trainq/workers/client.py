@@ -57,8 +57,9 @@ class ServiceClient:
             raise Refused(response.status_code, _body(response))
         return response
 
-    def claim(self, job_id: str, worker: str, kind: str | None = None) -> dict:
-        return self.call("POST", f"/api/v1/worker/jobs/{job_id}/claim", json={"worker": worker, "kind": kind}).json()
+    def claim(self, job_id: str, worker: str, kind: str | None = None, gpus: int | None = None) -> dict:
+        return self.call("POST", f"/api/v1/worker/jobs/{job_id}/claim",
+                         json={"worker": worker, "kind": kind, "gpus": gpus}).json()
 
     def download(self, path: str, attempt_token: str) -> bytes:
         return self.call("GET", path, attempt_token=attempt_token).content

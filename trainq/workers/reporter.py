@@ -27,6 +27,8 @@ class Reporter:
         self.cancelled = False
         self.fenced = False
         self.draining = False  # the worker is shutting down: stop and hand the job back
+        self.prune: dict | None = None  # a sweep trial with a pruner: {"metric": name, "url": where to ask}
+        self.pruned = False
         self.epoch = 0
         self._lock = threading.Lock()
         self._points: list[list[Any]] = []
@@ -141,6 +143,28 @@ class Reporter:
                     self._queue_checkpoint(item)
 
 
+    def should_prune(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Ask the sweep's pruner, at the end of an epoch, whether this trial stops here. Synchronous on purpose:
+        small trials run many epochs a second, and a decision taken later would let them run on. Any failure to
+        ask means no: pruning only saves time, it must never fail a trial."""
+        if self.prune is None or self.prune["metric"] not in metrics:
+            return False
+        try:
+            answer = self.client.call("POST", self.prune["url"], json={"epoch": epoch,
+                                                                       "value": metrics[self.prune["metric"]]},
+                                      attempt_token=self.token, retry_for=5).json()
+        except Fenced:
+            self._fence()
+            return False
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not ask the pruner: %s", exc)
+            return False
+        if answer.get("prune"):
+            self.pruned = True
+            self.interrupt.set()
+        return self.pruned
+
+
 class ReportingCallback(Callback):
     """Feed the engine's progress to the reporter."""
 
@@ -158,3 +182,5 @@ class ReportingCallback(Callback):
         self.reporter.epoch = state.epoch
         summary = " ".join(f"{k}={v:.4g}" for k, v in state.metrics.items() if k != "epoch")
         self.reporter.event(f"epoch {state.epoch}/{state.spec.training.epochs}: {summary}")
+        if state.epoch < state.spec.training.epochs:  # a trial at its last epoch has nothing left to save
+            self.reporter.should_prune(state.epoch, state.metrics)

@@ -88,8 +88,8 @@ class LineChart {
     this.target = target; this.xLabel = xLabel; this.plugins = plugins;
     this.names = []; this.points = {}; this.plot = null;
   }
-  add(name, xs, ys) {
-    if (!this.points[name]) { this.points[name] = new Map(); this.names.push(name); this.plot && this.plot.destroy(); this.plot = null; }
+  add(name, xs, ys, style = {}) {
+    if (!this.points[name]) { this.points[name] = new Map(); this.names.push(name); this.styles = {...this.styles, [name]: style}; this.plot && this.plot.destroy(); this.plot = null; }
     xs.forEach((x, i) => this.points[name].set(x, ys[i]));
   }
   data() {
@@ -108,7 +108,7 @@ class LineChart {
       width, height: 240, plugins: this.plugins,
       scales: {x: {time: false}},
       axes: [{label: this.xLabel}, {size: 60}],
-      series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true, points: {show: false}}))],
+      series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true, points: {show: false}, ...((this.styles || {})[n] || {})}))],
     }, data, this.target);
   }
   count(name) { return this.points[name] ? this.points[name].size : 0; }
@@ -433,5 +433,144 @@ function pageSubmit() {
   });
 }
 
-const PAGES = {runs: pageRuns, run: pageRun, compare: pageCompare, workers: pageWorkers, submit: pageSubmit};
+// ---------------------------------------------------------------------------------------------------------------------
+// Sweep
+// ---------------------------------------------------------------------------------------------------------------------
+
+function scatter(target, xLabel, xs, ys, logX) {
+  // The metric against one parameter, one point per finished trial.
+  if (!window.uPlot) return;
+  const order = xs.map((x, i) => i).sort((a, b) => xs[a] - xs[b]);
+  target.textContent = "";
+  target.dataset.points = xs.length;
+  new uPlot({width: Math.max(280, target.clientWidth || 320), height: 200, legend: {show: false},
+    scales: {x: {time: false, distr: logX ? 3 : 1}},
+    axes: [{label: xLabel}, {size: 60}],
+    series: [{}, {stroke: "#2563eb", paths: () => null, points: {show: true, size: 7, fill: "#2563eb"}}]},
+    [order.map(i => xs[i]), order.map(i => ys[i])], target);
+}
+
+function parallelCoordinates(canvas, axes, rows, minimize) {
+  // One vertical axis per parameter and one for the metric; one line per trial, darker for better.
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 40, top = 20, bottom = h - 30;
+  ctx.clearRect(0, 0, w, h);
+  const xOf = i => pad + i * (w - 2 * pad) / Math.max(1, axes.length - 1);
+  const scaled = axes.map(a => {
+    const values = rows.map(r => a.get(r)).filter(v => v !== null && v !== undefined);
+    const num = values.map(v => typeof v === "number" ? (a.log ? Math.log10(v) : v) : null);
+    const cats = [...new Set(values.filter(v => typeof v !== "number").map(String))];
+    const lo = Math.min(...num.filter(v => v !== null)), hi = Math.max(...num.filter(v => v !== null));
+    return v => {
+      if (v === null || v === undefined) return null;
+      if (typeof v !== "number") return cats.length > 1 ? cats.indexOf(String(v)) / (cats.length - 1) : 0.5;
+      const x = a.log ? Math.log10(v) : v;
+      return hi > lo ? (x - lo) / (hi - lo) : 0.5;
+    };
+  });
+  const metric = axes.length - 1;
+  const ranked = rows.filter(r => r.value !== null).map(r => r.value).sort((a, b) => minimize ? a - b : b - a);
+  for (const r of rows) {
+    const rank = r.value === null ? -1 : ranked.indexOf(r.value);
+    const shade = rank < 0 ? 0 : 1 - rank / Math.max(1, ranked.length);
+    ctx.strokeStyle = r.status === "pruned" ? "rgba(148,163,184,0.55)" : `rgba(37,99,235,${(0.25 + 0.75 * shade).toFixed(2)})`;
+    ctx.lineWidth = rank === 0 ? 3 : 1.2;
+    ctx.setLineDash(r.status === "pruned" ? [4, 3] : []);
+    ctx.beginPath();
+    axes.forEach((a, i) => {
+      const t = scaled[i](a.get(r));
+      if (t === null) return;
+      const y = bottom - t * (bottom - top);
+      i === 0 ? ctx.moveTo(xOf(i), y) : ctx.lineTo(xOf(i), y);
+    });
+    ctx.stroke();
+  }
+  ctx.setLineDash([]);
+  ctx.fillStyle = "#1d2330"; ctx.strokeStyle = "#9ca3af"; ctx.lineWidth = 1; ctx.font = "11px system-ui";
+  axes.forEach((a, i) => {
+    ctx.beginPath(); ctx.moveTo(xOf(i), top); ctx.lineTo(xOf(i), bottom); ctx.stroke();
+    ctx.textAlign = i === 0 ? "left" : (i === axes.length - 1 ? "right" : "center");
+    ctx.fillText(a.label, xOf(i), h - 10);
+  });
+  canvas.dataset.lines = rows.length;
+}
+
+function pageSweep() {
+  const id = document.getElementById("sweep-head").dataset.sweep;
+  let curvesAt = 0;
+  async function load() {
+    const answer = await api(`/api/v1/sweeps/${id}`);
+    if (!answer.ok) throw new Error(answer.status);
+    const s = answer.body;
+    const badge = document.getElementById("sweep-status");
+    badge.textContent = s.status; badge.className = "badge " + s.status;
+    document.getElementById("sweep-cancel").hidden = s.status !== "running";
+    document.getElementById("train-best").hidden = !s.best;
+    const facts = document.getElementById("sweep-facts");
+    facts.textContent = "";
+    const fact = (label, value) => facts.append(el("span", {}, label + " ", el("b", {text: value})));
+    fact("method", s.method); fact("metric", `${s.metric} (${s.direction})`); fact("pruner", s.pruner);
+    fact("trials", `${s.trials_launched} / ${s.trials_total}`);
+    fact("states", Object.entries(s.counts).map(([k, v]) => `${v} ${k}`).join(", ") || "–");
+    fact("epochs spent", `${s.budget.epochs_spent} of ${s.budget.epochs_full_search} (${(100 * s.budget.fraction).toFixed(0)} %)`);
+    if (s.best) facts.append(el("span", {}, "best ", el("a", {href: "/jobs/" + s.best.job_id, text: `trial ${s.best.trial}: ${fmt(s.best.value)}`})));
+    const params = Object.keys(s.search);
+    const head = document.querySelector("#trials thead"), body = document.querySelector("#trials tbody");
+    head.textContent = ""; body.textContent = "";
+    head.append(el("tr", {}, el("th", {text: "trial"}), el("th", {text: "status"}), ...params.map(p => el("th", {text: p})),
+      el("th", {text: s.metric}), el("th", {text: "epochs"}), el("th", {text: "test accuracy"})));
+    for (const t of s.trials) {
+      body.append(el("tr", {"data-trial": t.trial, class: s.best && s.best.job_id === t.job_id ? "best" : null},
+        el("td", {}, el("a", {href: "/jobs/" + t.job_id, text: "#" + t.trial})),
+        el("td", {}, el("span", {class: "badge " + t.status, text: t.status})),
+        ...params.map(p => el("td", {text: fmt(t.params[p], 5)})),
+        el("td", {text: fmt(t.value)}), el("td", {text: t.epochs}), el("td", {text: fmt(t.test_accuracy)})));
+    }
+    const done = s.trials.filter(t => t.value !== null);
+    const charts = document.getElementById("param-charts");
+    params.forEach((p, i) => {
+      let fig = charts.querySelector(`[data-param="${CSS.escape(p)}"]`);
+      if (!fig) {
+        fig = el("figure", {"data-param": p}, el("figcaption", {text: `${s.metric} against ${p}`}), el("div", {class: "chart small"}));
+        charts.append(fig);
+      }
+      const numeric = done.filter(t => typeof t.params[p] === "number");
+      scatter(fig.querySelector("div"), p, numeric.map(t => t.params[p]), numeric.map(t => t.value), "log_uniform" in s.search[p] || "int_log_uniform" in s.search[p]);
+    });
+    const axes = params.map(p => ({label: p, get: r => r.params[p], log: "log_uniform" in s.search[p] || "int_log_uniform" in s.search[p]}));
+    axes.push({label: s.metric, get: r => r.value, log: false});
+    parallelCoordinates(document.getElementById("parallel"), axes, s.trials, s.direction === "minimize");
+    if (Date.now() - curvesAt > 4000 || s.status !== "running") {
+      curvesAt = Date.now();
+      await curves(s);
+    }
+    return s.status === "running";
+  }
+  async function curves(s) {
+    if (!s.trials.length) return;
+    const shown = s.trials.slice(0, 200);  // the compare API takes 200 runs at most
+    const ids = shown.map(t => t.job_id).join(",");
+    const answer = await api(`/api/v1/compare?ids=${ids}&names=${encodeURIComponent(s.metric)}&max_points=200`);
+    if (!answer.ok) return;
+    const target = document.getElementById("chart-trials");
+    target.textContent = "";
+    const chart = new LineChart(target, "epoch");
+    answer.body.runs.forEach((run, i) => {
+      const series = run.series[s.metric];
+      const trial = shown[i];
+      chart.add(`#${trial.trial}${trial.status === "pruned" ? " (pruned)" : ""}`, series ? series.epoch : [], series ? series.value : [],
+        trial.status === "pruned" ? {dash: [5, 4], width: 1} : {width: 2});
+    });
+    chart.render();
+  }
+  document.getElementById("sweep-cancel").addEventListener("click", async () => { await api(`/api/v1/sweeps/${id}/cancel`, {method: "POST"}); await load(); });
+  document.getElementById("train-best").addEventListener("click", async () => {
+    const answer = await api(`/api/v1/sweeps/${id}/train_best`, {method: "POST"});
+    if (answer.status === 201) location.href = "/jobs/" + answer.body.id;
+  });
+  load().then(running => { if (running) every(2000, load); });
+}
+
+const PAGES = {runs: pageRuns, run: pageRun, compare: pageCompare, workers: pageWorkers, submit: pageSubmit,
+               sweep: pageSweep};
 (PAGES[document.body.dataset.page] || (() => {}))();

@@ -1,0 +1,96 @@
+"""Sweeps through the API: validation with paths, the grid product, launching within `parallel`, cancelling."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tests.specs import mlp
+
+
+def sweep(**changes) -> dict:
+    body = {"name": "lr-and-width", "base": mlp(epochs=3),
+            "search": {"optimizer.lr": {"log_uniform": [1e-4, 1e-1]},
+                       "model.layers[0].units": {"choice": [32, 64, 128]}},
+            "method": "random", "trials": 6, "parallel": 2, "metric": "val_loss", "pruner": {"type": "asha"},
+            "seed": 0}
+    body.update(changes)
+    return body
+
+
+def errors_of(answer) -> dict[str, str]:
+    assert answer.status_code == 422, answer.get_json()
+    return {e["path"]: e["message"] for e in answer.get_json()["errors"]}
+
+
+def test_a_random_sweep_launches_parallel_trials_with_their_parameters(client):
+    answer = client.post("/api/v1/sweeps", json=sweep())
+    assert answer.status_code == 201, answer.get_json()
+    body = answer.get_json()
+    assert body["trials_total"] == 6 and body["trials_launched"] == 2 and body["direction"] == "minimize"
+    assert [t["trial"] for t in body["trials"]] == [0, 1]
+    for trial in body["trials"]:
+        job = client.get(f"/api/v1/jobs/{trial['job_id']}").get_json()
+        assert job["status"] == "queued" and job["name"] == f"lr-and-width · trial {trial['trial']}"
+        spec = job["spec"]
+        assert spec["optimizer"]["lr"] == trial["params"]["optimizer.lr"]
+        assert 1e-4 <= spec["optimizer"]["lr"] <= 1e-1
+        assert spec["model"]["layers"][0]["units"] == trial["params"]["model.layers[0].units"] in (32, 64, 128)
+    assert body["trials"][0]["params"] != body["trials"][1]["params"]
+    assert body["budget"] == {"epochs_spent": 0, "epochs_full_search": 18, "fraction": 0.0}
+    # The same seed gives the same parameters to the same trial numbers in another sweep.
+    again = client.post("/api/v1/sweeps", json=sweep(name="again")).get_json()
+    assert [t["params"] for t in again["trials"]] == [t["params"] for t in body["trials"]]
+
+
+def test_a_grid_over_two_fields_is_exactly_their_product(client):
+    answer = client.post("/api/v1/sweeps", json=sweep(
+        method="grid", trials=None, parallel=100, pruner={"type": "none"},
+        search={"optimizer.lr": {"choice": [0.1, 0.01, 0.001]}, "model.layers[0].units": {"choice": [16, 32]}}))
+    assert answer.status_code == 201, answer.get_json()
+    body = answer.get_json()
+    assert body["trials_total"] == 6 and body["trials_launched"] == 6
+    seen = [(t["params"]["optimizer.lr"], t["params"]["model.layers[0].units"]) for t in body["trials"]]
+    assert sorted(seen) == sorted(itertools.product([0.1, 0.01, 0.001], [16, 32]))
+    assert len(set(seen)) == 6
+
+
+@pytest.mark.parametrize("search, path, words", [
+    ({"optimizer.momentum": {"uniform": [0, 1]}}, "search.optimizer.momentum", "no field"),
+    ({"model.layers[7].units": {"choice": [1, 2]}}, "search.model.layers[7].units", "no field"),
+    ({"model.layers[0].units": {"uniform": [16, 128]}}, "search.model.layers[0].units", "integer"),
+    ({"optimizer.lr": {"choice": ["fast", 0.1]}}, "search.optimizer.lr", "refused"),
+    ({"optimizer.lr": {"uniform": [-1.0, 0.1]}}, "search.optimizer.lr", "refused"),
+    ({"model": {"choice": [1]}}, "search.model", "not a single value"),
+])
+def test_a_bad_search_space_is_a_422_naming_the_path(client, search, path, words):
+    found = errors_of(client.post("/api/v1/sweeps", json=sweep(search=search)))
+    assert path in found and words in found[path], found
+
+
+def test_a_range_of_the_wrong_type_is_a_422_naming_the_path(client):
+    found = errors_of(client.post("/api/v1/sweeps", json=sweep(search={"optimizer.lr": {"log_uniform": ["a", 1]}})))
+    assert any(p.startswith("search.optimizer.lr") for p in found), found
+    found = errors_of(client.post("/api/v1/sweeps", json=sweep(search={"optimizer.lr": {"log_uniform": [0.1, 0.01]}})))
+    assert any(p.startswith("search.optimizer.lr") for p in found), found
+    found = errors_of(client.post("/api/v1/sweeps", json=sweep(method="grid", search={"optimizer.lr": {"uniform": [0.1, 0.2]}})))
+    assert "search.optimizer.lr" in found and "grid" in found["search.optimizer.lr"]
+    found = errors_of(client.post("/api/v1/sweeps", json=sweep(base={**mlp(), "optimizer": {"type": "adam", "lr": -1}})))
+    assert "base.optimizer.lr" in found
+    found = errors_of(client.post("/api/v1/sweeps", json=sweep(pruner={"type": "magic"})))
+    assert any(p.startswith("pruner") for p in found), found
+    assert client.get("/api/v1/jobs").get_json()["total"] == 0  # nothing was queued
+
+
+def test_cancelling_a_sweep_cancels_its_trials_and_other_users_do_not_see_it(client, client_as):
+    body = client.post("/api/v1/sweeps", json=sweep()).get_json()
+    assert client_as("bob").get(f"/api/v1/sweeps/{body['id']}").status_code == 404
+    assert client_as("admin").get(f"/api/v1/sweeps/{body['id']}").status_code == 200
+    answer = client.post(f"/api/v1/sweeps/{body['id']}/cancel")
+    assert answer.status_code == 200 and answer.get_json()["status"] == "cancelled"
+    statuses = [client.get(f"/api/v1/jobs/{t['job_id']}").get_json()["status"] for t in body["trials"]]
+    assert statuses == ["cancelled", "cancelled"]
+    assert client.post(f"/api/v1/sweeps/{body['id']}/train_best").status_code == 409
+    assert [s["id"] for s in client.get("/api/v1/sweeps").get_json()["sweeps"]] == [body["id"]]
+    assert client_as("bob").get("/api/v1/sweeps").get_json()["sweeps"] == []

@@ -1,0 +1,259 @@
+"""Sweeps: a search over a job spec's fields, run as ordinary jobs, with Optuna's samplers and pruners deciding.
+
+trainq's part is turning Optuna trials into jobs, feeding the metrics the trials report to the pruner, and stopping
+pruned trials. Optuna keeps its study in its RDB storage in the same PostgreSQL database, in its own schema
+`optuna` (its tables carry their own alembic_version, which would clash with ours); on SQLite, in a file beside the
+database. Everything else is SQL the service owns: the sweep, and its trials as jobs, so a sweep survives a service
+restart and a worker death the way jobs do. `settle` is idempotent and runs after every trial ends and on every
+reconciler pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import optuna
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from trainq.models.spec import parse_spec, plan
+from trainq.models.sweep import Choice, IntLogUniform, IntUniform, LogUniform, SweepSpec, Uniform, apply
+from trainq.service import jobs
+from trainq.service.db import utcnow
+from trainq.service.tables import FINISHED, Dataset, Job, JobStatus, Metric, Sweep
+from trainq.settings import Settings
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
+TrialState = optuna.trial.TrialState
+
+_storages: dict[str, optuna.storages.RDBStorage] = {}
+_storage_lock = threading.Lock()
+
+
+def storage_url(settings: Settings) -> str:
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        return f"sqlite:///{(settings.data_dir / 'optuna.sqlite3').resolve()}"
+    joiner = "&" if "?" in url else "?"
+    return f"{url}{joiner}options=-csearch_path%3Doptuna"
+
+
+def storage(settings: Settings) -> optuna.storages.RDBStorage:
+    """One Optuna storage per process and database (creating one checks its schema: not per request)."""
+    url = storage_url(settings)
+    with _storage_lock:
+        if url not in _storages:
+            _storages[url] = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return _storages[url]
+
+
+def study_name(sweep_id: str) -> str:
+    return f"trainq-{sweep_id}"
+
+
+def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    D = optuna.distributions
+    out: dict[str, Any] = {}
+    for path, d in spec.search.items():
+        if isinstance(d, Uniform):
+            out[path] = D.FloatDistribution(*d.uniform)
+        elif isinstance(d, LogUniform):
+            out[path] = D.FloatDistribution(*d.log_uniform, log=True)
+        elif isinstance(d, IntUniform):
+            out[path] = D.IntDistribution(*d.int_uniform)
+        elif isinstance(d, IntLogUniform):
+            out[path] = D.IntDistribution(*d.int_log_uniform, log=True)
+        elif isinstance(d, Choice):
+            out[path] = D.CategoricalDistribution(d.choice)
+    return out
+
+
+def sampler_for(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
+    """Seeded per trial number: a sampler lives for one request here, so seeding it once per sweep would hand every
+    trial the first draw. Trial n of a sweep gets the same parameters whatever the pruner did to earlier trials."""
+    seed = spec.seed * 100_003 + number
+    if spec.method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, spec.budget // 4)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def pruner_for(spec: SweepSpec, max_epochs: int) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.type == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max_epochs,
+                                              reduction_factor=p.reduction_factor)
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def load_study(settings: Settings, sweep: Sweep, number: int = 0) -> optuna.Study:
+    spec = SweepSpec.model_validate(sweep.spec)
+    return optuna.load_study(study_name=study_name(sweep.id), storage=storage(settings),
+                             sampler=sampler_for(spec, number),
+                             pruner=pruner_for(spec, sweep.base["training"]["epochs"]))
+
+
+def create(session: Session, settings: Settings, spec: SweepSpec, base: dict, owner_id: str | None) -> Sweep:
+    sweep = Sweep(owner_id=owner_id, name=spec.name, spec=spec.model_dump(mode="json"), base=base,
+                  budget=spec.budget, launched=0)
+    session.add(sweep)
+    session.flush()
+    optuna.create_study(study_name=study_name(sweep.id), storage=storage(settings),
+                        direction=spec.resolved_direction)
+    return sweep
+
+
+def _locked(session: Session, sweep_id: str) -> Sweep | None:
+    """The sweep row, locked for this transaction on PostgreSQL: one settle at a time per sweep."""
+    query = select(Sweep).where(Sweep.id == sweep_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.scalars(query.execution_options(populate_existing=True)).first()
+
+
+def trial_value(session: Session, job: Job, metric: str, direction: str) -> float | None:
+    """A trial's objective: the best value of the sweep's metric over the epochs it reported."""
+    best = func.max if direction == "maximize" else func.min
+    return session.scalar(select(best(Metric.value)).where(Metric.job_id == job.id, Metric.name == metric))
+
+
+def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
+    """Tell Optuna about trials that ended, keep the best, launch trials up to `parallel` within the budget, and end
+    the sweep when every trial has. Return the jobs it created (the caller commits, then enqueues them)."""
+    sweep = _locked(session, sweep_id)
+    if sweep is None or sweep.status != "running":
+        return []
+    spec = SweepSpec.model_validate(sweep.spec)
+    direction = spec.resolved_direction
+    trials = session.scalars(select(Job).where(Job.sweep_id == sweep.id).order_by(Job.trial)).all()
+    study = load_study(settings, sweep, sweep.launched)
+    known = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for job in trials:
+        frozen = known.get(job.trial)
+        if job.status not in FINISHED or frozen is None or frozen.state != TrialState.RUNNING:
+            continue
+        value = trial_value(session, job, spec.metric, direction)
+        if job.status == JobStatus.succeeded.value and value is not None:
+            study.tell(job.trial, value)
+        elif job.status == JobStatus.pruned.value:
+            study.tell(job.trial, state=TrialState.PRUNED)
+        else:
+            study.tell(job.trial, state=TrialState.FAIL)
+        if job.status == JobStatus.succeeded.value and value is not None and (
+                sweep.best_value is None or (value > sweep.best_value if direction == "maximize"
+                                             else value < sweep.best_value)):
+            sweep.best_job_id, sweep.best_value = job.id, value
+    active = sum(job.status in ACTIVE for job in trials)
+    created: list[Job] = []
+    grid = spec.grid() if spec.method == "grid" else None
+    while active < spec.parallel and sweep.launched < sweep.budget:
+        number = sweep.launched
+        study.sampler = sampler_for(spec, number)
+        if grid is not None:
+            study.enqueue_trial(grid[number], skip_if_exists=False)
+        trial = study.ask(distributions(spec))
+        job = _trial_job(session, sweep, spec, trial.number, trial.params)
+        created.append(job)
+        sweep.launched += 1
+        active += 1
+    if sweep.launched >= sweep.budget and active == 0:
+        sweep.status, sweep.finished_at = "succeeded" if sweep.best_job_id else "failed", utcnow()
+        log.info("sweep %s ended: best %s = %s", sweep.id, sweep.best_job_id, sweep.best_value)
+    session.flush()
+    return created
+
+
+def _trial_job(session: Session, sweep: Sweep, spec: SweepSpec, number: int, params: dict[str, Any]) -> Job:
+    document = apply(sweep.base, params)
+    document["name"] = f"{sweep.name} · trial {number}"[:200]
+    job_spec = parse_spec(document, uploads=_uploads(session, sweep))
+    dataset_id = None
+    if job_spec.dataset.name == "upload":
+        dataset_id = session.scalar(select(Dataset.id).where(Dataset.owner_id == sweep.owner_id,
+                                                             Dataset.name == job_spec.dataset.upload))
+    job = jobs.submit(session, job_spec, plan(job_spec), owner_id=sweep.owner_id, dataset_id=dataset_id)
+    job.sweep_id, job.trial = sweep.id, number
+    jobs.add_event(session, job.id, f"trial {number} of sweep {sweep.name}: "
+                   + ", ".join(f"{k}={v}" for k, v in params.items()))
+    return job
+
+
+def _uploads(session: Session, sweep: Sweep):
+    from trainq.models.spec import DatasetInfo
+
+    def resolve(name: str):
+        d = session.scalar(select(Dataset).where(Dataset.owner_id == sweep.owner_id, Dataset.name == name))
+        return DatasetInfo(tuple(d.shape), d.classes, d.rows) if d else None
+    return resolve
+
+
+def should_prune(session: Session, settings: Settings, job: Job, epoch: int, value: float) -> bool:
+    """Report a trial's metric at an epoch to its pruner; True if the trial should stop now."""
+    sweep = session.get(Sweep, job.sweep_id)
+    if sweep is None or sweep.status != "running" or job.trial is None:
+        return False
+    study = load_study(settings, sweep)
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, job.trial)
+    if study._storage.get_trial(trial_id).state != TrialState.RUNNING:
+        return False
+    trial = optuna.trial.Trial(study, trial_id)
+    trial.report(value, epoch)
+    return trial.should_prune()
+
+
+def cancel(session: Session, sweep: Sweep) -> Sweep:
+    """Cancel a sweep: no trial is launched any more, and its queued and running trials are cancelled."""
+    if sweep.status != "running":
+        return sweep
+    sweep.status, sweep.finished_at = "cancelled", utcnow()
+    for job in session.scalars(select(Job).where(Job.sweep_id == sweep.id, Job.status.in_(ACTIVE))):
+        jobs.cancel(session, job)
+    return sweep
+
+
+def running_sweeps(session: Session) -> list[str]:
+    return list(session.scalars(select(Sweep.id).where(Sweep.status == "running")))
+
+
+def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
+    """The sweep as the API shows it: trials with parameters, status and metric; the best; the budget spent."""
+    from trainq.models.sweep import get_path
+
+    spec = SweepSpec.model_validate(sweep.spec)
+    direction = spec.resolved_direction
+    trials = session.scalars(select(Job).where(Job.sweep_id == sweep.id).order_by(Job.trial)).all()
+    best = func.max if direction == "maximize" else func.min
+    values = dict(session.execute(select(Metric.job_id, best(Metric.value)).where(
+        Metric.job_id.in_([t.id for t in trials]), Metric.name == spec.metric).group_by(Metric.job_id)).all()) \
+        if trials else {}
+    epochs = sweep.base["training"]["epochs"]
+    rows = [{"trial": t.trial, "job_id": t.id, "status": t.status, "stop_reason": t.stop_reason,
+             "params": {p: get_path(t.spec, p) for p in spec.search}, "value": values.get(t.id),
+             "epochs": t.epoch, "test_accuracy": (t.metrics or {}).get("test_accuracy")} for t in trials]
+    spent = sum(t.epoch for t in trials)
+    best_row = next((r for r in rows if r["job_id"] == sweep.best_job_id), None)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    return {
+        "id": sweep.id, "name": sweep.name, "status": sweep.status, "method": spec.method,
+        "metric": spec.metric, "direction": direction, "pruner": spec.pruner.type,
+        "trials_total": sweep.budget, "trials_launched": sweep.launched, "parallel": spec.parallel,
+        "counts": counts, "created_at": sweep.created_at.isoformat(),
+        "finished_at": sweep.finished_at.isoformat() if sweep.finished_at else None,
+        "search": {k: v.model_dump() for k, v in spec.search.items()},
+        "budget": {"epochs_spent": spent, "epochs_full_search": sweep.budget * epochs,
+                   "fraction": spent / (sweep.budget * epochs) if sweep.budget else 0.0},
+        "best": None if best_row is None else {**best_row, "spec": next(t.spec for t in trials
+                                                                       if t.id == sweep.best_job_id)},
+        "trials": rows,
+        "spec": sweep.spec,
+    }
