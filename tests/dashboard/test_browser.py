@@ -68,12 +68,14 @@ def test_a_new_run_appears_in_the_table_without_a_reload(page, stack):
     page.locator(f"#runs tr[data-id='{job_id}'] td.name").wait_for()
     assert page.evaluate("window.__marker") == marker  # the same document: no reload happened
     assert page.locator("#runs tbody tr").first.get_attribute("data-id") == job_id
+    total = stack.get("/api/v1/jobs?limit=1")["total"]
+    assert page.inner_text("#page-info").endswith(f"of {total}")
     page.locator(f"#runs tr[data-id='{job_id}'] .badge.succeeded").wait_for(timeout=60_000)
     assert "val_accuracy" in page.inner_text(f"#runs tr[data-id='{job_id}'] td.best")
 
 
 def test_the_curves_grow_while_the_run_trains_and_the_best_epoch_is_kept(page, stack):
-    job_id = stack.submit(with_(mlp(hidden=(256, 256), epochs=150, batch_size=16), name="watch-it-grow"))
+    job_id = stack.submit(with_(mlp(hidden=(256, 256), epochs=1000, batch_size=16), name="watch-it-grow"))  # cancelled
     stack.wait(job_id, until=lambda j: j["status"] == "running" and j["epoch"] >= 2)
     page.goto(f"{stack.url}/jobs/{job_id}")
     first = eventually(lambda: chart_points(page, "#chart-loss"))

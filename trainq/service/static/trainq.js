@@ -47,6 +47,9 @@ function every(ms, fn) {
   return () => clearTimeout(timer);
 }
 
+// Epochs and steps are whole numbers: the x axes tick at 1, 2, 5, 10, 20, 50...
+const INTEGER_STEPS = [1, 2, 5].flatMap(m => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7].map(p => m * p)).sort((a, b) => a - b);
+
 function fmt(value, digits = 4) {
   return typeof value === "number" ? (Number.isInteger(value) ? String(value) : value.toFixed(digits)) : "";
 }
@@ -107,7 +110,7 @@ class LineChart {
     this.plot = new uPlot({
       width, height: 240, plugins: this.plugins,
       scales: {x: {time: false}},
-      axes: [{label: this.xLabel}, {size: 60}],
+      axes: [{label: this.xLabel, incrs: INTEGER_STEPS}, {size: 60}],
       series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true, points: {show: false}, ...((this.styles || {})[n] || {})}))],
     }, data, this.target);
   }
@@ -161,6 +164,10 @@ function pageRuns() {
       } else if (firstPage) {
         body.prepend(row);
         while (body.rows.length > limit) body.deleteRow(-1);
+        const info = document.getElementById("page-info");
+        const total = Number(info.dataset.total) + 1;
+        info.dataset.total = total;
+        info.textContent = `1–${body.rows.length} of ${total}`;
       }
     }
     refreshDurations(body);
@@ -185,12 +192,14 @@ function pageRun() {
     : (name.endsWith("_loss") ? charts.loss : (/^(train|val)_(accuracy|r2|mae)$/.test(name) ? charts.metric : null));
   const lastStep = {};
   let lastEvent = 0;
+  let lowest = null;  // while running, the best epoch so far by val_loss (the job's own is known at its end)
 
   const show = (selector, value) => { document.getElementById(selector).textContent = value; };
   const renderJob = () => {
     const badge = document.getElementById("job-status");
     badge.textContent = job.status; badge.className = "badge " + job.status;
-    show("job-epoch", job.epoch); show("job-best-epoch", job.best_epoch ?? "–");
+    bestEpoch = job.best_epoch ?? (lowest ? lowest.epoch : null);
+    show("job-epoch", job.epoch); show("job-best-epoch", bestEpoch ?? "–");
     show("job-stop", job.stop_reason || "–"); show("job-worker", job.worker || "–"); show("job-attempts", job.attempts);
     const waiting = document.getElementById("job-waiting");
     waiting.hidden = !job.waiting_reason;
@@ -198,7 +207,6 @@ function pageRun() {
     const error = document.getElementById("job-error");
     error.hidden = !job.error; error.textContent = job.error || "";
     document.getElementById("cancel").hidden = FINISHED.includes(job.status);
-    bestEpoch = job.best_epoch;
   };
 
   async function pollMetrics() {
@@ -214,7 +222,11 @@ function pageRun() {
       if (!keep.length) continue;
       chart.add(name, keep.map(i => useStep ? s.step[i] : s.epoch[i]), keep.map(i => s.value[i]));
       lastStep[name] = s.step[keep[keep.length - 1]];
+      if (name === "val_loss") {
+        for (const i of keep) if (!lowest || s.value[i] < lowest.value) lowest = {epoch: s.epoch[i], value: s.value[i]};
+      }
     }
+    renderJob();
     Object.values(charts).forEach(c => c.render());
   }
 
@@ -270,7 +282,9 @@ function pageRun() {
   }
   renderJob(); loadModel(); loadCheckpoints(); pollMetrics(); pollEvents();
   let finalRound = FINISHED.includes(job.status) ? 0 : 1;
+  let ticks = 0;
   every(1000, async () => {
+    if (++ticks % 5 === 0) loadCheckpoints();
     const answer = await api(`/api/v1/jobs/${id}`);
     if (!answer.ok) throw new Error(answer.status);
     const wasDone = FINISHED.includes(job.status);
