@@ -91,11 +91,12 @@ def pca_color(spec, data) -> nn.Module:
     return PcaColorNoise(spec.std, data.train.x)
 
 
-def build_augmentation(spec: JobSpec, data) -> nn.Module | None:
+def build_augmentation(spec: JobSpec, data, device=None) -> nn.Module | None:
     """The spec's augmentations in order, as one module applied to training batches; None if there are none."""
     if not spec.augmentation:
         return None
-    return nn.Sequential(*(AUGMENTATIONS[a.type](a, data) for a in spec.augmentation)).to(data.train.x.device)
+    return nn.Sequential(*(AUGMENTATIONS[a.type](a, data) for a in spec.augmentation)).to(
+        device if device is not None else data.train.x.device)
 
 
 def tta_views(x: torch.Tensor, tta: TtaSpec) -> list[torch.Tensor]:

@@ -25,6 +25,9 @@ class Split:
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
+    def pinned(self) -> "Split":
+        return Split(self.x.pin_memory(), self.y.pin_memory())
+
 
 @dataclass
 class Data:
@@ -37,6 +40,10 @@ class Data:
 
     def to(self, device: torch.device | str) -> "Data":
         return Data(self.train.to(device), self.val.to(device), self.test.to(device), self.classes, self.y_mean, self.y_std)
+
+    def pinned(self) -> "Data":
+        """Host memory the GPU copies from without staging: for data streamed batch by batch."""
+        return Data(self.train.pinned(), self.val.pinned(), self.test.pinned(), self.classes, self.y_mean, self.y_std)
 
 
 def _logic_gate(name: str) -> tuple[np.ndarray, np.ndarray]:

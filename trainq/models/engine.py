@@ -60,6 +60,9 @@ class State:
     best_score: float | None = None
     should_stop: bool = False
     stop_reason: str = "completed"
+    amp: torch.dtype | None = None  # autocast dtype of forward passes (bf16), None for fp32
+    channels_last: bool = False  # image batches and conv weights in NHWC
+    on_host: bool = False  # the dataset stays in host memory; batches are copied to the device
     world: int = 1  # data-parallel replicas (DDP), one process each; this one is `rank`
     rank: int = 0
     train_model: nn.Module | None = None  # the DistributedDataParallel wrapper when world > 1
@@ -114,8 +117,14 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
     device = pick_device(device) if not isinstance(device, torch.device) else device
     units = plan(spec).output_shape[0]
     torch.manual_seed(spec.training.seed)  # model init and dropout draw from the global generator
-    data = load(spec.dataset, arrays).to(device)
+    data = load(spec.dataset, arrays)
+    on_host = placement(spec, data, device) == "host"
+    data = data.pinned() if on_host and device.type == "cuda" else (data if on_host else data.to(device))
     model = build_model(spec, data.train.x.shape[1:]).to(device)
+    channels_last = (spec.training.channels_last if isinstance(spec.training.channels_last, bool)
+                     else device.type == "cuda" and data.train.x.dim() == 4)
+    if channels_last and data.train.x.dim() == 4:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.training.seed)
     tracker = tracker_for(spec, data)
@@ -125,10 +134,42 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
     all_callbacks.extend(callbacks)
     state = State(spec=spec, model=model, optimizer=optimizer, scheduler=build_schedule(spec, optimizer),
                   objective=build_objective(spec, units), data=data, device=device, generator=generator,
-                  tracker=tracker, augment=build_augmentation(spec, data), callbacks=all_callbacks)
+                  tracker=tracker, augment=build_augmentation(spec, data, device), callbacks=all_callbacks,
+                  amp=autocast_dtype(spec, device), channels_last=channels_last and data.train.x.dim() == 4,
+                  on_host=on_host)
     if resume is not None:
         restore(state, resume)
     return state
+
+
+def placement(spec: JobSpec, data: Data, device: torch.device) -> str:
+    """Where the dataset lives while training: on the device, or in host memory with batches copied over."""
+    wanted = spec.training.data_placement
+    if wanted != "auto":
+        return wanted
+    if device.type != "cuda":
+        return "device"  # on CPU the two are the same memory
+    size = sum(t.numel() * t.element_size() for split in (data.train, data.val, data.test) for t in (split.x, split.y))
+    free, _ = torch.cuda.mem_get_info(device)
+    return "device" if size <= free // 4 else "host"
+
+
+def autocast_dtype(spec: JobSpec, device: torch.device) -> torch.dtype | None:
+    precision = spec.training.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def forward(state: State, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's outputs for a batch on the device, in fp32: under bf16 autocast if the run uses it, NHWC if it
+    uses that."""
+    if state.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if state.amp is None:
+        return net(x)
+    with torch.autocast(state.device.type, dtype=state.amp):
+        return net(x).float()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -180,6 +221,10 @@ def _fit(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interrupt
         state.world, state.rank = world, rank
         state.train_model = DistributedDataParallel(
             state.model, device_ids=[state.device] if state.device.type == "cuda" else None)
+    if spec.training.compile:
+        # Dynamo keys its cache on the code and guards on shapes and dtypes, with parameters as inputs: the next job
+        # of the same architecture in this (warm) worker process reuses the compiled graph instead of recompiling.
+        state.train_model = torch.compile(state.train_model or state.model)
     setup_seconds = time.perf_counter() - started
 
     for cb in state.callbacks:
@@ -227,9 +272,11 @@ def train_one_epoch(state: State) -> None:
     closure_step = spec.optimizer.type == "lbfgs"  # quasi-Newton re-evaluates the loss inside its step
     n, size, log_every = len(train), batch_size(spec), spec.training.log_every_steps
     micro = min(spec.training.accumulate_steps, size)
-    net = state.train_model or model  # with replicas, DDP averages the gradients of their shards
+    net = state.train_model or model  # with replicas, DDP averages the gradients of their shards (compiled or not)
     model.train()
-    order = torch.randperm(n, generator=state.generator).to(state.device)
+    order = torch.randperm(n, generator=state.generator)
+    if not state.on_host:
+        order = order.to(state.device)
     losses: list[torch.Tensor] = []  # detached batch losses, still on the device: summed once per interval
     logged = 0  # how many of them the last report covered
     for start in range(0, n, size):
@@ -244,6 +291,8 @@ def train_one_epoch(state: State) -> None:
             share = len(shard) * state.world / batch_rows
             idx = shard if len(shard) else idx[:1]
         x, y = train.x[idx], train.y[idx]
+        if state.on_host:  # streamed from host memory, one batch at a time
+            x, y = x.to(state.device, non_blocking=True), y.to(state.device, non_blocking=True)
         if state.augment is not None:
             x = state.augment(x)
         if reg.input_noise:
@@ -252,13 +301,13 @@ def train_one_epoch(state: State) -> None:
         def closure() -> torch.Tensor:
             state.optimizer.zero_grad(set_to_none=True)
             if micro == 1:
-                batch_loss = state.objective.loss(net(x), y)
+                batch_loss = state.objective.loss(forward(state, net, x), y)
                 (batch_loss * share if share != 1.0 else batch_loss).backward()
             else:  # gradient accumulation: each part weighted by its share of the batch, so the sum is the mean
                 batch_loss = x.new_zeros(())
                 for xs, ys in zip(x.tensor_split(micro), y.tensor_split(micro)):
                     if len(xs):
-                        part = state.objective.loss(net(xs), ys) * (len(xs) / len(x))
+                        part = state.objective.loss(forward(state, net, xs), ys) * (len(xs) / len(x))
                         (part * share).backward()
                         batch_loss = batch_loss + part.detach()
             if reg.l1:
@@ -327,10 +376,13 @@ def _outputs(state: State, split: Split, tta: bool) -> torch.Tensor:
     outputs = []
     for start in range(0, len(split), EVAL_BATCH):
         x = split.x[start:start + EVAL_BATCH]
+        if state.on_host:
+            x = x.to(state.device, non_blocking=True)
         if views is not None and to_probabilities is not None:
-            outputs.append(torch.stack([to_probabilities(state.model(v)) for v in tta_views(x, views)]).mean(0))
+            outputs.append(torch.stack([to_probabilities(forward(state, state.model, v))
+                                        for v in tta_views(x, views)]).mean(0))
         else:
-            outputs.append(state.model(x))
+            outputs.append(forward(state, state.model, x))
     return torch.cat(outputs)
 
 
@@ -346,6 +398,8 @@ def evaluate(state: State, split: Split, prefix: str, tta: bool = False, confusi
     model.eval()
     averaged = tta and state.spec.test_time_augmentation is not None and state.objective.probabilities is not None
     out = _outputs(state, split, tta)
+    if state.on_host:
+        split = Split(split.x, split.y.to(state.device))
     metrics: dict[str, torch.Tensor] = {}
     if averaged:  # the outputs are probabilities: the loss is the NLL of the averaged prediction
         metrics[f"{prefix}_loss"] = torch.nn.functional.nll_loss(out.clamp_min(1e-12).log(), split.y)

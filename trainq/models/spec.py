@@ -609,6 +609,14 @@ class TrainingSpec(Spec):
     # Each batch is split into this many micro-batches whose gradients add up before one optimizer step: the same
     # effective batch with a fraction of the activation memory (set by the out-of-memory retry, or by hand).
     accumulate_steps: int = Field(1, ge=1, le=1024)
+    # auto: bf16 autocast on a GPU that supports it, fp32 elsewhere. bf16 also works on CPU, where it is rarely faster.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto"] | bool = "auto"  # auto: on a GPU, for models with convolutions
+    compile: bool = False  # torch.compile; a worker's warm process reuses the compiled graph of the same architecture
+    # device: the whole dataset lives on the training device (batches by indexing); host: it stays in (pinned) host
+    # memory and each batch is copied over, for data that does not fit; auto: device unless it would take more than
+    # a quarter of the GPU's free memory.
+    data_placement: Literal["auto", "device", "host"] = "auto"
 
 
 POOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"

@@ -1,0 +1,70 @@
+"""The engine's switches for speed: bf16 autocast, channels_last, torch.compile, streaming batches from host
+memory. Each must leave what the model learns unchanged beyond noise (or exactly, where nothing numeric changes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.specs import mlp, with_
+from trainq.models.engine import build, fit
+from trainq.models.spec import parse_spec
+
+CNN = {
+    "name": "small-cnn",
+    "dataset": {"name": "shapes", "n_samples": 600, "image_size": 12, "channels": 3, "classes": 4, "seed": 0},
+    "model": {"layers": [{"type": "conv2d", "out_channels": 8, "kernel": 3, "padding": "same"},
+                         {"type": "activation", "fn": "relu"}, {"type": "pool", "kind": "max", "size": 2},
+                         {"type": "flatten"}, {"type": "dense", "units": 4}]},
+    "loss": {"type": "cross_entropy"},
+    "optimizer": {"type": "adam", "lr": 0.003},
+    "augmentation": [{"type": "hflip"}],
+    "training": {"epochs": 3, "batch_size": 32, "seed": 0},
+}
+
+
+def test_auto_choices_on_cpu_are_fp32_eager_on_device():
+    state = build(parse_spec(mlp()), device="cpu")
+    assert (state.amp, state.channels_last, state.on_host) == (None, False, False)
+
+
+def test_bf16_autocast_trains_in_bf16_and_learns_what_fp32_learns():
+    spec = mlp(epochs=8, batch_size=64)
+    state = build(parse_spec(with_(spec, **{"training.precision": "bf16"})), device="cpu")
+    assert state.amp == torch.bfloat16
+    seen = []
+    state.model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    from trainq.models.engine import train_one_epoch
+
+    train_one_epoch(state)
+    assert seen and set(seen) == {torch.bfloat16}  # the dense layers ran in bf16
+    fp32 = fit(parse_spec(spec))
+    bf16 = fit(parse_spec(with_(spec, **{"training.precision": "bf16"})))
+    assert abs(bf16.metrics["test_accuracy"] - fp32.metrics["test_accuracy"]) <= 0.02
+
+
+def test_channels_last_keeps_the_cnn_s_results():
+    plain = fit(parse_spec(CNN))
+    state = build(parse_spec(with_(CNN, **{"training.channels_last": True})), device="cpu")
+    assert state.channels_last and state.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc = fit(parse_spec(with_(CNN, **{"training.channels_last": True})))
+    assert [h["val_loss"] for h in nhwc.history] == pytest.approx([h["val_loss"] for h in plain.history], rel=1e-3)
+
+
+def test_streaming_batches_from_host_memory_learns_exactly_the_same():
+    spec = mlp(epochs=3)
+    on_device = fit(parse_spec(spec))
+    state = build(parse_spec(with_(spec, **{"training.data_placement": "host"})), device="cpu")
+    assert state.on_host
+    streamed = fit(parse_spec(with_(spec, **{"training.data_placement": "host"})))
+    assert streamed.history == on_device.history
+    assert streamed.metrics["test_accuracy"] == on_device.metrics["test_accuracy"]
+
+
+def test_compile_learns_what_eager_learns():
+    spec = mlp(hidden=(32,), epochs=2, batch_size=64)
+    eager = fit(parse_spec(spec))
+    compiled = fit(parse_spec(with_(spec, **{"training.compile": True})))
+    assert [h["train_loss"] for h in compiled.history] == pytest.approx([h["train_loss"] for h in eager.history],
+                                                                         rel=1e-3)
+    assert compiled.metrics["test_accuracy"] == pytest.approx(eager.metrics["test_accuracy"], abs=0.01)
