@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from tests.specs import mlp, with_
 from trainq.service.db import utcnow
 from trainq.service.tables import Worker
+
+
+@pytest.fixture(autouse=True)
+def fresh_reasons(monkeypatch):
+    """These tests change workers between reads: no reason kept from one read to the next."""
+    from trainq.service import workers
+
+    monkeypatch.setattr(workers, "REASON_TTL", 0.0)
+    workers._reasons.clear()
 
 
 def beat(app, name, worker_headers, **info):
@@ -136,3 +146,17 @@ def test_a_data_parallel_job_waits_for_a_worker_with_enough_gpus(app, client, wo
     taken = app.test_client().post(f"/api/v1/worker/jobs/{job['id']}/claim",
                                    json={"worker": "cpu@n2-gpu0-1", "kind": "gpu", "gpus": 2}, headers=worker_headers)
     assert taken.status_code == 200
+
+
+def test_the_waiting_reason_is_kept_for_a_second_per_pool(app, client, worker_headers, monkeypatch):
+    from trainq.service import workers
+
+    monkeypatch.setattr(workers, "REASON_TTL", 60.0)
+    first = client.post("/api/v1/jobs", json=mlp(epochs=1)).get_json()
+    second = client.post("/api/v1/jobs", json=mlp(epochs=1)).get_json()
+    assert client.get(f"/api/v1/jobs/{first['id']}").get_json()["waiting_reason"].startswith("no worker online")
+    beat(app, "cpu@n1", worker_headers)
+    # Within the time to live, every queued job of the pool gets the kept answer, with no query for it.
+    assert client.get(f"/api/v1/jobs/{second['id']}").get_json()["waiting_reason"].startswith("no worker online")
+    workers._reasons.clear()
+    assert "is free" in client.get(f"/api/v1/jobs/{second['id']}").get_json()["waiting_reason"]

@@ -7,6 +7,8 @@ happens to them, not this table.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -118,8 +120,29 @@ def pools(session: Session, views: list[WorkerView]) -> dict[str, dict[str, int]
     return summary
 
 
+_reasons: dict[tuple, tuple[float, str]] = {}
+_reasons_lock = threading.Lock()
+REASON_TTL = 1.0  # seconds: workers change state every few seconds, and a polled queued job is read many times
+
+
 def waiting_reason(session: Session, job: Job, lost: timedelta) -> str:
-    """Why a queued job is not running yet, in words a user can act on."""
+    """Why a queued job is not running yet, in words a user can act on. The same for every job of a pool, device
+    kind and GPU count, so it is kept for a second per process: reads of queued jobs cost one query less."""
+    key = (job.pool, job.device, int(job.spec.get("resources", {}).get("gpus", 1)))
+    now = time.monotonic()
+    with _reasons_lock:
+        cached = _reasons.get(key)
+    if cached is not None and now - cached[0] < REASON_TTL:
+        return cached[1]
+    reason = _waiting_reason(session, job, lost)
+    with _reasons_lock:
+        if len(_reasons) > 10_000:
+            _reasons.clear()
+        _reasons[key] = (now, reason)
+    return reason
+
+
+def _waiting_reason(session: Session, job: Job, lost: timedelta) -> str:
     now = utcnow()
     gpus = int(job.spec.get("resources", {}).get("gpus", 1))
     kinds = ("gpu",) if gpus > 1 else ((job.device,) if job.device in KINDS else KINDS)

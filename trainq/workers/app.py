@@ -68,10 +68,13 @@ def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "
 
     @app.task(name=TRAIN_TASK, bind=True)
     def train(self, job_id: str) -> str:
-        from trainq.workers.runner import run_job
+        from trainq.workers.runner import free_device_memory, run_job
 
-        return run_job(job_id, Settings(), worker=self.request.hostname or name, device=torch_device, kind=kind,
-                       gpus=gpus)
+        try:
+            return run_job(job_id, Settings(), worker=self.request.hostname or name, device=torch_device, kind=kind,
+                           gpus=gpus)
+        finally:  # after the outcome is reported: freeing memory is no part of the job's time
+            free_device_memory(torch_device)
 
     return app
 

@@ -88,7 +88,6 @@ def run_job(job_id: str, settings: Settings, worker: str, device: str | None = N
     reporter.prune = claim.get("prune")
     reporter.start()
     outcome: dict = {}
-    dev = None
     try:
         spec = JobSpec.model_validate(claim["spec"])
         arrays = None
@@ -127,7 +126,6 @@ def run_job(job_id: str, settings: Settings, worker: str, device: str | None = N
                    "error": f"{type(exc).__name__}: {exc}"}
     finally:
         reporter.close()
-        _free_device_memory(dev)
     if reporter.fenced:
         return "fenced"
     if reporter.draining and outcome.get("status") == "cancelled" and not reporter.cancelled:
@@ -144,12 +142,13 @@ def run_job(job_id: str, settings: Settings, worker: str, device: str | None = N
     return outcome["status"]
 
 
-def _free_device_memory(device) -> None:
-    """A job's memory goes when it ends: the process stays warm for the next job, its GPU cache must not."""
-    import gc
+def free_device_memory(device_type: str | None) -> None:
+    """A job's GPU memory goes when it ends: the process stays warm for the next job, its CUDA cache must not.
+    (On CPU, reference counting frees a finished job's tensors; a full collection would only cost time.)"""
+    if device_type == "cuda":
+        import gc
 
-    gc.collect()
-    if device is not None and getattr(device, "type", "") == "cuda":
         import torch
 
+        gc.collect()
         torch.cuda.empty_cache()
