@@ -43,8 +43,9 @@ def test_bf16_autocast_trains_in_bf16_and_learns_what_fp32_learns():
     assert abs(bf16.metrics["test_accuracy"] - fp32.metrics["test_accuracy"]) <= 0.02
 
 
-def test_channels_last_keeps_the_cnn_s_results():
-    plain = fit(parse_spec(CNN))
+def test_channels_last_keeps_the_cnn_s_results_and_is_chosen_for_images():
+    assert build(parse_spec(CNN), device="cpu").channels_last  # auto, for image data
+    plain = fit(parse_spec(with_(CNN, **{"training.channels_last": False})))
     state = build(parse_spec(with_(CNN, **{"training.channels_last": True})), device="cpu")
     assert state.channels_last and state.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     nhwc = fit(parse_spec(with_(CNN, **{"training.channels_last": True})))

@@ -611,7 +611,7 @@ class TrainingSpec(Spec):
     accumulate_steps: int = Field(1, ge=1, le=1024)
     # auto: bf16 autocast on a GPU that supports it, fp32 elsewhere. bf16 also works on CPU, where it is rarely faster.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: Literal["auto"] | bool = "auto"  # auto: on a GPU, for models with convolutions
+    channels_last: Literal["auto"] | bool = "auto"  # auto: for image data (models with convolutions)
     compile: bool = False  # torch.compile; a worker's warm process reuses the compiled graph of the same architecture
     # device: the whole dataset lives on the training device (batches by indexing); host: it stays in (pinned) host
     # memory and each batch is copied over, for data that does not fit; auto: device unless it would take more than
