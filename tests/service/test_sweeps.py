@@ -94,3 +94,23 @@ def test_cancelling_a_sweep_cancels_its_trials_and_other_users_do_not_see_it(cli
     assert client.post(f"/api/v1/sweeps/{body['id']}/train_best").status_code == 409
     assert [s["id"] for s in client.get("/api/v1/sweeps").get_json()["sweeps"]] == [body["id"]]
     assert client_as("bob").get("/api/v1/sweeps").get_json()["sweeps"] == []
+
+
+@pytest.mark.parametrize("pruner", ["asha", "hyperband", "median"])
+def test_each_pruner_answers_a_trial_s_report(app, client, worker_headers, pruner):
+    body = client.post("/api/v1/sweeps", json=sweep(pruner={"type": pruner, "startup_trials": 0,
+                                                            "warmup_epochs": 0})).get_json()
+    job_id = body["trials"][0]["job_id"]
+    claim = app.test_client().post(f"/api/v1/worker/jobs/{job_id}/claim", json={"worker": "w@x"},
+                                   headers=worker_headers).get_json()
+    assert claim["prune"]["metric"] == "val_loss"
+    headers = {**worker_headers, "X-Trainq-Attempt-Token": claim["token"]}
+    for epoch in (1, 2, 3):
+        answer = app.test_client().post(claim["prune"]["url"], json={"epoch": epoch, "value": 1.0 / epoch},
+                                        headers=headers)
+        assert answer.status_code == 200 and answer.get_json()["prune"] in (True, False)
+    bad = app.test_client().post(claim["prune"]["url"], json={"epoch": "x"}, headers=headers)
+    assert bad.status_code == 400
+    wrong = app.test_client().post(claim["prune"]["url"], json={"epoch": 1, "value": 1.0},
+                                   headers={**worker_headers, "X-Trainq-Attempt-Token": "nope"})
+    assert wrong.status_code == 404

@@ -206,7 +206,7 @@ def should_prune(session: Session, settings: Settings, job: Job, epoch: int, val
         return False
     trial = optuna.trial.Trial(study, trial_id)
     trial.report(value, epoch)
-    return trial.should_prune()
+    return bool(trial.should_prune())  # some pruners answer numpy.bool_
 
 
 def cancel(session: Session, sweep: Sweep) -> Sweep:

@@ -33,7 +33,8 @@ class ServiceClient:
     def call(self, method: str, path: str, *, retry_for: float | None = None, attempt_token: str | None = None,
              **kwargs) -> requests.Response:
         """Send a request, retrying connection errors and 5xx with exponential backoff for up to retry_for seconds."""
-        deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
+        patience = self.retry_for if retry_for is None else retry_for
+        deadline = time.monotonic() + patience
         headers = kwargs.pop("headers", {})
         if attempt_token:
             headers["X-Trainq-Attempt-Token"] = attempt_token
@@ -47,7 +48,7 @@ class ServiceClient:
             except requests.RequestException as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() + delay > deadline:
-                raise ConnectionError(f"{method} {path} failed for {self.retry_for:.0f}s: {problem}")
+                raise ConnectionError(f"{method} {path} failed for {patience:.0f}s: {problem}")
             log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -152,12 +152,15 @@ class Reporter:
         try:
             answer = self.client.call("POST", self.prune["url"], json={"epoch": epoch,
                                                                        "value": metrics[self.prune["metric"]]},
-                                      attempt_token=self.token, retry_for=5).json()
+                                      attempt_token=self.token, retry_for=2).json()
         except Fenced:
             self._fence()
             return False
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not ask the pruner: %s", exc)
+            # Asking again every epoch would stall each one: this trial runs on unpruned.
+            log.warning("could not ask the pruner, not asking again for this trial: %s", exc)
+            self.event(f"the sweep's pruner did not answer ({exc}); this trial runs on without pruning", "warning")
+            self.prune = None
             return False
         if answer.get("prune"):
             self.pruned = True
