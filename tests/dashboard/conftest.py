@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import ADMIN_TOKEN, Stack
+from tests.integration.conftest import stack  # noqa: F401 - the same service and worker as the integration tests
+from tests.integration.stack import ADMIN_TOKEN
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
@@ -27,20 +28,6 @@ def browser():
                                           "--disable-background-networking"])
         yield browser
         browser.close()
-
-
-@pytest.fixture(scope="module")
-def stack(make_database, redis_url, tmp_path_factory):
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    s = Stack(tmp_path_factory.mktemp("dashboard"), TRAINQ_DATABASE_URL=make_database(), TRAINQ_BROKER_URL=redis_url)
-    try:
-        s.serve()
-        s.worker()
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture()

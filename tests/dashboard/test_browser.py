@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.dashboard.conftest import SHOTS
+from tests.integration.stack import wait_until
 from tests.specs import mlp, with_
 
 pytestmark = pytest.mark.integration
@@ -26,13 +27,7 @@ def snap(page, name: str) -> None:
 
 def eventually(check, timeout: float = 20.0):
     """Poll from here: the page's CSP forbids the eval that page.wait_for_function would need."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(getattr(check, "__doc__", None) or "condition not met")
+    return wait_until(check, timeout, "the page's state")
 
 
 def test_submit_from_the_form_shows_errors_next_to_the_field_then_the_run(page, stack):

@@ -16,6 +16,17 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 ADMIN_TOKEN = "tq_integration-admin-token-0123456789abcdef"
 
 
+def wait_until(check, timeout: float = 30.0, what: str = "condition"):
+    """Poll `check` until it returns something true, and return that; TimeoutError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not met in {timeout:.0f} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,6 +49,14 @@ class Stack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        # A read sent on a keep-alive connection the server is closing at that moment fails with no response;
+        # reads are safe to send again (writes are not retried here).
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        self.http.mount("http://", HTTPAdapter(max_retries=Retry(total=3, connect=3, read=3, status=0,
+                                                                 backoff_factor=0.05,
+                                                                 allowed_methods=frozenset({"GET", "HEAD"}))))
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "ab")

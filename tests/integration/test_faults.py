@@ -192,3 +192,48 @@ def test_a_job_that_outlives_the_brokers_visibility_timeout_still_has_one_live_a
         assert series["epoch"] == list(range(1, 151))  # every epoch once: no second run wrote anything
     finally:
         stack.close()
+
+
+def test_a_tpe_sweep_with_median_pruning_survives_a_service_restart_and_a_worker_kill(make_database, redis_url,
+                                                                                      tmp_path):
+    """The sweep's state is SQL (the sweep, its trials as jobs) and Optuna's study in the same database: a restarted
+    service carries the sweep on (its reconciler settles running sweeps), and a killed worker's trial resumes.
+    (Here, not beside the sweep tests: their module's shared stack has a worker on the same Redis database, which
+    would take this stack's messages.)"""
+    import time
+
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    s = Stack(tmp_path, TRAINQ_DATABASE_URL=make_database(), TRAINQ_BROKER_URL=redis_url, TRAINQ_LEASE_SECONDS="3")
+    try:
+        s.serve()
+        s.worker("w1")
+        body = {"name": "tpe-restart", "base": mlp(hidden=(128, 128), epochs=12, batch_size=16),
+                "search": {"optimizer.lr": {"log_uniform": [1e-4, 1e-2]},
+                           "model.layers[0].units": {"int_uniform": [32, 128]}},
+                "method": "tpe", "trials": 6, "parallel": 2, "metric": "val_accuracy",
+                "pruner": {"type": "median", "startup_trials": 2, "warmup_epochs": 2}, "seed": 3}
+        answer = s.http.post(f"{s.url}/api/v1/sweeps", json=body, timeout=30)
+        assert answer.status_code == 201, answer.text
+        sweep_id = answer.json()["id"]
+        first = answer.json()["trials"][0]["job_id"]
+        s.wait(first, until=lambda j: j["status"] == "running" and j["epoch"] >= 2)
+        s.stop("w1", signal.SIGKILL)  # the worker dies mid-trial
+        s.stop("service")  # and the service restarts
+        s.serve()
+        s.worker("w2")
+        deadline = time.monotonic() + 240
+        while (state := s.get(f"/api/v1/sweeps/{sweep_id}"))["status"] == "running":
+            assert time.monotonic() < deadline, s.logs()
+            time.sleep(0.5)
+        assert state["status"] == "succeeded" and state["direction"] == "maximize"
+        assert state["trials_launched"] == 6 and {t["trial"] for t in state["trials"]} == set(range(6))
+        assert {t["status"] for t in state["trials"]} <= {"succeeded", "pruned"}
+        resumed = s.job(first)
+        assert resumed["attempts"] == 2 and resumed["status"] in ("succeeded", "pruned")
+        params = [tuple(sorted(t["params"].items())) for t in state["trials"]]
+        assert len(set(params)) == 6
+        assert all(32 <= t["params"]["model.layers[0].units"] <= 128 for t in state["trials"])
+    finally:
+        s.close()

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from tests.integration.stack import ADMIN_TOKEN, Stack
+from tests.integration.stack import ADMIN_TOKEN, Stack, wait_until as until
 from tests.specs import mlp, with_
 
 pytestmark = pytest.mark.integration
@@ -27,16 +27,6 @@ def pools(make_database, redis_url, tmp_path):
 
 def workers(stack: Stack) -> dict[str, dict]:
     return {w["name"]: w for w in stack.get("/api/v1/workers")["workers"]}
-
-
-def until(check, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def test_a_drained_worker_finishes_its_job_takes_no_new_one_and_stops(pools):
