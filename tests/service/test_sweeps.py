@@ -114,3 +114,14 @@ def test_each_pruner_answers_a_trial_s_report(app, client, worker_headers, prune
     wrong = app.test_client().post(claim["prune"]["url"], json={"epoch": 1, "value": 1.0},
                                    headers={**worker_headers, "X-Trainq-Attempt-Token": "nope"})
     assert wrong.status_code == 404
+
+
+def test_a_grid_too_large_to_run_is_a_422_unless_trials_caps_it(client):
+    search = {f"model.layers[{i}].units": {"choice": list(range(1, 12))} for i in (0,)}
+    search.update({"optimizer.lr": {"choice": [round(0.001 * k, 4) for k in range(1, 101)]},
+                   "training.batch_size": {"choice": list(range(1, 12))}})  # 11 x 100 x 11 = 12,100 combinations
+    body = sweep(method="grid", trials=None, pruner={"type": "none"}, parallel=1, search=search)
+    found = errors_of(client.post("/api/v1/sweeps", json=body))
+    assert "12100 combinations" in found["trials"]
+    answer = client.post("/api/v1/sweeps", json={**body, "trials": 5})
+    assert answer.status_code == 201 and answer.get_json()["trials_total"] == 5

@@ -64,7 +64,7 @@ Scalar = Union[bool, int, float, str, None]
 
 
 class Choice(Spec):
-    choice: list[Scalar] = Field(min_length=1, max_length=1000)
+    choice: list[Scalar] = Field(min_length=1, max_length=256)
 
 
 Distribution = Union[Uniform, LogUniform, IntUniform, IntLogUniform, Choice]
@@ -104,10 +104,10 @@ class SweepSpec(Spec):
         return self.trials or 16
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every combination of the choices, in a fixed order: trial n takes grid()[n]."""
+        """The combinations of the choices in a fixed order, as many as the budget: trial n takes grid()[n]."""
         paths = list(self.search)
         choices = [self.search[p].choice for p in paths]  # type: ignore[union-attr]
-        return [dict(zip(paths, values)) for values in itertools.product(*choices)]
+        return [dict(zip(paths, values)) for values in itertools.islice(itertools.product(*choices), self.budget)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def parse_sweep(data: Any, uploads=None) -> tuple[SweepSpec, dict]:
         candidates = {Uniform: lambda d: list(d.uniform), LogUniform: lambda d: list(d.log_uniform),
                       IntUniform: lambda d: list(d.int_uniform), IntLogUniform: lambda d: list(d.int_log_uniform),
                       Choice: lambda d: d.choice}[type(dist)](dist)
-        for value in candidates:
+        for value in dict.fromkeys(candidates):  # each distinct value once (the spec is parsed per value)
             try:
                 parse_spec(set_path(base, path, value), uploads=uploads)
             except SpecError as exc:
@@ -199,6 +199,9 @@ def parse_sweep(data: Any, uploads=None) -> tuple[SweepSpec, dict]:
         for path, dist in sweep.search.items():
             if not isinstance(dist, Choice):
                 errors.append(FieldError(f"search.{path}", "a grid needs a choice of values for every field"))
+        if not errors and sweep.trials is None and sweep.budget > 1000:
+            errors.append(FieldError("trials", f"the grid has {sweep.budget} combinations; at most 1000 run "
+                                               "(set trials to run the first ones)"))
     if errors:
         raise SpecError(errors)
     return sweep, base

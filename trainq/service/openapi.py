@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from trainq import __version__
 from trainq.models.spec import JobSpec
+from trainq.models.sweep import SweepSpec
 
 
 def _ref(name: str) -> dict:
@@ -43,6 +44,9 @@ def document() -> dict:
     spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas = spec_schema.pop("$defs", {})
     schemas["JobSpec"] = spec_schema
+    sweep_schema = SweepSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(sweep_schema.pop("$defs", {}))
+    schemas["SweepSpec"] = sweep_schema
     schemas["Error"] = {"type": "object", "required": ["error", "message"],
                         "properties": {"error": {"type": "string"}, "message": {"type": "string"},
                                        "errors": {"type": "array", "items": {
@@ -53,7 +57,13 @@ def document() -> dict:
     paging = (_query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
               _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}),
               _query("status", {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}),
-              _query("pool", {"type": "string"}), _query("name", {"type": "string"}))
+              _query("pool", {"type": "string"}), _query("name", {"type": "string"}),
+              _query("sort", {"type": "string", "pattern": "^-?(created|name|status|pool|worker|epoch|started|"
+                                                         "finished|priority)$"}),
+              _query("changed_since", {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$"}))
+    sweep = ("sweep_id",)
+    worker_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1,
+                                                                               "pattern": "^[^/]+$"}}
     binary = {"description": "the file", "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                             "format": "binary"}}}}
     csv_ok = {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}
@@ -74,7 +84,26 @@ def document() -> dict:
                                       "delete": _op("Delete a finished job", {"204": no_content}, (404, 409), job)},
             "/api/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a job", {"200": OBJECT}, (404,), job)},
             "/api/v1/jobs/{job_id}/metrics": {"get": _op("Metric series", {"200": OBJECT}, (400, 404), job + (
-                _query("names", {"type": "string"}), _query("after_step", {"type": "integer", "minimum": -1})))},
+                _query("names", {"type": "string"}), _query("after_step", {"type": "integer", "minimum": -1}),
+                _query("max_points", {"type": "integer", "minimum": 0, "maximum": 100_000})))},
+            "/api/v1/compare": {"get": _op("Several runs side by side", {"200": OBJECT}, (400, 404), (
+                _query("ids", {"type": "string"}), _query("names", {"type": "string"}),
+                _query("max_points", {"type": "integer", "minimum": 3, "maximum": 100_000})))},
+            "/api/v1/workers": {"get": _op("Workers, pools and the queue", {"200": OBJECT})},
+            "/api/v1/workers/{name}/drain": {"post": _op("Drain a worker (admins)", {"202": OBJECT}, (404,),
+                                                         (worker_name,))},
+            "/api/v1/examples": {"get": _op("The example specs", {"200": OBJECT})},
+            "/api/v1/sweeps": {
+                "post": _op("Submit a sweep", {"201": OBJECT}, body={
+                    "required": True, "content": {"application/json": {"schema": _ref("SweepSpec")}}}),
+                "get": _op("List sweeps", {"200": OBJECT}, (400,), (
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),)),
+            },
+            "/api/v1/sweeps/{sweep_id}": {"get": _op("A sweep and its trials", {"200": OBJECT}, (404,), sweep)},
+            "/api/v1/sweeps/{sweep_id}/cancel": {"post": _op("Cancel a sweep and its trials", {"200": OBJECT}, (404,),
+                                                             sweep)},
+            "/api/v1/sweeps/{sweep_id}/train_best": {"post": _op("A job from the best trial's spec", {"201": OBJECT},
+                                                                 (400, 404, 409, 413, 422), sweep)},
             "/api/v1/jobs/{job_id}/events": {"get": _op("Log lines", {"200": OBJECT}, (400, 404), job + (
                 _query("after", {"type": "integer", "minimum": 0}),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 5000})))},
