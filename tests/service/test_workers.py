@@ -160,3 +160,15 @@ def test_the_waiting_reason_is_kept_for_a_second_per_pool(app, client, worker_he
     assert client.get(f"/api/v1/jobs/{second['id']}").get_json()["waiting_reason"].startswith("no worker online")
     workers._reasons.clear()
     assert "is free" in client.get(f"/api/v1/jobs/{second['id']}").get_json()["waiting_reason"]
+
+
+def test_the_queue_lists_jobs_in_order_with_the_positions_a_job_read_gives(client):
+    low = client.post("/api/v1/jobs", json=mlp(epochs=1)).get_json()
+    high = client.post("/api/v1/jobs", json=with_(mlp(epochs=1), **{"resources.priority": 50})).get_json()
+    later = client.post("/api/v1/jobs", json=mlp(epochs=1)).get_json()
+    queue = client.get("/api/v1/workers").get_json()["queue"]
+    assert [(j["id"], j["position"]) for j in queue] == [(high["id"], 1), (low["id"], 2), (later["id"], 3)]
+    for job in queue:
+        assert client.get(f"/api/v1/jobs/{job['id']}").get_json()["queue_position"] == job["position"]
+    page = client.get(f"/jobs/{later['id']}")  # the dashboard's run page reads the job the same way
+    assert page.status_code == 200 and b"no worker online for pool cpu" in page.data

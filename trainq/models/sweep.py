@@ -10,7 +10,7 @@ import copy
 import itertools
 import math
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -20,44 +20,43 @@ PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\
 MAXIMIZE = ("accuracy", "r2", "f1", "precision", "recall")
 
 
-class Uniform(Spec):
+class _Range(Spec):
+    """A range of one field: `low < high`, and `0 < low` on a log scale."""
+
+    LOG: ClassVar[bool] = False
+    INTEGER: ClassVar[bool] = False
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return next(iter(self.__dict__.values()))  # each range has one field, named after its kind
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        low, high = self.bounds
+        if self.LOG and not 0 < low:
+            raise ValueError("a log range needs 0 < low")
+        if not low < high:
+            raise ValueError("the low end must be below the high end")
+        return self
+
+
+class Uniform(_Range):
     uniform: tuple[float, float]
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.uniform[0] < self.uniform[1]:
-            raise ValueError("the low end must be below the high end")
-        return self
 
-
-class LogUniform(Spec):
+class LogUniform(_Range):
+    LOG = True
     log_uniform: tuple[float, float]
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not 0 < self.log_uniform[0] < self.log_uniform[1]:
-            raise ValueError("needs 0 < low < high")
-        return self
 
-
-class IntUniform(Spec):
+class IntUniform(_Range):
+    INTEGER = True
     int_uniform: tuple[int, int]
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.int_uniform[0] < self.int_uniform[1]:
-            raise ValueError("the low end must be below the high end")
-        return self
 
-
-class IntLogUniform(Spec):
+class IntLogUniform(_Range):
+    LOG, INTEGER = True, True
     int_log_uniform: tuple[int, int]
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not 0 < self.int_log_uniform[0] < self.int_log_uniform[1]:
-            raise ValueError("needs 0 < low < high")
-        return self
 
 
 Scalar = Union[bool, int, float, str, None]
@@ -182,12 +181,10 @@ def parse_sweep(data: Any, uploads=None) -> tuple[SweepSpec, dict]:
         if isinstance(current, (dict, list)):
             errors.append(FieldError(where, f"{path} is not a single value; search one of its fields"))
             continue
-        if isinstance(dist, (Uniform, LogUniform)) and isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(dist, _Range) and not dist.INTEGER and isinstance(current, int) and not isinstance(current, bool):
             errors.append(FieldError(where, f"{path} is an integer; use int_uniform, int_log_uniform or choice"))
             continue
-        candidates = {Uniform: lambda d: list(d.uniform), LogUniform: lambda d: list(d.log_uniform),
-                      IntUniform: lambda d: list(d.int_uniform), IntLogUniform: lambda d: list(d.int_log_uniform),
-                      Choice: lambda d: d.choice}[type(dist)](dist)
+        candidates = dist.choice if isinstance(dist, Choice) else list(dist.bounds)
         for value in dict.fromkeys(candidates):  # each distinct value once (the spec is parsed per value)
             try:
                 parse_spec(set_path(base, path, value), uploads=uploads)

@@ -240,16 +240,9 @@ def export_jobs():
                     headers={"Content-Disposition": "attachment; filename=trainq-jobs.csv"})
 
 
-def queue_position(job: Job) -> int:
-    """1 for the next job its pool will take: higher priority first, then older."""
-    ahead = db().scalar(select(func.count()).select_from(Job).where(
-        Job.pool == job.pool, Job.status == JobStatus.queued.value, Job.id != job.id,
-        (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.created_at < job.created_at))))
-    return ahead + 1
-
-
 def ahead_in_queue():
-    """A correlated count of the queued jobs ahead of each job in its pool (only computed for a queued job)."""
+    """A correlated count of the queued jobs ahead of each job in its pool: higher priority first, then older (the
+    one definition of the queue's order; only computed for a queued job). Its place is this + 1."""
     other = aliased(Job)
     ahead = select(func.count()).select_from(other).where(
         other.pool == Job.pool, other.status == JobStatus.queued.value, other.id != Job.id,
@@ -270,9 +263,9 @@ def read_job_statements():
     return _read_job
 
 
-@bp.get("/jobs/<hexid:job_id>")
-def get_job_route(job_id: str):
-    # The most polled route: one query for the job and its place in the queue, plain rows rather than ORM objects.
+def read_job(job_id: str) -> dict[str, Any]:
+    """A job as GET /jobs/{id} answers it (the dashboard's run page shows the same): one query for the job and its
+    place in the queue, plain rows rather than ORM objects, since it is the most polled read."""
     p = principal()
     anyone, own = read_job_statements()
     row = db().connection().execute(anyone if p.is_admin else own, {"job_id": job_id, "owner_id": p.id}).first()
@@ -282,7 +275,12 @@ def get_job_route(job_id: str):
     if row.status == JobStatus.queued.value:
         body["queue_position"] = row.ahead + 1
         body["waiting_reason"] = workers.waiting_reason(db(), row, lost_after())
-    return jsonify(body)
+    return body
+
+
+@bp.get("/jobs/<hexid:job_id>")
+def get_job_route(job_id: str):
+    return jsonify(read_job(job_id))
 
 
 @bp.post("/jobs/<hexid:job_id>/cancel")
@@ -445,13 +443,13 @@ def list_workers():
     online, job slots, busy slots and queued jobs. A user sees which of their own jobs a worker runs; an admin all."""
     p = principal()
     views = workers.list_workers(db(), lost_after())
-    queued = db().scalars(visible(select(Job)).where(Job.status == JobStatus.queued.value)
+    queued = db().execute(visible(select(Job, ahead_in_queue())).where(Job.status == JobStatus.queued.value)
                           .order_by(Job.pool, Job.priority.desc(), Job.created_at).limit(200)).all()
     return jsonify({"workers": [v.json(lambda j: p.is_admin or j.owner_id == p.id) for v in views],
                     "pools": workers.pools(db(), views),
                     "queue": [{"id": j.id, "name": j.name, "pool": j.pool, "device": j.device,
-                               "priority": j.priority, "position": queue_position(j),
-                               "created_at": j.created_at.isoformat()} for j in queued]})
+                               "priority": j.priority, "position": ahead + 1,
+                               "created_at": j.created_at.isoformat()} for j, ahead in queued]})
 
 
 @bp.get("/examples")

@@ -8,7 +8,7 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, abort, redirect, render_template, request, send_from_directory, session, url_for
 from sqlalchemy import func, select
 
-from trainq.service.api import get_job, job_json
+from trainq.service.api import get_job
 from trainq.service.app import db, services
 from trainq.service.auth import (check_csrf, csrf_token, limit, principal, user_for_token, verify_password)
 from trainq.service.tables import User
@@ -122,15 +122,10 @@ def runs():
 
 @bp.get("/jobs/<hexid:job_id>")
 def run(job_id: str):
-    from trainq.service.api import lost_after, queue_position
+    from trainq.service.api import read_job
     from trainq.service.series import flatten
-    from trainq.service.workers import waiting_reason
 
-    found = get_job(job_id)
-    job = job_json(found)
-    if found.status == "queued":
-        job["queue_position"] = queue_position(found)
-        job["waiting_reason"] = waiting_reason(db(), found, lost_after())
+    job = read_job(job_id)
     return render_template("run.html", nav="runs", job=job, spec_rows=sorted(flatten(job["spec"]).items()))
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trainq.models.spec import parse_spec, plan
-from trainq.models.sweep import Choice, IntLogUniform, IntUniform, LogUniform, SweepSpec, Uniform, apply
+from trainq.models.sweep import Choice, SweepSpec, apply
 from trainq.service import jobs
 from trainq.service.db import utcnow
 from trainq.service.tables import FINISHED, Dataset, Job, JobStatus, Metric, Sweep
@@ -58,19 +58,9 @@ def study_name(sweep_id: str) -> str:
 
 def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
     D = optuna.distributions
-    out: dict[str, Any] = {}
-    for path, d in spec.search.items():
-        if isinstance(d, Uniform):
-            out[path] = D.FloatDistribution(*d.uniform)
-        elif isinstance(d, LogUniform):
-            out[path] = D.FloatDistribution(*d.log_uniform, log=True)
-        elif isinstance(d, IntUniform):
-            out[path] = D.IntDistribution(*d.int_uniform)
-        elif isinstance(d, IntLogUniform):
-            out[path] = D.IntDistribution(*d.int_log_uniform, log=True)
-        elif isinstance(d, Choice):
-            out[path] = D.CategoricalDistribution(d.choice)
-    return out
+    return {path: D.CategoricalDistribution(d.choice) if isinstance(d, Choice)
+            else (D.IntDistribution if d.INTEGER else D.FloatDistribution)(*d.bounds, log=d.LOG)
+            for path, d in spec.search.items()}
 
 
 def sampler_for(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
