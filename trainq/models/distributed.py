@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -19,6 +20,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trainq.models.spec import JobSpec
+
+
+# A replica that died leaves the others waiting in a collective: give up after this long instead of the default 30 min.
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 
 
 def _free_port() -> int:
@@ -36,10 +41,11 @@ def _replica(rank: int, world: int, address: str, backend: str, kind: str, spec_
     from trainq.models.engine import _fit
 
     torch.set_num_threads(threads)
-    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world)
+    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
     try:
         _fit(JobSpec.model_validate(spec_json), device=_device_for(kind, rank), callbacks=(), checkpoint_sink=None,
              resume=resume, interrupt=None, arrays=arrays, rank=rank, world=world)
+        dist.barrier()  # leave together: a rank tearing down while another still talks kills it (std::terminate)
     finally:
         dist.destroy_process_group()
 
@@ -65,10 +71,11 @@ def fit_data_parallel(spec: JobSpec, world: int, *, device=None, callbacks=(), c
     torch.set_num_threads(share)
     ok = False
     try:
-        dist.init_process_group(backend, init_method=address, rank=0, world_size=world)
+        dist.init_process_group(backend, init_method=address, rank=0, world_size=world, timeout=COLLECTIVE_TIMEOUT)
         try:
             result = _fit(spec, device=_device_for(kind, 0), callbacks=callbacks, checkpoint_sink=checkpoint_sink,
                           resume=resume, interrupt=interrupt, arrays=arrays, rank=0, world=world)
+            dist.barrier()
         finally:
             dist.destroy_process_group()
         ok = True
