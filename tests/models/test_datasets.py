@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainq.models.datasets import load, raw
-from trainq.models.spec import DatasetSpec
+from trainq.models.spec import DatasetInfo, DatasetSpec
 
 
 def test_zscore_uses_training_statistics_only():
@@ -53,3 +53,37 @@ def test_regression_targets_are_standardized_with_training_statistics():
     assert data.classes is None and data.train.y.shape[1] == 1
     assert abs(float(data.train.y.mean())) < 1e-5
     assert 140 < data.y_mean < 165
+
+
+@pytest.mark.parametrize("spec", [DatasetSpec(name="shapes", n_samples=400, image_size=12, channels=3, seed=4),
+                                  DatasetSpec(name="digits", as_images=True, seed=4)])
+def test_8_bit_images_are_stored_as_uint8_and_scaled_per_batch_as_the_float_path_would(spec):
+    x, _ = raw(spec)
+    data = load(spec)
+    train = data.train
+    assert train.x.dtype == torch.uint8 and train.x.nbytes == train.x.numel()  # one byte a pixel, not four
+    # the float path: per-channel z-score with the training split's statistics, applied to every split
+    train_rows = np.random.default_rng(4).permutation(len(x))[len(data.test) + len(data.val):]
+    pixels = x[train_rows].astype(np.float64)
+    mean, std = pixels.mean(axis=(0, 2, 3), keepdims=True), pixels.std(axis=(0, 2, 3), keepdims=True)
+    expected = torch.from_numpy(((pixels - mean) / std).astype(np.float32))
+    assert torch.allclose(train.features(), expected, atol=1e-5)
+    assert train.take(torch.tensor([5, 0, 2])).dtype == torch.float32
+    assert torch.equal(train.take(torch.tensor([5, 0, 2])), train.features()[[5, 0, 2]])
+    channel_mean = train.features().mean(dim=(0, 2, 3))
+    assert torch.allclose(channel_mean, torch.zeros_like(channel_mean), atol=1e-4)
+    assert not torch.allclose(data.test.features().mean(dim=(0, 2, 3)), channel_mean, atol=1e-4)
+
+
+def test_images_that_are_not_whole_bytes_and_tables_stay_float32():
+    images = np.random.default_rng(0).uniform(0, 1, (40, 1, 8, 8)).astype(np.float32)
+    labels = np.arange(40) % 2
+    spec = DatasetSpec(name="upload", upload="u")
+    spec._info = DatasetInfo((1, 8, 8), 2)
+    data = load(spec, (images, labels))
+    assert data.train.x.dtype == torch.float32 and data.train.shift is None
+    assert torch.equal(data.train.features(), data.train.x)
+    whole = np.rint(images * 255)  # an 8-bit upload sent as floats: stored as uint8, losslessly
+    data = load(spec, (whole, labels))
+    assert data.train.x.dtype == torch.uint8
+    assert load(DatasetSpec(name="wine")).train.x.dtype == torch.float32

@@ -69,3 +69,28 @@ def test_compile_learns_what_eager_learns():
     assert [h["train_loss"] for h in compiled.history] == pytest.approx([h["train_loss"] for h in eager.history],
                                                                          rel=1e-3)
     assert compiled.metrics["test_accuracy"] == pytest.approx(eager.metrics["test_accuracy"], abs=0.01)
+
+
+def test_uint8_images_train_as_their_float32_copy_does(monkeypatch):
+    stored = build(parse_spec(CNN), device="cpu")
+    assert stored.data.train.x.dtype == torch.uint8
+    eight_bit = fit(parse_spec(CNN))
+    from trainq.models import datasets
+
+    pixels = datasets.raw  # the same pixels, handed over and kept as float32
+    monkeypatch.setattr(datasets, "raw", lambda spec, arrays=None: (pixels(spec)[0].astype("float32"), pixels(spec)[1]))
+    monkeypatch.setattr(datasets, "whole_bytes", lambda x: False)
+    assert build(parse_spec(CNN), device="cpu").data.train.x.dtype == torch.float32
+    as_float = fit(parse_spec(CNN))
+    assert [h["train_loss"] for h in eight_bit.history] == pytest.approx(
+        [h["train_loss"] for h in as_float.history], rel=1e-4)
+    assert eight_bit.metrics["test_accuracy"] == pytest.approx(as_float.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_pca_colour_covariance_summed_in_chunks_is_the_covariance_of_all_pixels():
+    from trainq.models.augment import channel_covariance
+
+    train = build(parse_spec(CNN), device="cpu").data.train
+    features = train.features()
+    pixels = features.transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(channel_covariance(train, chunk=7), torch.cov(pixels.double()).float(), atol=1e-5)

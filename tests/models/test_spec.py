@@ -126,3 +126,17 @@ def test_early_stopping_mode_follows_the_metric():
     acc = parse_spec(with_(mlp(), **{"training.early_stopping": {"monitor": "val_accuracy"}}))
     assert loss.training.early_stopping.resolved_mode == "min"
     assert acc.training.early_stopping.resolved_mode == "max"
+
+
+def test_memory_counts_8_bit_images_at_one_byte_a_pixel():
+    from tests.models.test_fast_paths import CNN
+
+    spec = parse_spec(CNN)  # 600 shapes of 3x12x12, stored as uint8, int64 labels
+    assert spec.dataset.stored_bytes() == 3 * 12 * 12 + 8
+    from trainq.models.engine import build
+
+    data = build(spec, device="cpu").data
+    stored = sum(t.nbytes for split in (data.train, data.val, data.test) for t in (split.x, split.y))
+    assert stored == spec.dataset.size() * spec.dataset.stored_bytes()
+    table = parse_spec(mlp())  # digits as 64 float32 features
+    assert table.dataset.stored_bytes() == 64 * 4 + 8

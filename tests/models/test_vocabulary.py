@@ -127,7 +127,7 @@ CASES = {
 def training_loss(state) -> float:
     state.model.eval()
     train = state.data.train
-    return state.objective.loss(state.model(train.x), train.y).item()
+    return state.objective.loss(state.model(train.features()), train.y).item()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -32,10 +32,9 @@ class PcaColorNoise(nn.Module):
     """Add sum_i alpha_i sqrt(lambda_i) v_i to every pixel, alpha_i ~ N(0, std^2) per sample, where (lambda_i, v_i)
     are the eigenpairs of the channel covariance of the training images (Krizhevsky et al., 2012)."""
 
-    def __init__(self, std: float, train_x: torch.Tensor):
+    def __init__(self, std: float, covariance: torch.Tensor):
         super().__init__()
-        pixels = train_x.transpose(0, 1).reshape(train_x.shape[1], -1)  # channels x all pixels
-        eigenvalues, eigenvectors = torch.linalg.eigh(torch.atleast_2d(torch.cov(pixels)))  # 1 channel: 1x1
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         self.std = std
         self.register_buffer("basis", eigenvectors * eigenvalues.clamp_min(0).sqrt())  # columns: sqrt(l_i) v_i
 
@@ -43,6 +42,22 @@ class PcaColorNoise(nn.Module):
         alpha = torch.randn(x.shape[0], x.shape[1], device=x.device, dtype=x.dtype) * self.std
         shift = alpha @ self.basis.T.to(x.dtype)  # per sample, one colour offset
         return x + shift[:, :, None, None]
+
+
+def channel_covariance(split, chunk: int = 4096) -> torch.Tensor:
+    """The C x C covariance of pixel values across channels over every pixel of the split's images, in float64,
+    summed a chunk of images at a time (the split may be stored as uint8 and larger than its float copy)."""
+    channels = split.x.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64, device=split.x.device)
+    outer = torch.zeros(channels, channels, dtype=torch.float64, device=split.x.device)
+    count = 0
+    for start in range(0, len(split), chunk):
+        pixels = split.take(slice(start, start + chunk)).transpose(0, 1).reshape(channels, -1).double()
+        total += pixels.sum(1)
+        outer += pixels @ pixels.T
+        count += pixels.shape[1]
+    mean = total / count
+    return ((outer - count * torch.outer(mean, mean)) / max(count - 1, 1)).float()
 
 
 @AUGMENTATIONS.register("affine")
@@ -88,7 +103,7 @@ def gaussian_noise(spec, data) -> nn.Module:
 
 @AUGMENTATIONS.register("pca_color")
 def pca_color(spec, data) -> nn.Module:
-    return PcaColorNoise(spec.std, data.train.x)
+    return PcaColorNoise(spec.std, channel_covariance(data.train))
 
 
 def build_augmentation(spec: JobSpec, data, device=None) -> nn.Module | None:

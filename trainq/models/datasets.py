@@ -2,6 +2,9 @@
 
 Nothing is downloaded. A dataset is split by its seed into train, validation and test; preprocessing
 statistics come from the training split only and are applied to all three.
+
+Images whose pixels are whole numbers in 0..255 (the shapes generator, digits as images, 8-bit uploads) are kept
+as uint8, a quarter of the memory of float32, and scaled to float when a batch is taken (`Split.take`).
 """
 
 from __future__ import annotations
@@ -16,17 +19,39 @@ from trainq.models.spec import LOGIC_GATES, SHAPE_CLASSES, DatasetSpec
 
 @dataclass
 class Split:
-    x: torch.Tensor
+    x: torch.Tensor  # features as stored: float32, preprocessed; or raw uint8 pixels, scaled by `take`
     y: torch.Tensor  # int64 class labels, or float32 (N, 1) targets standardized by the training split
+    shift: torch.Tensor | None = None  # uint8 pixels only: per channel, (1, C, 1, 1): x_float = (x - shift) * scale
+    scale: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.x)
 
     def to(self, device: torch.device | str) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), *self._codec(device))
 
-    def pinned(self) -> "Split":
-        return Split(self.x.pin_memory(), self.y.pin_memory())
+    def pinned(self, device: torch.device | str) -> "Split":
+        """Features and targets in pinned host memory; the scaling statistics on `device`, where batches land."""
+        return Split(self.x.pin_memory(), self.y.pin_memory(), *self._codec(device))
+
+    def _codec(self, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.shift is None:
+            return None, None
+        return self.shift.to(device), self.scale.to(device)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored rows (already on the training device) as preprocessed float32 features."""
+        if self.shift is None:
+            return x
+        return (x.float() - self.shift) * self.scale
+
+    def take(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """The preprocessed features of the rows `idx`, on the split's device."""
+        return self.decode(self.x[idx])
+
+    def features(self) -> torch.Tensor:
+        """The whole split as preprocessed float32 features (a copy when stored as uint8)."""
+        return self.decode(self.x)
 
 
 @dataclass
@@ -41,9 +66,10 @@ class Data:
     def to(self, device: torch.device | str) -> "Data":
         return Data(self.train.to(device), self.val.to(device), self.test.to(device), self.classes, self.y_mean, self.y_std)
 
-    def pinned(self) -> "Data":
-        """Host memory the GPU copies from without staging: for data streamed batch by batch."""
-        return Data(self.train.pinned(), self.val.pinned(), self.test.pinned(), self.classes, self.y_mean, self.y_std)
+    def pinned(self, device: torch.device | str) -> "Data":
+        """Host memory the GPU copies from without staging: for data streamed batch by batch to `device`."""
+        return Data(self.train.pinned(device), self.val.pinned(device), self.test.pinned(device), self.classes,
+                    self.y_mean, self.y_std)
 
 
 def _logic_gate(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +93,13 @@ def _spirals(n: int, classes: int, noise: float, rng: np.random.Generator) -> tu
 
 def _shapes(n: int, size: int, channels: int, classes: int, noise: float,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Procedural images of shapes (circle, square, triangle, cross, ring, diamond) at random places, sizes,
-    rotations and colours, with Gaussian pixel noise: small enough to generate, hard enough for a CNN."""
+    """Procedural 8-bit images of shapes (circle, square, triangle, cross, ring, diamond) at random places, sizes,
+    rotations and colours, with Gaussian pixel noise: small enough to generate, hard enough for a CNN. Pixels are
+    uint8 as a camera's are: the intensity in [0, 1] (clipped) times 255, rounded."""
     labels = rng.integers(0, classes, n)
     grid = np.linspace(-1, 1, size, dtype=np.float32)
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
-    images = np.empty((n, channels, size, size), dtype=np.float32)
+    images = np.empty((n, channels, size, size), dtype=np.uint8)
     for start in range(0, n, 4096):  # in chunks, to bound memory
         idx = slice(start, min(n, start + 4096))
         m = idx.stop - idx.start
@@ -94,7 +121,8 @@ def _shapes(n: int, size: int, channels: int, classes: int, noise: float,
         shape = np.stack([masks[name] for name in SHAPE_CLASSES[:classes]])  # classes x m x H x W
         mask = shape[labels[idx], np.arange(m)].astype(np.float32)
         colour = rng.uniform(0.5, 1.0, (m, channels, 1, 1)).astype(np.float32)
-        images[idx] = mask[:, None] * colour + noise * rng.standard_normal((m, channels, size, size), np.float32)
+        value = mask[:, None] * colour + noise * rng.standard_normal((m, channels, size, size), np.float32)
+        images[idx] = np.rint(np.clip(value, 0.0, 1.0) * 255)
     return images, labels.astype(np.int64)
 
 
@@ -148,11 +176,16 @@ def raw(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) 
         loader = {"digits": sk.load_digits, "iris": sk.load_iris, "wine": sk.load_wine,
                   "breast_cancer": sk.load_breast_cancer, "diabetes": sk.load_diabetes}[name]
         x, y = loader(return_X_y=True)
-    x = np.asarray(x, dtype=np.float32)
+    x = x if x.dtype == np.uint8 else np.asarray(x, dtype=np.float32)
     if name == "digits" and spec.as_images:
         x = x.reshape(-1, 1, 8, 8)
     y = np.asarray(y, dtype=np.float32 if spec.info().classes is None else np.int64)
     return x, y
+
+
+def whole_bytes(x: np.ndarray) -> bool:
+    """Whether every value is a whole number in 0..255, so that uint8 holds the array exactly."""
+    return x.size > 0 and float(x.min()) >= 0 and float(x.max()) <= 255 and bool(np.all(np.rint(x) == x))
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -173,23 +206,30 @@ def load(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None)
 
     nominal = spec.preprocess.one_hot
     scale = spec.preprocess.scale
-    axes = (0, 2, 3) if x.ndim == 4 else 0  # images: one statistic per channel; tables: one per column
-    keep = x.ndim == 4
+    images = x.ndim == 4
+    if images and x.dtype != np.uint8 and whole_bytes(x):
+        x = x.astype(np.uint8)  # lossless: kept as 8-bit pixels and scaled when a batch is taken
+    axes = (0, 2, 3) if images else 0  # images: one statistic per channel; tables: one per column
+    wide = {"dtype": np.float64} if x.dtype == np.uint8 else {}  # statistics of 8-bit pixels, summed in float64
     if scale == "zscore":
-        shift, div = x[train].mean(axis=axes, keepdims=keep), x[train].std(axis=axes, keepdims=keep)
+        shift, div = x[train].mean(axis=axes, keepdims=images, **wide), x[train].std(axis=axes, keepdims=images, **wide)
     elif scale == "minmax":
-        low = x[train].min(axis=axes, keepdims=keep)
-        shift, div = low, x[train].max(axis=axes, keepdims=keep) - low
+        low = x[train].min(axis=axes, keepdims=images).astype(np.float32)
+        shift, div = low, x[train].max(axis=axes, keepdims=images) - low
     else:
-        shift = np.zeros_like(x[train[:1]].mean(axis=axes, keepdims=keep))
+        shift = np.zeros_like(x[train[:1]].mean(axis=axes, keepdims=images, dtype=np.float32))
         div = np.ones_like(shift)
     div = np.where(div > 1e-12, div, 1.0)  # a constant column stays constant instead of dividing by zero
-    if nominal and x.ndim == 2:  # nominal columns are coded, not scaled
-        shift, div = np.array(shift, np.float32), np.array(div, np.float32)
-        shift[nominal], div[nominal] = 0.0, 1.0
-    x = ((x - shift) / div).astype(np.float32)
-    if nominal:
-        x = one_hot(x, nominal, train)
+    codec: tuple[torch.Tensor, ...] = ()
+    if x.dtype == np.uint8:  # scaled per batch on the device: (x - shift) * scale
+        codec = (torch.from_numpy(np.asarray(shift, np.float32)), torch.from_numpy(np.asarray(1 / div, np.float32)))
+    else:
+        if nominal and x.ndim == 2:  # nominal columns are coded, not scaled
+            shift, div = np.array(shift, np.float32), np.array(div, np.float32)
+            shift[nominal], div[nominal] = 0.0, 1.0
+        x = ((x - shift) / div).astype(np.float32)
+        if nominal:
+            x = one_hot(x, nominal, train)
 
     classes = spec.info().classes
     y_mean, y_std = 0.0, 1.0
@@ -198,6 +238,6 @@ def load(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None)
         y = ((y - y_mean) / y_std).reshape(-1, 1).astype(np.float32)
 
     def part(idx: np.ndarray) -> Split:
-        return Split(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
+        return Split(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]), *codec)
 
     return Data(part(train), part(val), part(test), classes, y_mean, y_std)

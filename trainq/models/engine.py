@@ -119,7 +119,7 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
     torch.manual_seed(spec.training.seed)  # model init and dropout draw from the global generator
     data = load(spec.dataset, arrays)
     on_host = placement(spec, data, device) == "host"
-    data = data.pinned() if on_host and device.type == "cuda" else (data if on_host else data.to(device))
+    data = data.pinned(device) if on_host and device.type == "cuda" else (data if on_host else data.to(device))
     model = build_model(spec, data.train.x.shape[1:]).to(device)
     # NHWC: measured 22% faster than NCHW for the small CNN of bench/engine_speed.py on this CPU (oneDNN), and the
     # layout tensor cores want on a GPU.
@@ -295,6 +295,7 @@ def train_one_epoch(state: State) -> None:
         x, y = train.x[idx], train.y[idx]
         if state.on_host:  # streamed from host memory, one batch at a time
             x, y = x.to(state.device, non_blocking=True), y.to(state.device, non_blocking=True)
+        x = train.decode(x)  # uint8 pixels become float here, a batch at a time, on the device
         if state.augment is not None:
             x = state.augment(x)
         if reg.input_noise:
@@ -380,6 +381,7 @@ def _outputs(state: State, split: Split, tta: bool) -> torch.Tensor:
         x = split.x[start:start + EVAL_BATCH]
         if state.on_host:
             x = x.to(state.device, non_blocking=True)
+        x = split.decode(x)
         if views is not None and to_probabilities is not None:
             outputs.append(torch.stack([to_probabilities(forward(state, state.model, v))
                                         for v in tta_views(x, views)]).mean(0))
@@ -401,7 +403,7 @@ def evaluate(state: State, split: Split, prefix: str, tta: bool = False, confusi
     averaged = tta and state.spec.test_time_augmentation is not None and state.objective.probabilities is not None
     out = _outputs(state, split, tta)
     if state.on_host:
-        split = Split(split.x, split.y.to(state.device))
+        split = Split(split.x, split.y.to(state.device), split.shift, split.scale)
     metrics: dict[str, torch.Tensor] = {}
     if averaged:  # the outputs are probabilities: the loss is the NLL of the averaged prediction
         metrics[f"{prefix}_loss"] = torch.nn.functional.nll_loss(out.clamp_min(1e-12).log(), split.y)

@@ -127,6 +127,14 @@ class DatasetSpec(Spec):
     def size(self) -> int:
         return self.info().fixed_size or self.n_samples
 
+    def stored_bytes(self) -> int:
+        """Bytes one example takes in memory while training: 8-bit images (shapes, digits as images) are kept as
+        uint8 and scaled per batch, other features as float32 (an upload's 8-bit images too are uint8 once loaded;
+        counted here as float32, an upper bound); labels are int64, regression targets float32."""
+        info = self.info()
+        eight_bit = self.name == "shapes" or (self.name == "digits" and self.as_images)
+        return math.prod(info.shape) * (1 if eight_bit else 4) + (4 if info.classes is None else 8)
+
     @model_validator(mode="after")
     def _upload_named(self) -> "DatasetSpec":
         if (self.name == "upload") != (self.upload is not None):
@@ -783,8 +791,7 @@ def plan(spec: JobSpec) -> Plan:
     result.memory_bytes = fp32 * (
         result.params * (2 + optimizer_copies + 1)  # weights, gradients, optimizer state, best-weights copy
         + 2 * -(-batch_size(spec) // spec.training.accumulate_steps) * (activations + features)  # activations kept for backward, and their gradients
-        + spec.dataset.size() * (features + 1)  # the whole dataset lives on the device
-    )
+    ) + spec.dataset.size() * spec.dataset.stored_bytes()  # the whole dataset lives on the device
     return result
 
 
