@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trainq.service.db import Base, JSONType, UTCDateTime, utcnow
@@ -160,6 +160,10 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created", "created_at"),
+        # The queue's order (priority, then age) per pool, over queued jobs only: counting the jobs ahead of one
+        # is two range scans of this small index instead of filtering every queued job (api.ahead_in_queue).
+        Index("ix_jobs_queue", "pool", "priority", "created_at", postgresql_where=text("status = 'queued'"),
+              sqlite_where=text("status = 'queued'")),
     )
 
 
