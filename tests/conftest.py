@@ -98,6 +98,8 @@ def app(settings):
     app.extensions["trainq"].sessions = sessionmaker(bind=connection, expire_on_commit=False,
                                                      join_transaction_mode="create_savepoint")
     app.extensions["trainq"].read_sessions = None  # reads, too, inside the test's transaction
+    app.extensions["trainq"].read_engine.dispose()
+    app.extensions["trainq"].read_engine = None
     app.test_client_class = TokenClient
     yield app
     outer.rollback()

@@ -13,7 +13,7 @@ from sqlalchemy.orm import aliased
 
 from trainq.models.spec import FieldError, JobSpec, SpecError, parse_spec, plan
 from trainq.service import jobs, workers
-from trainq.service.app import db, services
+from trainq.service.app import db, read_connection, services
 from trainq.service.auth import audit, create_token, limit, principal, require_admin, require_user
 from trainq.service.http import fail, int_arg, invalid, read_body
 from trainq.service.db import utcnow
@@ -35,6 +35,11 @@ def visible(query):
     """Restrict a job query to what the caller may see: everything for an admin, their own jobs otherwise."""
     p = principal()
     return query if p.is_admin else query.where(Job.owner_id == p.id)
+
+
+JOB_FIELDS = ("id", "name", "status", "pool", "device", "priority", "params", "created_at", "started_at", "finished_at",
+              "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason", "cancel_requested", "metrics",
+              "error", "spec")  # what job_json reads: the job read selects these columns only
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -262,7 +267,8 @@ def read_job_statements():
     """Built once: building a select of every column costs more Python than running it (its SQL is cached)."""
     global _read_job
     if _read_job is None:
-        base = select(*Job.__table__.c, ahead_in_queue()).where(Job.id == bindparam("job_id"))
+        base = select(*(Job.__table__.c[name] for name in JOB_FIELDS), ahead_in_queue()).where(
+            Job.id == bindparam("job_id"))
         _read_job = (base, base.where(Job.owner_id == bindparam("owner_id")))
     return _read_job
 
@@ -272,13 +278,13 @@ def read_job(job_id: str) -> dict[str, Any]:
     place in the queue, plain rows rather than ORM objects, since it is the most polled read."""
     p = principal()
     anyone, own = read_job_statements()
-    row = db().connection().execute(anyone if p.is_admin else own, {"job_id": job_id, "owner_id": p.id}).first()
+    row = read_connection().execute(anyone if p.is_admin else own, {"job_id": job_id, "owner_id": p.id}).first()
     if row is None:
         fail(404, "not_found", f"no job {job_id}")
     body = job_json(row)
     if row.status == JobStatus.queued.value:
         body["queue_position"] = row.ahead + 1
-        body["waiting_reason"] = workers.waiting_reason(db(), row, lost_after())
+        body["waiting_reason"] = workers.waiting_reason(db, row, lost_after())
     return body
 
 

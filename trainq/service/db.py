@@ -48,10 +48,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys so threads can share it."""
+def make_engine(url: str, autocommit: bool = False) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys so threads can share it. An autocommit
+    engine (for plain reads: no BEGIN and ROLLBACK) has a pool of its own whose connections are set so once, not on
+    every checkout as `execution_options(isolation_level=...)` does."""
+    options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn, _record):
@@ -65,7 +68,7 @@ def make_engine(url: str) -> Engine:
         return engine
     # No pre-ping: it costs a round trip on every checkout (a third of a job read). Connections are recycled
     # hourly, and one that a database restart broke is invalidated on its first error (the pool then reconnects).
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600, **options)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -125,16 +125,17 @@ _reasons_lock = threading.Lock()
 REASON_TTL = 1.0  # seconds: workers change state every few seconds, and a polled queued job is read many times
 
 
-def waiting_reason(session: Session, job: Job, lost: timedelta) -> str:
+def waiting_reason(session: Callable[[], Session], job: Job, lost: timedelta) -> str:
     """Why a queued job is not running yet, in words a user can act on. The same for every job of a pool, device
-    kind and GPU count, so it is kept for a second per process: reads of queued jobs cost one query less."""
+    kind and GPU count, so it is kept for a second per process: reads of queued jobs cost one query less (and the
+    session, asked for only when the reason is looked up, is not opened)."""
     key = (job.pool, job.device, int(job.spec.get("resources", {}).get("gpus", 1)))
     now = time.monotonic()
     with _reasons_lock:
         cached = _reasons.get(key)
     if cached is not None and now - cached[0] < REASON_TTL:
         return cached[1]
-    reason = _waiting_reason(session, job, lost)
+    reason = _waiting_reason(session(), job, lost)
     with _reasons_lock:
         if len(_reasons) > 10_000:
             _reasons.clear()
