@@ -1,8 +1,14 @@
 """API throughput on this machine's cores with gunicorn and PostgreSQL: job submissions per second and job
-reads per second, against the same gunicorn serving a bare Flask endpoint (the HTTP stack's ceiling here)."""
+reads per second, against the same gunicorn serving a bare Flask endpoint (the HTTP stack's ceiling here).
+
+Each figure is the best of `--rounds` rounds (the machine is shared: a round can lose half its CPU to a neighbour),
+bare and trainq measured in the same run. Reads go to queued jobs at every place of the queue the submissions
+built (thousands deep), so each read also counts the jobs ahead of its job; the service runs with its default
+reconcile interval, not the tests' one second."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -33,7 +39,7 @@ def write():
 """
 
 
-def ceiling(seconds: float) -> tuple[float, float]:
+def ceiling(seconds: float, rounds: int) -> tuple[float, float]:
     folder = common.ROOT / "bench" / ".ceiling"
     folder.mkdir(exist_ok=True)
     (folder / "ceiling_app.py").write_text(CEILING_APP)
@@ -48,28 +54,48 @@ def ceiling(seconds: float) -> tuple[float, float]:
             except requests.ConnectionError:
                 time.sleep(0.1)
         url = f"http://127.0.0.1:{port}/x"
-        writes, _ = rate(url, "POST", lambda i, n: SPEC, seconds=seconds)
-        reads, _ = rate(url, "GET", seconds=seconds)
+        writes = max(rate(url, "POST", lambda i, n: SPEC, seconds=seconds)[0] for _ in range(rounds))
+        reads = max(rate(url, "GET", seconds=seconds)[0] for _ in range(rounds))
     finally:
         proc.terminate()
         proc.wait()
     return writes, reads
 
 
-def main(seconds: float = 5.0) -> None:
-    bare_writes, bare_reads = ceiling(seconds)
-    with running_stack(workers=0) as stack:
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    seconds, rounds = args.seconds, args.rounds
+    bare_writes, bare_reads = ceiling(seconds, rounds)
+    with running_stack(workers=0, TRAINQ_RECONCILE_SECONDS="5") as stack:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        job_id = stack.submit(SPEC)
-        submits, failed_submits = rate(f"{stack.url}/api/v1/jobs", "POST", lambda i, n: SPEC, headers, seconds)
-        reads, failed_reads = rate(f"{stack.url}/api/v1/jobs/{job_id}", "GET", None, headers, seconds)
-    print(f"bare Flask on gunicorn: {bare_writes:.0f} POST/s, {bare_reads:.0f} GET/s")
+        submitted = [rate(f"{stack.url}/api/v1/jobs", "POST", lambda i, n: SPEC, headers, seconds)
+                     for _ in range(rounds)]
+        submits, failed_submits = max(submitted)
+        ids = queued_ids(stack)
+
+        def spread(i: int, n: int) -> str:  # connection i's n-th read: a different place in the queue each time
+            return f"{stack.url}/api/v1/jobs/{ids[(i * 7919 + n * 31) % len(ids)]}"
+
+        reads, failed_reads = max(rate(spread, "GET", None, headers, seconds) for _ in range(rounds))
+    print(f"bare Flask on gunicorn: {bare_writes:.0f} POST/s, {bare_reads:.0f} GET/s (best of {rounds})")
     print(f"trainq: {submits:.0f} submissions/s ({failed_submits} failed), {reads:.0f} job reads/s "
-          f"({failed_reads} failed); {os.cpu_count()} cores shared by server and client")
+          f"({failed_reads} failed) of {len(ids)} queued jobs; best of {rounds} rounds of {seconds:.0f} s; "
+          f"{os.cpu_count()} cores shared by server, PostgreSQL and client")
     common.row("job submissions/s (gunicorn, PostgreSQL)", f"{bare_writes:.0f} bare POST/s", f"{submits:.0f}/s",
                f"{submits / bare_writes:.2f} of bare", "≥ 300")
-    common.row("job reads/s (gunicorn, PostgreSQL)", f"{bare_reads:.0f} bare GET/s", f"{reads:.0f}/s",
-               f"{reads / bare_reads:.2f} of bare", "≥ 1,000")
+    common.row(f"job reads/s (gunicorn, PostgreSQL; queued jobs at every place of a {len(ids):,}-job queue)",
+               f"{bare_reads:.0f} bare GET/s", f"{reads:.0f}/s", f"{reads / bare_reads:.2f} of bare", "≥ 1,000")
+
+
+def queued_ids(stack) -> list[str]:
+    import psycopg
+
+    url = stack.env["TRAINQ_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at")]
 
 
 if __name__ == "__main__":
