@@ -333,7 +333,8 @@ def metric_series(job_ids: list[str], names: list[str] | None, after_step: int =
     if after_step >= 0:
         query = query.where(Metric.step > after_step)
     out: dict[str, dict[str, dict[str, list]]] = {job_id: {} for job_id in job_ids}
-    for job_id, name, step, epoch, value in db().execute(query.order_by(Metric.job_id, Metric.name, Metric.step)):
+    rows = read_connection().execute(query.order_by(Metric.job_id, Metric.name, Metric.step))  # plain rows: no ORM
+    for job_id, name, step, epoch, value in rows:
         s = out[job_id].setdefault(name, {"step": [], "epoch": [], "value": []})
         s["step"].append(step)
         s["epoch"].append(epoch)
