@@ -20,24 +20,18 @@ def lttb(x: np.ndarray, y: np.ndarray, threshold: int) -> tuple[np.ndarray, np.n
     if threshold >= n or threshold < 3:
         return (x, y) if threshold >= n else (x[[0, -1]], y[[0, -1]])
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    edges = np.linspace(1, n - 1, threshold - 1).astype(np.int64)  # threshold-2 buckets between first and last
-    starts = edges[:-1]
-    ends = np.maximum(edges[1:], starts + 1)
-    next_starts = edges[1:]
-    next_ends = np.maximum(np.append(edges[2:], n), next_starts + 1)  # the last bucket's next is the last point
+    # threshold-2 buckets tiling [1, n - 1); with n > threshold the step is over 1, so every bucket has a point
+    edges = np.linspace(1, n - 1, threshold - 1).astype(np.int64)
+    starts, ends = edges[:-1], edges[1:]
+    next_ends = np.append(edges[2:], n)  # the bucket after each; the last bucket's is the last point
     sum_x, sum_y = np.concatenate(([0.0], np.cumsum(x))), np.concatenate(([0.0], np.cumsum(y)))
-    count = next_ends - next_starts
-    cx = (sum_x[next_ends] - sum_x[next_starts]) / count
-    cy = (sum_y[next_ends] - sum_y[next_starts]) / count
+    count = next_ends - ends
+    cx = (sum_x[next_ends] - sum_x[ends]) / count
+    cy = (sum_y[next_ends] - sum_y[ends]) / count
     sizes = ends - starts
     owner = np.repeat(np.arange(len(starts)), sizes)  # the bucket of each candidate point, in order
-    if np.array_equal(starts[1:], ends[:-1]):  # the buckets tile [1, n - 1): always so when n > threshold
-        points = np.arange(starts[0], ends[-1])
-    else:
-        points = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist())])
-    bx, by = x[points], y[points]
+    bx, by = x[1:n - 1], y[1:n - 1]  # the candidates: every point but the first and the last, bucket by bucket
     p, q, r = (by - cy[owner]).tolist(), (cx[owner] - bx).tolist(), (bx * cy[owner] - cx[owner] * by).tolist()
-    points_list = points.tolist()
     keep = [0]
     xa, ya = float(x[0]), float(y[0])
     xs, ys = x.tolist(), y.tolist()
@@ -48,7 +42,7 @@ def lttb(x: np.ndarray, y: np.ndarray, threshold: int) -> tuple[np.ndarray, np.n
             area = abs(xa * p[j] + ya * q[j] + r[j])
             if area > best:
                 best, pick = area, j
-        chosen = points_list[pick]
+        chosen = pick + 1  # candidates are points 1 .. n-2, in order
         keep.append(chosen)
         xa, ya = xs[chosen], ys[chosen]
         lo += size
