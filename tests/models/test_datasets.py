@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainq.models.datasets import load, raw
+from trainq.models.datasets import load, raw, split_indices
 from trainq.models.spec import DatasetInfo, DatasetSpec
 
 
@@ -63,7 +63,7 @@ def test_8_bit_images_are_stored_as_uint8_and_scaled_per_batch_as_the_float_path
     train = data.train
     assert train.x.dtype == torch.uint8 and train.x.nbytes == train.x.numel()  # one byte a pixel, not four
     # the float path: per-channel z-score with the training split's statistics, applied to every split
-    train_rows = np.random.default_rng(4).permutation(len(x))[len(data.test) + len(data.val):]
+    train_rows, _, _ = split_indices(len(x), spec.val_fraction, spec.test_fraction, spec.seed)
     pixels = x[train_rows].astype(np.float64)
     mean, std = pixels.mean(axis=(0, 2, 3), keepdims=True), pixels.std(axis=(0, 2, 3), keepdims=True)
     expected = torch.from_numpy(((pixels - mean) / std).astype(np.float32))
