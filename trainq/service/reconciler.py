@@ -15,6 +15,7 @@ from trainq.service import jobs
 log = logging.getLogger(__name__)
 
 LOCK_KEY = 0x7472_6169_6E71  # "trainq": one reconciler pass at a time across service processes (PostgreSQL)
+UPKEEP_ROWS = 1000  # rows of the jobs table inserted or left dead since its last vacuum before the service vacuums it
 
 
 def reconcile_once(app: Flask) -> dict | None:
@@ -29,9 +30,32 @@ def reconcile_once(app: Flask) -> dict | None:
                                 max_attempts=services.settings.max_attempts)
         session.commit()
         result["sweeps"] = settle_sweeps(app, session)
+    if services.read_engine is not None and upkeep(services.read_engine):
+        result["vacuumed"] = 1
     if any(result.values()):
         log.info("reconciled: %s", result)
     return result
+
+
+def upkeep(engine, rows: int = UPKEEP_ROWS) -> bool:
+    """PostgreSQL: VACUUM (ANALYZE) the jobs table once `rows` of it were inserted or left dead since its last
+    vacuum; return whether it did. A queued job's place is an index-only count of the queued jobs ahead of it, and
+    every one of them on a page the visibility map does not yet mark all-visible costs a heap fetch (2,900 jobs
+    ahead: 1.3 ms before a vacuum, 0.5 ms after). The server's autovacuum may be off or far behind (it is off on our
+    CI machine), so the service does not leave this to it. `engine` must be the autocommit one: VACUUM cannot run
+    inside a transaction. A session-level advisory lock keeps two service processes from vacuuming at once."""
+    if engine.dialect.name != "postgresql":
+        return False
+    with engine.connect() as conn:
+        changed = conn.scalar(text("SELECT n_ins_since_vacuum + n_dead_tup FROM pg_stat_user_tables "
+                                   "WHERE relid = 'jobs'::regclass"))
+        if (changed or 0) < rows or not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY + 1}):
+            return False
+        try:
+            conn.execute(text("VACUUM (ANALYZE) jobs"))
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY + 1})
+    return True
 
 
 def settle_sweeps(app: Flask, session) -> int:
