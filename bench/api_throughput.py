@@ -3,8 +3,8 @@ reads per second, against the same gunicorn serving a bare Flask endpoint (the H
 
 Each figure is the best of `--rounds` rounds (the machine is shared: a round can lose half its CPU to a neighbour),
 bare and trainq measured in the same run. Reads go to queued jobs at every place of the queue the submissions
-built (thousands deep), so each read also counts the jobs ahead of its job, once the service's upkeep has vacuumed
-the jobs table after the submissions (as it does every reconcile interval); the service runs with a reconcile
+built (thousands deep), so each read also counts the jobs ahead of its job, once the service's upkeep has caught up
+with the submissions (it vacuums the jobs table at its reconcile interval); the service runs with a reconcile
 interval of 5 s, its default, not the tests' one second."""
 
 from __future__ import annotations
@@ -103,20 +103,20 @@ def settled(stack, timeout: float = 60.0) -> float:
     submissions: fewer than UPKEEP_ROWS rows of the jobs table inserted or dead since its last vacuum, the state it
     keeps the table in, as it would have long before anyone read a queue this deep in production. PostgreSQL's
     statistics lag up to a second behind the writes, hence the first wait."""
-    import psycopg
+    from trainq.service.db import make_engine
+    from trainq.service.reconciler import UPKEEP_ROWS, unvacuumed_rows
 
-    from trainq.service.reconciler import UPKEEP_ROWS
-
-    url = stack.env["TRAINQ_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    engine = make_engine(stack.env["TRAINQ_DATABASE_URL"], autocommit=True)
     start = time.monotonic()
     time.sleep(1.5)
-    with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < start + timeout:
-            changed = conn.execute("SELECT n_ins_since_vacuum + n_dead_tup FROM pg_stat_user_tables "
-                                   "WHERE relid = 'jobs'::regclass").fetchone()[0]
-            if changed < UPKEEP_ROWS:
-                return time.monotonic() - start
-            time.sleep(0.2)
+    try:
+        with engine.connect() as conn:
+            while time.monotonic() < start + timeout:
+                if unvacuumed_rows(conn) < UPKEEP_ROWS:
+                    return time.monotonic() - start
+                time.sleep(0.2)
+    finally:
+        engine.dispose()
     raise SystemExit(f"the service did not vacuum the jobs table within {timeout:.0f} s")
 
 

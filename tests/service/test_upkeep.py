@@ -10,7 +10,7 @@ from sqlalchemy import text
 from trainq.service.app import create_app
 from trainq.service.db import make_engine
 from trainq.service.migrate import upgrade
-from trainq.service.reconciler import reconcile_once, upkeep
+from trainq.service.reconciler import reconcile_once, unvacuumed_rows, upkeep
 from trainq.settings import Settings
 
 QUEUED, FINISHED = 1500, 10_000
@@ -35,11 +35,6 @@ def heap_fetches(conn) -> int:
     return scans[0]["Heap Fetches"]
 
 
-def changed_rows(conn) -> int:
-    return conn.scalar(text("SELECT n_ins_since_vacuum + n_dead_tup FROM pg_stat_user_tables "
-                            "WHERE relid = 'jobs'::regclass"))
-
-
 def test_a_deep_queue_is_vacuumed_so_counting_the_jobs_ahead_reads_no_table_rows(make_database, redis_url, tmp_path):
     url = make_database()
     upgrade(url)
@@ -56,7 +51,7 @@ def test_a_deep_queue_is_vacuumed_so_counting_the_jobs_ahead_reads_no_table_rows
                 f"{BASE} - make_interval(secs => i), 0, false, 0, now() "  # just sent: the reconciler leaves them
                 "FROM generate_series(1, :n) AS i"), {"queued": QUEUED, "n": QUEUED + FINISHED})
             deadline = time.monotonic() + 10
-            while changed_rows(conn) < QUEUED + FINISHED and time.monotonic() < deadline:
+            while unvacuumed_rows(conn) < QUEUED + FINISHED and time.monotonic() < deadline:
                 time.sleep(0.2)  # the statistics reach the shared view within about a second
             assert heap_fetches(conn) == AHEAD  # each queued job ahead: its visibility is read from the table
 
@@ -65,7 +60,7 @@ def test_a_deep_queue_is_vacuumed_so_counting_the_jobs_ahead_reads_no_table_rows
 
             assert reconcile_once(app)["vacuumed"] == 1  # the reconciler's pass, at its default threshold
             assert heap_fetches(conn) == 0  # the visibility map now answers for every page
-            assert changed_rows(conn) == 0
+            assert unvacuumed_rows(conn) == 0
             assert upkeep(engine, rows=1) is False  # nothing changed since
             assert "vacuumed" not in reconcile_once(app)
     finally:

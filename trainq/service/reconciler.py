@@ -49,15 +49,20 @@ def upkeep(engine, rows: int = UPKEEP_ROWS) -> bool:
     if engine.dialect.name != "postgresql":
         return False
     with engine.connect() as conn:
-        changed = conn.scalar(text("SELECT n_ins_since_vacuum + n_dead_tup FROM pg_stat_user_tables "
-                                   "WHERE relid = 'jobs'::regclass"))
-        if (changed or 0) < rows or not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY + 1}):
+        if unvacuumed_rows(conn) < rows or not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY + 1}):
             return False
         try:
             conn.execute(text("VACUUM jobs"))
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY + 1})
     return True
+
+
+def unvacuumed_rows(conn) -> int:
+    """Rows of the jobs table inserted or left dead since its last vacuum, by PostgreSQL's statistics (which reach
+    this view up to a second after the writes)."""
+    return conn.scalar(text("SELECT n_ins_since_vacuum + n_dead_tup FROM pg_stat_user_tables "
+                            "WHERE relid = 'jobs'::regclass")) or 0
 
 
 def settle_sweeps(app: Flask, session) -> int:
