@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
+import torch.distributed as dist
 
 from tests.specs import mlp
 from trainq.models.callbacks import Callback
+from trainq.models.distributed import _join
 from trainq.models.engine import fit
 from trainq.models.spec import parse_spec
 
@@ -41,3 +44,15 @@ def test_a_cancel_on_rank_0_stops_every_replica_at_the_epochs_end():
 
     result = fit(spec, world=2, callbacks=[CancelAfterTwo()], interrupt=interrupt, threads=1)
     assert (result.stop_reason, result.epochs) == ("cancelled", 2)
+
+
+def test_a_gpu_replica_binds_its_gpu_before_it_joins_the_group(monkeypatch):
+    # No GPU here: CUDA's and NCCL's entry points are stood in for, to check what each replica hands them.
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend, **kw: calls.append((backend, kw["rank"], kw["world_size"], kw["device_id"])))
+    gpu = torch.device("cuda", 1)
+    _join("nccl", "tcp://127.0.0.1:1", 1, 2, gpu)
+    _join("gloo", "tcp://127.0.0.1:1", 1, 2, torch.device("cpu"))
+    assert calls == [("set_device", gpu), ("nccl", 1, 2, gpu), ("gloo", 1, 2, None)]

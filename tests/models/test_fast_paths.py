@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.specs import mlp, with_
-from trainq.models.engine import build, fit
+from trainq.models.engine import autocast_dtype, build, fit
 from trainq.models.spec import parse_spec
 
 CNN = {
@@ -26,6 +26,20 @@ CNN = {
 def test_auto_choices_on_cpu_are_fp32_eager_on_device():
     state = build(parse_spec(mlp()), device="cpu")
     assert (state.amp, state.channels_last, state.on_host) == (None, False, False)
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), None), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_precision_is_bf16_only_on_gpus_that_compute_in_it(monkeypatch, capability, expected):
+    # No GPU here: the one call that asks the hardware is stood in for; what the engine makes of its answer is real.
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    gpu = torch.device("cuda", 1)
+    assert autocast_dtype(parse_spec(mlp()), gpu) == expected  # a T4 (7.5) only emulates bf16: fp32 there
+    assert asked == [gpu]  # the run's GPU, not whichever is current
+    assert autocast_dtype(parse_spec(with_(mlp(), **{"training.precision": "fp32"})), gpu) is None
+    assert autocast_dtype(parse_spec(with_(mlp(), **{"training.precision": "bf16"})), gpu) == torch.bfloat16
+    assert autocast_dtype(parse_spec(mlp()), torch.device("cpu")) is None
+    assert asked == [gpu]  # a CPU run never asks
 
 
 def test_bf16_autocast_trains_in_bf16_and_learns_what_fp32_learns():

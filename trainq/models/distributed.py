@@ -36,14 +36,26 @@ def _device_for(kind: str, rank: int) -> torch.device:
     return torch.device("cuda", rank) if kind == "cuda" else torch.device("cpu")
 
 
+def _join(backend: str, address: str, rank: int, world: int, device: torch.device) -> None:
+    """Join the job's process group. On CUDA the replica's GPU is made current and named to NCCL first, as PyTorch's
+    DDP guide asks: NCCL forms its communicator on that GPU at once, and a barrier need not guess the rank's GPU
+    ("using GPU 0 to perform barrier as devices used by this process are currently unknown": a wrong guess hangs)."""
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT,
+                            device_id=device if on_gpu else None)
+
+
 def _replica(rank: int, world: int, address: str, backend: str, kind: str, spec_json: dict[str, Any],
              resume: bytes | None, arrays, threads: int) -> None:
     from trainq.models.engine import _fit
 
     torch.set_num_threads(threads)
-    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
+    device = _device_for(kind, rank)
+    _join(backend, address, rank, world, device)
     try:
-        _fit(JobSpec.model_validate(spec_json), device=_device_for(kind, rank), callbacks=(), checkpoint_sink=None,
+        _fit(JobSpec.model_validate(spec_json), device=device, callbacks=(), checkpoint_sink=None,
              resume=resume, interrupt=None, arrays=arrays, rank=rank, world=world)
         dist.barrier()  # leave together: a rank tearing down while another still talks kills it (std::terminate)
     finally:
@@ -71,9 +83,10 @@ def fit_data_parallel(spec: JobSpec, world: int, *, device=None, callbacks=(), c
     torch.set_num_threads(share)
     ok = False
     try:
-        dist.init_process_group(backend, init_method=address, rank=0, world_size=world, timeout=COLLECTIVE_TIMEOUT)
+        device = _device_for(kind, 0)
+        _join(backend, address, 0, world, device)
         try:
-            result = _fit(spec, device=_device_for(kind, 0), callbacks=callbacks, checkpoint_sink=checkpoint_sink,
+            result = _fit(spec, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink,
                           resume=resume, interrupt=interrupt, arrays=arrays, rank=0, world=world)
             dist.barrier()
         finally:

@@ -159,8 +159,15 @@ def placement(spec: JobSpec, data: Data, device: torch.device) -> str:
 def autocast_dtype(spec: JobSpec, device: torch.device) -> torch.dtype | None:
     precision = spec.training.precision
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if native_bf16(device) else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 in hardware: a CUDA GPU of compute capability 8.0 or later (A100, H100, L4,
+    RTX 30xx and on). torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (T4, V100), which is
+    slower than fp32 there, and it asks about the current GPU rather than the run's."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def forward(state: State, net: nn.Module, x: torch.Tensor) -> torch.Tensor:

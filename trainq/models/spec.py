@@ -617,7 +617,8 @@ class TrainingSpec(Spec):
     # Each batch is split into this many micro-batches whose gradients add up before one optimizer step: the same
     # effective batch with a fraction of the activation memory (set by the out-of-memory retry, or by hand).
     accumulate_steps: int = Field(1, ge=1, le=1024)
-    # auto: bf16 autocast on a GPU that supports it, fp32 elsewhere. bf16 also works on CPU, where it is rarely faster.
+    # auto: bf16 autocast on a GPU that computes in bf16 (compute capability 8.0 on), fp32 elsewhere. bf16 also works
+    # on CPU, where it is rarely faster.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: Literal["auto"] | bool = "auto"  # auto: for image data (models with convolutions)
     compile: bool = False  # torch.compile; a worker's warm process reuses the compiled graph of the same architecture
