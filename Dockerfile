@@ -1,5 +1,6 @@
 # One image for the service and the workers. TORCH_INDEX picks torch's build:
-#   CPU (default): https://download.pytorch.org/whl/cpu     GPU: https://download.pytorch.org/whl/cu126
+#   CPU (default): https://download.pytorch.org/whl/cpu     GPU: https://pypi.org/simple (PyPI's Linux wheel of
+#   2.13.0 is the CUDA 13.0 build), or a https://download.pytorch.org/whl/cuXXX index for an older driver
 FROM node:20-slim AS assets
 # The dashboard's chart library, from the npm registry (never copied into the repository).
 WORKDIR /assets

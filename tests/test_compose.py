@@ -21,7 +21,8 @@ def test_compose_has_the_parts_and_health_checks():
         assert services[name]["healthcheck"]["test"]
     gpu = services["worker-gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert "cu" in gpu["build"]["args"]["TORCH_INDEX"]
+    # torch's CUDA build: PyPI's Linux wheel by default (the CPU-only index is the Dockerfile's default)
+    assert gpu["build"]["args"]["TORCH_INDEX"] == "${TRAINQ_TORCH_INDEX:-https://pypi.org/simple}"
     assert gpu["command"][-2:] == ["--gpus", "0"]  # registers as a GPU worker, so GPU jobs route to it
     assert services["worker-cpu"]["command"] == ["trainq", "worker", "--pool", "cpu"]
     assert "TRAINQ_DATABASE_URL" in services["service"]["environment"]
@@ -35,3 +36,6 @@ def test_docker_compose_validates_the_file():
     env = {**os.environ, "TRAINQ_WORKER_TOKEN": "x" * 32}
     result = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    resolved = subprocess.run(["docker-compose", "config"], cwd=ROOT, env=env, capture_output=True, text=True)
+    gpu_args = yaml.safe_load(resolved.stdout)["services"]["worker-gpu"]["build"]["args"]
+    assert gpu_args["TORCH_INDEX"] == "https://pypi.org/simple"
