@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load
 
 from tests.specs import mlp, with_
-from trainq.models.checkpoint import load_weights, read_meta
+from trainq.models.checkpoint import dump, load_weights, read_meta, restore
 from trainq.models.engine import build, fit, predict
 from trainq.models.spec import parse_spec
 
@@ -62,6 +62,26 @@ def test_resume_continues_as_if_uninterrupted():
     assert resumed.history == full.history  # dropout, shuffling and the schedule replay exactly
     assert resumed.metrics == full.metrics
     assert resumed.best_epoch == full.best_epoch
+
+
+def test_a_gpu_run_carries_its_own_generator_through_a_resume(monkeypatch):
+    # No GPU here: the state is told it trains on one, and CUDA's two generator calls are stood in for.
+    spec = parse_spec(mlp(epochs=1))
+    state = build(spec, device="cpu")
+    assert "rng.cuda" not in load(dump(state))
+    gpu, drawn = torch.device("cuda", 0), torch.arange(16, dtype=torch.uint8)
+    asked, set_to = [], []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: asked.append(device) or drawn)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new_state, device: set_to.append((new_state, device)))
+    state.device = gpu
+    blob = dump(state)
+    assert asked == [gpu] and torch.equal(load(blob)["rng.cuda"], drawn)
+    other = build(spec, device="cpu")
+    restore(other, blob)
+    assert set_to == []  # resumed on a CPU: its generator is not CUDA's
+    other.device = gpu
+    restore(other, blob)
+    assert len(set_to) == 1 and torch.equal(set_to[0][0], drawn) and set_to[0][1] == gpu
 
 
 @pytest.mark.parametrize("payload", [

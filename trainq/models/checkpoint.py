@@ -1,8 +1,9 @@
 """Checkpoints: one safetensors file, never a pickle.
 
 Tensors: `model.*` (the weights), `optimizer.<param>.<key>`, `best.*` (the best weights when early stopping
-restores them), `rng.torch` and `rng.shuffle`. The header's metadata key `trainq` holds JSON with everything
-else a resume needs: epoch, step, spec, optimizer hyperparameters, scheduler, callback state, metrics history.
+restores them), `rng.torch`, `rng.cuda` (runs on a GPU) and `rng.shuffle`. The header's metadata key `trainq` holds
+JSON with everything else a resume needs: epoch, step, spec, optimizer hyperparameters, scheduler, callback state,
+metrics history.
 A user loads the weights with `safetensors.torch.load_file(path)` and keeps the `model.` keys.
 """
 
@@ -46,6 +47,8 @@ def dump(state: "State") -> bytes:
     if state.tracker.best_weights is not None:
         tensors.update({f"best.{k}": v.contiguous() for k, v in state.tracker.best_weights.items()})
     tensors["rng.torch"] = torch.get_rng_state()
+    if state.device.type == "cuda":  # dropout and augmentation on a GPU draw from its own generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(state.device)
     tensors["rng.shuffle"] = state.generator.get_state()
     tensors = {k: v.cpu() for k, v in tensors.items()}
     meta = {
@@ -116,6 +119,8 @@ def restore(state: "State", blob: bytes) -> None:
     if best:
         state.tracker.best_weights = best
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and state.device.type == "cuda":  # (a GPU run resumed on a CPU draws afresh there)
+        torch.cuda.set_rng_state(tensors["rng.cuda"], state.device)
     state.generator.set_state(tensors["rng.shuffle"])
     state.epoch, state.step = meta["epoch"], meta["step"]
     state.metrics, state.history = meta["metrics"], meta["history"]
