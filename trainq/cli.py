@@ -44,8 +44,17 @@ def main(verbose: bool) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the database, broker "
               "folder and checkpoints live (default ./.trainq).")
 @click.option("--workers", "worker_count", type=int, default=1, show_default=True, help="Local worker processes.")
-def up(port: int | None, host: str | None, data_dir: str | None, worker_count: int) -> None:
+@click.option("--gpus", default="auto", show_default=True,
+              help="GPU workers in pool 'gpu', one per GPU: auto (every GPU nvidia-smi lists, when torch is built "
+                   "with CUDA), none, or indices such as 0,1.")
+def up(port: int | None, host: str | None, data_dir: str | None, worker_count: int, gpus: str) -> None:
     """Start the service and local workers on the embedded default (SQLite, a filesystem broker)."""
+    gpu_indices, gpu_note = _local_gpus(gpus), None
+    if gpu_indices and (missing := _cuda_build_missing()):
+        if gpus != "auto":
+            raise click.UsageError(f"--gpus {gpus}: {missing}")
+        gpu_note = f"nvidia-smi lists {len(gpu_indices)} GPU(s), but {missing}; no GPU worker started"
+        gpu_indices = []
     for key, value in (("DATA_DIR", data_dir and str(Path(data_dir).resolve())), ("PORT", port), ("HOST", host)):
         if value:
             os.environ[f"TRAINQ_{key}"] = str(value)
@@ -69,8 +78,15 @@ def up(port: int | None, host: str | None, data_dir: str | None, worker_count: i
     exe = [sys.executable, "-m", "trainq.cli"]
     children = [subprocess.Popen(exe + ["serve", "--no-migrate"], env=env)]
     children += [subprocess.Popen(exe + ["worker", "--pool", "cpu"], env=env) for _ in range(worker_count)]
+    if gpu_indices:  # one process that starts a worker per GPU, each pinned to it
+        children.append(subprocess.Popen(exe + ["worker", "--pool", "gpu", "--gpus", ",".join(gpu_indices)], env=env))
     if _wait_healthy(url, children[0]):
         click.echo(f"\ntrainq is up: dashboard and API at {url}/  (data in {settings.data_dir.resolve()})")
+        if gpu_indices:
+            click.echo(f"GPU workers in pool 'gpu' ({', '.join(_gpu_name(i) for i in gpu_indices)}): jobs with "
+                       "resources.pool: gpu train there")
+        if gpu_note:
+            click.echo(gpu_note)
         if first_admin:
             click.echo(f"sign in as 'admin' with this API token (shown once; also kept in "
                        f"{settings.data_dir / 'admin_token'}):\n    {first_admin}")
@@ -174,8 +190,9 @@ def serve(host: str | None, port: int | None, processes: int | None, threads: in
 @click.option("--pool", default="cpu", show_default=True, help="The pool (queue) this worker serves.")
 @click.option("--name", default=None, help="Worker name (default POOL@HOST-PID, or POOL@HOST-gpuN with --gpus).")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs at once (one process each).")
-@click.option("--gpus", default=None, help="GPU indices, e.g. 0,1: one worker process per GPU, each pinned to it "
-                                           "with CUDA_VISIBLE_DEVICES and training one job at a time.")
+@click.option("--gpus", default=None, help="GPU indices, e.g. 0,1, or auto (every GPU nvidia-smi lists): one worker "
+                                           "process per GPU, each pinned to it with CUDA_VISIBLE_DEVICES and training "
+                                           "one job at a time.")
 @click.option("--gpus-per-worker", type=int, default=1, show_default=True,
               help="With --gpus: GPUs per worker process, for data-parallel jobs (resources.gpus).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=None, hidden=True)
@@ -189,7 +206,12 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int, gp
         # One process per GPU. CUDA is never initialized here: each child sees only its own GPU, as cuda:0.
         import socket
 
-        indices = [part.strip() for part in gpus.split(",") if part.strip()]
+        indices = _local_gpus(gpus)
+        if not indices:
+            raise click.UsageError(f"--gpus {gpus}: no GPU to start a worker for"
+                                   + (" (nvidia-smi lists none)" if gpus == "auto" else ""))
+        if missing := _cuda_build_missing():  # else every job would fail on the worker
+            raise click.UsageError(f"--gpus {gpus}: {missing}")
         if gpus_per_worker < 1 or len(indices) % gpus_per_worker:
             raise click.UsageError(f"{len(indices)} GPUs do not split into workers of {gpus_per_worker}")
         children = []
@@ -227,6 +249,35 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int, gp
             "--without-mingle", "--without-gossip",
             "--loglevel", "INFO"]
     app.worker_main(argv)
+
+
+def _local_gpus(wanted: str) -> list[str]:
+    """GPU indices from `--gpus`: none, a list such as 0,1, or auto: every GPU nvidia-smi lists (none where it is
+    missing or fails). Asked of nvidia-smi, so that this process never initializes CUDA."""
+    if wanted == "none":
+        return []
+    if wanted != "auto":
+        indices = [part.strip() for part in wanted.split(",") if part.strip()]
+        if not indices or not all(index.isdigit() for index in indices):
+            raise click.BadParameter(f"{wanted!r}: GPU indices such as 0,1, or auto, or none", param_hint="--gpus")
+        return indices
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
+
+
+def _cuda_build_missing() -> str | None:
+    """Why this torch cannot train on a GPU, or None when it is built with CUDA. A build-time fact: asking does not
+    initialize CUDA, so the worker processes forked later can still use it."""
+    import torch
+
+    if torch.backends.cuda.is_built():
+        return None
+    return (f"this torch ({torch.__version__}) is built without CUDA: install its CUDA build (PyPI's Linux wheel, or "
+            "a https://download.pytorch.org/whl/cuXXX index) to train on a GPU")
 
 
 def _gpu_name(index: str) -> str:

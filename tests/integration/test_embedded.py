@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.integration.stack import Stack, free_port
+from tests.gpus import fake_nvidia_smi
+from tests.integration.stack import Stack, free_port, wait_until
 from tests.specs import mlp, xor
 
 pytestmark = pytest.mark.integration
@@ -22,6 +23,8 @@ def embedded(tmp_path):
     # no database, broker or worker token: `up` must make its own
     for key in ("TRAINQ_PORT", "TRAINQ_SERVICE_URL", "TRAINQ_WORKER_TOKEN", "TRAINQ_ADMIN_TOKEN"):
         s.env.pop(key)
+    # a machine whose nvidia-smi lists one GPU: `up` looks for GPUs by default
+    s.env["PATH"] = f"{fake_nvidia_smi(tmp_path / 'bin', 1)}{os.pathsep}{s.env['PATH']}"
     s.start("up", "up", "--port", str(port), "--data-dir", str(tmp_path / "data"))
     try:
         s.wait_for_log("up", "trainq is up", timeout=90)
@@ -40,6 +43,14 @@ def test_up_trains_jobs_on_sqlite_and_the_filesystem_broker(embedded, tmp_path):
     assert f"dashboard and API at {embedded.url}/" in log
     token = (data / "admin_token").read_text().strip()
     assert f"sign in as 'admin' with this API token" in log and token in log
+    import torch
+
+    if torch.backends.cuda.is_built():  # not on the CPU-only machines the suite is built for
+        assert "GPU workers in pool 'gpu' (cuda:0" in log
+    else:  # the GPU is listed, but this torch could not use it: no GPU worker, and the user is told why
+        assert "nvidia-smi lists 1 GPU(s), but this torch" in log and "no GPU worker started" in log
+        registered = wait_until(lambda: embedded.get("/api/v1/workers")["workers"], what="the worker registers")
+        assert [(w["pool"], w["kind"]) for w in registered] == [("cpu", "cpu")]
     import requests
 
     assert requests.get(f"{embedded.url}/api/v1/jobs", timeout=5).status_code == 401  # secure by default

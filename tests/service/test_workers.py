@@ -101,6 +101,18 @@ def test_a_queued_job_says_why_it_waits(app, client, worker_headers):
     assert w["busy"] == 1 and [j["id"] for j in w["jobs"]] == [job["id"]]
 
 
+def test_a_job_waiting_in_one_pool_is_told_of_a_pool_where_its_kind_of_worker_is_online(app, client, worker_headers):
+    gpu_job = client.post("/api/v1/jobs", json=with_(mlp(epochs=1), **{"resources.device": "gpu"})).get_json()
+    beat(app, "cpu@n1", worker_headers)  # a CPU worker of the job's pool does not help it
+    beat(app, "gpu@n1-gpu0", worker_headers, pool="gpu", kind="gpu", gpus=1, device="cuda:0")  # as `trainq up` starts
+    reason = client.get(f"/api/v1/jobs/{gpu_job['id']}").get_json()["waiting_reason"]
+    assert reason == ("no GPU worker online for pool cpu; start one with: trainq worker --pool cpu --gpus 0, or "
+                      "submit to pool gpu (resources.pool), where one is online")
+    age(app, "gpu@n1-gpu0", 3600)  # gone: nothing to point to
+    reason = client.get(f"/api/v1/jobs/{gpu_job['id']}").get_json()["waiting_reason"]
+    assert reason == "no GPU worker online for pool cpu; start one with: trainq worker --pool cpu --gpus 0"
+
+
 def test_a_gpu_job_is_never_claimed_by_a_cpu_worker(app, client, worker_headers):
     job = client.post("/api/v1/jobs", json=with_(mlp(epochs=1), **{"resources.device": "gpu"})).get_json()
     answer = app.test_client().post(f"/api/v1/worker/jobs/{job['id']}/claim",

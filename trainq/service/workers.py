@@ -147,8 +147,9 @@ def _waiting_reason(session: Session, job: Job, lost: timedelta) -> str:
     now = utcnow()
     gpus = int(job.spec.get("resources", {}).get("gpus", 1))
     kinds = ("gpu",) if gpus > 1 else ((job.device,) if job.device in KINDS else KINDS)
-    candidates = [w for w in session.scalars(select(Worker).where(Worker.pool == job.pool, Worker.kind.in_(kinds)))
-                  if state_of(w, now, lost) == "online" and (gpus == 1 or w.gpus >= gpus)]
+    able = [w for w in session.scalars(select(Worker).where(Worker.kind.in_(kinds)))
+            if state_of(w, now, lost) == "online" and (gpus == 1 or w.gpus >= gpus)]
+    candidates = [w for w in able if w.pool == job.pool]
     wanted = f"worker with {gpus} GPUs" if gpus > 1 else {"gpu": "GPU worker", "cpu": "CPU worker"}.get(
         job.device, "worker")
     if not candidates:
@@ -158,7 +159,11 @@ def _waiting_reason(session: Session, job: Job, lost: timedelta) -> str:
         tail = f" ({draining} draining)" if draining else ""
         start = (f" --gpus {','.join(map(str, range(gpus)))} --gpus-per-worker {gpus}" if gpus > 1
                  else " --gpus 0" if job.device == "gpu" else "")
-        return f"no {wanted} online for pool {job.pool}{tail}; start one with: trainq worker --pool {job.pool}{start}"
+        elsewhere = sorted({w.pool for w in able})  # e.g. `trainq up`'s GPU workers, which serve pool gpu
+        hint = (f", or submit to pool {' or '.join(elsewhere)} (resources.pool), where one is online" if elsewhere
+                else "")
+        return (f"no {wanted} online for pool {job.pool}{tail}; start one with: trainq worker --pool {job.pool}{start}"
+                f"{hint}")
     slots = sum(w.concurrency for w in candidates)
     busy = session.scalar(select(func.count()).select_from(Job).where(
         Job.status == JobStatus.running.value, Job.worker.in_([w.name for w in candidates])))
