@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, wait_until
 from tests.specs import mlp
 from trainq.models.engine import fit
 from trainq.models.spec import parse_spec
@@ -31,10 +31,13 @@ SPEC = mlp(hidden=(128, 128), epochs=30, batch_size=8)  # long enough to interru
 
 
 def running_on(stack: Stack, worker: str, until_epoch: int) -> str:
-    """Start a worker, submit SPEC to it, and return the job's id once it has finished `until_epoch` epochs."""
+    """Start a worker, submit SPEC to it, and return the job's id once it has finished `until_epoch` epochs and the
+    service holds a checkpoint. (The reporter posts metrics before checkpoints, and on a fast machine its first
+    flush carries several epochs: a fault between the two posts would leave nothing to resume from.)"""
     stack.worker(worker)
     job_id = stack.submit(SPEC)
     stack.wait(job_id, until=lambda j: j["epoch"] >= until_epoch, timeout=120)
+    wait_until(lambda: stack.get(f"/api/v1/jobs/{job_id}/checkpoints")["checkpoints"], what="a stored checkpoint")
     return job_id
 
 
