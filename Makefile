@@ -26,6 +26,7 @@ up: install
 	$(BIN)/trainq up
 
 test: install
+	$(BIN)/lint-imports --no-cache   # imports run one way (pyproject.toml, [tool.importlinter])
 	$(BIN)/python -m pytest
 
 bench: install

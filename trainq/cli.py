@@ -374,7 +374,7 @@ def submit(spec_file: str, url: str | None, token: str | None, wait: bool) -> No
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write checkpoints here.")
 def train(spec_file: str, device: str | None, out: str | None) -> None:
     """Train a spec in the foreground with no service: the engine alone."""
-    from trainq.models.callbacks import Callback
+    from trainq.models.state import Callback
     from trainq.models.engine import fit
     from trainq.models.spec import SpecError, parse_spec
 

@@ -9,10 +9,10 @@ import torch
 import torch.distributed as dist
 
 from tests.specs import mlp
-from trainq.models.callbacks import Callback
 from trainq.models.distributed import _join
 from trainq.models.engine import fit
 from trainq.models.spec import parse_spec
+from trainq.models.state import Callback
 
 
 def test_two_gloo_replicas_match_the_single_process_run():

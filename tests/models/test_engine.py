@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from tests.specs import mlp, with_, xor
-from trainq.models.callbacks import Callback, EarlyStopping
+from trainq.models.callbacks import EarlyStopping
 from trainq.models.engine import NonFiniteLoss, build, evaluate, fit
 from trainq.models.spec import parse_spec
+from trainq.models.state import Callback
 
 
 def test_xor_mlp_reaches_full_accuracy():

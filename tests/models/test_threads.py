@@ -29,7 +29,7 @@ def test_fit_restores_the_thread_setting():
     before = torch.get_num_threads()
     seen = []
 
-    from trainq.models.callbacks import Callback
+    from trainq.models.state import Callback
 
     class Watch(Callback):
         def on_epoch_end(self, state):

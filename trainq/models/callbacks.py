@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from trainq.models.engine import State
-
-
-class Callback:
-    """Hooks the engine calls; every method is optional."""
-
-    def on_train_start(self, state: "State") -> None: ...
-    def on_log(self, state: "State", metrics: dict[str, float]) -> None: ...  # every log_every_steps
-    def on_epoch_end(self, state: "State") -> None: ...
-    def on_train_end(self, state: "State") -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+from trainq.models.checkpoint import dump
+from trainq.models.state import Callback, State
 
 
 class EarlyStopping(Callback):
@@ -50,7 +36,7 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def on_epoch_end(self, state: "State") -> None:
+    def on_epoch_end(self, state: State) -> None:
         value = state.metrics.get(self.monitor)
         if value is None:
             return
@@ -66,7 +52,7 @@ class EarlyStopping(Callback):
                 state.stop_reason = "early_stopped"
         state.best_epoch, state.best_score = self.best_epoch, self.best
 
-    def on_train_end(self, state: "State") -> None:
+    def on_train_end(self, state: State) -> None:
         if self.restore_best and self.best_weights is not None and state.stop_reason != "cancelled":
             state.model.load_state_dict(self.best_weights)
 
@@ -83,9 +69,7 @@ class Checkpointer(Callback):
     def __init__(self, sink, tracker: EarlyStopping):
         self.sink, self.tracker = sink, tracker
 
-    def on_epoch_end(self, state: "State") -> None:
-        from trainq.models.checkpoint import dump
-
+    def on_epoch_end(self, state: State) -> None:
         if state.stop_reason == "cancelled":
             return
         blob = dump(state)

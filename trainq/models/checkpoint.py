@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from trainq.models.engine import State
+    from trainq.models.state import State
 
 # torch is imported inside the functions that need it: the service checks uploaded checkpoints with read_meta,
 # which reads only the JSON header, and must not load torch for that.

@@ -1,6 +1,7 @@
 """Data-parallel training (DDP) of one job on several devices of one worker: one process per replica.
 
-This process is rank 0: it keeps the callbacks (reporting, checkpoints, pruning) and the interrupt. The other
+The engine hands over the function that trains one replica (`run`, its `_fit`): this module is the process plumbing
+around it and imports nothing of the engine's. This process is rank 0: it keeps the callbacks (reporting, checkpoints, pruning) and the interrupt. The other
 replicas are started with the spawn method (never fork: the parent may hold CUDA state from an earlier job) and
 train the same spec with no callbacks. Every replica draws the same permutation and takes its shard of each
 batch; DDP averages the gradients, so the run learns what one process would (to float rounding). Every replica
@@ -13,14 +14,13 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trainq.models.spec import JobSpec
-
 
 # A replica that died leaves the others waiting in a collective: give up after this long instead of the default 30 min.
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
@@ -47,26 +47,23 @@ def _join(backend: str, address: str, rank: int, world: int, device: torch.devic
                             device_id=device if on_gpu else None)
 
 
-def _replica(rank: int, world: int, address: str, backend: str, kind: str, spec_json: dict[str, Any],
+def _replica(rank: int, world: int, address: str, backend: str, kind: str, run: Callable, spec_json: dict[str, Any],
              resume: bytes | None, arrays, threads: int) -> None:
-    from trainq.models.engine import _fit
-
     torch.set_num_threads(threads)
     device = _device_for(kind, rank)
     _join(backend, address, rank, world, device)
     try:
-        _fit(JobSpec.model_validate(spec_json), device=device, callbacks=(), checkpoint_sink=None,
+        run(JobSpec.model_validate(spec_json), device=device, callbacks=(), checkpoint_sink=None,
              resume=resume, interrupt=None, arrays=arrays, rank=rank, world=world)
         dist.barrier()  # leave together: a rank tearing down while another still talks kills it (std::terminate)
     finally:
         dist.destroy_process_group()
 
 
-def fit_data_parallel(spec: JobSpec, world: int, *, device=None, callbacks=(), checkpoint_sink=None, resume=None,
-                      interrupt=None, arrays=None, threads: int | None = None):
-    from trainq.models.engine import _fit, pick_device
-
-    kind = pick_device(device if not isinstance(device, torch.device) else str(device)).type
+def fit_data_parallel(run: Callable, spec: JobSpec, world: int, *, kind: str, callbacks=(), checkpoint_sink=None,
+                      resume=None, interrupt=None, arrays=None, threads: int | None = None):
+    """Train `spec` on `world` replicas of device `kind` (cuda or cpu); `run` trains one replica (the engine's `_fit`,
+    a module-level function, so the spawned replicas can import it by name)."""
     if kind == "cuda" and torch.cuda.device_count() < world:
         raise RuntimeError(f"the job asks for {world} GPUs; this worker sees {torch.cuda.device_count()}")
     backend = "nccl" if kind == "cuda" else "gloo"
@@ -74,8 +71,8 @@ def fit_data_parallel(spec: JobSpec, world: int, *, device=None, callbacks=(), c
     share = threads or max(1, (os.cpu_count() or 1) // world)
     context = mp.get_context("spawn")
     spec_json = spec.model_dump(mode="json")
-    replicas = [context.Process(target=_replica, args=(rank, world, address, backend, kind, spec_json, resume,
-                                                       arrays, share), name=f"trainq-replica-{rank}")
+    replicas = [context.Process(target=_replica, args=(rank, world, address, backend, kind, run, spec_json,
+                                                       resume, arrays, share), name=f"trainq-replica-{rank}")
                 for rank in range(1, world)]
     for process in replicas:
         process.start()
@@ -86,7 +83,7 @@ def fit_data_parallel(spec: JobSpec, world: int, *, device=None, callbacks=(), c
         device = _device_for(kind, 0)
         _join(backend, address, 0, world, device)
         try:
-            result = _fit(spec, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink,
+            result = run(spec, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink,
                           resume=resume, interrupt=interrupt, arrays=arrays, rank=0, world=world)
             dist.barrier()
         finally:

@@ -10,20 +10,22 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from trainq.models.augment import build_augmentation, tta_views
-from trainq.models.callbacks import Callback, Checkpointer, EarlyStopping
+from trainq.models.callbacks import Checkpointer, EarlyStopping
 from trainq.models.checkpoint import restore
 from trainq.models.datasets import Data, Split, load
+from trainq.models.distributed import fit_data_parallel
 from trainq.models.layers import build_model
-from trainq.models.losses import Objective, build_objective
-from trainq.models.optimizers import Schedule, build_optimizer, build_schedule, decoupled_decay
+from trainq.models.losses import build_objective
+from trainq.models.optimizers import build_optimizer, build_schedule, decoupled_decay
 from trainq.models.spec import JobSpec, batch_size, plan
+from trainq.models.state import Callback, State
 
 EVAL_BATCH = 8192  # rows per evaluation batch; evaluation keeps no graph, so this can be large
 # Below this many multiply-adds per training step (forward and backward, ~3x the forward), splitting each op
@@ -34,48 +36,6 @@ PARALLEL_STEP_FLOPS = 5_000_000
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the run cannot recover, so it fails with the step it happened at."""
-
-
-@dataclass
-class State:
-    """Everything the loop works on; a checkpoint is this, serialized."""
-
-    spec: JobSpec
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Schedule | None
-    objective: Objective
-    data: Data
-    device: torch.device
-    generator: torch.Generator  # shuffles the training split, seeded by training.seed
-    tracker: EarlyStopping
-    augment: Any = None  # a module applied to training batches of images
-    callbacks: list[Callback] = field(default_factory=list)
-    interrupt: threading.Event = field(default_factory=threading.Event)  # set from outside to cancel
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    metrics: dict[str, float] = field(default_factory=dict)  # of the last epoch
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_score: float | None = None
-    should_stop: bool = False
-    stop_reason: str = "completed"
-    amp: torch.dtype | None = None  # autocast dtype of forward passes (bf16), None for fp32
-    channels_last: bool = False  # image batches and conv weights in NHWC
-    on_host: bool = False  # the dataset stays in host memory; batches are copied to the device
-    world: int = 1  # data-parallel replicas (DDP), one process each; this one is `rank`
-    rank: int = 0
-    train_model: nn.Module | None = None  # the DistributedDataParallel wrapper when world > 1
-
-    def interrupted(self) -> bool:
-        """Whether to stop now. With replicas, rank 0 decides (it hears cancels and pruners) and all follow."""
-        if self.world == 1:
-            return self.interrupt.is_set()
-        import torch.distributed as dist
-
-        flag = torch.tensor([1 if self.rank == 0 and self.interrupt.is_set() else 0], device=self.device)
-        dist.broadcast(flag, src=0)
-        return bool(flag.item())
 
 
 @dataclass
@@ -203,9 +163,8 @@ def fit(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: S
     callbacks; `world - 1` replicas are started beside it (one per GPU on CUDA, gloo processes on CPU).
     """
     if world > 1:
-        from trainq.models.distributed import fit_data_parallel
-
-        return fit_data_parallel(spec, world, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink,
+        kind = pick_device(device if not isinstance(device, torch.device) else str(device)).type
+        return fit_data_parallel(_fit, spec, world, kind=kind, callbacks=callbacks, checkpoint_sink=checkpoint_sink,
                                  resume=resume, interrupt=interrupt, arrays=arrays, threads=threads)
     previous = torch.get_num_threads()
     if pick_device(device if not isinstance(device, torch.device) else str(device)).type == "cpu":

@@ -1,20 +1,24 @@
-"""The Flask app factory: settings, database, broker producer, blueprints, JSON errors."""
+"""The Flask app factory: settings, database, broker producer, blueprints, JSON errors. Only this module imports the
+blueprints; what they share per request lives in `context`."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 from flask import Flask, g, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
-from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from trainq.broker import TRAIN_TASK, broker_priority, make_celery
+from trainq.service.api import bp as api_bp
+from trainq.service.auth import RateLimiter, TokenCache
+from trainq.service.context import Services
+from trainq.service.dashboard import bp as dashboard_bp
+from trainq.service.datasets_api import bp as datasets_bp
 from trainq.service.db import make_engine, make_sessionmaker
+from trainq.service.http import fail
+from trainq.service.sweeps_api import bp as sweeps_bp
+from trainq.service.worker_api import bp as worker_bp
 from trainq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,57 +28,6 @@ class HexIdConverter(BaseConverter):
     """Ids are 32 lowercase hex digits; anything else never reaches a handler (and never a path)."""
 
     regex = "[0-9a-f]{32}"
-
-
-@dataclass
-class Services:
-    settings: Settings
-    sessions: sessionmaker
-    storage: Path
-    limiter: object = None  # auth.RateLimiter
-    read_sessions: sessionmaker | None = None  # autocommit, for GET: no BEGIN and ROLLBACK round trips
-    read_engine: Engine | None = None  # that autocommit engine, for plain Core reads (read_connection)
-    tokens: object = None  # auth.TokenCache
-    _celery: object = None
-
-    def enqueue(self, job) -> bool:
-        """Send a job id to its pool's queue; False if the broker is unreachable (the reconciler retries)."""
-        try:
-            if self._celery is None:
-                self._celery = make_celery(self.settings, "trainq-service")
-            self._celery.send_task(TRAIN_TASK, args=[job.id], queue=job.queue, priority=broker_priority(job.priority),
-                                   retry=True,
-                                   retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
-            return True
-        except Exception:  # noqa: BLE001 - any broker failure leaves the job queued in SQL
-            log.warning("could not send job %s to the broker", job.id, exc_info=True)
-            return False
-
-
-def services() -> Services:
-    from flask import current_app
-
-    return current_app.extensions["trainq"]
-
-
-def db() -> Session:
-    """The request's session, opened on first use and closed at teardown."""
-    if "db" not in g:
-        found = services()
-        reads = request.method in ("GET", "HEAD") and found.read_sessions is not None
-        g.db = (found.read_sessions if reads else found.sessions)()
-    return g.db
-
-
-def read_connection() -> Connection:
-    """A Core connection for the request's plain reads (autocommit: no BEGIN and ROLLBACK), closed at teardown. The
-    most polled read (a job) uses it: checking a connection out of the pool is far less Python than an ORM session."""
-    engine = services().read_engine
-    if engine is None:  # no autocommit engine (the unit tests read inside their own transaction)
-        return db().connection()
-    if "reads" not in g:
-        g.reads = engine.connect()
-    return g.reads
 
 
 class CookieSessions(SecureCookieSessionInterface):
@@ -112,16 +65,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     reads = make_engine(settings.resolved_database_url, autocommit=True)
-    from trainq.service.auth import RateLimiter, TokenCache
-
     app.extensions["trainq"] = Services(settings, make_sessionmaker(engine), settings.storage_dir.resolve(),
                                         RateLimiter(), make_sessionmaker(reads), reads, TokenCache())
 
     @app.before_request
     def _no_nul_in_the_url():
         # NUL cannot be stored in PostgreSQL text and is never meaningful in a path or query: refuse it once, here.
-        from trainq.service.http import fail
-
         if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
             fail(400, "bad_request", "the URL must not contain NUL characters")
 
@@ -149,12 +98,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _unexpected(exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.path)
         return jsonify({"error": "internal", "message": "an unexpected error; see the service log"}), 500
-
-    from trainq.service.api import bp as api_bp
-    from trainq.service.dashboard import bp as dashboard_bp
-    from trainq.service.datasets_api import bp as datasets_bp
-    from trainq.service.sweeps_api import bp as sweeps_bp
-    from trainq.service.worker_api import bp as worker_bp
 
     app.register_blueprint(api_bp)
     app.register_blueprint(worker_bp)

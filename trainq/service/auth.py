@@ -20,7 +20,7 @@ from flask import g, request, session
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from trainq.service.app import db, services
+from trainq.service.context import db, services
 from trainq.service.db import utcnow
 from trainq.service.http import fail
 from trainq.service.tables import ApiToken, AuditEntry, Role, User

@@ -8,9 +8,10 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, abort, redirect, render_template, request, send_from_directory, session, url_for
 from sqlalchemy import func, select
 
-from trainq.service.api import get_job
-from trainq.service.app import db, services
-from trainq.service.auth import (check_csrf, csrf_token, limit, principal, user_for_token, verify_password)
+from trainq.service.auth import check_csrf, csrf_token, limit, principal, user_for_token, verify_password
+from trainq.service.context import db, services
+from trainq.service.job_reads import STATUSES, change_cursor, filtered_jobs, jobs_page_json, read_job
+from trainq.service.lookups import get_job, get_sweep
 from trainq.service.tables import User
 
 bp = Blueprint("dashboard", __name__)
@@ -98,8 +99,6 @@ COLUMNS = [("name", "name"), ("status", "status"), ("pool", "pool"), ("worker", 
 def runs():
     """The runs table: the same query as GET /api/v1/jobs (filters, sort, page), rendered; the page then asks the
     API only for the jobs that changed."""
-    from trainq.service.api import STATUSES, change_cursor, filtered_jobs, jobs_page_json
-
     limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
     offset = max(request.args.get("offset", 0, type=int), 0)
     sort = request.args.get("sort", "-created")
@@ -122,7 +121,6 @@ def runs():
 
 @bp.get("/jobs/<hexid:job_id>")
 def run(job_id: str):
-    from trainq.service.api import read_job
     from trainq.service.series import flatten
 
     job = read_job(job_id)
@@ -170,6 +168,4 @@ def sweeps_page():
 
 @bp.get("/sweeps/<hexid:sweep_id>")
 def sweep_page(sweep_id: str):
-    from trainq.service.sweeps_api import get_sweep
-
     return render_template("sweep.html", nav="sweeps", sweep=get_sweep(sweep_id))

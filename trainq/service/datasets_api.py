@@ -8,10 +8,11 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from trainq.models.spec import UPLOAD_NAME, DatasetInfo
-from trainq.service.app import db, services
+from trainq.models.spec import UPLOAD_NAME
 from trainq.service.auth import audit, principal, require_user
+from trainq.service.context import db, services
 from trainq.service.http import body_bytes, fail
+from trainq.service.lookups import find_dataset, get_dataset, visible_datasets
 from trainq.service.tables import Dataset, Job, JobStatus
 from trainq.service.uploads import UploadError, dataset_path, parse, store
 
@@ -30,33 +31,6 @@ def dataset_json(d: Dataset) -> dict:
             "created_at": d.created_at.isoformat()}
 
 
-def visible_datasets():
-    p = principal()
-    query = select(Dataset)
-    return query if p.is_admin else query.where(Dataset.owner_id == p.id)
-
-
-def find(name: str) -> Dataset | None:
-    """The caller's dataset of this name (an admin may also name any dataset by its id)."""
-    p = principal()
-    own = db().scalar(select(Dataset).where(Dataset.owner_id == p.id, Dataset.name == name))
-    if own is None and p.is_admin and re.fullmatch("[0-9a-f]{32}", name):
-        own = db().get(Dataset, name)
-    return own
-
-
-def upload_info(name: str) -> DatasetInfo | None:
-    d = find(name)
-    return None if d is None else DatasetInfo(tuple(d.shape), d.classes, d.rows)
-
-
-def get_dataset(dataset_id: str) -> Dataset:
-    d = db().scalar(visible_datasets().where(Dataset.id == dataset_id))
-    if d is None:
-        fail(404, "not_found", f"no dataset {dataset_id}")
-    return d
-
-
 @bp.post("")
 def upload():
     name = request.args.get("name", "")
@@ -67,7 +41,7 @@ def upload():
     if task not in (None, "classification", "regression"):
         fail(422, "validation", "task must be classification or regression",
              errors=[{"path": "task", "message": "classification or regression"}])
-    if find(name) is not None:
+    if find_dataset(name) is not None:
         fail(409, "exists", f"you have a dataset named {name!r}; delete it first or choose another name")
     raw = body_bytes()
     try:

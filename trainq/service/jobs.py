@@ -66,6 +66,13 @@ def mark_enqueued(session: Session, job: Job, enqueue: Enqueue) -> bool:
     return False
 
 
+def enqueue_all(session: Session, created: Iterable[Job], enqueue: Enqueue) -> None:
+    """Send each committed job to the broker; one it did not take stays queued in SQL for the reconciler."""
+    for job in created:
+        if not mark_enqueued(session, job, enqueue):
+            session.commit()
+
+
 def cancel(session: Session, job: Job) -> Job:
     """Cancel a job: a queued one never starts, a running one is told at its next heartbeat."""
     now = utcnow()

@@ -8,10 +8,12 @@ from sqlalchemy import select
 from trainq.models.spec import SpecError, parse_spec, plan
 from trainq.models.sweep import parse_sweep
 from trainq.service import jobs, sweeps
-from trainq.service.app import db, services
 from trainq.service.auth import audit, limit, principal, require_user
+from trainq.service.context import db, services
 from trainq.service.http import fail, int_arg, invalid, read_body
-from trainq.service.tables import Sweep
+from trainq.service.job_reads import job_json
+from trainq.service.lookups import get_sweep, upload_info
+from trainq.service.tables import Job, Sweep
 
 bp = Blueprint("sweeps_api", __name__, url_prefix="/api/v1/sweeps")
 
@@ -21,26 +23,10 @@ def authenticate():
     require_user()
 
 
-def get_sweep(sweep_id: str) -> Sweep:
-    p = principal()
-    sweep = db().get(Sweep, sweep_id)
-    if sweep is None or not (p.is_admin or sweep.owner_id == p.id):
-        fail(404, "not_found", f"no sweep {sweep_id}")
-    return sweep
-
-
-def enqueue_all(session, created) -> None:
-    for job in created:
-        if not jobs.mark_enqueued(session, job, services().enqueue):
-            session.commit()
-
-
 @bp.post("")
 def submit_sweep():
     """Validate a sweep (422 naming each bad path, nothing queued), create its Optuna study and launch its first
     `parallel` trials as jobs."""
-    from trainq.service.datasets_api import upload_info
-
     data = read_body()
     try:
         spec, base = parse_sweep(data, uploads=upload_info)
@@ -53,7 +39,7 @@ def submit_sweep():
     created = sweeps.settle(session, services().settings, sweep.id)
     audit("sweep", f"sweep:{sweep.id}", name=sweep.name, trials=sweep.budget)
     session.commit()
-    enqueue_all(session, created)
+    jobs.enqueue_all(session, created, services().enqueue)
     response = jsonify(sweeps.summary(session, sweep))
     response.status_code = 201
     response.headers["Location"] = url_for("sweeps_api.get_sweep_route", sweep_id=sweep.id)
@@ -89,9 +75,6 @@ def cancel_sweep(sweep_id: str):
 @bp.post("/<hexid:sweep_id>/train_best")
 def train_best(sweep_id: str):
     """A new, ordinary job from the best trial's spec (optionally with more epochs: {"epochs": N})."""
-    from trainq.service.api import job_json
-    from trainq.service.tables import Job
-
     sweep = get_sweep(sweep_id)
     if sweep.best_job_id is None:
         fail(409, "no_best_trial", "no trial of this sweep has finished yet")
@@ -109,7 +92,7 @@ def train_best(sweep_id: str):
                       dataset_id=db().get(Job, sweep.best_job_id).dataset_id)
     audit("submit", f"job:{job.id}", name=job.name, sweep=sweep.id)
     session.commit()
-    enqueue_all(session, [job])
+    jobs.enqueue_all(session, [job], services().enqueue)
     response = jsonify(job_json(job))
     response.status_code = 201
     return response

@@ -15,8 +15,9 @@ from sqlalchemy import select
 
 from trainq.models.checkpoint import read_meta
 from trainq.service import jobs, sweeps, workers
-from trainq.service.app import db, services
+from trainq.service.context import db, services
 from trainq.service.http import body_bytes, fail, read_body
+from trainq.service.job_reads import send_checkpoint
 from trainq.service.tables import FINISHED, Dataset, Job, Sweep
 
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
@@ -160,8 +161,6 @@ def upload_checkpoint(attempt_id: str):
 
 @bp.get("/attempts/<hexid:attempt_id>/resume")
 def resume_checkpoint(attempt_id: str):
-    from trainq.service.api import send_checkpoint
-
     _, job = live(attempt_id)
     ckpt = jobs.latest_checkpoint(db(), job.id)
     if ckpt is None:
@@ -205,11 +204,9 @@ def finish(attempt_id: str):
     job = jobs.finish(session, attempt, job, body)
     session.commit()
     if job.sweep_id is not None:  # the sweep goes on at once: tell Optuna, launch the next trial
-        from trainq.service.sweeps_api import enqueue_all
-
         created = sweeps.settle(session, services().settings, job.sweep_id)
         session.commit()
-        enqueue_all(session, created)
+        jobs.enqueue_all(session, created, services().enqueue)
     return jsonify({"status": job.status})
 
 

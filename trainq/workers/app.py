@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
-from pathlib import Path
 
 from celery import Celery, signals
 
@@ -13,6 +11,7 @@ from trainq.broker import TRAIN_TASK, make_celery
 from trainq.settings import Settings
 from trainq.workers.client import ServiceClient
 from trainq.workers.presence import Presence, warm_shutdown
+from trainq.workers.shutdown import drain_flag
 
 
 def preload() -> None:
@@ -24,16 +23,6 @@ def preload() -> None:
 
     import trainq.models.engine  # noqa: F401
     import trainq.workers.runner  # noqa: F401
-
-
-def drain_flag(worker_pid: int) -> Path:
-    """The file that tells a worker's job processes to hand their job back: the worker is shutting down."""
-    return Path(tempfile.gettempdir()) / f"trainq-drain-{worker_pid}"
-
-
-def draining() -> bool:
-    """Whether this job process's worker is shutting down (SIGTERM: a drain or a preemption)."""
-    return drain_flag(os.getppid()).exists()
 
 
 def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "cpu", device: str = "cpu",

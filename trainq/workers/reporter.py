@@ -12,8 +12,9 @@ import threading
 import time
 from typing import Any
 
-from trainq.models.callbacks import Callback
+from trainq.models.state import Callback
 from trainq.workers.client import Fenced, ServiceClient
+from trainq.workers.shutdown import draining
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ class Reporter:
             return bool(self._points or self._events or self._checkpoints)
 
     def _run(self) -> None:
-        from trainq.workers.app import draining
-
         last_beat = 0.0
         while not self._stop.wait(self.flush_seconds):
             if not self.draining and draining():

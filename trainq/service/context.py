@@ -1,0 +1,67 @@
+"""What the blueprints share per app and per request: the app's Services (settings, sessions, storage, the broker
+producer), the request's database session and its read connection. The factory and every blueprint import this
+module; it imports none of them, as flaskr keeps `db.py` apart from `create_app`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import current_app, g, request
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from trainq.broker import TRAIN_TASK, broker_priority, make_celery
+from trainq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: sessionmaker
+    storage: Path
+    limiter: object = None  # auth.RateLimiter
+    read_sessions: sessionmaker | None = None  # autocommit, for GET: no BEGIN and ROLLBACK round trips
+    read_engine: Engine | None = None  # that autocommit engine, for plain Core reads (read_connection)
+    tokens: object = None  # auth.TokenCache
+    _celery: object = None
+
+    def enqueue(self, job) -> bool:
+        """Send a job id to its pool's queue; False if the broker is unreachable (the reconciler retries)."""
+        try:
+            if self._celery is None:
+                self._celery = make_celery(self.settings, "trainq-service")
+            self._celery.send_task(TRAIN_TASK, args=[job.id], queue=job.queue, priority=broker_priority(job.priority),
+                                   retry=True,
+                                   retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
+            return True
+        except Exception:  # noqa: BLE001 - any broker failure leaves the job queued in SQL
+            log.warning("could not send job %s to the broker", job.id, exc_info=True)
+            return False
+
+
+def services() -> Services:
+    return current_app.extensions["trainq"]
+
+
+def db() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db" not in g:
+        found = services()
+        reads = request.method in ("GET", "HEAD") and found.read_sessions is not None
+        g.db = (found.read_sessions if reads else found.sessions)()
+    return g.db
+
+
+def read_connection() -> Connection:
+    """A Core connection for the request's plain reads (autocommit: no BEGIN and ROLLBACK), closed at teardown. The
+    most polled read (a job) uses it: checking a connection out of the pool is far less Python than an ORM session."""
+    engine = services().read_engine
+    if engine is None:  # no autocommit engine (the unit tests read inside their own transaction)
+        return db().connection()
+    if "reads" not in g:
+        g.reads = engine.connect()
+    return g.reads

@@ -1,0 +1,206 @@
+"""How jobs read to a caller, for the API and the dashboard alike: a job's JSON and its place in the queue, the
+filtered and sorted list with its change cursor, each job's best metric, metric series, a checkpoint to send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request, send_file
+from sqlalchemy import bindparam, case, func, select
+from sqlalchemy.orm import aliased
+
+from trainq.service import jobs, workers
+from trainq.service.auth import principal
+from trainq.service.context import db, read_connection, services
+from trainq.service.http import fail
+from trainq.service.lookups import visible
+from trainq.service.tables import Checkpoint, Event, Job, JobStatus, Metric
+
+STATUSES = {s.value for s in JobStatus}
+
+JOB_FIELDS = ("id", "name", "status", "pool", "device", "priority", "params", "created_at", "started_at", "finished_at",
+              "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason", "cancel_requested", "metrics",
+              "error", "spec")  # what job_json reads: the job read selects these columns only
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    def iso(value):
+        return value.isoformat() if value else None
+
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "pool": job.pool,
+        "device": job.device,
+        "priority": job.priority,
+        "params": job.params,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "worker": job.worker,
+        "attempts": job.attempts,
+        "epoch": job.epoch,
+        "max_epochs": job.max_epochs,
+        "best_epoch": job.best_epoch,
+        "stop_reason": job.stop_reason,
+        "cancel_requested": job.cancel_requested,
+        "metrics": job.metrics or {},
+        "error": job.error,
+        "spec": job.spec,
+    }
+
+
+SORTS = {"created": Job.created_at, "name": Job.name, "status": Job.status, "pool": Job.pool, "worker": Job.worker,
+         "epoch": Job.epoch, "started": Job.started_at, "finished": Job.finished_at, "priority": Job.priority}
+
+
+def filtered_jobs():
+    query = visible(select(Job))
+    status = request.args.get("status")
+    if status:
+        wanted = set(status.split(","))
+        if not wanted <= STATUSES:
+            fail(400, "bad_request", f"unknown status {sorted(wanted - STATUSES)}; one of {sorted(STATUSES)}")
+        query = query.where(Job.status.in_(wanted))
+    if request.args.get("pool"):
+        query = query.where(Job.pool == request.args["pool"])
+    if request.args.get("name"):
+        needle = request.args["name"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Job.name.ilike(f"%{needle}%", escape="\\"))
+    sort = request.args.get("sort", "-created")
+    column = SORTS.get(sort.lstrip("-"))
+    if column is None:
+        fail(400, "bad_request", f"sort: unknown field {sort.lstrip('-')!r}; one of {sorted(SORTS)} (prefix - for "
+                                 "descending)", errors=[{"path": "sort", "message": f"one of {sorted(SORTS)}"}])
+    order = column.desc() if sort.startswith("-") else column.asc()
+    tie = Job.id.desc() if sort.startswith("-") else Job.id.asc()
+    return query.order_by(order.nulls_last() if sort.startswith("-") else order.nulls_first(), tie)
+
+
+def change_cursor(session) -> str:
+    """Where the job tables stand: every change to a job writes an event (state changes) or a metric (progress)."""
+    return f"{session.scalar(select(func.max(Event.id))) or 0}.{session.scalar(select(func.max(Metric.id))) or 0}"
+
+
+def changed_ids(session, cursor: str):
+    """The ids of jobs that changed after a cursor from change_cursor, as a subquery."""
+    try:
+        event_id, metric_id = (int(part) for part in cursor.split("."))
+    except ValueError:
+        fail(400, "bad_request", "changed_since must be a cursor from an earlier answer",
+             errors=[{"path": "changed_since", "message": "not a cursor"}])
+    return (select(Event.job_id).where(Event.id > event_id)
+            .union(select(Metric.job_id).where(Metric.id > metric_id))).subquery()
+
+
+BEST = {"val_accuracy": "max", "val_r2": "max", "val_loss": "min"}  # the first one a job reports is its best metric
+
+
+def best_metrics(session, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each job's best validation metric so far (accuracy, else R², else loss), from its reported epochs."""
+    if not ids:
+        return {}
+    rows = session.execute(select(Metric.job_id, Metric.name, func.max(Metric.value), func.min(Metric.value))
+                           .where(Metric.job_id.in_(ids), Metric.name.in_(list(BEST)))
+                           .group_by(Metric.job_id, Metric.name)).all()
+    found: dict[str, dict[str, float]] = {}
+    for job_id, name, high, low in rows:
+        found.setdefault(job_id, {})[name] = high if BEST[name] == "max" else low
+    out = {}
+    for job_id, values in found.items():
+        name = next(n for n in BEST if n in values)
+        out[job_id] = {"name": name, "value": values[name]}
+    return out
+
+
+def jobs_page_json(session, rows) -> list[dict[str, Any]]:
+    best = best_metrics(session, [j.id for j in rows])
+    return [{**job_json(j), "best_metric": best.get(j.id)} for j in rows]
+
+
+def ahead_in_queue():
+    """A correlated count of the queued jobs ahead of each job in its pool: higher priority first, then older (the
+    one definition of the queue's order; only computed for a queued job). Its place is this + 1. Written as two
+    counts, each a range scan of the partial index ix_jobs_queue (an OR of the two would filter every queued job)."""
+    other = aliased(Job)
+
+    def count(*order):
+        return select(func.count()).select_from(other).where(
+            other.pool == Job.pool, other.status == JobStatus.queued.value, *order).correlate(Job).scalar_subquery()
+
+    ahead = (count(other.priority > Job.priority)
+             + count(other.priority == Job.priority, other.created_at < Job.created_at))
+    return case((Job.status == JobStatus.queued.value, ahead), else_=None).label("ahead")
+
+
+_read_job = None
+
+
+def read_job_statements():
+    """Built once: building a select of every column costs more Python than running it (its SQL is cached)."""
+    global _read_job
+    if _read_job is None:
+        base = select(*(Job.__table__.c[name] for name in JOB_FIELDS), ahead_in_queue()).where(
+            Job.id == bindparam("job_id"))
+        _read_job = (base, base.where(Job.owner_id == bindparam("owner_id")))
+    return _read_job
+
+
+def read_job(job_id: str) -> dict[str, Any]:
+    """A job as GET /jobs/{id} answers it (the dashboard's run page shows the same): one query for the job and its
+    place in the queue, plain rows rather than ORM objects, since it is the most polled read."""
+    p = principal()
+    anyone, own = read_job_statements()
+    row = read_connection().execute(anyone if p.is_admin else own, {"job_id": job_id, "owner_id": p.id}).first()
+    if row is None:
+        fail(404, "not_found", f"no job {job_id}")
+    body = job_json(row)
+    if row.status == JobStatus.queued.value:
+        body["queue_position"] = row.ahead + 1
+        body["waiting_reason"] = workers.waiting_reason(db, row, lost_after())
+    return body
+
+
+def lost_after():
+    return workers.lost_after(services().settings.heartbeat_seconds)
+
+
+def metric_series(job_ids: list[str], names: list[str] | None, after_step: int = -1,
+                  max_points: int | None = None) -> dict[str, dict[str, dict[str, list]]]:
+    """{job_id: {name: {step, epoch, value}}}, each series downsampled with LTTB to max_points when longer."""
+    import numpy as np
+
+    from trainq.service.series import lttb
+
+    query = select(Metric.job_id, Metric.name, Metric.step, Metric.epoch, Metric.value).where(
+        Metric.job_id.in_(job_ids))
+    if names:
+        query = query.where(Metric.name.in_(names))
+    if after_step >= 0:
+        query = query.where(Metric.step > after_step)
+    out: dict[str, dict[str, dict[str, list]]] = {job_id: {} for job_id in job_ids}
+    rows = read_connection().execute(query.order_by(Metric.job_id, Metric.name, Metric.step))  # plain rows: no ORM
+    for job_id, name, step, epoch, value in rows:
+        s = out[job_id].setdefault(name, {"step": [], "epoch": [], "value": []})
+        s["step"].append(step)
+        s["epoch"].append(epoch)
+        s["value"].append(value)
+    if max_points:
+        for series in out.values():
+            for name, s in series.items():
+                if len(s["step"]) > max_points:
+                    index = np.arange(len(s["step"]), dtype=np.float64)
+                    kept, _ = lttb(index, np.asarray(s["value"], dtype=np.float64), max_points)
+                    picks = kept.astype(np.int64).tolist()
+                    series[name] = {key: [s[key][i] for i in picks] for key in ("step", "epoch", "value")}
+                    series[name]["downsampled_from"] = len(index)
+    return out
+
+
+def send_checkpoint(ckpt: Checkpoint):
+    path = jobs.checkpoint_path(services().storage, ckpt.job_id, ckpt.id)
+    if not path.is_file():
+        fail(404, "not_found", "the checkpoint file is gone (pruned)")
+    return send_file(path, mimetype="application/octet-stream", as_attachment=True,
+                     download_name=f"{ckpt.job_id}-epoch{ckpt.epoch}.safetensors")
