@@ -19,8 +19,29 @@ from trainq.settings import Settings
 
 
 def load_spec_file(path: str) -> dict:
-    text = Path(path).read_text()
-    return yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    """A spec file's fields, whatever its extension says (JSON is read as such, anything else as YAML). A syntax
+    error is the user's to fix: it names the line and column, never a traceback."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path}: not a text file (a spec is YAML or JSON in UTF-8)")
+    try:
+        data = json.loads(text)
+    except ValueError as json_error:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            if path.endswith(".json"):  # meant as JSON: its error is the one that helps
+                raise click.ClickException(f"{path}: not valid JSON at line {json_error.lineno}, column "
+                                           f"{json_error.colno}: {json_error.msg}")
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise click.ClickException(f"{path}: not valid YAML{where}: {problem}")
+    if not isinstance(data, dict):
+        raise click.ClickException(f"{path}: a spec is a mapping of fields (name:, dataset:, model:, ...), "
+                                   f"not {type(data).__name__ if data is not None else 'an empty file'}")
+    return data
 
 
 @click.group()
@@ -50,6 +71,8 @@ def main(verbose: bool) -> None:
 def up(port: int | None, host: str | None, data_dir: str | None, worker_count: int, gpus: str) -> None:
     """Start the service and local workers on the embedded default (SQLite, a filesystem broker)."""
     gpu_indices, gpu_note = _local_gpus(gpus), None
+    if gpus == "auto" and not gpu_indices:
+        gpu_note = "no GPU worker: nvidia-smi lists no NVIDIA GPU here, so every job trains on the CPU workers"
     if gpu_indices and (missing := _cuda_build_missing()):
         if gpus != "auto":
             raise click.UsageError(f"--gpus {gpus}: {missing}")
@@ -90,11 +113,28 @@ def up(port: int | None, host: str | None, data_dir: str | None, worker_count: i
         if first_admin:
             click.echo(f"sign in as 'admin' with this API token (shown once; also kept in "
                        f"{settings.data_dir / 'admin_token'}):\n    {first_admin}")
-        click.echo(f"submit a job:  trainq submit examples/digits-mlp.yaml   or   curl -X POST {url}/api/v1/jobs "
-                   "-H 'Authorization: Bearer TOKEN' -d @spec.json\n")
+        cli = _trainq_command()
+        click.echo(f"submit a job:  {cli} submit examples/digits-mlp.yaml --wait\n"
+                   f"          or:  curl -X POST {url}/api/v1/jobs -H 'Authorization: Bearer TOKEN' "
+                   "-H 'Content-Type: application/yaml' --data-binary @examples/digits-mlp.yaml\n")
     else:
         click.echo("the service did not start; see the log above", err=True)
     _supervise(children)
+
+
+def _trainq_command() -> str:
+    """How to call this trainq from a shell here: `trainq` when that is on PATH, else its path (.venv/bin/trainq after
+    `make up`, whose virtual environment is not activated)."""
+    import shutil
+
+    mine = Path(sys.executable).parent / "trainq"
+    found = shutil.which("trainq")
+    if found and Path(found).resolve() == mine.resolve():
+        return "trainq"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
 
 
 def _sessions(settings: Settings):
@@ -296,12 +336,10 @@ def _gpu_name(index: str) -> str:
 @click.option("--token", envvar="TRAINQ_TOKEN", default=None, help="API token (default TRAINQ_TOKEN).")
 def worker_list(url: str | None, token: str | None) -> None:
     """List the workers: state, pool, device, the job each runs, jobs done."""
-    base, http = _api(url, token)
-    body = _checked(http.get(f"{base}/api/v1/workers", timeout=30))
-    for w in body["workers"]:
-        running = ", ".join(j["id"] for j in w["jobs"]) or ("busy" if w["busy"] else "-")
-        click.echo(f"{w['name']:<40} {w['state']:<9} {w['pool']:<10} {w['device']:<28} {running:<34} "
-                   f"{w['jobs_done']} done")
+    body = _Client(url, token).call("GET", "/api/v1/workers")
+    _table([[w["name"], w["state"], w["pool"], w["device"],
+             ", ".join(j["id"] for j in w["jobs"]) or ("busy" if w["busy"] else "-"), w["jobs_done"]]
+            for w in body["workers"]], ["NAME", "STATE", "POOL", "DEVICE", "RUNNING", "DONE"])
     for pool, p in body["pools"].items():
         click.echo(f"pool {pool}: {p['online']} online, {p['busy']}/{p['slots']} busy, {p['queued']} queued")
 
@@ -314,34 +352,86 @@ def worker_drain(name: str, url: str | None, token: str | None) -> None:
     """Ask worker NAME to finish its running job, take no new one, and stop."""
     from urllib.parse import quote
 
-    base, http = _api(url, token)
-    body = _checked(http.post(f"{base}/api/v1/workers/{quote(name, safe='@')}/drain", timeout=30))
+    body = _Client(url, token).call("POST", f"/api/v1/workers/{quote(name, safe='@')}/drain")
     click.echo(f"{body['name']}: {body['state']}")
 
 
-def _api(url: str | None, token: str | None):
-    """The service's base URL and an HTTP session with the token (else the embedded admin's, when there is one)."""
-    import requests
+class _Client:
+    """The service's API as the command line uses it: the base URL, the token, and errors a user can act on."""
 
-    settings = Settings()
-    if token is None and (settings.data_dir / "admin_token").exists():
-        token = (settings.data_dir / "admin_token").read_text().strip()
-    http = requests.Session()
-    if token:
-        http.headers["Authorization"] = f"Bearer {token}"
-    return (url or settings.service_url).rstrip("/"), http
+    def __init__(self, url: str | None, token: str | None):
+        import requests
+
+        settings = Settings()
+        self.token_file = (settings.data_dir / "admin_token").resolve()
+        self.source = "--token / TRAINQ_TOKEN" if token else None
+        if token is None and self.token_file.exists():
+            token, self.source = self.token_file.read_text().strip(), str(self.token_file)
+        self.base = (url or settings.service_url).rstrip("/")
+        self.http = requests.Session()
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, **kwargs) -> dict:
+        import requests
+
+        try:
+            answer = self.http.request(method, self.base + path, timeout=30, **kwargs)
+        except requests.ConnectionError:
+            raise click.ClickException(
+                f"cannot reach the trainq service at {self.base}. Start it with `trainq up` (or `make up`), or point "
+                "--url or TRAINQ_SERVICE_URL at where it runs") from None
+        except requests.Timeout:
+            raise click.ClickException(f"the trainq service at {self.base} did not answer in 30 s") from None
+        return self.checked(answer)
+
+    def checked(self, answer) -> dict:
+        if answer.status_code == 401:
+            if self.source is None:
+                raise click.ClickException(
+                    "the service needs an API token and none was given: pass --token TOKEN or set TRAINQ_TOKEN "
+                    "(`trainq token create NAME` makes one). `trainq up` keeps the first admin's token in "
+                    f".trainq/admin_token of the folder it was started in; from here that would be {self.token_file}")
+            raise click.ClickException(
+                f"the service refused the API token from {self.source}: it is mistyped, revoked, or belongs to "
+                "another trainq's database. `trainq token create NAME` makes a new one")
+        try:
+            body = answer.json()
+        except ValueError:
+            raise click.ClickException(f"HTTP {answer.status_code} from {self.base}: {answer.text[:200]}") from None
+        if answer.status_code >= 400:
+            for error in body.get("errors", []):
+                click.echo(f"{error['path']}: {error['message']}", err=True)
+            raise click.ClickException(body.get("message", answer.text))
+        return body
 
 
-def _checked(answer) -> dict:
-    try:
-        body = answer.json()
-    except ValueError:
-        raise click.ClickException(f"HTTP {answer.status_code}: {answer.text[:200]}")
-    if answer.status_code >= 400:
-        for error in body.get("errors", []):
-            click.echo(f"{error['path']}: {error['message']}", err=True)
-        raise click.ClickException(body.get("message", answer.text))
-    return body
+def _table(rows: list[list], headers: list[str]) -> None:
+    """Columns as wide as their widest cell, with a header line."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _show_metrics(metrics: dict) -> None:
+    """Final metrics: one scalar a line, a confusion matrix as its rows."""
+    for name, value in metrics.items():
+        if isinstance(value, list):
+            click.echo(f"{name}:")
+            for row in value:
+                click.echo("  " + " ".join(f"{v:>5}" for v in row))
+        else:
+            click.echo(f"{name:<24} {value:.6g}" if isinstance(value, float) else f"{name:<24} {value}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -349,23 +439,122 @@ def _checked(answer) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+URL = click.option("--url", default=None, help="Service URL (default TRAINQ_SERVICE_URL).")
+TOKEN = click.option("--token", envvar="TRAINQ_TOKEN", default=None,
+                     help="API token (default TRAINQ_TOKEN, else .trainq/admin_token of this folder).")
+
+
 @main.command()
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--url", default=None, help="Service URL (default TRAINQ_SERVICE_URL).")
-@click.option("--token", envvar="TRAINQ_TOKEN", default=None,
-              help="API token (default TRAINQ_TOKEN, else the embedded admin token in the data folder).")
-@click.option("--wait", is_flag=True, help="Wait for the job to finish and print its final metrics.")
+@URL
+@TOKEN
+@click.option("--wait", is_flag=True, help="Show progress until the job ends, then its final metrics.")
 def submit(spec_file: str, url: str | None, token: str | None, wait: bool) -> None:
-    """Submit a job spec (YAML or JSON) to the service."""
-    base, http = _api(url, token)
-    body = _checked(http.post(f"{base}/api/v1/jobs", json=load_spec_file(spec_file), timeout=30))
+    """Submit a job spec (YAML or JSON) to the service; print its id."""
+    client = _Client(url, token)
+    body = client.call("POST", "/api/v1/jobs", json=load_spec_file(spec_file))
     click.echo(body["id"])
     if wait:
-        while body["status"] in ("queued", "running"):
-            time.sleep(1)
-            body = http.get(f"{base}/api/v1/jobs/{body['id']}", timeout=30).json()
-        click.echo(json.dumps({k: body[k] for k in ("status", "stop_reason", "epoch", "best_epoch", "metrics")},
-                              indent=2))
+        body = _follow(client, body)
+        click.echo(f"{body['status']} ({body.get('stop_reason') or '-'}) after {body['epoch']} epochs, best epoch "
+                   f"{body['best_epoch']}")
+        _show_metrics(body.get("metrics") or {})
+        if body["status"] == "failed":
+            raise click.ClickException(body.get("error") or "the job failed")
+
+
+def _monitored(spec: dict) -> str:
+    stopping = (spec.get("training") or {}).get("early_stopping") or {}
+    return stopping.get("monitor") or "val_loss"
+
+
+def _follow(client: _Client, job: dict) -> dict:
+    """Print a line for every new epoch (the monitored metric, elapsed time, ETA) until the job ends; return it."""
+    from datetime import datetime, timezone
+
+    monitor, shown, last_step = _monitored(job["spec"]), -1, -1
+    while True:
+        if job["status"] == "queued" and shown == -1:
+            click.echo(f"queued{' at place ' + str(job['queue_position']) if job.get('queue_position') else ''}"
+                       f"{': ' + job['waiting_reason'] if job.get('waiting_reason') else ''}", err=True)
+            shown = 0
+        if job["epoch"] and job["epoch"] > shown and job.get("started_at"):
+            series = client.call("GET", f"/api/v1/jobs/{job['id']}/metrics",
+                                 params={"names": monitor, "after_step": last_step}).get("series", {})
+            values = series.get(monitor, {}).get("value", [])
+            if series.get(monitor, {}).get("step"):
+                last_step = series[monitor]["step"][-1]
+            elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(job["started_at"])).total_seconds()
+            eta = elapsed / job["epoch"] * (job["max_epochs"] - job["epoch"])
+            value = f"  {monitor}={values[-1]:.4f}" if values else ""
+            click.echo(f"epoch {job['epoch']:>4}/{job['max_epochs']}{value}  elapsed {_duration(elapsed)}  "
+                       f"ETA {_duration(eta)}", err=True)
+            shown = job["epoch"]
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(1)
+        job = client.call("GET", f"/api/v1/jobs/{job['id']}")
+
+
+@main.command()
+@URL
+@TOKEN
+@click.option("--status", default=None, help="Only these statuses, comma separated (queued,running,...).")
+@click.option("--name", default=None, help="Only names containing this.")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+def jobs(url: str | None, token: str | None, status: str | None, name: str | None, limit: int) -> None:
+    """List jobs, newest first."""
+    params = {"limit": limit, **({"status": status} if status else {}), **({"name": name} if name else {})}
+    body = _Client(url, token).call("GET", "/api/v1/jobs", params=params)
+    _table([[j["id"], j["name"][:40], j["status"], f"{j['epoch']}/{j['max_epochs']}",
+             f"{j['best_metric']['name']}={j['best_metric']['value']:.4f}" if j.get("best_metric") else "-",
+             j["created_at"][:19].replace("T", " ") + " UTC"] for j in body["jobs"]],
+           ["ID", "NAME", "STATUS", "EPOCH", "BEST", "CREATED"])
+    if body["total"] > len(body["jobs"]):
+        click.echo(f"({len(body['jobs'])} of {body['total']}; --limit shows more)", err=True)
+
+
+def job_command(function):
+    """A command about one job: JOB_ID, --url and --token."""
+    return main.command()(click.argument("job_id")(URL(TOKEN(function))))
+
+
+@job_command
+def status(job_id: str, url: str | None, token: str | None) -> None:
+    """Show one job: its state, progress, place in the queue or why it waits, and its final metrics."""
+    job = _Client(url, token).call("GET", f"/api/v1/jobs/{job_id}")
+    rows = [("id", job["id"]), ("name", job["name"]), ("status", job["status"]),
+            ("epoch", f"{job['epoch']}/{job['max_epochs']}"), ("best epoch", job["best_epoch"]),
+            ("pool", job["pool"]), ("worker", job["worker"]), ("created", job["created_at"]),
+            ("started", job["started_at"]), ("finished", job["finished_at"]), ("stop reason", job["stop_reason"]),
+            ("queue place", job.get("queue_position")), ("waiting", job.get("waiting_reason")),
+            ("error", job["error"])]
+    for key, value in rows:
+        if value not in (None, ""):
+            click.echo(f"{key:<12} {value}")
+    _show_metrics(job.get("metrics") or {})
+
+
+@job_command
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the job ends.")
+def logs(job_id: str, url: str | None, token: str | None, follow: bool) -> None:
+    """Print a job's events: claims, resumes, warnings, errors, its end."""
+    client, after = _Client(url, token), 0
+    while True:
+        for event in client.call("GET", f"/api/v1/jobs/{job_id}/events", params={"after": after})["events"]:
+            click.echo(f"{event['at'][:19].replace('T', ' ')} UTC {event['level']:<7} {event['source']:<8} "
+                       f"{event['message']}")
+            after = event["id"]
+        if not follow or client.call("GET", f"/api/v1/jobs/{job_id}")["status"] not in ("queued", "running"):
+            return
+        time.sleep(1)
+
+
+@job_command
+def cancel(job_id: str, url: str | None, token: str | None) -> None:
+    """Cancel a job: a queued one never starts, a running one stops within a batch."""
+    job = _Client(url, token).call("POST", f"/api/v1/jobs/{job_id}/cancel")
+    click.echo(f"{job['id']}: {job['status']}{' (stopping)' if job['status'] == 'running' else ''}")
 
 
 @main.command()
@@ -374,9 +563,9 @@ def submit(spec_file: str, url: str | None, token: str | None, wait: bool) -> No
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write checkpoints here.")
 def train(spec_file: str, device: str | None, out: str | None) -> None:
     """Train a spec in the foreground with no service: the engine alone."""
-    from trainq.models.state import Callback
     from trainq.models.engine import fit
     from trainq.models.spec import SpecError, parse_spec
+    from trainq.models.state import Callback
 
     try:
         spec = parse_spec(load_spec_file(spec_file))
@@ -386,9 +575,19 @@ def train(spec_file: str, device: str | None, out: str | None) -> None:
         raise click.ClickException("the spec is not valid")
 
     class Progress(Callback):
+        """A line per epoch, as Keras and Lightning users expect: the metrics, the best so far, elapsed and ETA."""
+
+        def on_train_start(self, state):
+            self.first, self.started = state.epoch, time.monotonic()
+
         def on_epoch_end(self, state):
             shown = " ".join(f"{k}={v:.4f}" for k, v in state.metrics.items() if k != "epoch")
-            click.echo(f"epoch {state.epoch:>4}/{spec.training.epochs}  {shown}")
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / max(1, state.epoch - self.first) * (spec.training.epochs - state.epoch)
+            best = (f"  best {state.tracker.monitor}={state.best_score:.4f} @ {state.best_epoch}"
+                    if state.best_score is not None else "")
+            click.echo(f"epoch {state.epoch:>4}/{spec.training.epochs}  {shown}{best}  elapsed {_duration(elapsed)}"
+                       f"  ETA {_duration(eta)}")
 
     sink = None
     if out:
@@ -403,7 +602,7 @@ def train(spec_file: str, device: str | None, out: str | None) -> None:
     result = fit(spec, device=device, callbacks=[Progress()], checkpoint_sink=sink)
     click.echo(f"{result.stop_reason} after {result.epochs} epochs (best epoch {result.best_epoch}); "
                f"setup {result.setup_seconds:.2f}s, training {result.train_seconds:.2f}s")
-    click.echo(json.dumps(result.metrics, indent=2))
+    _show_metrics(result.metrics)
 
 
 @main.group()

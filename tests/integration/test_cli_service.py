@@ -1,0 +1,88 @@
+"""The command line against a real service and worker, as a user runs it in a terminal: progress while waiting,
+the jobs list, a job's status and events, cancel, the worker list, and what it says about a missing or wrong token."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.stack import ADMIN_TOKEN
+from tests.specs import mlp, with_
+
+pytestmark = pytest.mark.integration
+
+
+def trainq(stack, *args: str, token: str | None = ADMIN_TOKEN, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(stack.env)
+    if token is not None:
+        env["TRAINQ_TOKEN"] = token
+    if cwd is not None:  # a user's shell elsewhere: no data folder of the service's in its environment
+        env.pop("TRAINQ_DATA_DIR")
+    return subprocess.run([sys.executable, "-m", "trainq.cli", *args], env=env, cwd=cwd or stack.folder,
+                          capture_output=True, text=True, timeout=180)
+
+
+def spec_file(tmp_path, spec: dict) -> str:
+    import yaml
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_submit_wait_shows_progress_then_the_final_metrics(stack, tmp_path):
+    spec = with_(mlp(hidden=(32,), epochs=4), name="cli-wait")
+    spec["training"]["early_stopping"] = {"monitor": "val_accuracy", "patience": 10}
+    done = trainq(stack, "submit", spec_file(tmp_path, spec), "--wait")
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.splitlines()[0]
+    assert re.fullmatch("[0-9a-f]{32}", job_id)
+    progress = [line for line in done.stderr.splitlines() if line.startswith("epoch")]
+    assert progress and progress[-1].startswith("epoch    4/4  val_accuracy=") and "ETA 0s" in progress[-1]
+    assert "succeeded (completed) after 4 epochs" in done.stdout
+    lines = done.stdout.splitlines()
+    accuracy = next(line for line in lines if line.startswith("test_accuracy "))
+    assert float(accuracy.split()[1]) == pytest.approx(stack.job(job_id)["metrics"]["test_accuracy"], abs=1e-6)
+    matrix = lines[lines.index("test_confusion_matrix:") + 1:][:10]
+    assert len(matrix) == 10 and all(len(row.split()) == 10 for row in matrix)  # rows, not one number a line
+
+    listed = trainq(stack, "jobs", "--name", "cli-wait")
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()[:2]
+    assert header.split() == ["ID", "NAME", "STATUS", "EPOCH", "BEST", "CREATED"]
+    assert row.split()[:4] == [job_id, "cli-wait", "succeeded", "4/4"]
+
+    status = trainq(stack, "status", job_id)
+    assert "status       succeeded" in status.stdout and "epoch        4/4" in status.stdout
+    logs = trainq(stack, "logs", job_id)
+    assert "claimed by worker@test" in logs.stdout and "UTC" in logs.stdout
+
+
+def test_cancel_and_follow_the_logs_of_a_running_job(stack, tmp_path):
+    job_id = stack.submit(with_(mlp(hidden=(256, 256), epochs=1000, batch_size=16), name="cli-cancel"))
+    stack.wait(job_id, until=lambda j: j["status"] == "running")
+    cancelled = trainq(stack, "cancel", job_id)
+    assert cancelled.returncode == 0 and cancelled.stdout.startswith(job_id), cancelled.stderr
+    followed = trainq(stack, "logs", job_id, "--follow")  # returns once the job has ended
+    assert followed.returncode == 0 and stack.job(job_id)["status"] == "cancelled"
+    assert "claimed by worker@test" in followed.stdout
+
+
+def test_the_worker_list_has_column_headers(stack):
+    listed = trainq(stack, "worker", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "POOL", "DEVICE", "RUNNING", "DONE"]
+    assert lines[1].split()[:3] == ["worker@test", "online", "cpu"]
+
+
+def test_a_missing_token_and_a_wrong_token_get_different_advice(stack, tmp_path):
+    missing = trainq(stack, "jobs", token=None, cwd=tmp_path)  # run from another folder: no .trainq/admin_token here
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    for hint in ("none was given", "--token", "TRAINQ_TOKEN", "trainq token create", str(tmp_path / ".trainq")):
+        assert hint in missing.stderr, (hint, missing.stderr)
+    wrong = trainq(stack, "jobs", token="tq_not-a-token")
+    assert wrong.returncode == 1 and "refused the API token from --token / TRAINQ_TOKEN" in wrong.stderr
