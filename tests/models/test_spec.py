@@ -70,12 +70,45 @@ def test_memory_estimate_grows_with_batch_and_optimizer_state():
     ({"resources.pool": "../etc"}, "resources.pool", "pattern"),
     ({"name": "a\x00b"}, "name", "pattern"),
     ({"name": "x" * 201}, "name", "at most 200"),
-    ({"training.surprise": 1}, "training.surprise", "Extra inputs"),
+    ({"training.surprise": 1}, "training.surprise", "unknown field 'surprise'; the fields here are "),
 ])
 def test_field_errors_name_the_path(change, path, fragment):
     errors = errors_of(with_(mlp(), **change))
     assert path in errors, errors
     assert fragment in errors[path]
+
+
+@pytest.mark.parametrize("change, path, message", [
+    ({"training.epoch": 3}, "training.epoch", "unknown field 'epoch'; did you mean 'epochs'?"),
+    ({"trainig": {}}, "trainig", "unknown field 'trainig'; did you mean 'training'?"),
+    ({"optimizer.learning_rate": 0.1}, "optimizer.learning_rate",
+     "unknown field 'learning_rate'; did you mean 'lr'?"),
+    ({"model.layers": [{"type": "dense", "unit": 10}]}, "model.layers[0].unit",
+     "unknown field 'unit'; did you mean 'units'?"),
+    ({"model.layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}]}, "model.layers[0].kernel_size",
+     "unknown field 'kernel_size'; did you mean 'kernel'?"),
+    ({"training.early_stopping": {"patiense": 3}}, "training.early_stopping.patiense",
+     "unknown field 'patiense'; did you mean 'patience'?"),
+    ({"optimizer.zzz": 1}, "optimizer.zzz", "unknown field 'zzz'; the fields here are betas, eps, lr, type"),
+])
+def test_an_unknown_field_suggests_the_one_meant(change, path, message):
+    assert errors_of(with_(mlp(), **change))[path] == message
+
+
+def test_conv2d_on_tabular_digits_points_at_its_image_form():
+    spec = with_(mlp(), **{"model.layers": [{"type": "conv2d", "out_channels": 4, "kernel": 3}, {"type": "flatten"},
+                                            {"type": "dense", "units": 10}]})
+    assert errors_of(spec)["model.layers[0]"].endswith("set dataset.as_images: true")
+    assert plan(parse_spec(with_(spec, **{"dataset.as_images": True}))).output_shape == [10]
+    assert "as_images" not in errors_of(with_(spec, **{"dataset.name": "wine"}))["model.layers[0]"]
+
+
+def test_lbfgs_on_mini_batches_is_warned_about_in_the_dry_run():
+    full = with_(mlp(), **{"optimizer": {"type": "lbfgs"}, "training.batch_size": "full"})
+    assert plan(parse_spec(full)).warnings == []
+    [warning] = plan(parse_spec(with_(full, **{"training.batch_size": 64}))).warnings
+    assert warning["path"] == "training.batch_size" and "NaN" in warning["message"]
+    assert plan(parse_spec(mlp())).as_dict()["warnings"] == []
 
 
 def test_layer_errors_name_the_layer_without_the_union_tag():
@@ -140,3 +173,31 @@ def test_memory_counts_8_bit_images_at_one_byte_a_pixel():
     assert stored == spec.dataset.size() * spec.dataset.stored_bytes()
     table = parse_spec(mlp())  # digits as 64 float32 features
     assert table.dataset.stored_bytes() == 64 * 4 + 8
+
+
+def test_spec_rows_show_what_applies_to_the_dataset_and_each_layer_and_mark_defaults():
+    from trainq.models.spec import JobSpec, spec_rows
+
+    stored = parse_spec(with_(mlp(), **{"model.layers": [{"type": "dense", "units": 32},
+                                                          {"type": "activation", "fn": "elu", "alpha": 0.5},
+                                                          {"type": "activation", "fn": "relu"},
+                                                          {"type": "dense", "units": 10}]})).model_dump(mode="json")
+    rows = {path: (value, default) for path, value, default in spec_rows(JobSpec.model_validate(stored))}
+    assert not {"dataset.classes", "dataset.features", "dataset.image_size", "dataset.n_samples"} & set(rows)
+    assert rows["dataset.as_images"] == (False, True)  # digits' own option, at its default
+    assert rows["model.layers[1].alpha"] == (0.5, False) and "model.layers[1].slope" not in rows
+    assert not {"model.layers[2].alpha", "model.layers[2].slope", "model.layers[2].negative_slope"} & set(rows)
+    assert rows["model.layers[0].units"] == (32, False) and rows["optimizer.lr"] == (0.001, True)
+    blobs = spec_rows(JobSpec.model_validate(with_(mlp("blobs", outputs=3), **{"dataset.features": 5})))
+    assert ("dataset.features", 5, False) in blobs and any(path == "dataset.classes" for path, _, _ in blobs)
+
+
+def test_every_error_is_listed_at_once_the_dry_runs_too():
+    spec = with_(mlp(outputs=7), **{"training.epoch": 3})
+    del spec["optimizer"]
+    assert errors_of(spec) == {
+        "optimizer": "required: add it, for example optimizer: {type: adam, lr: 0.001}",
+        "training.epoch": "unknown field 'epoch'; did you mean 'epochs'?",
+        "model.layers[2]": "cross_entropy on digits needs 10 output units, got 7"}  # found despite the two above
+    broken_model = with_(mlp(outputs=7), **{"model.layers[0].units": -1})
+    assert set(errors_of(broken_model)) == {"model.layers[0]"}  # the plan needs a valid model: not planned

@@ -53,6 +53,20 @@ def test_csv_upload_is_parsed_listed_and_usable_in_a_spec(client, app):
     assert wrong.json["errors"][0]["message"] == "cross_entropy on upload needs 2 output units, got 3"
 
 
+def test_a_form_upload_as_curl_f_sends_it_is_the_same_dataset(client):
+    raw = upload(client, "as-body", csv_bytes()).json
+    form = client.post("/api/v1/datasets", query_string={"name": "as-form"}, content_type="multipart/form-data",
+                       data={"file": (io.BytesIO(csv_bytes()), "people.csv")})
+    assert form.status_code == 201, form.json
+    assert {k: form.json[k] for k in ("rows", "shape", "classes", "class_names", "sha256")} == \
+        {k: raw[k] for k in ("rows", "shape", "classes", "class_names", "sha256")}
+    two = client.post("/api/v1/datasets", query_string={"name": "two"}, content_type="multipart/form-data",
+                      data={"a": (io.BytesIO(csv_bytes()), "a.csv"), "b": (io.BytesIO(csv_bytes()), "b.csv")})
+    assert two.status_code == 400 and two.json["errors"] == [{"path": "file", "message": "one file part"}]
+    assert "--data-binary" in two.json["message"]
+    assert sorted(d["name"] for d in client.get("/api/v1/datasets").json["datasets"]) == ["as-body", "as-form"]
+
+
 def test_npz_upload_of_images_and_regression_by_task(client):
     x = np.random.default_rng(0).random((20, 1, 4, 4)).astype(np.float32)
     answer = upload(client, "imgs", npz_bytes(x=x, y=np.arange(20) % 4))

@@ -138,6 +138,30 @@ def test_session_sign_in_with_password_or_token_and_csrf_on_writes(anon, tokens,
     assert other.get(f"/api/v1/jobs/{owned['job']}").status_code == 404
 
 
+def test_the_admin_token_of_the_settings_signs_in_whatever_it_looks_like(anon, app):
+    from trainq.service.auth import seed_admin
+
+    secret = "automation-secret-without-the-usual-prefix"  # TRAINQ_ADMIN_TOKEN is any string the operator chose
+    with app.extensions["trainq"].sessions() as session:
+        seed_admin(session, secret)
+        session.commit()
+    assert sign_in(anon, "admin", secret[:-1])[0].status_code == 401
+    answer, _ = sign_in(anon, "admin", secret)
+    assert answer.status_code == 302 and answer.headers["Location"] == "/"
+    assert anon.get("/api/v1/me").get_json()["name"] == "admin"
+
+
+def test_every_page_says_so_when_the_chart_library_is_missing(client, monkeypatch, tmp_path):
+    from trainq.service import dashboard
+
+    assert 'id="missing-assets"' not in client.get("/").get_data(as_text=True)
+    monkeypatch.setattr(dashboard, "ASSET_DIR", tmp_path)  # an installation built without npm
+    for page in ("/", "/compare", "/workers", "/submit", "/sweeps"):
+        body = client.get(page).get_data(as_text=True)
+        assert 'id="missing-assets"' in body and "uPlot.iife.min.js" in body and "npm ci" in body, page
+    assert client.get("/assets/uplot.js").status_code == 404
+
+
 def test_sign_in_refuses_wrong_secrets_and_foreign_redirects(anon, tokens):
     assert sign_in(anon, "alice", "wrong")[0].status_code == 401
     assert sign_in(anon, "alice", tokens["bob"])[0].status_code == 401  # bob's token is not alice's
@@ -228,6 +252,14 @@ def test_models_over_the_pools_limits_are_refused_with_the_estimate(client, app)
     assert answer.status_code == 422 and answer.json["error"] == "too_large"
     assert answer.json["estimate"]["params"] == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
     assert answer.json["limit"]["params"] == 10_000
+    assert answer.json["errors"] == [{"path": "model.layers", "message": "0.3 M parameters, over the limit of 10,000 "
+                                                                        "(TRAINQ_MAX_PARAMS)"}]
+    settings.max_params, settings.max_memory_bytes = 10**9, 1024**3
+    answer = client.post("/api/v1/jobs", json=mlp(hidden=(8192, 8192), batch_size=4096))
+    assert answer.status_code == 422
+    [error] = answer.json["errors"]
+    assert error["path"] == "model" and "GiB of memory, over the limit of 1.0 GiB (TRAINQ_MAX_MEMORY_BYTES)" in \
+        error["message"]
     assert client.get("/api/v1/jobs").json["total"] == 0
 
 

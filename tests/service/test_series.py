@@ -52,5 +52,25 @@ def test_lttb_keeps_a_spike_and_both_ends_and_leaves_short_series_alone():
 def test_spec_differences_name_the_paths_that_differ():
     a = {"name": "a", "optimizer": {"lr": 0.1, "type": "adam"}, "model": {"layers": [{"units": 8}]}}
     b = {"name": "b", "optimizer": {"lr": 0.01, "type": "adam"}, "model": {"layers": [{"units": 8}, {"units": 2}]}}
-    assert spec_differences([a, b]) == [{"path": "model.layers[1].units", "values": [None, 2]},
+    assert spec_differences([a, b]) == [{"path": "model.layers", "values": ["units=8", "units=8 → units=2"]},
                                         {"path": "optimizer.lr", "values": [0.1, 0.01]}]
+    c = {**a, "model": {"layers": [{"units": 16}]}}  # same length: the field that differs
+    assert spec_differences([a, c]) == [{"path": "model.layers[0].units", "values": [8, 16]}]
+
+
+def test_runs_of_other_architectures_differ_in_a_few_rows_not_in_every_default():
+    from tests.specs import mlp, with_
+    from trainq.models.spec import parse_spec
+
+    dense = mlp(hidden=(64,), epochs=10)
+    conv = with_(mlp(epochs=20), **{"dataset.as_images": True, "optimizer": {"type": "sgd", "lr": 0.05,
+                                                                             "momentum": 0.9},
+                                    "model.layers": [{"type": "conv2d", "out_channels": 8, "kernel": 3},
+                                                     {"type": "activation", "fn": "relu"}, {"type": "flatten"},
+                                                     {"type": "dense", "units": 10}]})
+    stored = [parse_spec(s).model_dump(mode="json") for s in (dense, conv)]  # as the service keeps them
+    rows = {d["path"]: d["values"] for d in spec_differences(stored)}
+    assert set(rows) == {"dataset.as_images", "model.layers", "optimizer", "training.epochs"}, sorted(rows)
+    assert rows["training.epochs"] == [10, 20]
+    assert rows["model.layers"][0].startswith("dense units=64") and rows["model.layers"][1].startswith("conv2d")
+    assert rows["optimizer"][0].startswith("adam lr=") and rows["optimizer"][1].startswith("sgd lr=0.05")

@@ -125,3 +125,17 @@ def test_a_grid_too_large_to_run_is_a_422_unless_trials_caps_it(client):
     assert "12100 combinations" in found["trials"]
     answer = client.post("/api/v1/sweeps", json={**body, "trials": 5})
     assert answer.status_code == 201 and answer.get_json()["trials_total"] == 5
+
+
+@pytest.mark.parametrize("epochs, factor, given, first", [
+    (27, 3, None, 3), (30, 3, None, 3), (100, 3, None, 11), (10, 3, None, 1), (2, 3, None, 1), (100, 4, None, 6),
+    (100, 3, 1, 1),  # an explicit min_resource is kept
+])
+def test_asha_s_first_decision_scales_with_the_trial_s_epochs(epochs, factor, given, first):
+    from trainq.models.sweep import PrunerSpec, SweepSpec
+    from trainq.service.sweeps import pruner_for
+
+    pruner = PrunerSpec(type="asha", reduction_factor=factor, min_resource=given)
+    assert pruner.first_rung(epochs) == first
+    spec = SweepSpec.model_validate(sweep(pruner={"type": "asha", "reduction_factor": factor, "min_resource": given}))
+    assert pruner_for(spec, epochs)._min_resource == first  # what Optuna is told

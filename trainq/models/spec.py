@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Literal, Union, get_args
+from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -127,6 +128,14 @@ class DatasetSpec(Spec):
     def size(self) -> int:
         return self.info().fixed_size or self.n_samples
 
+    def unused(self) -> set[str]:
+        """The fields that mean nothing for this dataset (a generator's size on digits, say)."""
+        uses = {"n_samples": self.name in GENERATORS, "noise": self.name in GENERATORS,
+                "classes": self.name in ("spirals", "blobs", "shapes"), "features": self.name == "blobs",
+                "image_size": self.name == "shapes", "channels": self.name == "shapes",
+                "as_images": self.name == "digits", "upload": self.name == "upload"}
+        return {name for name, used in uses.items() if not used}
+
     def stored_bytes(self) -> int:
         """Bytes one example takes in memory while training: 8-bit images (shapes, digits as images) are kept as
         uint8 and scaled per batch, other features as float32 (an upload's 8-bit images too are uint8 once loaded;
@@ -192,6 +201,11 @@ class ActivationSpec(SameShape, Spec):
     slope: float = Field(1.0, gt=0, le=100)  # sigmoid(slope * s)
     negative_slope: float = Field(0.01, ge=0, le=1)  # leaky_relu
     alpha: float = Field(1.0, gt=0, le=100)  # elu
+
+    def unused(self) -> set[str]:
+        """The parameters of the other functions: relu has no slope, no alpha."""
+        return {name for name, fn in (("slope", "sigmoid"), ("negative_slope", "leaky_relu"), ("alpha", "elu"))
+                if self.fn != fn}
 
 
 class DropoutSpec(SameShape, Spec):
@@ -693,14 +707,75 @@ def format_path(loc: tuple[Any, ...]) -> str:
     return out or "(root)"
 
 
-def errors_from(exc: ValidationError) -> list[FieldError]:
-    """One error per path; where a union's members each failed, their messages are joined with 'or'."""
+def errors_from(exc: ValidationError, root: type[BaseModel] | None = None) -> list[FieldError]:
+    """One error per path; where a union's members each failed, their messages are joined with 'or'. An unknown field
+    names the fields allowed there, and the one it was probably meant to be."""
     merged: dict[str, list[str]] = {}
     for e in exc.errors(include_url=False):
+        message = e["msg"]
+        if e["type"] == "extra_forbidden":
+            message = unknown_field(tuple(e["loc"]), root or JobSpec)
+        elif e["type"] == "missing" and len(e["loc"]) == 1 and e["loc"][0] in MISSING_HINTS:
+            message = f"required: add it, for example {e['loc'][0]}: {MISSING_HINTS[e['loc'][0]]}"
         messages = merged.setdefault(format_path(tuple(e["loc"])), [])
-        if e["msg"] not in messages:
-            messages.append(e["msg"])
+        if message not in messages:
+            messages.append(message)
     return [FieldError(path, " or ".join(messages)) for path, messages in merged.items()]
+
+
+MISSING_HINTS = {"name": "my-run", "dataset": "{name: digits}", "model": "{layers: [{type: dense, units: 10}]}",
+                 "loss": "{type: cross_entropy}", "optimizer": "{type: adam, lr: 0.001}"}
+
+# What users of other tools write for our names (Keras, PyTorch, Lightning), where spelling alone would not find them.
+ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "units_out": "units",
+           "out_features": "units", "filters": "out_channels", "kernel_size": "kernel", "activation": "fn",
+           "rate": "p", "weight_decay": "l2"}
+
+
+def unknown_field(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
+    """'unknown field epoch; did you mean epochs?' from the fields of the model at that place of the spec."""
+    import difflib
+
+    name = str(loc[-1])
+    allowed = sorted(fields_at(loc[:-1], root))
+    if not allowed:
+        return f"unknown field {name!r}"
+    near = [ALIASES[name]] if ALIASES.get(name) in allowed else difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}?" if near else f"the fields here are {', '.join(allowed)}"
+    return f"unknown field {name!r}; {hint}"
+
+
+def fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> set[str]:
+    """The field names of the spec model(s) found by following a pydantic location from `root`: field names, list
+    indices, and the tags that pick a member of a discriminated union."""
+    found: list[Any] = [root]
+    for part in loc:
+        step: list[Any] = []
+        for kind in _concrete(found):
+            if isinstance(part, int) and get_origin(kind) is list:
+                step += get_args(kind)[:1]
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                if isinstance(part, str) and part in kind.model_fields:
+                    step.append(kind.model_fields[part].annotation)
+                elif "type" in kind.model_fields and part in get_args(kind.model_fields["type"].annotation):
+                    step.append(kind)  # the tag of a union member: stay on that member
+        found = step
+    return {name for kind in _concrete(found) if isinstance(kind, type) and issubclass(kind, BaseModel)
+            for name in kind.model_fields}
+
+
+def _concrete(kinds: list[Any]) -> list[Any]:
+    """Unwrap Annotated, Optional and unions down to classes and list[...] types."""
+    out: list[Any] = []
+    for kind in kinds:
+        origin = get_origin(kind)
+        if origin is Annotated:
+            out += _concrete([get_args(kind)[0]])
+        elif origin is Union or origin is types.UnionType:
+            out += _concrete(list(get_args(kind)))
+        else:
+            out.append(kind)
+    return out
 
 
 CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "train_loss")
@@ -726,6 +801,7 @@ class Plan:
     params: int = 0
     memory_bytes: int = 0
     flops_per_example: int = 0  # multiply-adds of one forward pass (a conv's weights count once per output pixel)
+    warnings: list[dict[str, str]] = field(default_factory=list)  # valid, but likely not what the user wants
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -736,6 +812,7 @@ class Plan:
             "params": self.params,
             "memory_bytes": self.memory_bytes,
             "flops_per_example": self.flops_per_example,
+            "warnings": self.warnings,
         }
 
 
@@ -770,7 +847,10 @@ def plan(spec: JobSpec) -> Plan:
         try:
             out = layer.output_shape(shape)
         except ShapeError as exc:
-            raise SpecError([FieldError(f"model.layers[{i}]", str(exc))]) from None
+            message = str(exc)
+            if spec.dataset.name == "digits" and not spec.dataset.as_images and "image input" in message:
+                message += "; digits comes as 1x8x8 images too: set dataset.as_images: true"
+            raise SpecError([FieldError(f"model.layers[{i}]", message)]) from None
         params = layer.param_count(shape)
         result.layers.append(LayerPlan(i, layer.type, list(out), params))
         result.params += params
@@ -793,6 +873,10 @@ def plan(spec: JobSpec) -> Plan:
         result.params * (2 + optimizer_copies + 1)  # weights, gradients, optimizer state, best-weights copy
         + 2 * -(-batch_size(spec) // spec.training.accumulate_steps) * (activations + features)  # activations kept for backward, and their gradients
     ) + spec.dataset.size() * spec.dataset.stored_bytes()  # the whole dataset lives on the device
+    if spec.optimizer.type == "lbfgs" and batch_size(spec) < train_rows(spec):
+        result.warnings.append({"path": "training.batch_size", "message": (
+            f"L-BFGS on mini-batches of {batch_size(spec)} of {train_rows(spec)} rows: its curvature estimate sees a "
+            "different batch at every step and the loss often ends in NaN; use batch_size: full")})
     return result
 
 
@@ -868,6 +952,27 @@ def _check_fields(spec: JobSpec, task: str, info: DatasetInfo) -> list[FieldErro
     return errors
 
 
+def spec_rows(spec: BaseModel, prefix: str = "") -> list[tuple[str, Any, bool]]:
+    """A spec as (dotted.path[index], value, whether it is the field's default) rows, leaving out the fields that do not
+    apply where they stand (`unused`): what a run page shows of the spec it ran."""
+    rows: list[tuple[str, Any, bool]] = []
+    unused = spec.unused() if hasattr(spec, "unused") else set()
+    for name, info in type(spec).model_fields.items():
+        if name in unused:
+            continue
+        value, path = getattr(spec, name), f"{prefix}.{name}" if prefix else name
+        if isinstance(value, BaseModel):
+            rows += spec_rows(value, path)
+        elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            for i, item in enumerate(value):
+                rows += spec_rows(item, f"{path}[{i}]")
+        else:
+            plain = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+            default = info.get_default(call_default_factory=True) if not info.is_required() else object()
+            rows.append((path, plain if not isinstance(plain, tuple) else list(plain), name != "type" and value == default))
+    return rows
+
+
 def parse_spec(data: Any, uploads: Callable[[str], DatasetInfo | None] | None = None) -> JobSpec:
     """Validate a decoded spec; raise SpecError listing every field at fault.
 
@@ -876,8 +981,33 @@ def parse_spec(data: Any, uploads: Callable[[str], DatasetInfo | None] | None = 
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(errors_from(exc)) from None
+        errors = errors_from(exc)
+        raise SpecError(errors + _plan_errors_besides(data, errors, uploads)) from None
     if spec.dataset.name == "upload" and uploads is not None:
         spec.dataset._info = uploads(spec.dataset.upload)
     plan(spec)
     return spec
+
+
+SHAPING = {"dataset", "model", "loss", "(root)"}  # the sections a dry run's shapes and outputs depend on
+PLACEHOLDERS = {"optimizer": {"type": "adam"}, "name": "spec"}  # for required sections; the others take defaults
+
+
+def _plan_errors_besides(data: Any, errors: list[FieldError], uploads) -> list[FieldError]:
+    """The dry run's errors (shapes, output units), found despite schema errors elsewhere, so that every error is
+    listed at once: a bad optimizer must not hide that the last layer has the wrong width. Only where the schema
+    errors are outside the sections the plan reads; those are replaced by a placeholder or their defaults."""
+    broken = {re.split(r"[.\[]", e.path)[0] for e in errors}
+    if not isinstance(data, dict) or broken & SHAPING:
+        return []
+    patched = {k: v for k, v in data.items() if k not in broken}
+    patched.update({k: PLACEHOLDERS[k] for k in broken if k in PLACEHOLDERS})
+    try:
+        spec = JobSpec.model_validate(patched)
+        if spec.dataset.name == "upload" and uploads is not None:
+            spec.dataset._info = uploads(spec.dataset.upload)
+        plan(spec)
+    except (ValidationError, SpecError) as exc:
+        found = exc.errors if isinstance(exc, SpecError) else []
+        return [e for e in found if re.split(r"[.\[]", e.path)[0] not in broken]
+    return []

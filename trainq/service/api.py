@@ -41,6 +41,14 @@ def authenticate():
         require_user()
 
 
+def millions(count: int) -> str:
+    return f"{count / 1e6:.1f} M" if count >= 100_000 else f"{count:,}"
+
+
+def gib(size: int) -> str:
+    return f"{size / 1024**3:.1f} GiB" if size >= 1024**3 // 10 else f"{size / 1024**2:.0f} MiB"
+
+
 def validated_spec() -> tuple[JobSpec, Any]:
     data = read_body()
     try:
@@ -51,11 +59,12 @@ def validated_spec() -> tuple[JobSpec, Any]:
     settings = services().settings
     too_big = []
     if job_plan.params > settings.max_params:
-        too_big.append(FieldError("model.layers", f"{job_plan.params} parameters exceed the limit of "
-                                                  f"{settings.max_params}"))
+        too_big.append(FieldError("model.layers", f"{millions(job_plan.params)} parameters, over the limit of "
+                                                  f"{millions(settings.max_params)} (TRAINQ_MAX_PARAMS)"))
     if job_plan.memory_bytes > settings.max_memory_bytes:
-        too_big.append(FieldError("model", f"the run needs about {job_plan.memory_bytes} bytes, more than the limit "
-                                           f"of {settings.max_memory_bytes}"))
+        too_big.append(FieldError("model", f"the run needs about {gib(job_plan.memory_bytes)} of memory, over the "
+                                           f"limit of {gib(settings.max_memory_bytes)} (TRAINQ_MAX_MEMORY_BYTES); a "
+                                           "smaller training.batch_size or narrower layers need less"))
     if too_big:
         fail(422, "too_large", "the model exceeds the pool's limits", errors=[e.as_dict() for e in too_big],
              estimate={"params": job_plan.params, "memory_bytes": job_plan.memory_bytes},
@@ -199,8 +208,10 @@ def compare():
     runs = [found[i] for i in dict.fromkeys(ids)]
     series = metric_series([j.id for j in runs], names_arg() or ["val_loss"], -1,
                            int_arg("max_points", 400, 3, 100_000))
+    reported = db().scalars(select(Metric.name).where(Metric.job_id.in_([j.id for j in runs])).distinct()).all()
     return jsonify({"runs": [{**job_json(j), "series": series[j.id]} for j in runs],
-                    "differences": spec_differences([j.spec for j in runs])})
+                    "differences": spec_differences([j.spec for j in runs]),
+                    "metrics": sorted(reported)})  # what the runs reported: what is worth plotting
 
 
 @bp.get("/jobs/<hexid:job_id>/events")

@@ -12,7 +12,7 @@ from trainq.models.spec import UPLOAD_NAME
 from trainq.service.auth import audit, principal, require_user
 from trainq.service.context import db, services
 from trainq.service.http import body_bytes, fail
-from trainq.service.lookups import find_dataset, get_dataset, visible_datasets
+from trainq.service.lookups import dataset_json, find_dataset, get_dataset, visible_datasets
 from trainq.service.tables import Dataset, Job, JobStatus
 from trainq.service.uploads import UploadError, dataset_path, parse, store
 
@@ -24,11 +24,14 @@ def authenticate():
     require_user()
 
 
-def dataset_json(d: Dataset) -> dict:
-    return {"id": d.id, "name": d.name, "rows": d.rows, "shape": d.shape, "classes": d.classes,
-            "class_names": d.class_names, "columns": d.columns, "source": d.source, "size": d.size,
-            "sha256": d.sha256, "task": "regression" if d.classes is None else "classification",
-            "created_at": d.created_at.isoformat()}
+def uploaded_file() -> bytes:
+    """The file of a form upload (`curl -F file=@train.csv`): the one file part, whatever its field name."""
+    files = list(request.files.values())
+    if len(files) != 1:
+        fail(400, "bad_request", f"a form upload must carry exactly one file, got {len(files)}; or send the file "
+                                 "itself as the body: curl --data-binary @train.csv",
+             errors=[{"path": "file", "message": "one file part"}])
+    return files[0].read()
 
 
 @bp.post("")
@@ -43,7 +46,7 @@ def upload():
              errors=[{"path": "task", "message": "classification or regression"}])
     if find_dataset(name) is not None:
         fail(409, "exists", f"you have a dataset named {name!r}; delete it first or choose another name")
-    raw = body_bytes()
+    raw = uploaded_file() if request.mimetype == "multipart/form-data" else body_bytes()
     try:
         parsed = parse(raw, target=request.args.get("target"), task=task,
                        max_rows=services().settings.max_dataset_rows)

@@ -82,9 +82,20 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw, parse_constant=float)
     except RecursionError:
         fail(400, "bad_request", "the document is nested too deeply")
-    except (ValueError, yaml.YAMLError) as exc:
-        fail(400, "bad_request", f"the body is not valid {'YAML' if request.mimetype in YAML_TYPES else 'JSON'}: "
-                                 f"{str(exc)[:300]}")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is None:
+            fail(400, "bad_request", f"the body is not valid YAML: {problem}")
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        fail(400, "bad_request", f"the body is not valid YAML at {where}: {problem}",
+             errors=[{"path": "(body)", "message": f"{problem} (YAML)", "line": mark.line + 1,
+                      "column": mark.column + 1}])
+    except json.JSONDecodeError as exc:
+        fail(400, "bad_request", f"the body is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+             errors=[{"path": "(body)", "message": f"{exc.msg} (JSON)", "line": exc.lineno, "column": exc.colno}])
+    except ValueError as exc:  # not UTF-8, say
+        fail(400, "bad_request", f"the body is not valid JSON: {str(exc)[:300]}")
 
 
 def int_arg(name: str, default: int, lo: int, hi: int) -> int:

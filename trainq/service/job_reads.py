@@ -3,12 +3,14 @@ filtered and sorted list with its change cursor, each job's best metric, metric 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import request, send_file
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import aliased
 
+from trainq.models.spec import EarlyStoppingSpec
 from trainq.service import jobs, workers
 from trainq.service.auth import principal
 from trainq.service.context import db, read_connection, services
@@ -17,9 +19,10 @@ from trainq.service.lookups import visible
 from trainq.service.tables import Checkpoint, Event, Job, JobStatus, Metric
 
 STATUSES = {s.value for s in JobStatus}
+CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")  # what change_cursor writes; 18 digits stay below 2**63
 
-JOB_FIELDS = ("id", "name", "status", "pool", "device", "priority", "params", "created_at", "started_at", "finished_at",
-              "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason", "cancel_requested", "metrics",
+JOB_FIELDS = ("id", "name", "sweep_id", "status", "pool", "device", "priority", "params", "created_at", "started_at",
+              "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason", "cancel_requested", "metrics",
               "error", "spec")  # what job_json reads: the job read selects these columns only
 
 
@@ -30,6 +33,7 @@ def job_json(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,
+        "sweep_id": job.sweep_id,
         "status": job.status,
         "pool": job.pool,
         "device": job.device,
@@ -55,7 +59,8 @@ SORTS = {"created": Job.created_at, "name": Job.name, "status": Job.status, "poo
          "epoch": Job.epoch, "started": Job.started_at, "finished": Job.finished_at, "priority": Job.priority}
 
 
-def filtered_jobs():
+def filtered_jobs(sweep_default: str = "any"):
+    """The caller's jobs as the list's query arguments filter and sort them (a bad argument is a 400 naming it)."""
     query = visible(select(Job))
     status = request.args.get("status")
     if status:
@@ -63,6 +68,14 @@ def filtered_jobs():
         if not wanted <= STATUSES:
             fail(400, "bad_request", f"unknown status {sorted(wanted - STATUSES)}; one of {sorted(STATUSES)}")
         query = query.where(Job.status.in_(wanted))
+    sweep = request.args.get("sweep") or sweep_default
+    if sweep == "none":  # jobs of their own: no sweep's trials
+        query = query.where(Job.sweep_id.is_(None))
+    elif sweep != "any":
+        if not re.fullmatch("[0-9a-f]{32}", sweep):
+            fail(400, "bad_request", "sweep: none, any, or a sweep's id",
+                 errors=[{"path": "sweep", "message": "none, any, or a sweep's id (32 hex digits)"}])
+        query = query.where(Job.sweep_id == sweep)
     if request.args.get("pool"):
         query = query.where(Job.pool == request.args["pool"])
     if request.args.get("name"):
@@ -85,37 +98,42 @@ def change_cursor(session) -> str:
 
 def changed_ids(session, cursor: str):
     """The ids of jobs that changed after a cursor from change_cursor, as a subquery."""
-    try:
-        event_id, metric_id = (int(part) for part in cursor.split("."))
-    except ValueError:
-        fail(400, "bad_request", "changed_since must be a cursor from an earlier answer",
-             errors=[{"path": "changed_since", "message": "not a cursor"}])
+    match = CURSOR.fullmatch(cursor)  # two row ids: each must fit a 64-bit integer column, or SQL refuses it
+    if match is None:
+        fail(400, "bad_request", "changed_since must be the `cursor` of an earlier answer (two row ids, as in 12.345)",
+             errors=[{"path": "changed_since", "message": "not a cursor from an earlier answer"}])
+    event_id, metric_id = int(match[1]), int(match[2])
     return (select(Event.job_id).where(Event.id > event_id)
             .union(select(Metric.job_id).where(Metric.id > metric_id))).subquery()
 
 
-BEST = {"val_accuracy": "max", "val_r2": "max", "val_loss": "min"}  # the first one a job reports is its best metric
+def monitored(spec: dict[str, Any]) -> tuple[str, str]:
+    """The metric a job is judged by and which way it improves: its early stopping's monitor, else val_loss."""
+    stopping = (spec.get("training") or {}).get("early_stopping")
+    if not stopping:
+        return "val_loss", "min"
+    resolved = EarlyStoppingSpec.model_validate(stopping)
+    return resolved.monitor, resolved.resolved_mode
 
 
-def best_metrics(session, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Each job's best validation metric so far (accuracy, else R², else loss), from its reported epochs."""
-    if not ids:
+def best_metrics(session, jobs) -> dict[str, dict[str, Any]]:
+    """Each job's best value so far of the metric it is judged by (`monitored`), from its reported epochs."""
+    wanted = {j.id: monitored(j.spec) for j in jobs}
+    if not wanted:
         return {}
     rows = session.execute(select(Metric.job_id, Metric.name, func.max(Metric.value), func.min(Metric.value))
-                           .where(Metric.job_id.in_(ids), Metric.name.in_(list(BEST)))
+                           .where(Metric.job_id.in_(list(wanted)), Metric.name.in_({m for m, _ in wanted.values()}))
                            .group_by(Metric.job_id, Metric.name)).all()
-    found: dict[str, dict[str, float]] = {}
-    for job_id, name, high, low in rows:
-        found.setdefault(job_id, {})[name] = high if BEST[name] == "max" else low
     out = {}
-    for job_id, values in found.items():
-        name = next(n for n in BEST if n in values)
-        out[job_id] = {"name": name, "value": values[name]}
+    for job_id, name, high, low in rows:
+        monitor, mode = wanted[job_id]
+        if name == monitor:
+            out[job_id] = {"name": name, "value": high if mode == "max" else low, "mode": mode}
     return out
 
 
 def jobs_page_json(session, rows) -> list[dict[str, Any]]:
-    best = best_metrics(session, [j.id for j in rows])
+    best = best_metrics(session, rows)
     return [{**job_json(j), "best_metric": best.get(j.id)} for j in rows]
 
 

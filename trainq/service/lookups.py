@@ -28,6 +28,13 @@ def get_job(job_id: str) -> Job:
     return job
 
 
+def dataset_json(d: Dataset) -> dict:
+    return {"id": d.id, "name": d.name, "rows": d.rows, "shape": d.shape, "classes": d.classes,
+            "class_names": d.class_names, "columns": d.columns, "source": d.source, "size": d.size,
+            "sha256": d.sha256, "task": "regression" if d.classes is None else "classification",
+            "created_at": d.created_at.isoformat()}
+
+
 def visible_datasets():
     p = principal()
     query = select(Dataset)

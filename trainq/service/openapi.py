@@ -18,8 +18,11 @@ def _json(schema: dict, description: str = "ok") -> dict:
 
 
 ERROR = _json(_ref("Error"), "error")
-OBJECT = _json({"type": "object"})
 HEX_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+
+
+def _object() -> dict:
+    return _json({"type": "object"})  # a fresh dict per answer: links are added to some of them
 
 
 def _op(summary: str, ok: dict[str, dict], errors: tuple[int, ...] = (), params: tuple = (), body: dict | None = None,
@@ -58,9 +61,10 @@ def document() -> dict:
               _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}),
               _query("status", {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}),
               _query("pool", {"type": "string"}), _query("name", {"type": "string"}),
+              _query("sweep", {"type": "string", "pattern": "^(none|any|[0-9a-f]{32})$"}),
               _query("sort", {"type": "string", "pattern": "^-?(created|name|status|pool|worker|epoch|started|"
                                                          "finished|priority)$"}),
-              _query("changed_since", {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$"}))
+              _query("changed_since", {"type": "string", "pattern": "^[0-9]{1,18}\\.[0-9]{1,18}$"}))
     sweep = ("sweep_id",)
     worker_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1,
                                                                                "pattern": "^[^/]+$"}}
@@ -68,56 +72,106 @@ def document() -> dict:
                                                                                             "format": "binary"}}}}
     csv_ok = {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}
     no_content = {"description": "done"}
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {"title": "trainq", "version": __version__},
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/jobs": {
-                "post": _op("Submit a job", {"201": OBJECT, "200": OBJECT}, body=spec_body,
+                "post": _op("Submit a job", {"201": _object(), "200": _object()}, body=spec_body,
                             params=(_query("dry_run", {"type": "string", "enum": ["0", "1"]}),)),
-                "get": _op("List jobs, newest first", {"200": OBJECT}, (400,), paging),
+                "get": _op("List jobs, newest first", {"200": _object()}, (400,), paging),
             },
             "/api/v1/jobs.csv": {"get": _op("Export jobs as CSV", {"200": csv_ok}, (400,), paging)},
-            "/api/v1/jobs:validate": {"post": _op("Validate a spec and dry-run it", {"200": OBJECT}, body=spec_body)},
-            "/api/v1/jobs/{job_id}": {"get": _op("A job", {"200": OBJECT}, (404,), job),
+            "/api/v1/jobs:validate": {"post": _op("Validate a spec and dry-run it", {"200": _object()}, body=spec_body)},
+            "/api/v1/jobs/{job_id}": {"get": _op("A job", {"200": _object()}, (404,), job),
                                       "delete": _op("Delete a finished job", {"204": no_content}, (404, 409), job)},
-            "/api/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a job", {"200": OBJECT}, (404,), job)},
-            "/api/v1/jobs/{job_id}/metrics": {"get": _op("Metric series", {"200": OBJECT}, (400, 404), job + (
+            "/api/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a job", {"200": _object()}, (404,), job)},
+            "/api/v1/jobs/{job_id}/metrics": {"get": _op("Metric series", {"200": _object()}, (400, 404), job + (
                 _query("names", {"type": "string"}), _query("after_step", {"type": "integer", "minimum": -1}),
                 _query("max_points", {"type": "integer", "minimum": 0, "maximum": 100_000})))},
-            "/api/v1/compare": {"get": _op("Several runs side by side", {"200": OBJECT}, (400, 404), (
+            "/api/v1/compare": {"get": _op("Several runs side by side", {"200": _object()}, (400, 404), (
                 _query("ids", {"type": "string"}), _query("names", {"type": "string"}),
                 _query("max_points", {"type": "integer", "minimum": 3, "maximum": 100_000})))},
-            "/api/v1/workers": {"get": _op("Workers, pools and the queue", {"200": OBJECT})},
-            "/api/v1/workers/{name}/drain": {"post": _op("Drain a worker (admins)", {"202": OBJECT}, (404,),
+            "/api/v1/workers": {"get": _op("Workers, pools and the queue", {"200": _object()})},
+            "/api/v1/workers/{name}/drain": {"post": _op("Drain a worker (admins)", {"202": _object()}, (404,),
                                                          (worker_name,))},
-            "/api/v1/examples": {"get": _op("The example specs", {"200": OBJECT})},
+            "/api/v1/examples": {"get": _op("The example specs", {"200": _object()})},
             "/api/v1/sweeps": {
-                "post": _op("Submit a sweep", {"201": OBJECT}, body={
+                "post": _op("Submit a sweep", {"201": _object()}, body={
                     "required": True, "content": {"application/json": {"schema": _ref("SweepSpec")}}}),
-                "get": _op("List sweeps", {"200": OBJECT}, (400,), (
+                "get": _op("List sweeps", {"200": _object()}, (400,), (
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),)),
             },
-            "/api/v1/sweeps/{sweep_id}": {"get": _op("A sweep and its trials", {"200": OBJECT}, (404,), sweep)},
-            "/api/v1/sweeps/{sweep_id}/cancel": {"post": _op("Cancel a sweep and its trials", {"200": OBJECT}, (404,),
+            "/api/v1/sweeps/{sweep_id}": {"get": _op("A sweep and its trials", {"200": _object()}, (404,), sweep)},
+            "/api/v1/sweeps/{sweep_id}/cancel": {"post": _op("Cancel a sweep and its trials", {"200": _object()}, (404,),
                                                              sweep)},
-            "/api/v1/sweeps/{sweep_id}/train_best": {"post": _op("A job from the best trial's spec", {"201": OBJECT},
+            "/api/v1/sweeps/{sweep_id}/train_best": {"post": _op("A job from the best trial's spec", {"201": _object()},
                                                                  (400, 404, 409, 413, 422), sweep)},
-            "/api/v1/jobs/{job_id}/events": {"get": _op("Log lines", {"200": OBJECT}, (400, 404), job + (
+            "/api/v1/jobs/{job_id}/events": {"get": _op("Log lines", {"200": _object()}, (400, 404), job + (
                 _query("after", {"type": "integer", "minimum": 0}),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 5000})))},
-            "/api/v1/jobs/{job_id}/checkpoints": {"get": _op("Checkpoints", {"200": OBJECT}, (404,), job)},
+            "/api/v1/jobs/{job_id}/checkpoints": {"get": _op("Checkpoints", {"200": _object()}, (404,), job)},
             "/api/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/download": {
                 "get": _op("Download a checkpoint", {"200": binary}, (404,), job + ("checkpoint_id",))},
-            "/api/v1/me": {"get": _op("Who am I", {"200": OBJECT})},
-            "/api/v1/tokens": {"get": _op("My API tokens", {"200": OBJECT}),
-                               "post": _op("New API token (shown once)", {"201": OBJECT}, (400, 413, 422))},
+            "/api/v1/me": {"get": _op("Who am I", {"200": _object()})},
+            "/api/v1/tokens": {"get": _op("My API tokens", {"200": _object()}),
+                               "post": _op("New API token (shown once)", {"201": _object()}, (400, 413, 422))},
             "/api/v1/tokens/{token_id}": {"delete": _op("Revoke a token", {"204": no_content}, (404,), ("token_id",))},
-            "/api/v1/audit": {"get": _op("The audit log (admins)", {"200": OBJECT}, (400,), (
+            "/api/v1/audit": {"get": _op("The audit log (admins)", {"200": _object()}, (400,), (
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),))},
-            "/api/v1/health": {"get": _op("Health", {"200": OBJECT, "503": OBJECT}, public=True)},
+            "/api/v1/health": {"get": _op("Health", {"200": _object(), "503": _object()}, public=True)},
         },
         "components": {"schemas": schemas,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            operation["operationId"] = operation_id(method, path)
+    _link(doc)
+    return doc
+
+
+def operation_id(method: str, path: str) -> str:
+    """`GET /api/v1/jobs/{job_id}/metrics` -> `get_jobs_job_id_metrics`: stable, and the name links refer to."""
+    words = path.removeprefix("/api/v1/").replace("{", "").replace("}", "").replace(".", "_").replace(":", "_")
+    return f"{method}_{words.replace('/', '_')}"
+
+
+# Which answers carry the ids that other operations take: a created object's id (201), and the first item of a
+# list. With these links a client, or a fuzzer's stateful phase, reaches the job, sweep, token, checkpoint and
+# worker routes with ids that exist instead of guessing 32 hex digits.
+JOB_ROUTES = ("get /api/v1/jobs/{job_id}", "post /api/v1/jobs/{job_id}/cancel", "get /api/v1/jobs/{job_id}/metrics",
+              "get /api/v1/jobs/{job_id}/events", "get /api/v1/jobs/{job_id}/checkpoints",
+              "delete /api/v1/jobs/{job_id}")
+SWEEP_ROUTES = ("get /api/v1/sweeps/{sweep_id}", "post /api/v1/sweeps/{sweep_id}/cancel",
+                "post /api/v1/sweeps/{sweep_id}/train_best")
+LINKS = [  # (operation, status, pointer to the id, parameter, target operations)
+    ("post /api/v1/jobs", "201", "/id", "job_id", JOB_ROUTES),
+    ("get /api/v1/jobs", "200", "/jobs/0/id", "job_id", JOB_ROUTES),
+    ("post /api/v1/sweeps/{sweep_id}/train_best", "201", "/id", "job_id", JOB_ROUTES),
+    ("post /api/v1/sweeps", "201", "/trials/0/job_id", "job_id", JOB_ROUTES),
+    ("get /api/v1/sweeps/{sweep_id}", "200", "/trials/0/job_id", "job_id", JOB_ROUTES),
+    ("get /api/v1/workers", "200", "/queue/0/id", "job_id", JOB_ROUTES),
+    ("post /api/v1/sweeps", "201", "/id", "sweep_id", SWEEP_ROUTES),
+    ("get /api/v1/sweeps", "200", "/sweeps/0/id", "sweep_id", SWEEP_ROUTES),
+    ("post /api/v1/tokens", "201", "/id", "token_id", ("delete /api/v1/tokens/{token_id}",)),
+    ("get /api/v1/tokens", "200", "/tokens/0/id", "token_id", ("delete /api/v1/tokens/{token_id}",)),
+    ("get /api/v1/workers", "200", "/workers/0/name", "name", ("post /api/v1/workers/{name}/drain",)),
+]
+
+
+def _link(document: dict) -> None:
+    def op(ref: str) -> dict:
+        method, path = ref.split(" ", 1)
+        return document["paths"][path][method]
+
+    for source, status, pointer, parameter, targets in LINKS:
+        links = op(source)["responses"][status].setdefault("links", {})
+        for target in targets:
+            links[f"{op(target)['operationId']}_from_{pointer.strip('/').split('/')[0]}"] = {
+                "operationId": op(target)["operationId"], "parameters": {parameter: f"$response.body#{pointer}"}}
+    # a checkpoint's download takes the job's id and the checkpoint's, both in the checkpoint list's answer
+    op("get /api/v1/jobs/{job_id}/checkpoints")["responses"]["200"]["links"] = {"download_first": {
+        "operationId": op("get /api/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/download")["operationId"],
+        "parameters": {"job_id": "$response.body#/job_id", "checkpoint_id": "$response.body#/checkpoints/0/id"}}}

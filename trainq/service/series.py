@@ -66,12 +66,43 @@ def flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def spec_differences(specs: list[dict[str, Any]], ignore: tuple[str, ...] = ("name",)) -> list[dict[str, Any]]:
-    """The fields whose values are not the same in every spec, with each spec's value (None where it lacks it)."""
-    flat = [flatten(s) for s in specs]
-    paths = sorted({p for f in flat for p in f} - set(ignore))
-    diff = []
-    for path in paths:
-        values = [f.get(path) for f in flat]
-        if any(v != values[0] for v in values[1:]):
-            diff.append({"path": path, "values": values})
-    return diff
+    """The parts of the specs that are not the same in every one, each with every spec's value (None where it lacks
+    it). A part whose kind differs (a layer or optimizer of another `type`, a list of another length) is one row
+    with a short summary, not a row for each field of either kind: an MLP against a CNN differs in its layers, not in
+    every default of every layer type."""
+    out: list[dict[str, Any]] = []
+    _differ([{k: v for k, v in s.items() if k not in ignore} for s in specs], "", out)
+    return out
+
+
+def _differ(values: list[Any], path: str, out: list[dict[str, Any]]) -> None:
+    if all(v == values[0] for v in values[1:]):
+        return
+    if all(isinstance(v, dict) for v in values):
+        if len({v.get("type") for v in values}) == 1:
+            for key in sorted({k for v in values for k in v}):
+                _differ([v.get(key) for v in values], f"{path}.{key}" if path else key, out)
+            return
+    elif all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+        for i in range(len(values[0])):
+            _differ([v[i] for v in values], f"{path}[{i}]", out)
+        return
+    out.append({"path": path, "values": [summary(v) for v in values]})
+
+
+def summary(value: Any, width: int = 80) -> Any:
+    """A spec part in a line: `dense units=64`, a list of layers as `dense units=64 → activation fn=relu → ...`."""
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        text = " → ".join(str(summary(v, 40)) for v in value)
+    elif isinstance(value, dict):
+        fields = [f"{k}={json_text(v)}" for k, v in value.items() if k != "type" and v is not None]
+        text = " ".join(([str(value["type"])] if "type" in value else []) + fields)
+    else:
+        return value
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)

@@ -75,9 +75,10 @@ def sampler_for(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
 def pruner_for(spec: SweepSpec, max_epochs: int) -> optuna.pruners.BasePruner:
     p = spec.pruner
     if p.type == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.first_rung(max_epochs),
+                                                      reduction_factor=p.reduction_factor)
     if p.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max_epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=p.first_rung(max_epochs), max_resource=max_epochs,
                                               reduction_factor=p.reduction_factor)
     if p.type == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
