@@ -47,6 +47,7 @@ class Stack:
                          "TRAINQ_RECONCILE_SECONDS": "1", "TRAINQ_ADMIN_TOKEN": ADMIN_TOKEN,
                          "PYTHONUNBUFFERED": "1", **env})
         self.procs: dict[str, subprocess.Popen] = {}
+        self.cwd: Path | None = None  # where the processes start; `python -m` puts this folder first on sys.path
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
         # A read sent on a keep-alive connection the server is closing at that moment fails with no response;
@@ -61,7 +62,7 @@ class Stack:
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "trainq.cli", *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
         self.procs[name] = proc
         return proc
 
