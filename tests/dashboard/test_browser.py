@@ -51,7 +51,8 @@ def test_submit_from_the_form_shows_errors_next_to_the_field_then_the_run(page, 
     assert stack.job(job_id)["name"] == "from-the-form"
     page.goto(stack.url + "/")
     row = page.locator(f"#runs tr[data-id='{job_id}']")
-    assert row.locator("td.name").inner_text() == "from-the-form"
+    assert row.locator("td.name a").first.inner_text() == "from-the-form"
+    assert row.locator("td.name small.id").inner_text() == row.get_attribute("data-id")[:6]
     row.locator(".badge.succeeded").wait_for(timeout=60_000)  # the row goes live to succeeded, no reload
 
 
@@ -63,10 +64,12 @@ def test_a_new_run_appears_in_the_table_without_a_reload(page, stack):
     page.locator(f"#runs tr[data-id='{job_id}'] td.name").wait_for()
     assert page.evaluate("window.__marker") == marker  # the same document: no reload happened
     assert page.locator("#runs tbody tr").first.get_attribute("data-id") == job_id
-    total = stack.get("/api/v1/jobs?limit=1")["total"]
+    total = stack.get("/api/v1/jobs?limit=1&sweep=none")["total"]  # the page leaves sweeps' trials out
     assert page.inner_text("#page-info").endswith(f"of {total}")
     page.locator(f"#runs tr[data-id='{job_id}'] .badge.succeeded").wait_for(timeout=60_000)
-    assert "val_accuracy" in page.inner_text(f"#runs tr[data-id='{job_id}'] td.best")
+    # no early stopping: the run is judged by val_loss, and the column shows its lowest value
+    lowest = min(stack.get(f"/api/v1/jobs/{job_id}/metrics?names=val_loss")["series"]["val_loss"]["value"])
+    assert page.inner_text(f"#runs tr[data-id='{job_id}'] td.best") == f"val_loss {lowest:.4f}"
 
 
 def test_the_curves_grow_while_the_run_trains_and_the_best_epoch_is_kept(page, stack):
@@ -116,10 +119,18 @@ def test_compare_two_runs_overlays_their_curves_and_shows_what_differs(page, sta
     assert page.locator("#compare-table tbody tr").count() == 2
     column = headers.index("optimizer.lr")
     rows = page.locator("#compare-table tbody tr")
-    lr = {rows.nth(i).locator("td").first.inner_text(): rows.nth(i).locator("td").nth(column) for i in range(2)}
+    lr = {rows.nth(i).locator("td a").first.inner_text(): rows.nth(i).locator("td").nth(column) for i in range(2)}
     assert lr["compare-b"].inner_text() == "0.003"
     assert lr["compare-a"].inner_text() == str(mlp()["optimizer"]["lr"])
     assert "differs" in lr["compare-a"].get_attribute("class")
+    # the same architecture: the learning rate is the only difference, and the test metrics come before it
+    assert [h for h in headers if "." in h] == ["optimizer.lr"]
+    assert headers.index("test_accuracy") < headers.index("optimizer.lr")
+    assert page.locator("#compare-table").bounding_box()["width"] <= 1400
+    # the menu offers what the runs reported: a classification run has accuracy, never R² or MAE
+    menu = page.locator("select[name=metric] option").all_inner_texts()
+    assert {"val_loss", "train_loss", "val_accuracy", "train_loss_step"} <= set(menu)
+    assert not {"val_r2", "val_mae", "train_accuracy"} & set(menu)
 
 
 def test_the_worker_is_on_the_workers_page(page, stack):
@@ -137,7 +148,7 @@ def test_a_run_named_like_a_script_shows_as_text(page, stack):
     name = "<script>alert(1)</script><img src=x onerror=alert(2)>"
     job_id = stack.submit(with_(mlp(epochs=1), name=name))
     page.goto(stack.url + "/")
-    assert page.locator(f"#runs tr[data-id='{job_id}'] td.name").inner_text() == name
+    assert page.locator(f"#runs tr[data-id='{job_id}'] td.name a").first.inner_text() == name
     page.goto(f"{stack.url}/jobs/{job_id}")
     assert page.inner_text("#job-name") == name
     page.goto(f"{stack.url}/compare?ids={job_id}")
@@ -166,5 +177,12 @@ def test_the_sweep_page_shows_trials_parameters_and_curves(page, stack):
     eventually(lambda: chart_points(page, "#chart-trials", "data-series") == 6)
     assert page.get_attribute("#parallel", "data-lines") == "6"
     assert page.locator("#param-charts figure").count() == 2
+    # every trial that reported the metric is a point on each parameter's chart, the learning rates (0.0003 to 0.03)
+    # on a log axis, and the parallel coordinates carry their axes' values
+    scored = sum(1 for t in state["trials"] if t["value"] is not None)
+    for param, scale in (("optimizer.lr", "log"), ("model.layers[0].units", "linear")):
+        canvas = page.locator(f'#param-charts figure[data-param="{param}"] canvas')
+        assert canvas.get_attribute("data-points") == str(scored) and canvas.get_attribute("data-scale") == scale
+    assert int(page.get_attribute("#parallel", "data-values")) >= 6  # two ends of each of the three axes
     best_row = page.locator("#trials tbody tr.best")
     assert best_row.get_attribute("data-trial") == str(state["best"]["trial"])

@@ -131,3 +131,13 @@ def test_a_diverging_run_raises_with_the_step():
                             optimizer={"type": "sgd", "lr": 100.0}, **{"training.log_every_steps": 1}))
     with pytest.raises(NonFiniteLoss, match="at step"):
         fit(spec)
+
+
+def test_a_scheduled_run_reports_its_learning_rate_each_epoch_and_a_plain_run_does_not():
+    cosine = fit(parse_spec(with_(mlp(epochs=4), **{"optimizer.lr": 0.01, "schedule": {"type": "cosine"}})))
+    import math
+
+    # the rate each epoch trained at: cosine annealing over 4 epochs, from 0.01
+    assert [h["lr"] for h in cosine.history] == pytest.approx([0.01 * (1 + math.cos(math.pi * k / 4)) / 2
+                                                               for k in range(4)], rel=1e-6)
+    assert "lr" not in fit(parse_spec(mlp(epochs=1))).history[0]

@@ -206,6 +206,8 @@ def _fit(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interrupt
         state.metrics = {"epoch": state.epoch, **state.metrics, **evaluate(state, state.data.val, "val")}
         state.history.append(state.metrics)
         schedule = state.scheduler
+        if schedule is not None:
+            state.metrics["lr"] = state.optimizer.param_groups[0]["lr"]  # what this epoch trained at (last step's)
         if schedule is not None and schedule.every == "epoch":
             if schedule.on_metric:
                 schedule.scheduler.step(state.metrics.get("val_loss", state.metrics["train_loss"]))

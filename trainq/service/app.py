@@ -14,6 +14,7 @@ from trainq.service.api import bp as api_bp
 from trainq.service.auth import RateLimiter, TokenCache
 from trainq.service.context import Services
 from trainq.service.dashboard import bp as dashboard_bp
+from trainq.service.dashboard import missing_assets
 from trainq.service.datasets_api import bp as datasets_bp
 from trainq.service.db import make_engine, make_sessionmaker
 from trainq.service.http import fail
@@ -104,4 +105,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(datasets_bp)
     app.register_blueprint(sweeps_bp)
     app.register_blueprint(dashboard_bp)
+    for path in missing_assets():
+        log.error("the dashboard's chart library is missing (%s): every chart will be blank. Install trainq again "
+                  "where npm can reach its registry, or run `npm ci` in trainq/service/assets", path)
     return app

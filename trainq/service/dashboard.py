@@ -6,16 +6,16 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, abort, redirect, render_template, request, send_from_directory, session, url_for
-from sqlalchemy import func, select
+from sqlalchemy import distinct, func, select
 
 from trainq.service.auth import check_csrf, csrf_token, limit, principal, user_for_token, verify_password
 from trainq.service.context import db, services
 from trainq.service.job_reads import STATUSES, change_cursor, filtered_jobs, jobs_page_json, read_job
-from trainq.service.lookups import get_job, get_sweep
-from trainq.service.tables import User
+from trainq.service.lookups import get_job, get_sweep, visible
+from trainq.service.tables import Job, User
 
 bp = Blueprint("dashboard", __name__)
-OPEN_PAGES = {"dashboard.login", "dashboard.login_form", "dashboard.asset", "static"}
+OPEN_PAGES = {"dashboard.login", "dashboard.login_form", "dashboard.asset", "dashboard.favicon", "static"}
 
 
 @bp.before_request
@@ -31,7 +31,7 @@ def signed_in():
 
 @bp.app_context_processor
 def _template_helpers():
-    return {"csrf_token": csrf_token, "me": principal}
+    return {"csrf_token": csrf_token, "me": principal, "missing_assets": missing_assets}
 
 
 def safe_next(target: str | None) -> str:
@@ -54,8 +54,10 @@ def login():
     secret = request.form.get("password", "")[:1024]
     limit(f"login:{request.remote_addr}:{name}", services().settings.login_per_minute)
     user = None if "\x00" in name else db().scalar(select(User).where(User.name == name))  # no user has a NUL
-    by_token = user_for_token(secret) if secret.startswith("tq_") else None
-    ok = user is not None and (verify_password(secret, user.password_hash) or (by_token and by_token.id == user.id))
+    # A token pasted in place of the password signs in too: any token, including a TRAINQ_ADMIN_TOKEN that was not
+    # made by `trainq token` and so has no tq_ prefix.
+    ok = user is not None and (verify_password(secret, user.password_hash)
+                               or (bool(secret) and getattr(user_for_token(secret), "id", None) == user.id))
     if not ok:
         return render_template("login.html", next=safe_next(request.form.get("next")),
                                error="wrong user name, password or token"), 401
@@ -83,6 +85,17 @@ ASSETS = {"uplot.js": "uPlot.iife.min.js", "uplot.css": "uPlot.min.css"}
 ASSET_DIR = Path(__file__).parent / "assets" / "node_modules" / "uplot" / "dist"
 
 
+def missing_assets() -> list[str]:
+    """The chart library's files this installation lacks: without them every chart is blank, so every page says so."""
+    return [str(ASSET_DIR / file) for file in ASSETS.values() if not (ASSET_DIR / file).is_file()]
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico whatever the page says: the same icon as the pages' <link rel=icon>."""
+    return send_from_directory(Path(__file__).parent / "static", "favicon.svg", mimetype="image/svg+xml", max_age=86400)
+
+
 @bp.get("/assets/<name>")
 def asset(name: str):
     """The chart library, as the install step fetched it from the npm registry (never from a CDN at run time)."""
@@ -92,7 +105,7 @@ def asset(name: str):
 
 
 COLUMNS = [("name", "name"), ("status", "status"), ("pool", "pool"), ("worker", "worker"), ("epoch", "epoch"),
-           ("", "best validation"), ("started", "duration"), ("created", "submitted")]
+           ("", "best (monitored)"), ("started", "duration"), ("created", "submitted")]
 
 
 @bp.get("/")
@@ -100,20 +113,26 @@ def runs():
     """The runs table: the same query as GET /api/v1/jobs (filters, sort, page), rendered; the page then asks the
     API only for the jobs that changed."""
     limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
-    offset = max(request.args.get("offset", 0, type=int), 0)
+    offset = min(max(request.args.get("offset", 0, type=int), 0), 10**9)  # a page, not a number SQL cannot hold
     sort = request.args.get("sort", "-created")
-    query = filtered_jobs()  # validates sort and status: a bad one is a 400 naming it
+    query = filtered_jobs(sweep_default="none")  # validates sort and status: a bad one is a 400 naming it
     session = db()
     cursor = change_cursor(session)
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     rows = session.scalars(query.limit(limit).offset(offset)).all()
-    args = {k: v for k, v in request.args.items() if k in ("status", "pool", "name") and v}
+    args = {k: v for k, v in request.args.items() if k in ("status", "pool", "name", "sweep") and v}
+    args["sweep"] = args.get("sweep", "none")  # a sweep's trials are on its own page unless asked for here
+    hidden = None
+    if args["sweep"] == "none":
+        trials = visible(select(Job.sweep_id)).where(Job.sweep_id.is_not(None)).subquery()
+        hidden = session.execute(select(func.count(), func.count(distinct(trials.c.sweep_id)))).one()
 
     def link(**changes):
         return "/?" + urlencode({**args, "sort": sort, "limit": limit, "offset": offset, **changes})
 
     return render_template("runs.html", nav="runs", jobs=jobs_page_json(session, rows), total=total, limit=limit,
                            offset=offset, sort=sort, args=args, statuses=sorted(STATUSES), columns=COLUMNS,
+                           hidden=hidden, trials_link=link(sweep="any", offset=0),
                            cursor=cursor, query=urlencode({**args, "sort": sort, "limit": limit}),
                            sort_link=lambda key: link(sort=key if sort == f"-{key}" else f"-{key}", offset=0),
                            page_link=lambda to: link(offset=max(to, 0)))
@@ -121,20 +140,29 @@ def runs():
 
 @bp.get("/jobs/<hexid:job_id>")
 def run(job_id: str):
+    job = read_job(job_id)
+    return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]))
+
+
+def shown_spec(stored: dict) -> list[tuple[str, object, bool]]:
+    """The spec's fields that apply to its dataset and layers, each marked when it is the default."""
+    from pydantic import ValidationError
+
+    from trainq.models.spec import JobSpec, spec_rows
     from trainq.service.series import flatten
 
-    job = read_job(job_id)
-    return render_template("run.html", nav="runs", job=job, spec_rows=sorted(flatten(job["spec"]).items()))
+    try:
+        return spec_rows(JobSpec.model_validate(stored))
+    except ValidationError:  # a spec stored by an older version that this one no longer reads: all of it, as stored
+        return [(path, value, False) for path, value in sorted(flatten(stored).items())]
 
 
 @bp.get("/compare")
 def compare():
     ids = ",".join(i for i in request.args.get("ids", "").replace(" ", "").split(",") if i)
-    metric = request.args.get("metric", "val_loss")
-    names = ["val_loss", "train_loss", "val_accuracy", "train_accuracy", "val_r2", "train_loss_step"]
-    if metric not in names:
-        names.append(metric)
-    return render_template("compare.html", nav="compare", ids=ids, metric=metric, metric_names=names)
+    metric = request.args.get("metric", "val_loss")[:64]
+    # the page replaces the menu with the metrics the runs reported, once it has them
+    return render_template("compare.html", nav="compare", ids=ids, metric=metric, metric_names=[metric])
 
 
 @bp.get("/workers")
@@ -163,7 +191,34 @@ def sweeps_page():
     query = select(Sweep).order_by(Sweep.created_at.desc()).limit(200)
     if not p.is_admin:
         query = query.where(Sweep.owner_id == p.id)
-    return render_template("sweeps.html", nav="sweeps", sweeps=db().scalars(query).all())
+    return render_template("sweeps.html", nav="sweeps", sweeps=db().scalars(query).all(), example=example_sweep())
+
+
+def example_sweep() -> str:
+    """A sweep to start from in the form: the digits MLP example over learning rate and width, pruned by ASHA."""
+    import yaml
+
+    from trainq.service.examples import load_examples
+
+    base = next((e["spec"] for e in load_examples() if e["name"] == "digits-mlp"), None) or {
+        "name": "digits-mlp", "dataset": {"name": "digits"},
+        "model": {"layers": [{"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"},
+                             {"type": "dense", "units": 10}]},
+        "loss": {"type": "cross_entropy"}, "optimizer": {"type": "adam", "lr": 0.001}, "training": {"epochs": 20}}
+    sweep = {"name": "digits-lr-and-width", "base": base,
+             "search": {"optimizer.lr": {"log_uniform": [0.0001, 0.03]},
+                        "model.layers[0].units": {"choice": [32, 64, 128]}},
+             "method": "tpe", "trials": 8, "parallel": 2, "metric": "val_accuracy", "pruner": {"type": "asha"}}
+    return yaml.safe_dump(sweep, sort_keys=False)
+
+
+@bp.get("/datasets")
+def datasets_page():
+    from trainq.service.lookups import dataset_json, visible_datasets
+    from trainq.service.tables import Dataset
+
+    rows = db().scalars(visible_datasets().order_by(Dataset.created_at.desc())).all()
+    return render_template("datasets.html", nav="datasets", datasets=[dataset_json(d) for d in rows])
 
 
 @bp.get("/sweeps/<hexid:sweep_id>")

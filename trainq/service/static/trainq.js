@@ -56,13 +56,33 @@ function fmt(value, digits = 4) {
 
 function duration(started, finished) {
   if (!started) return "";
-  const seconds = Math.max(0, ((finished ? Date.parse(finished) : Date.now()) - Date.parse(started)) / 1000);
+  return human(Math.max(0, ((finished ? Date.parse(finished) : Date.now()) - Date.parse(started)) / 1000));
+}
+
+function human(seconds) {
   if (seconds < 60) return seconds.toFixed(1) + " s";
   if (seconds < 3600) return Math.floor(seconds / 60) + " min " + Math.round(seconds % 60) + " s";
   return Math.floor(seconds / 3600) + " h " + Math.round((seconds % 3600) / 60) + " min";
 }
 
-function when(iso) { return iso ? iso.slice(0, 19).replace("T", " ") : ""; }
+function when(iso) {
+  // A time in the viewer's zone, with the zone named ("2026-11-30 09:15:02 CET"): never a bare UTC clock reading.
+  return iso ? new Date(iso).toLocaleString("sv-SE", {timeZoneName: "short"}) : "";
+}
+
+function ago(iso) {
+  // "2 s ago", "3 min ago": how fresh a heartbeat is matters more than its clock time (the title has that)
+  if (!iso) return "";
+  const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (seconds < 60) return `${Math.round(seconds)} s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  return `${Math.round(seconds / 3600)} h ago`;
+}
+
+function localizeTimes(root = document) {
+  for (const t of root.querySelectorAll("time[data-at]")) if (t.dataset.at) { t.textContent = when(t.dataset.at); t.title = t.dataset.at; }
+  for (const cell of root.querySelectorAll("td.created[data-at]")) cell.textContent = when(cell.dataset.at);
+}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Charts (uPlot, installed from npm by the install step)
@@ -89,7 +109,12 @@ class LineChart {
   // One chart of several named series over a shared x axis; series are extended point by point.
   constructor(target, xLabel, plugins = []) {
     this.target = target; this.xLabel = xLabel; this.plugins = plugins;
-    this.names = []; this.points = {}; this.plot = null;
+    this.names = []; this.points = {}; this.plot = null; this.log = false;
+  }
+  setLog(on) {
+    // losses span decades: on a log axis the late epochs are not a flat line
+    this.log = on; this.plot && this.plot.destroy(); this.plot = null; this.target.dataset.log = on ? "1" : "0";
+    this.render();
   }
   add(name, xs, ys, style = {}) {
     if (!this.points[name]) { this.points[name] = new Map(); this.names.push(name); this.styles = {...this.styles, [name]: style}; this.plot && this.plot.destroy(); this.plot = null; }
@@ -107,11 +132,13 @@ class LineChart {
     if (this.plot) { this.plot.setData(data); return; }
     this.target.textContent = "";
     const width = Math.max(320, this.target.clientWidth || 480);
+    // Without the cursor on the chart, the legend shows each series' latest value rather than "--"
+    const latest = u => { if (u.cursor.idx === null || u.cursor.idx === undefined) u.setLegend({idx: u.data[0].length - 1}); };
     this.plot = new uPlot({
-      width, height: 240, plugins: this.plugins,
-      scales: {x: {time: false}},
+      width, height: 240, plugins: [...this.plugins, {hooks: {ready: [latest], setData: [latest], setCursor: [latest]}}],
+      scales: {x: {time: false}, ...(this.log ? {y: {distr: 3}} : {})},
       axes: [{label: this.xLabel, incrs: INTEGER_STEPS}, {size: 60}],
-      series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true, points: {show: false}, ...((this.styles || {})[n] || {})}))],
+      series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: colour(i), width: 1.5, spanGaps: true, points: {show: false}, ...((this.styles || {})[n] || {})}))],
     }, data, this.target);
   }
   count(name) { return this.points[name] ? this.points[name].size : 0; }
@@ -125,7 +152,9 @@ function runRow(job) {
   const best = job.best_metric ? `${job.best_metric.name} ${fmt(job.best_metric.value)}` : "";
   return el("tr", {"data-id": job.id},
     el("td", {}, el("input", {type: "checkbox", class: "pick", value: job.id, "aria-label": "select " + job.name})),
-    el("td", {class: "name"}, el("a", {href: "/jobs/" + job.id, text: job.name})),
+    el("td", {class: "name"}, el("a", {href: "/jobs/" + job.id, text: job.name}), " ",
+      el("small", {class: "id", text: job.id.slice(0, 6)}),
+      ...(job.sweep_id ? [" ", el("a", {class: "trial", href: "/sweeps/" + job.sweep_id, text: "trial of sweep " + job.sweep_id.slice(0, 6)})] : [])),
     el("td", {class: "status"}, el("span", {class: "badge " + job.status, text: job.status})),
     el("td", {class: "pool", text: job.pool}),
     el("td", {class: "worker", text: job.worker || ""}),
@@ -182,17 +211,34 @@ function pageRun() {
   let job = JSON.parse(document.getElementById("job-data").textContent);
   const id = job.id;
   let bestEpoch = job.best_epoch;
-  const marker = () => markerPlugin(() => bestEpoch, "best");
-  const charts = {
-    loss: new LineChart(document.getElementById("chart-loss"), "epoch", [marker()]),
-    metric: new LineChart(document.getElementById("chart-metric"), "epoch", [marker()]),
-    steps: new LineChart(document.getElementById("chart-steps"), "step"),
+  // The metric the run is judged by (its early stopping's monitor, else val_loss): the best-epoch marker goes on the
+  // chart that shows it, and nowhere else
+  const stopping = (job.spec.training || {}).early_stopping || null;
+  const monitored = stopping ? stopping.monitor : "val_loss";
+  const higherIsBetter = stopping && stopping.mode ? stopping.mode === "max" : /(accuracy|r2)$/.test(monitored);
+  const charts = {};
+  const marker = key => markerPlugin(() => (charts[key] && charts[key].points[monitored] ? bestEpoch : null), "best " + monitored);
+  charts.loss = new LineChart(document.getElementById("chart-loss"), "epoch", [marker("loss")]);
+  charts.metric = new LineChart(document.getElementById("chart-metric"), "epoch", [marker("metric")]);
+  charts.error = new LineChart(document.getElementById("chart-error"), "epoch", [marker("error")]);
+  charts.lr = new LineChart(document.getElementById("chart-lr"), "epoch");
+  charts.steps = new LineChart(document.getElementById("chart-steps"), "step");
+  for (const [box, key] of [["loss-log", "loss"], ["steps-log", "steps"]]) {
+    document.getElementById(box).addEventListener("change", e => charts[key].setLog(e.target.checked));
+  }
+  const chartOf = name => {
+    if (name === "train_loss_step") return charts.steps;
+    if (name === "lr") { document.getElementById("fig-lr").hidden = false; return charts.lr; }
+    if (name.endsWith("_loss")) return charts.loss;
+    if (/^(train|val)_accuracy$/.test(name)) return charts.metric;
+    if (/^(train|val)_r2$/.test(name)) { document.getElementById("metric-caption").textContent = "R² per epoch"; return charts.metric; }
+    if (/^(train|val)_mae$/.test(name)) { document.getElementById("fig-error").hidden = false; return charts.error; }
+    return null;
   };
-  const chartOf = name => name === "train_loss_step" ? charts.steps
-    : (name.endsWith("_loss") ? charts.loss : (/^(train|val)_(accuracy|r2|mae)$/.test(name) ? charts.metric : null));
   const lastStep = {};
   let lastEvent = 0;
-  let lowest = null;  // while running, the best epoch so far by val_loss (the job's own is known at its end)
+  let lowest = null;  // while running, the best epoch so far by the monitored metric (the job's own is known at its end)
+  let shownEpoch = job.epoch;
 
   const show = (selector, value) => { document.getElementById(selector).textContent = value; };
   const renderJob = () => {
@@ -207,6 +253,19 @@ function pageRun() {
     const error = document.getElementById("job-error");
     error.hidden = !job.error; error.textContent = job.error || "";
     document.getElementById("cancel").hidden = FINISHED.includes(job.status);
+    document.querySelector("#job-started time").dataset.at = job.started_at || "";
+    document.querySelector("#job-finished time").dataset.at = job.finished_at || "";
+    localizeTimes(document.getElementById("job-times"));
+    if (!job.started_at) document.querySelector("#job-started time").textContent = "–";
+    if (!job.finished_at) document.querySelector("#job-finished time").textContent = "–";
+    const running = job.status === "running" && job.started_at;
+    show("job-duration-label", running ? "elapsed" : "duration");
+    show("job-duration", job.started_at ? duration(job.started_at, job.finished_at) : "–");
+    document.getElementById("job-eta-box").hidden = !(running && job.epoch > 0);
+    if (running && job.epoch > 0) {
+      const elapsed = (Date.now() - Date.parse(job.started_at)) / 1000;
+      show("job-eta", human(elapsed / job.epoch * (job.max_epochs - job.epoch)));
+    }
   };
 
   async function pollMetrics() {
@@ -222,8 +281,10 @@ function pageRun() {
       if (!keep.length) continue;
       chart.add(name, keep.map(i => useStep ? s.step[i] : s.epoch[i]), keep.map(i => s.value[i]));
       lastStep[name] = s.step[keep[keep.length - 1]];
-      if (name === "val_loss") {
-        for (const i of keep) if (!lowest || s.value[i] < lowest.value) lowest = {epoch: s.epoch[i], value: s.value[i]};
+      if (name === monitored) {
+        for (const i of keep) {
+          if (!lowest || (higherIsBetter ? s.value[i] > lowest.value : s.value[i] < lowest.value)) lowest = {epoch: s.epoch[i], value: s.value[i]};
+        }
       }
     }
     renderJob();
@@ -269,6 +330,10 @@ function pageRun() {
         el("td", {text: JSON.stringify(layer.output_shape)}), el("td", {text: layer.params.toLocaleString()})));
     }
     show("model-totals", `${plan.params.toLocaleString()} parameters · about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train · ${plan.task}`);
+    if (plan.task === "regression") {  // no classes, no confusion matrix; its metric chart is R²
+      document.getElementById("confusion-section").hidden = true;
+      document.getElementById("metric-caption").textContent = "R² per epoch";
+    }
   }
 
   document.getElementById("cancel").addEventListener("click", async () => {
@@ -280,7 +345,7 @@ function pageRun() {
     cell.style.background = `rgba(37, 99, 235, ${Math.min(0.85, Number(cell.dataset.share) * 0.85).toFixed(3)})`;
     if (Number(cell.dataset.share) > 0.5) cell.style.color = "#fff";
   }
-  renderJob(); loadModel(); loadCheckpoints(); pollMetrics(); pollEvents();
+  localizeTimes(); renderJob(); loadModel(); loadCheckpoints(); pollMetrics(); pollEvents();
   let finalRound = FINISHED.includes(job.status) ? 0 : 1;
   let ticks = 0;
   every(1000, async () => {
@@ -289,9 +354,10 @@ function pageRun() {
     if (!answer.ok) throw new Error(answer.status);
     const wasDone = FINISHED.includes(job.status);
     job = answer.body; renderJob();
+    if (job.epoch !== shownEpoch) { shownEpoch = job.epoch; loadCheckpoints(); }  // the table keeps up with the header
     await pollMetrics(); await pollEvents();
     if (FINISHED.includes(job.status)) {
-      if (!wasDone) { loadCheckpoints(); if (job.metrics && job.metrics.test_confusion_matrix) location.reload(); }
+      if (!wasDone) { loadCheckpoints(); if (job.metrics && Object.keys(job.metrics).length) location.reload(); }
       return finalRound-- > 0;
     }
     return true;
@@ -321,18 +387,26 @@ async function pageCompare() {
   const differences = answer.body.differences;
   const finals = [...new Set(runs.flatMap(r => Object.keys(r.metrics || {}).filter(k => typeof r.metrics[k] === "number")))]
     .filter(k => k.startsWith("test_") || k.startsWith("best_")).sort();
+  // The menu offers what these runs reported, nothing else
+  const menu = form.metric;
+  menu.textContent = "";
+  for (const name of answer.body.metrics.length ? answer.body.metrics : [metric]) {
+    menu.append(el("option", {value: name, text: name, ...(name === metric ? {selected: ""} : {})}));
+  }
+  // Final metrics first, next to the run they belong to; then the parts of the specs that differ
   const head = document.querySelector("#compare-table thead");
   const body = document.querySelector("#compare-table tbody");
   head.append(el("tr", {}, el("th", {text: "run"}), el("th", {text: "status"}),
-    ...differences.map(d => el("th", {text: d.path})), ...finals.map(f => el("th", {text: f}))));
+    ...finals.map(f => el("th", {class: "num", text: f})), ...differences.map(d => el("th", {text: d.path}))));
   runs.forEach((run, i) => {
     body.append(el("tr", {},
-      el("td", {}, el("a", {href: "/jobs/" + run.id, text: run.name})),
+      el("td", {}, el("a", {href: "/jobs/" + run.id, text: run.name}), " ", el("small", {class: "id", text: run.id.slice(0, 6)})),
       el("td", {}, el("span", {class: "badge " + run.status, text: run.status})),
-      ...differences.map(d => el("td", {class: "differs", text: JSON.stringify(d.values[i])})),
-      ...finals.map(f => el("td", {text: fmt((run.metrics || {})[f])}))));
+      ...finals.map(f => el("td", {class: "num", text: fmt((run.metrics || {})[f])})),
+      ...differences.map(d => el("td", {class: "differs", text: typeof d.values[i] === "string" ? d.values[i] : JSON.stringify(d.values[i])}))));
   });
-  caption.textContent = `${metric} by ${useStep ? "step" : "epoch"} · ${runs.length} runs · ${differences.length} spec fields differ`;
+  caption.textContent = `${metric} by ${useStep ? "step" : "epoch"} · ${runs.length} runs · ` +
+    (differences.length ? `their specs differ in ${differences.map(d => d.path).join(", ")}` : "the same spec");
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -353,7 +427,7 @@ function pageWorkers() {
       wbody.append(el("tr", {"data-name": w.name},
         el("td", {text: w.name}), el("td", {}, el("span", {class: "badge " + w.state, text: w.state})),
         el("td", {text: w.pool}), el("td", {text: w.device}), el("td", {}, ...running),
-        el("td", {text: w.jobs_done}), el("td", {text: when(w.last_seen_at)}), el("td", {}, drain)));
+        el("td", {text: w.jobs_done}), el("td", {class: "seen", title: when(w.last_seen_at), text: ago(w.last_seen_at)}), el("td", {}, drain)));
     }
     document.getElementById("no-workers").hidden = workers.length > 0;
     const pbody = document.querySelector("#pools tbody");
@@ -385,16 +459,44 @@ function pageWorkers() {
 // ---------------------------------------------------------------------------------------------------------------------
 
 function lineOf(text, path) {
-  // The line of the spec text where the field a path names is written (its last key), for errors next to it.
-  const keys = path.split(".").map(k => k.replace(/\[\d+\]$/, "")).filter(k => k && !/^\d+$/.test(k));
+  // The line of the spec text where the field a path names is written: each key's line in turn, and for an index
+  // ([2]) the line where that item of the list starts (a "- " in YAML, a "{" in JSON), so a layer's error points at
+  // that layer rather than at "layers:".
   const lines = text.split("\n");
-  let from = 0;
-  for (const key of keys) {
-    const found = lines.findIndex((line, i) => i >= from && new RegExp(`(^|[\\s{,"'-])"?${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}"?\\s*:`).test(line));
+  const indent = line => line.length - line.trimStart().length;
+  const parts = path.split(".").flatMap(p => p.split(/(?=\[)/)).filter(p => p && p !== "(root)");
+  let at = -1;  // the line of the last part found
+  let afterIndex = false;
+  for (const part of parts) {
+    const index = /^\[(\d+)\]$/.exec(part);
+    if (index) {
+      const owner = at >= 0 ? indent(lines[at]) : -1;
+      let itemIndent = null, count = -1, found = -1;
+      for (let i = at + 1; i < lines.length; i++) {
+        const line = lines[i];
+        if (!line.trim()) continue;
+        if (indent(line) <= owner && !line.trimStart().startsWith("- ")) break;
+        if (itemIndent === null) itemIndent = indent(line);
+        if (indent(line) === itemIndent && /^\s*(- |\{|\[)/.test(line)) count += 1;
+        if (count === Number(index[1])) { found = i; break; }
+      }
+      if (found < 0) break;
+      at = found;
+      afterIndex = true;
+      continue;
+    }
+    afterIndex = false;
+    // the key, inside the block of the line found last (a list item's own line too: `- {type: dense, units: 0}`)
+    const pattern = new RegExp(`(^|[\\s{,"'-])"?${part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}"?\\s*:`);
+    let found = -1;
+    for (let i = afterIndex ? at : at + 1; i < lines.length; i++) {
+      if (at >= 0 && i > at && lines[i].trim() && indent(lines[i]) <= indent(lines[at])) break;
+      if (pattern.test(i === at ? lines[i].trimStart().slice(1) : lines[i])) { found = i; break; }
+    }
     if (found < 0) break;
-    from = found;
+    at = found;
   }
-  return keys.length ? from + 1 : null;
+  return at >= 0 ? at + 1 : null;
 }
 
 function pageSubmit() {
@@ -415,15 +517,18 @@ function pageSubmit() {
   });
   const send = path => api(path, {method: "POST", body: area.value,
     headers: {"Content-Type": area.value.trim().startsWith("{") ? "application/json" : "application/yaml"}});
+  const clearPlan = note => {
+    // a dry run belongs to the spec it was made for: never leave the last one beside a new answer
+    document.querySelector("#plan tbody").textContent = "";
+    document.getElementById("plan-warnings").textContent = "";
+    const totals = document.getElementById("plan-totals");
+    totals.className = "empty";
+    totals.textContent = note;
+  };
   const showErrors = body => {
-    errors.textContent = "";
     document.getElementById("valid").hidden = true;
-    const list = body && body.errors ? body.errors : [{path: "", message: body ? body.message : "the service did not answer"}];
-    for (const e of list) {
-      const line = e.path ? lineOf(area.value, e.path) : null;
-      errors.append(el("li", {"data-path": e.path}, el("code", {text: e.path || "spec"}), " ",
-        line ? `(line ${line}) ` : "", e.message));
-    }
+    clearPlan("No dry run: fix the errors above, then Check again.");
+    listErrors(errors, body, area.value);
   };
   const showPlan = plan => {
     const body = document.querySelector("#plan tbody");
@@ -434,6 +539,9 @@ function pageSubmit() {
     const totals = document.getElementById("plan-totals");
     totals.className = "";
     totals.textContent = `${plan.task}: ${plan.params.toLocaleString()} parameters, about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train, ${plan.flops_per_example.toLocaleString()} multiply-adds per example`;
+    const warnings = document.getElementById("plan-warnings");
+    warnings.textContent = "";
+    for (const w of plan.warnings || []) warnings.append(el("li", {"data-path": w.path}, el("code", {text: w.path}), " ", w.message));
   };
   document.getElementById("check").addEventListener("click", async () => {
     const answer = await send("/api/v1/jobs:validate");
@@ -451,17 +559,101 @@ function pageSubmit() {
 // Sweep
 // ---------------------------------------------------------------------------------------------------------------------
 
-function scatter(target, xLabel, xs, ys, logX) {
-  // The metric against one parameter, one point per finished trial.
-  if (!window.uPlot) return;
-  const order = xs.map((x, i) => i).sort((a, b) => xs[a] - xs[b]);
-  target.textContent = "";
-  target.dataset.points = xs.length;
-  new uPlot({width: Math.max(280, target.clientWidth || 320), height: 200, legend: {show: false},
-    scales: {x: {time: false, distr: logX ? 3 : 1}},
-    axes: [{label: xLabel}, {size: 60}],
-    series: [{}, {stroke: "#2563eb", paths: () => null, points: {show: true, size: 7, fill: "#2563eb"}}]},
-    [order.map(i => xs[i]), order.map(i => ys[i])], target);
+function ticks(lo, hi, log, count = 5) {
+  // Tick values inside [lo, hi]: 1, 2 and 5 times powers of ten on a log axis (powers alone when that is many),
+  // round steps of 1, 2 or 5 on a linear one.
+  if (log) {
+    const out = [];
+    for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) {
+      for (const m of [1, 2, 5]) { const v = +(m * 10 ** e).toPrecision(6); if (v >= lo && v <= hi) out.push(v); }
+    }
+    return out.length > 7 ? out.filter(v => Number.isInteger(Math.log10(v)) || Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9) : out;
+  }
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / count, mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map(m => m * mag).find(st => st >= raw);
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
+  return out;
+}
+
+function tickLabel(v) {
+  // Short and exact enough for an axis: 1e-4, 0.003, 0.25, 64, 2e+5
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a < 0.001 || a >= 1e5) return v.toExponential(0).replace("e+", "e");
+  return String(+v.toPrecision(3));
+}
+
+function domain(values, log) {
+  // [lo, hi] of the values with a margin, so no point sits on the frame or falls outside it
+  const t = values.map(v => log ? Math.log10(v) : v);
+  let lo = Math.min(...t), hi = Math.max(...t);
+  if (!(hi > lo)) { const half = Math.abs(lo) * 0.1 || 0.5; lo -= half; hi += half; }
+  const pad = (hi - lo) * 0.08;
+  return log ? [10 ** (lo - pad), 10 ** (hi + pad)] : [lo - pad, hi + pad];
+}
+
+function pointChart(canvas, {xLabel, yLabel, points, log = false}) {
+  // A metric against one parameter: a point per trial that reported it (pruned: hollow, best: ringed). Numbers on a
+  // linear or log axis, anything else as evenly spaced categories. Tick labels that would overlap are left out.
+  // The canvas takes its box's width from the page's layout (CSS width 100%), and draws at that size
+  canvas.style.display = "block"; canvas.style.width = "100%"; canvas.style.height = "220px";
+  const width = Math.max(280, canvas.clientWidth || 320), height = 220;
+  canvas.width = width * devicePixelRatio; canvas.height = height * devicePixelRatio;
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  const left = 58, right = width - 14, top = 10, bottom = height - 42;
+  const numeric = points.every(p => typeof p.x === "number");
+  const categories = numeric ? null : [...new Set(points.map(p => String(p.x)))].sort();
+  const logX = numeric && log && points.every(p => p.x > 0);
+  const [xlo, xhi] = numeric && points.length ? domain(points.map(p => p.x), logX) : [-0.5, (categories || [0]).length - 0.5];
+  const [ylo, yhi] = points.length ? domain(points.map(p => p.y), false) : [0, 1];
+  const fx = x => logX ? (Math.log10(x) - Math.log10(xlo)) / (Math.log10(xhi) - Math.log10(xlo)) : (x - xlo) / (xhi - xlo);
+  const X = p => left + (right - left) * (numeric ? fx(p) : (categories.indexOf(String(p)) - xlo) / (xhi - xlo));
+  const Y = y => bottom - (bottom - top) * (y - ylo) / (yhi - ylo);
+  ctx.strokeStyle = "#9ca3af"; ctx.fillStyle = "#374151"; ctx.lineWidth = 1; ctx.font = "11px system-ui";
+  ctx.strokeRect(left, top, right - left, bottom - top);
+  let lastRight = -Infinity;  // x tick labels
+  ctx.textAlign = "center";
+  for (const v of numeric ? ticks(xlo, xhi, logX) : categories) {
+    const x = X(v), label = numeric ? tickLabel(v) : v, w = ctx.measureText(label).width;
+    ctx.beginPath(); ctx.moveTo(x, bottom); ctx.lineTo(x, bottom + 4); ctx.stroke();
+    if (x - w / 2 > lastRight + 6) { ctx.fillText(label, x, bottom + 16); lastRight = x + w / 2; }
+  }
+  ctx.textAlign = "right";
+  let lastTop = Infinity;  // y tick labels, bottom up
+  for (const v of ticks(ylo, yhi, false, 4)) {
+    const y = Y(v);
+    ctx.beginPath(); ctx.moveTo(left - 4, y); ctx.lineTo(left, y); ctx.stroke();
+    if (y + 6 < lastTop) { ctx.fillText(tickLabel(v), left - 6, y + 4); lastTop = y - 6; }
+  }
+  ctx.textAlign = "center"; ctx.fillText(xLabel + (logX ? " (log scale)" : ""), (left + right) / 2, height - 6);
+  ctx.save(); ctx.translate(12, (top + bottom) / 2); ctx.rotate(-Math.PI / 2); ctx.fillText(yLabel, 0, 0); ctx.restore();
+  let drawn = 0;
+  for (const p of points) {
+    const x = X(p.x), y = Y(p.y);
+    if (!(x >= left && x <= right && y >= top && y <= bottom)) continue;
+    ctx.beginPath(); ctx.arc(x, y, 4, 0, 2 * Math.PI);
+    if (p.pruned) { ctx.strokeStyle = "#94a3b8"; ctx.stroke(); } else { ctx.fillStyle = "#2563eb"; ctx.fill(); }
+    if (p.best) { ctx.beginPath(); ctx.arc(x, y, 7, 0, 2 * Math.PI); ctx.strokeStyle = "#16a34a"; ctx.lineWidth = 2; ctx.stroke(); ctx.lineWidth = 1; }
+    drawn += 1;
+  }
+  canvas.dataset.points = drawn;
+  canvas.dataset.scale = numeric ? (logX ? "log" : "linear") : "categories";
+}
+
+function logScale(distribution) {
+  // log-uniform ranges, and choices of positive numbers that span two decades or more (learning rates, decays)
+  if ("log_uniform" in distribution || "int_log_uniform" in distribution) return true;
+  const values = distribution.choice || [];
+  return values.length > 1 && values.every(v => typeof v === "number" && v > 0) && Math.max(...values) / Math.min(...values) >= 100;
+}
+
+function colour(i) {
+  // The palette's colours first, then hues spread by the golden angle: no two series of a chart share a colour
+  return i < COLORS.length ? COLORS[i] : `hsl(${Math.round((i * 137.508) % 360)}, 65%, 42%)`;
 }
 
 function parallelCoordinates(canvas, axes, rows, minimize) {
@@ -475,12 +667,16 @@ function parallelCoordinates(canvas, axes, rows, minimize) {
     const num = values.map(v => typeof v === "number" ? (a.log ? Math.log10(v) : v) : null);
     const cats = [...new Set(values.filter(v => typeof v !== "number").map(String))];
     const lo = Math.min(...num.filter(v => v !== null)), hi = Math.max(...num.filter(v => v !== null));
-    return v => {
+    const scale = v => {
       if (v === null || v === undefined) return null;
       if (typeof v !== "number") return cats.length > 1 ? cats.indexOf(String(v)) / (cats.length - 1) : 0.5;
       const x = a.log ? Math.log10(v) : v;
       return hi > lo ? (x - lo) / (hi - lo) : 0.5;
     };
+    // what the axis shows at its ends (numbers), or at each category
+    scale.labels = cats.length ? cats.map(c => [c, scale(c)])
+      : (isFinite(lo) ? (hi > lo ? [[a.log ? 10 ** lo : lo, 0], [a.log ? 10 ** hi : hi, 1]] : [[a.log ? 10 ** lo : lo, 0.5]]) : []);
+    return scale;
   });
   const metric = axes.length - 1;
   const ranked = rows.filter(r => r.value !== null).map(r => r.value).sort((a, b) => minimize ? a - b : b - a);
@@ -501,11 +697,18 @@ function parallelCoordinates(canvas, axes, rows, minimize) {
   }
   ctx.setLineDash([]);
   ctx.fillStyle = "#1d2330"; ctx.strokeStyle = "#9ca3af"; ctx.lineWidth = 1; ctx.font = "11px system-ui";
+  let values = 0;
   axes.forEach((a, i) => {
     ctx.beginPath(); ctx.moveTo(xOf(i), top); ctx.lineTo(xOf(i), bottom); ctx.stroke();
     ctx.textAlign = i === 0 ? "left" : (i === axes.length - 1 ? "right" : "center");
-    ctx.fillText(a.label, xOf(i), h - 10);
+    ctx.fillText(a.label + (a.log ? " (log)" : ""), xOf(i), h - 10);
+    ctx.textAlign = i === axes.length - 1 ? "right" : "left";
+    for (const [value, t] of scaled[i].labels) {
+      ctx.fillText(typeof value === "number" ? tickLabel(value) : value, xOf(i) + (i === axes.length - 1 ? -4 : 4), bottom - t * (bottom - top) + (t === 0 ? -3 : 10));
+      values += 1;
+    }
   });
+  canvas.dataset.values = values;
   canvas.dataset.lines = rows.length;
 }
 
@@ -542,16 +745,21 @@ function pageSweep() {
     }
     const done = s.trials.filter(t => t.value !== null);
     const charts = document.getElementById("param-charts");
-    params.forEach((p, i) => {
+    const figures = params.map(p => {  // every figure in the layout before any is drawn: each takes its column's width
       let fig = charts.querySelector(`[data-param="${CSS.escape(p)}"]`);
       if (!fig) {
-        fig = el("figure", {"data-param": p}, el("figcaption", {text: `${s.metric} against ${p}`}), el("div", {class: "chart small"}));
+        fig = el("figure", {"data-param": p}, el("figcaption", {text: `${s.metric} against ${p}`}), el("div", {class: "chart small"}, el("canvas")));
         charts.append(fig);
       }
-      const numeric = done.filter(t => typeof t.params[p] === "number");
-      scatter(fig.querySelector("div"), p, numeric.map(t => t.params[p]), numeric.map(t => t.value), "log_uniform" in s.search[p] || "int_log_uniform" in s.search[p]);
+      return fig;
     });
-    const axes = params.map(p => ({label: p, get: r => r.params[p], log: "log_uniform" in s.search[p] || "int_log_uniform" in s.search[p]}));
+    params.forEach((p, i) => {
+      const fig = figures[i];
+      pointChart(fig.querySelector("canvas"), {xLabel: p, yLabel: s.metric, log: logScale(s.search[p]),
+        points: done.filter(t => t.params[p] !== null && t.params[p] !== undefined).map(t => ({x: t.params[p], y: t.value,
+          pruned: t.status === "pruned", best: s.best && s.best.job_id === t.job_id}))});
+    });
+    const axes = params.map(p => ({label: p, get: r => r.params[p], log: logScale(s.search[p])}));
     axes.push({label: s.metric, get: r => r.value, log: false});
     parallelCoordinates(document.getElementById("parallel"), axes, s.trials, s.direction === "minimize");
     if (Date.now() - curvesAt > 4000 || s.status !== "running") {
@@ -572,8 +780,9 @@ function pageSweep() {
     answer.body.runs.forEach((run, i) => {
       const series = run.series[s.metric];
       const trial = shown[i];
+      const few = series && series.epoch.length < 3;  // a line needs two points: a trial pruned early shows as dots
       chart.add(`#${trial.trial}${trial.status === "pruned" ? " (pruned)" : ""}`, series ? series.epoch : [], series ? series.value : [],
-        trial.status === "pruned" ? {dash: [5, 4], width: 1} : {width: 2});
+        {...(trial.status === "pruned" ? {dash: [5, 4], width: 1} : {width: 2}), ...(few ? {points: {show: true, size: 7}} : {})});
     });
     chart.render();
   }
@@ -585,6 +794,56 @@ function pageSweep() {
   load().then(running => { if (running) every(2000, load); });
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// Sweeps and datasets: the forms
+// ---------------------------------------------------------------------------------------------------------------------
+
+function listErrors(target, body, text) {
+  // Every error of an answer, each with its path (and its line in `text` when it names one)
+  target.textContent = "";
+  const list = body && body.errors && body.errors.length ? body.errors : [{path: "", message: body ? body.message : "the service did not answer"}];
+  for (const e of list) {
+    const line = e.line || (text && e.path ? lineOf(text, e.path) : null);
+    target.append(el("li", {"data-path": e.path || "", "data-line": line || ""}, el("code", {text: e.path || "request"}), " ",
+      line ? `(line ${line}${e.column ? `, column ${e.column}` : ""}) ` : "", e.message));
+  }
+}
+
+function pageSweeps() {
+  const area = document.getElementById("sweep-spec");
+  document.getElementById("start-sweep").addEventListener("click", async () => {
+    const answer = await api("/api/v1/sweeps", {method: "POST", body: area.value,
+      headers: {"Content-Type": area.value.trim().startsWith("{") ? "application/json" : "application/yaml"}});
+    if (answer.status === 201) location.href = "/sweeps/" + answer.body.id;
+    else listErrors(document.getElementById("sweep-errors"), answer.body, area.value);
+  });
+}
+
+function pageDatasets() {
+  const form = document.getElementById("upload-form");
+  const errors = document.getElementById("upload-errors");
+  form.addEventListener("submit", async event => {
+    event.preventDefault();
+    const file = form.file.files[0];
+    const query = new URLSearchParams({name: form.name.value});
+    if (form.target.value) query.set("target", form.target.value);
+    if (form.task.value) query.set("task", form.task.value);
+    const answer = await api(`/api/v1/datasets?${query}`, {method: "POST", body: await file.arrayBuffer(),
+      headers: {"Content-Type": "application/octet-stream"}});
+    if (answer.status === 201) location.reload();
+    else listErrors(errors, answer.body);
+  });
+  for (const button of document.querySelectorAll("#datasets button.delete")) {
+    button.addEventListener("click", async () => {
+      if (!confirm(`Delete dataset ${button.dataset.name}?`)) return;
+      const answer = await api(`/api/v1/datasets/${button.dataset.id}`, {method: "DELETE"});
+      if (answer.ok || answer.status === 204) location.reload();
+      else listErrors(errors, answer.body);
+    });
+  }
+}
+
 const PAGES = {runs: pageRuns, run: pageRun, compare: pageCompare, workers: pageWorkers, submit: pageSubmit,
-               sweep: pageSweep};
+               sweep: pageSweep, sweeps: pageSweeps, datasets: pageDatasets};
+localizeTimes();
 (PAGES[document.body.dataset.page] || (() => {}))();
