@@ -153,7 +153,7 @@ def test_a_run_named_like_a_script_shows_as_text(page, stack):
     assert page.inner_text("#job-name") == name
     page.goto(f"{stack.url}/compare?ids={job_id}")
     page.locator("#compare-table tbody tr").wait_for()
-    assert page.locator("#compare-table tbody tr td").first.inner_text() == name
+    assert page.locator("#compare-table tbody tr td a").first.inner_text() == name
     time.sleep(0.5)
     assert dialogs == []
 
