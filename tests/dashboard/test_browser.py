@@ -186,3 +186,117 @@ def test_the_sweep_page_shows_trials_parameters_and_curves(page, stack):
     assert int(page.get_attribute("#parallel", "data-values")) >= 6  # two ends of each of the three axes
     best_row = page.locator("#trials tbody tr.best")
     assert best_row.get_attribute("data-trial") == str(state["best"]["trial"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a new user met (issue 16): each page point, in Chromium
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_failed_check_lists_every_error_at_its_line_and_clears_the_last_dry_run(page, stack):
+    page.goto(stack.url + "/submit")
+    eventually(lambda: "digits" in page.input_value("#spec"))
+    page.click("#check")
+    page.locator("#valid").wait_for()
+    assert page.locator("#plan tbody tr").count() >= 3
+    spec = ("name: broken\ndataset: {name: digits}\nmodel:\n  layers:\n    - {type: dense, units: 64}\n"
+            "    - {type: activation, fn: relu}\n    - type: dense\n      units: 7\nloss: {type: cross_entropy}\n"
+            "training:\n  epoch: 3\n")
+    page.fill("#spec", spec)
+    page.click("#check")
+    page.locator("#errors li[data-path='model.layers[2]']").wait_for()
+    lines = {li.get_attribute("data-path"): li.get_attribute("data-line") for li in page.locator("#errors li").all()}
+    assert lines == {"optimizer": "", "training.epoch": "11", "model.layers[2]": "7"}  # the layer's own line
+    assert "did you mean 'epochs'" in page.inner_text("#errors")
+    assert page.locator("#plan tbody tr").count() == 0 and page.is_hidden("#valid")  # no stale dry run beside them
+    assert "No dry run" in page.inner_text("#plan-totals")
+    page.fill("#spec", "name: x\nmodel: {layers: [\n  - a\n")
+    page.click("#check")
+    page.locator("#errors li[data-path='(body)']").wait_for()
+    assert page.locator("#errors li").get_attribute("data-line") == "3"
+    assert "(line 3, column 3)" in page.inner_text("#errors") and "byte string" not in page.inner_text("#errors")
+    snap(page, "submit-errors")
+
+
+def test_a_regression_run_page_shows_r2_and_mae_apart_and_no_confusion_matrix(page, stack):
+    spec = with_(mlp("diabetes", outputs=1, epochs=6), **{"loss": {"type": "mse"}, "name": "regression-page"})
+    job_id = stack.submit(spec)
+    stack.wait(job_id)
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    eventually(lambda: chart_points(page, "#chart-error") > 0)
+    assert page.inner_text("#metric-caption") == "R² per epoch"
+    assert chart_points(page, "#chart-metric") == 6 and chart_points(page, "#chart-error") == 6  # val R², val MAE
+    assert page.is_visible("#fig-error") and page.is_hidden("#confusion-section")
+    assert "Shown when" not in page.inner_text("body")
+    assert page.locator("#final-metrics tr").count() >= 4 and page.is_hidden("#fig-lr")  # no schedule: no lr chart
+    # the spec table holds what applies: diabetes has no classes, dense layers no activation parameters
+    table = page.inner_text("#spec-table")
+    assert "dataset.val_fraction" in table and "dataset.classes" not in table and ".alpha" not in table
+
+
+def test_a_scheduled_run_page_charts_the_learning_rate_log_losses_and_latest_values(page, stack):
+    spec = with_(mlp(epochs=300, batch_size=16), **{"name": "scheduled-page", "schedule": {"type": "cosine"},
+                                                     "training.early_stopping": {"monitor": "val_accuracy",
+                                                                                 "patience": 1000}})
+    job_id = stack.submit(spec)
+    stack.wait(job_id, until=lambda j: j["status"] == "running" and j["epoch"] >= 3)
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    eventually(lambda: chart_points(page, "#chart-lr") >= 3)
+    assert page.is_visible("#fig-lr")
+    assert page.is_visible("#job-eta-box") and re.fullmatch(r"[\d.]+ (s|min \d+ s|h \d+ min)", page.inner_text("#job-eta"))
+    assert page.inner_text("#job-duration-label") == "elapsed"
+    assert re.search(r"\d{4}-\d\d-\d\d \d{1,2}:\d\d:\d\d \S+", page.inner_text("#job-started"))  # with its zone
+    legend = page.locator("#chart-loss .u-legend").inner_text()
+    assert "--" not in legend and re.search(r"val_loss:\s*[\d.]+", legend)  # latest values, not dashes
+    page.check("#loss-log")
+    eventually(lambda: page.get_attribute("#chart-loss", "data-log") == "1")
+    assert page.locator("#chart-loss canvas").count() == 1
+    snap(page, "run")
+    stack.http.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", timeout=10)
+    stack.wait(job_id)
+
+
+def test_start_a_sweep_from_the_form(page, stack):
+    page.goto(stack.url + "/sweeps")
+    text = page.input_value("#sweep-spec")
+    assert "log_uniform" in text and "pruner" in text
+    page.fill("#sweep-spec", text.replace("trials: 8", "trials: 0"))
+    page.click("#start-sweep")
+    page.locator("#sweep-errors li[data-path='trials']").wait_for()
+    small = re.sub(r"(?m)^  training:\n(    .*\n)*", "", text).replace("trials: 8", "trials: 2")
+    page.fill("#sweep-spec", small.replace("base:\n", "base:\n  training: {epochs: 2}\n", 1))
+    page.click("#start-sweep")
+    page.wait_for_url(re.compile(r".*/sweeps/[0-9a-f]{32}$"))
+    sweep_id = page.url.rsplit("/", 1)[1]
+    assert stack.get(f"/api/v1/sweeps/{sweep_id}")["trials_total"] == 2
+    stack.http.post(f"{stack.url}/api/v1/sweeps/{sweep_id}/cancel", timeout=10)
+
+
+def test_upload_a_dataset_from_its_page_and_delete_it(page, stack, tmp_path):
+    rows = ["a,b,label"] + [f"{i % 7},{(i * 3) % 5},{'yes' if i % 2 else 'no'}" for i in range(40)]
+    (tmp_path / "people.csv").write_text("\n".join(rows) + "\n")
+    page.goto(stack.url + "/datasets")
+    page.set_input_files("#upload-form input[name=file]", str(tmp_path / "people.csv"))
+    page.fill("#upload-form input[name=name]", "people-from-the-page")
+    page.click("#upload-form button[type=submit]")
+    row = page.locator("#datasets tbody tr", has_text="people-from-the-page")
+    row.wait_for()
+    assert "classification" in row.inner_text() and "no, yes" in row.inner_text()
+    snap(page, "datasets")
+    page.set_input_files("#upload-form input[name=file]", str(tmp_path / "people.csv"))
+    page.fill("#upload-form input[name=name]", "people-from-the-page")
+    page.click("#upload-form button[type=submit]")
+    page.locator("#upload-errors li").wait_for()  # the same name again: a 409 that says what to do
+    assert "delete it first" in page.inner_text("#upload-errors")
+    page.on("dialog", lambda d: d.accept())
+    row.locator("button.delete").click()
+    row.wait_for(state="detached")
+    assert [d["name"] for d in stack.get("/api/v1/datasets")["datasets"]] == []
+
+
+def test_the_workers_page_says_how_long_ago_a_worker_was_seen(page, stack):
+    page.goto(stack.url + "/workers")
+    seen = page.locator("#workers tr[data-name='worker@test'] td.seen")
+    seen.wait_for()
+    assert re.fullmatch(r"\d+ s ago", seen.inner_text())
+    assert page.locator("link[rel=icon]").count() == 1

@@ -66,3 +66,18 @@ def test_the_run_page_spec_table_leaves_out_what_does_not_apply(client):
     for inapplicable in ("dataset.classes", "dataset.features", "dataset.image_size", "model.layers[1].alpha",
                          "model.layers[1].slope"):
         assert inapplicable not in table, inapplicable
+
+
+def test_the_runs_page_adds_columns_for_a_final_metric_and_chosen_hyperparameters(client, worker_headers):
+    done = submit(client, with_(mlp(), **{"name": "with-columns", "optimizer.lr": 0.003}))["id"]
+    c = claim(client, done, worker_headers).json
+    finish = {"status": "succeeded", "stop_reason": "completed", "epoch": 5, "metrics": {"test_accuracy": 0.9125}}
+    assert client.post(f"/api/v1/worker/attempts/{c['attempt_id']}/finish", json=finish,
+                       headers=attempt_headers(worker_headers, c)).status_code == 200
+    page = client.get("/?cols=test_accuracy,optimizer.lr,model.layers[0].units,no.such").get_data(as_text=True)
+    head = page[page.index("<thead>"):page.index("</thead>")]
+    assert all(f'<th class="extra">{c}</th>' in head for c in ("test_accuracy", "optimizer.lr", "model.layers[0].units"))
+    row = page[page.index(f'<tr data-id="{done}">'):]
+    row = row[:row.index("</tr>")]
+    cells = [part.split("</td>")[0] for part in row.split('<td class="extra">')[1:]]
+    assert cells == ["0.9125", "0.0030", "64", ""]  # an unknown column is empty, not an error

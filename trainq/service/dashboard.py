@@ -120,7 +120,8 @@ def runs():
     cursor = change_cursor(session)
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     rows = session.scalars(query.limit(limit).offset(offset)).all()
-    args = {k: v for k, v in request.args.items() if k in ("status", "pool", "name", "sweep") and v}
+    args = {k: v for k, v in request.args.items() if k in ("status", "pool", "name", "sweep", "cols") and v}
+    extra = extra_columns(args.get("cols", ""))
     args["sweep"] = args.get("sweep", "none")  # a sweep's trials are on its own page unless asked for here
     hidden = None
     if args["sweep"] == "none":
@@ -132,7 +133,7 @@ def runs():
 
     return render_template("runs.html", nav="runs", jobs=jobs_page_json(session, rows), total=total, limit=limit,
                            offset=offset, sort=sort, args=args, statuses=sorted(STATUSES), columns=COLUMNS,
-                           hidden=hidden, trials_link=link(sweep="any", offset=0),
+                           hidden=hidden, trials_link=link(sweep="any", offset=0), extra=extra, cell=cell,
                            cursor=cursor, query=urlencode({**args, "sort": sort, "limit": limit}),
                            sort_link=lambda key: link(sort=key if sort == f"-{key}" else f"-{key}", offset=0),
                            page_link=lambda to: link(offset=max(to, 0)))
@@ -142,6 +143,24 @@ def runs():
 def run(job_id: str):
     job = read_job(job_id)
     return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]))
+
+
+def extra_columns(text: str) -> list[str]:
+    """The optional columns asked for (`cols=test_accuracy,optimizer.lr`): final metrics or spec fields, at most 8."""
+    return [c for c in (part.strip()[:80] for part in text.split(",")) if c][:8]
+
+
+def cell(job: dict, column: str):
+    """A job's value for an optional column: its final metric of that name, else the spec field at that path."""
+    from trainq.models.sweep import get_path
+
+    metrics = job.get("metrics") or {}
+    if column in metrics:
+        return metrics[column]
+    try:
+        return get_path(job["spec"], column)
+    except (KeyError, ValueError):
+        return None
 
 
 def shown_spec(stored: dict) -> list[tuple[str, object, bool]]:

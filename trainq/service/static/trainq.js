@@ -148,7 +148,18 @@ class LineChart {
 // Runs
 // ---------------------------------------------------------------------------------------------------------------------
 
-function runRow(job) {
+function cellOf(job, column) {
+  // an optional column's value: the job's final metric of that name, else its spec field at that path
+  if (job.metrics && column in job.metrics) return job.metrics[column];
+  let node = job.spec;
+  for (const key of column.split(/\.|(?=\[)/).filter(Boolean)) {
+    const index = /^\[(\d+)\]$/.exec(key);
+    node = node === null || node === undefined ? undefined : (index ? (Array.isArray(node) ? node[Number(index[1])] : undefined) : node[key]);
+  }
+  return node;
+}
+
+function runRow(job, extra = []) {
   const best = job.best_metric ? `${job.best_metric.name} ${fmt(job.best_metric.value)}` : "";
   return el("tr", {"data-id": job.id},
     el("td", {}, el("input", {type: "checkbox", class: "pick", value: job.id, "aria-label": "select " + job.name})),
@@ -161,7 +172,8 @@ function runRow(job) {
     el("td", {class: "epoch", text: `${job.epoch} / ${job.max_epochs}`}),
     el("td", {class: "best", text: best}),
     el("td", {class: "duration", "data-started": job.started_at || "", "data-finished": job.finished_at || ""}),
-    el("td", {class: "created", "data-at": job.created_at, text: when(job.created_at)}));
+    el("td", {class: "created", "data-at": job.created_at, text: when(job.created_at)}),
+    ...extra.map(c => { const v = cellOf(job, c); return el("td", {class: "extra", text: typeof v === "number" ? fmt(v) : (v ?? "")}); }));
 }
 
 function refreshDurations(root) {
@@ -174,6 +186,7 @@ function pageRuns() {
   let cursor = table.dataset.cursor;
   const firstPage = table.dataset.firstPage === "1";
   const limit = Number(table.dataset.limit);
+  const extra = table.dataset.cols ? table.dataset.cols.split(",") : [];
   const button = document.getElementById("compare-selected");
   const picked = () => [...body.querySelectorAll("input.pick:checked")].map(i => i.value);
   body.addEventListener("change", () => { button.disabled = picked().length < 1; });
@@ -186,7 +199,7 @@ function pageRuns() {
     // The answer is in the page's sort order; new jobs go on top of the first page of the newest-first view.
     for (const job of answer.body.jobs.slice().reverse()) {
       const old = body.querySelector(`tr[data-id="${job.id}"]`);
-      const row = runRow(job);
+      const row = runRow(job, extra);
       if (old) {
         row.querySelector("input.pick").checked = old.querySelector("input.pick").checked;
         old.replaceWith(row);
