@@ -139,3 +139,11 @@ def test_asha_s_first_decision_scales_with_the_trial_s_epochs(epochs, factor, gi
     assert pruner.first_rung(epochs) == first
     spec = SweepSpec.model_validate(sweep(pruner={"type": "asha", "reduction_factor": factor, "min_resource": given}))
     assert pruner_for(spec, epochs)._min_resource == first  # what Optuna is told
+
+
+def test_the_largest_seed_a_sweep_accepts_starts_its_trials(client):
+    """Found by schemathesis' coverage phase: seed 2**31 - 1 made the per-trial sampler seed overflow numpy's 2**32."""
+    answer = client.post("/api/v1/sweeps", json=sweep(seed=2**31 - 1, method="tpe"))
+    assert answer.status_code == 201, answer.get_json()
+    assert len(answer.get_json()["trials"]) == 2
+    assert client.post("/api/v1/sweeps", json=sweep(seed=2**31)).status_code == 422

@@ -9,6 +9,16 @@ from trainq.models.spec import JobSpec
 from trainq.models.sweep import SweepSpec
 
 
+# What a client (and schemathesis' examples phase) can send as it is: a small digits MLP, and a sweep over it
+EXAMPLE_SPEC = {"name": "digits-mlp", "dataset": {"name": "digits"},
+                "model": {"layers": [{"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"},
+                                     {"type": "dense", "units": 10}]},
+                "loss": {"type": "cross_entropy"}, "optimizer": {"type": "adam", "lr": 0.001},
+                "training": {"epochs": 20, "batch_size": 64}}
+EXAMPLE_SWEEP = {"name": "digits-lr", "base": EXAMPLE_SPEC, "search": {"optimizer.lr": {"log_uniform": [0.0001, 0.03]}},
+                 "method": "random", "trials": 4, "parallel": 2, "metric": "val_accuracy", "pruner": {"type": "asha"}}
+
+
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -55,7 +65,8 @@ def document() -> dict:
                                        "errors": {"type": "array", "items": {
                                            "type": "object", "properties": {"path": {"type": "string"},
                                                                             "message": {"type": "string"}}}}}}
-    spec_body = {"required": True, "content": {"application/json": {"schema": _ref("JobSpec")}}}
+    spec_body = {"required": True, "content": {"application/json": {"schema": _ref("JobSpec"),
+                                                                     "example": EXAMPLE_SPEC}}}
     job = ("job_id",)
     paging = (_query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
               _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}),
@@ -99,7 +110,8 @@ def document() -> dict:
             "/api/v1/examples": {"get": _op("The example specs", {"200": _object()})},
             "/api/v1/sweeps": {
                 "post": _op("Submit a sweep", {"201": _object()}, body={
-                    "required": True, "content": {"application/json": {"schema": _ref("SweepSpec")}}}),
+                    "required": True, "content": {"application/json": {"schema": _ref("SweepSpec"),
+                                                                       "example": EXAMPLE_SWEEP}}}),
                 "get": _op("List sweeps", {"200": _object()}, (400,), (
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),)),
             },

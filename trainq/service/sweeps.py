@@ -66,7 +66,7 @@ def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistrib
 def sampler_for(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
     """Seeded per trial number: a sampler lives for one request here, so seeding it once per sweep would hand every
     trial the first draw. Trial n of a sweep gets the same parameters whatever the pruner did to earlier trials."""
-    seed = spec.seed * 100_003 + number
+    seed = (spec.seed * 100_003 + number) % 2**32  # numpy takes seeds below 2**32 (schemathesis found the 500)
     if spec.method == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, spec.budget // 4)))
     return optuna.samplers.RandomSampler(seed=seed)
