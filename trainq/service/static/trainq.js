@@ -137,7 +137,7 @@ class LineChart {
     this.plot = new uPlot({
       width, height: 240, plugins: [...this.plugins, {hooks: {ready: [latest], setData: [latest], setCursor: [latest]}}],
       scales: {x: {time: false}, ...(this.log ? {y: {distr: 3}} : {})},
-      axes: [{label: this.xLabel, incrs: INTEGER_STEPS}, {size: 60}],
+      axes: [{label: this.xLabel, incrs: INTEGER_STEPS}, {size: 60, values: (u, splits) => splits.map(v => v === null ? "" : tickLabel(v))}],
       series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: colour(i), width: 1.5, spanGaps: true, points: {show: false}, ...((this.styles || {})[n] || {})}))],
     }, data, this.target);
   }
@@ -594,7 +594,7 @@ function tickLabel(v) {
   // Short and exact enough for an axis: 1e-4, 0.003, 0.25, 64, 2e+5
   if (v === 0) return "0";
   const a = Math.abs(v);
-  if (a < 0.001 || a >= 1e5) return v.toExponential(0).replace("e+", "e");
+  if (a < 0.001 || a >= 1e5) return Number(v.toPrecision(3)).toExponential().replace("e+", "e");
   return String(+v.toPrecision(3));
 }
 
