@@ -605,6 +605,56 @@ def train(spec_file: str, device: str | None, out: str | None) -> None:
     _show_metrics(result.metrics)
 
 
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="Write the ONNX file here.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="For a run on an uploaded dataset: its file (CSV or NPZ), to refit the preprocessing.")
+@click.option("--target", default=None, help="With a CSV --data: the target column (default: the last one).")
+def export_command(checkpoint: str, onnx_path: str, data: str | None, target: str | None) -> None:
+    """Export a checkpoint's model to ONNX, preprocessing inside: raw rows in, answers in the data's units out.
+
+    The file is checked before it is kept: onnxruntime must agree with torch on the run's validation rows at batch
+    sizes 1, 7 and 256. Works offline, from a checkpoint file (`trainq train --out DIR` writes them, and the
+    dashboard's run page downloads them)."""
+    from trainq.models.checkpoint import read_meta
+    from trainq.models.engine import build
+    from trainq.models.export import ExportError, export_onnx
+    from trainq.models.spec import DatasetInfo, JobSpec
+
+    blob = Path(checkpoint).read_bytes()
+    try:
+        meta = read_meta(blob)
+    except ValueError as exc:
+        raise click.ClickException(f"{checkpoint}: {exc}")
+    spec = JobSpec.model_validate(meta["spec"])
+    arrays = None
+    if spec.dataset.name == "upload":
+        if data is None:
+            raise click.UsageError(f"the run trained on the uploaded dataset {spec.dataset.upload!r}: give its file "
+                                   "with --data, so its preprocessing can be fitted again")
+        from trainq.service.uploads import UploadError, parse
+
+        try:
+            parsed = parse(Path(data).read_bytes(), target=target, task=None, max_rows=10**8)
+        except UploadError as exc:
+            raise click.ClickException(f"{data}: {exc}")
+        spec.dataset._info = DatasetInfo(tuple(parsed.x.shape[1:]), parsed.classes, len(parsed.x))
+        arrays = (parsed.x, parsed.y)
+    state = build(spec, device="cpu", resume=blob, arrays=arrays)
+    tracker = state.tracker
+    if getattr(tracker, "restore_best", False) and tracker.best_weights is not None:
+        state.model.load_state_dict(tracker.best_weights)  # what the run ended with: its best epoch's weights
+    try:
+        done = export_onnx(state, onnx_path, arrays)
+    except ExportError as exc:
+        Path(onnx_path).unlink(missing_ok=True)
+        raise click.ClickException(str(exc))
+    click.echo(f"wrote {done.path} (epoch {meta['epoch']} of {spec.name!r}): input x {done.inputs['x']['shape']} "
+               f"float32 (raw features), outputs {', '.join(done.outputs)}")
+    click.echo("checked against torch: " + ", ".join(f"batch {n}: max |diff| {d:.2g}" for n, d in done.checked.items()))
+
+
 @main.group()
 def user() -> None:
     """Users of the service (acts on TRAINQ_DATABASE_URL directly)."""

@@ -10,7 +10,7 @@ import pytest
 
 from tests.dashboard.conftest import SHOTS
 from tests.integration.stack import wait_until
-from tests.specs import mlp, with_
+from tests.specs import mlp, with_, xor
 
 pytestmark = pytest.mark.integration
 
@@ -243,6 +243,9 @@ def test_a_scheduled_run_page_charts_the_learning_rate_log_losses_and_latest_val
     page.goto(f"{stack.url}/jobs/{job_id}")
     eventually(lambda: chart_points(page, "#chart-lr") >= 3)
     assert page.is_visible("#fig-lr")
+    # judged by val_accuracy: the best-epoch marker is on the accuracy chart, not on the loss chart
+    eventually(lambda: page.get_attribute("#chart-metric", "data-marker"))
+    assert page.get_attribute("#chart-loss", "data-marker") is None
     assert page.is_visible("#job-eta-box") and re.fullmatch(r"[\d.]+ (s|min \d+ s|h \d+ min)", page.inner_text("#job-eta"))
     assert page.inner_text("#job-duration-label") == "elapsed"
     assert re.search(r"\d{4}-\d\d-\d\d \d{1,2}:\d\d:\d\d \S+", page.inner_text("#job-started"))  # with its zone
@@ -300,3 +303,15 @@ def test_the_workers_page_says_how_long_ago_a_worker_was_seen(page, stack):
     seen.wait_for()
     assert re.fullmatch(r"\d+ s ago", seen.inner_text())
     assert page.locator("link[rel=icon]").count() == 1
+
+
+def test_a_dozen_runs_compared_each_get_a_colour_of_their_own(page, stack):
+    ids = [stack.submit(with_(xor(), **{"name": f"colour-{i}", "training.epochs": 3, "training.seed": i}))
+           for i in range(12)]
+    for job_id in ids:
+        stack.wait(job_id)
+    page.goto(f"{stack.url}/compare?ids={','.join(ids)}&metric=train_loss")
+    eventually(lambda: chart_points(page, "#chart-compare", "data-series") == 12)
+    colours = [m.evaluate("e => getComputedStyle(e).borderColor")
+               for m in page.locator("#chart-compare .u-legend .u-marker").all()]  # one per run (the x axis has none)
+    assert len(colours) == 12 and len(set(colours)) == 12, colours

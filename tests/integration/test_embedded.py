@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,17 @@ def test_up_trains_jobs_on_sqlite_and_the_filesystem_broker(embedded, tmp_path):
     log = (tmp_path / "up.log").read_text()
     assert f"dashboard and API at {embedded.url}/" in log
     token = (data / "admin_token").read_text().strip()
-    assert f"sign in as 'admin' with this API token" in log and token in log
+    assert "sign in as 'admin' with this API token" in log and token in log
+    # the command it suggests works from the folder `up` was started in (.venv/bin/trainq after make up)
+    import re
+    import shutil
+    import subprocess
+
+    command = re.search(r"submit a job:  (\S+) submit ", log)[1]
+    assert command == "trainq" and shutil.which("trainq") or (Path.cwd() / command).is_file(), command
+    assert subprocess.run([command if command == "trainq" else str(Path.cwd() / command), "--help"],
+                          capture_output=True).returncode == 0
+    assert "--data-binary @examples/digits-mlp.yaml" in log and "Content-Type: application/yaml" in log
     import torch
 
     if torch.backends.cuda.is_built():  # not on the CPU-only machines the suite is built for

@@ -55,6 +55,23 @@ class Split:
 
 
 @dataclass
+class Preprocessing:
+    """What the training split taught: how a raw row becomes the model's input, and its output the target's units.
+    It travels with a model (the ONNX export puts it inside the graph), so raw features go in."""
+
+    shift: list[float]  # per column of a table (0 for nominal ones), per channel of images
+    div: list[float]  # x_model = (x_raw - shift) / div, before one-hot coding
+    one_hot: dict[int, list[float]]  # nominal column -> its training categories, sorted (unseen: all zeros)
+    image: bool  # (N, C, H, W) inputs: shift and div are per channel
+    y_mean: float = 0.0  # regression: the target is y_mean + y_std * the model's standardized answer
+    y_std: float = 1.0
+
+    def as_dict(self) -> dict:
+        return {"shift": self.shift, "div": self.div, "one_hot": {str(k): v for k, v in self.one_hot.items()},
+                "image": self.image, "y_mean": self.y_mean, "y_std": self.y_std}
+
+
+@dataclass
 class Data:
     train: Split
     val: Split
@@ -62,14 +79,16 @@ class Data:
     classes: int | None  # None for regression
     y_mean: float = 0.0  # regression targets are trained standardized; metrics are reported in the original units
     y_std: float = 1.0
+    preprocessing: Preprocessing | None = None
 
     def to(self, device: torch.device | str) -> "Data":
-        return Data(self.train.to(device), self.val.to(device), self.test.to(device), self.classes, self.y_mean, self.y_std)
+        return Data(self.train.to(device), self.val.to(device), self.test.to(device), self.classes, self.y_mean,
+                    self.y_std, self.preprocessing)
 
     def pinned(self, device: torch.device | str) -> "Data":
         """Host memory the GPU copies from without staging: for data streamed batch by batch to `device`."""
         return Data(self.train.pinned(device), self.val.pinned(device), self.test.pinned(device), self.classes,
-                    self.y_mean, self.y_std)
+                    self.y_mean, self.y_std, self.preprocessing)
 
 
 def _logic_gate(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -221,12 +240,14 @@ def load(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None)
         div = np.ones_like(shift)
     div = np.where(div > 1e-12, div, 1.0)  # a constant column stays constant instead of dividing by zero
     codec: tuple[torch.Tensor, ...] = ()
+    categories: dict[int, list[float]] = {}
     if x.dtype == np.uint8:  # scaled per batch on the device: (x - shift) * scale
         codec = (torch.from_numpy(np.asarray(shift, np.float32)), torch.from_numpy(np.asarray(1 / div, np.float32)))
     else:
         if nominal and x.ndim == 2:  # nominal columns are coded, not scaled
             shift, div = np.array(shift, np.float32), np.array(div, np.float32)
             shift[nominal], div[nominal] = 0.0, 1.0
+            categories = {j: np.unique(x[train, j]).astype(float).tolist() for j in nominal}
         x = ((x - shift) / div).astype(np.float32)
         if nominal:
             x = one_hot(x, nominal, train)
@@ -240,4 +261,6 @@ def load(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None)
     def part(idx: np.ndarray) -> Split:
         return Split(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]), *codec)
 
-    return Data(part(train), part(val), part(test), classes, y_mean, y_std)
+    fitted = Preprocessing(np.asarray(shift, np.float64).ravel().tolist(), np.asarray(div, np.float64).ravel().tolist(),
+                           categories, images, y_mean, y_std)
+    return Data(part(train), part(val), part(test), classes, y_mean, y_std, fitted)

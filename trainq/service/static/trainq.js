@@ -92,9 +92,11 @@ function markerPlugin(getX, label) {
   // A dashed vertical line at an x value (the best epoch).
   return {hooks: {draw: [u => {
     const x = getX();
-    if (x === null || x === undefined) return;
+    const box = u.root.parentElement;  // the chart's element says where the marker is (or that there is none)
+    if (x === null || x === undefined) { delete box.dataset.marker; return; }
     const left = u.valToPos(x, "x", true);
-    if (!isFinite(left)) return;
+    if (!isFinite(left)) { delete box.dataset.marker; return; }
+    box.dataset.marker = x;
     const ctx = u.ctx;
     ctx.save();
     ctx.strokeStyle = "#16a34a"; ctx.setLineDash([5, 4]); ctx.lineWidth = 1.5 * devicePixelRatio;

@@ -1,0 +1,95 @@
+"""ONNX export: the file carries the preprocessing fitted on the training split, so raw rows go in; onnxruntime's
+answers on the test split reproduce the run's own test metrics exactly; the export checks itself against torch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from tests.specs import mlp, with_
+from trainq.cli import main
+from trainq.models.datasets import raw, split_indices
+from trainq.models.engine import build, fit
+from trainq.models.export import export_onnx, raw_rows
+from trainq.models.spec import parse_spec
+
+CNN = {"dataset.as_images": True,
+       "model.layers": [{"type": "conv2d", "out_channels": 4, "kernel": 3}, {"type": "activation", "fn": "relu"},
+                        {"type": "flatten"}, {"type": "dense", "units": 10}]}
+
+
+def trained(spec: dict):
+    """A run trained to the end, and its state rebuilt from its last checkpoint, as `trainq export` rebuilds it."""
+    parsed, blobs = parse_spec(spec), []
+    result = fit(parsed, checkpoint_sink=lambda blob, info: blobs.append(blob))
+    return result, build(parsed, device="cpu", resume=blobs[-1])
+
+
+def targets_of(state) -> np.ndarray:
+    ds = state.spec.dataset
+    _, y = raw(ds)
+    return y[split_indices(len(y), ds.val_fraction, ds.test_fraction, ds.seed)[2]]
+
+
+@pytest.mark.parametrize("name, spec", [
+    ("mlp", mlp(epochs=3)),
+    ("one-hot and min-max", with_(mlp("wine", outputs=3, epochs=3),
+                                   **{"dataset.preprocess": {"scale": "minmax", "one_hot": [12]}})),
+    ("cnn on 8-bit images", with_(mlp(epochs=2), **CNN)),
+])
+def test_the_file_reproduces_the_runs_test_accuracy_from_raw_rows(tmp_path, name, spec):
+    result, state = trained(spec)
+    done = export_onnx(state, tmp_path / "model.onnx")
+    assert done.outputs == ["label", "probabilities"] and set(done.checked) == {1, 7, 256}
+    assert max(done.checked.values()) < 1e-5
+    session = ort.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
+    label, probabilities = session.run(None, {"x": raw_rows(state, "test")})
+    accuracy = float((label == targets_of(state)).mean())
+    assert accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-6)  # the same rows, the same answers
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_regression_file_answers_in_the_targets_units(tmp_path):
+    result, state = trained(with_(mlp("diabetes", outputs=1, epochs=4), **{"loss": {"type": "mse"}}))
+    done = export_onnx(state, tmp_path / "model.onnx")
+    assert done.outputs == ["value"]
+    session = ort.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
+    (value,) = session.run(None, {"x": raw_rows(state, "test")})
+    mae = float(np.abs(value.ravel() - targets_of(state)).mean())
+    assert mae == pytest.approx(result.metrics["test_mae"], rel=1e-4)  # diabetes' own units (tens), not z-scores
+    assert 30 < mae < 200
+
+
+def test_the_file_carries_its_spec_preprocessing_and_a_dynamic_batch(tmp_path):
+    _, state = trained(mlp(epochs=1))
+    done = export_onnx(state, tmp_path / "model.onnx")
+    model = onnx.load(str(done.path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["trainq_spec"])["name"] == state.spec.name
+    prep = json.loads(meta["trainq_preprocessing"])
+    assert len(prep["shift"]) == 64 and prep["image"] is False
+    assert prep["shift"] == pytest.approx(state.data.preprocessing.shift)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == 64  # any batch, 64 raw pixel values
+
+
+def test_trainq_export_from_a_checkpoint_file_offline(tmp_path):
+    import yaml
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(with_(mlp(epochs=3), **{"training.early_stopping": {"monitor": "val_loss"}})))
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(spec), "--out", str(tmp_path / "run")]).exit_code == 0
+    answer = runner.invoke(main, ["export", str(tmp_path / "run" / "best.safetensors"), "--onnx",
+                                  str(tmp_path / "best.onnx")])
+    assert answer.exit_code == 0, answer.output
+    assert "outputs label, probabilities" in answer.output and "batch 256: max |diff|" in answer.output
+    assert (tmp_path / "best.onnx").stat().st_size > 10_000
+    (tmp_path / "not.safetensors").write_bytes(b"hello")
+    bad = runner.invoke(main, ["export", str(tmp_path / "not.safetensors"), "--onnx", str(tmp_path / "x.onnx")])
+    assert bad.exit_code == 1 and "not a safetensors file" in bad.output and not (tmp_path / "x.onnx").exists()

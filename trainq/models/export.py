@@ -1,0 +1,160 @@
+"""A trained model as one file anyone can run: ONNX with the preprocessing fitted on the training split inside the
+graph, so raw features go in and answers come out in the data's own units, verified against torch before it is
+handed over.
+
+    raw rows (N, F) or (N, C, H, W) ──▶ (x - shift) / div, one-hot codes ──▶ the network ──▶ answers
+        classification: `label` (int64) and `probabilities` (or `scores` for hinge and perceptron heads)
+        regression:     `value` (N, 1), in the target's units
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainq import __version__
+from trainq.models.datasets import Preprocessing, raw, split_indices
+from trainq.models.spec import LOGIC_GATES
+from trainq.models.state import State
+
+BATCHES = (1, 7, 256)  # the batch sizes a file is checked at: one row, an odd few, a full batch
+RTOL, ATOL = 1e-3, 1e-5
+
+
+class Predictor(nn.Module):
+    """The network with its preprocessing in front and its answer behind, as torch sees the exported graph."""
+
+    def __init__(self, network: nn.Module, prep: Preprocessing, state: State):
+        super().__init__()
+        self.network = network
+        self.classification = state.data.classes is not None
+        self.objective = state.objective
+        shape = (1, -1, 1, 1) if prep.image else (1, -1)
+        shift = torch.tensor(prep.shift, dtype=torch.float64)
+        div = torch.tensor(prep.div, dtype=torch.float64)
+        # As the engine computes it: 8-bit images as (x - shift) * (1 / div), tables as (x - shift) / div, in float32
+        self.image = prep.image
+        self.register_buffer("shift", shift.float().reshape(shape))
+        self.register_buffer("div", div.float().reshape(shape))
+        self.register_buffer("scale", (1 / div).float().reshape(shape))
+        self.nominal = sorted(prep.one_hot)
+        for j in self.nominal:
+            self.register_buffer(f"categories_{j}", torch.tensor(prep.one_hot[j], dtype=torch.float32).reshape(1, -1))
+        self.y_mean, self.y_std = prep.y_mean, prep.y_std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw rows as the network's inputs."""
+        if self.image:
+            return (x - self.shift) * self.scale
+        z = (x - self.shift) / self.div
+        if not self.nominal:
+            return z
+        parts = []
+        for j in range(z.shape[1]):
+            if j in self.nominal:
+                parts.append((z[:, j:j + 1] == getattr(self, f"categories_{j}")).float())
+            else:
+                parts.append(z[:, j:j + 1])
+        return torch.cat(parts, dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.network(self.features(x))
+        if not self.classification:
+            return (self.objective.point(out) * self.y_std + self.y_mean,)
+        label = self.objective.predict(out)
+        if self.objective.probabilities is not None:
+            return label, self.objective.probabilities(out)
+        return label, out
+
+    def output_names(self) -> list[str]:
+        if not self.classification:
+            return ["value"]
+        return ["label", "probabilities" if self.objective.probabilities is not None else "scores"]
+
+
+@dataclass
+class Exported:
+    path: Path
+    inputs: dict[str, Any]  # name -> {dtype, shape}, -1 for the batch
+    outputs: list[str]
+    checked: dict[int, float] = field(default_factory=dict)  # batch size -> largest difference from torch
+
+
+class ExportError(RuntimeError):
+    """The ONNX file disagrees with torch, or could not be made; nothing is handed over."""
+
+
+def raw_rows(state: State, which: str, arrays: tuple | None = None) -> np.ndarray:
+    """The raw (unpreprocessed) features of a split, as the model's users will send them."""
+    spec = state.spec.dataset
+    x, _ = raw(spec, arrays)
+    if spec.name in LOGIC_GATES:
+        return x.astype(np.float32)
+    train, val, test = split_indices(len(x), spec.val_fraction, spec.test_fraction, spec.seed)
+    return x[{"train": train, "val": val, "test": test}[which]].astype(np.float32)
+
+
+def export_onnx(state: State, path: str | Path, arrays: tuple | None = None) -> Exported:
+    """Write the run's model with its preprocessing as ONNX to `path` and check it: onnxruntime on raw validation rows
+    (test rows when there is no validation split) must agree with torch at batch sizes 1, 7 and 256."""
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    prep = state.data.preprocessing
+    if prep is None:
+        raise ExportError("the run's data carries no preprocessing record")
+    predictor = Predictor(state.model, prep, state).cpu().eval()
+    rows = raw_rows(state, "val" if len(state.data.val) else "test", arrays)
+    if not len(rows):
+        raise ExportError("no validation or test rows to check the file with")
+    sample = torch.from_numpy(np.resize(rows, (max(2, len(rows)), *rows.shape[1:])))[:7]
+    names = predictor.output_names()
+    # "torchvision is not installed", optimizer passes, deprecations: nothing a user acts on
+    quiet = {name: logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")}
+    levels = {name: log.level for name, log in quiet.items()}
+    try:
+        for log in quiet.values():
+            log.setLevel(logging.ERROR)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(predictor, (sample,), dynamo=True, input_names=["x"], output_names=names,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        program.save(str(path))
+    except Exception as exc:  # noqa: BLE001 - any exporter failure is the export's failure, said as such
+        raise ExportError(f"torch.onnx.export failed: {exc}") from exc
+    finally:
+        for name, log in quiet.items():
+            log.setLevel(levels[name])
+    model = onnx.load(str(path))
+    meta = {"trainq_version": __version__, "trainq_spec": json.dumps(state.spec.model_dump(mode="json")),
+            "trainq_preprocessing": json.dumps(prep.as_dict()), "trainq_outputs": json.dumps(names)}
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    checked = {}
+    for size in BATCHES:
+        batch = np.resize(rows, (size, *rows.shape[1:])).astype(np.float32)
+        with torch.no_grad():
+            expected = [t.numpy() for t in predictor(torch.from_numpy(batch))]
+        got = session.run(names, {"x": batch})
+        worst = 0.0
+        for name, want, have in zip(names, expected, got):
+            if want.shape != have.shape or not np.allclose(have, want, rtol=RTOL, atol=ATOL):
+                raise ExportError(f"{name} at batch size {size}: onnxruntime and torch disagree "
+                                  f"(largest difference {np.max(np.abs(have.astype(np.float64) - want)):.3g})")
+            worst = max(worst, float(np.max(np.abs(have.astype(np.float64) - want)))) if want.size else worst
+        checked[size] = worst
+    shape = [-1, *rows.shape[1:]]
+    return Exported(path, {"x": {"dtype": "float32", "shape": shape}}, names, checked)
