@@ -69,3 +69,9 @@ def test_a_real_process_prints_no_traceback_for_a_users_mistake(tmp_path):
                             cwd=tmp_path)
     assert answer.returncode == 1 and "Traceback" not in answer.stderr
     assert answer.stderr.strip().startswith("Error: ") and "not valid JSON at line 1, column 2" in answer.stderr
+
+
+def test_a_job_id_that_is_not_one_is_a_usage_error_saying_what_one_is():
+    for command in ("status", "logs", "cancel"):
+        result = run(command, "0123", "--url", "http://127.0.0.1:9")  # checked before any request is sent
+        assert result.exit_code == 2 and "'0123' is not a job id: one is 32 hex digits" in result.output

@@ -514,9 +514,17 @@ def jobs(url: str | None, token: str | None, status: str | None, name: str | Non
         click.echo(f"({len(body['jobs'])} of {body['total']}; --limit shows more)", err=True)
 
 
+def _job_id(ctx, param, value: str) -> str:
+    import re
+
+    if not re.fullmatch("[0-9a-f]{32}", value):
+        raise click.BadParameter(f"{value!r} is not a job id: one is 32 hex digits, as `trainq jobs` lists them")
+    return value
+
+
 def job_command(function):
     """A command about one job: JOB_ID, --url and --token."""
-    return main.command()(click.argument("job_id")(URL(TOKEN(function))))
+    return main.command()(click.argument("job_id", callback=_job_id)(URL(TOKEN(function))))
 
 
 @job_command

@@ -246,7 +246,8 @@ def test_a_scheduled_run_page_charts_the_learning_rate_log_losses_and_latest_val
     # judged by val_accuracy: the best-epoch marker is on the accuracy chart, not on the loss chart
     eventually(lambda: page.get_attribute("#chart-metric", "data-marker"))
     assert page.get_attribute("#chart-loss", "data-marker") is None
-    assert page.is_visible("#job-eta-box") and re.fullmatch(r"[\d.]+ (s|min \d+ s|h \d+ min)", page.inner_text("#job-eta"))
+    assert page.is_visible("#job-eta-box")
+    assert re.fullmatch(r"[\d.]+ (s|min \d+ s|h \d+ min)", page.inner_text("#job-eta"))
     assert page.inner_text("#job-duration-label") == "elapsed"
     assert re.search(r"\d{4}-\d\d-\d\d \d{1,2}:\d\d:\d\d \S+", page.inner_text("#job-started"))  # with its zone
     legend = page.locator("#chart-loss .u-legend").inner_text()

@@ -93,3 +93,26 @@ def test_trainq_export_from_a_checkpoint_file_offline(tmp_path):
     (tmp_path / "not.safetensors").write_bytes(b"hello")
     bad = runner.invoke(main, ["export", str(tmp_path / "not.safetensors"), "--onnx", str(tmp_path / "x.onnx")])
     assert bad.exit_code == 1 and "not a safetensors file" in bad.output and not (tmp_path / "x.onnx").exists()
+
+
+def test_the_graphs_preprocessing_is_the_engines_bit_for_bit():
+    """Raw test rows through the exported module's preprocessing equal the engine's own preprocessed test split
+    exactly: 8-bit pixels scaled by the reciprocal as the engine decodes them, everything else divided."""
+    import torch
+
+    from trainq.models.export import Predictor
+    from trainq.models.spec import DatasetInfo
+
+    rng = np.random.default_rng(0)
+    floats = (rng.normal(3.0, 2.0, (300, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 300))
+    cases = [(mlp(epochs=1), None), (with_(mlp(epochs=1), **CNN), None),
+             (with_(mlp("wine", outputs=3, epochs=1), **{"dataset.preprocess": {"one_hot": [12]}}), None),
+             (with_(mlp(outputs=3, epochs=1), **{**CNN, "dataset": {"name": "upload", "upload": "imgs"},
+                                               "model.layers": CNN["model.layers"][:-1] + [{"type": "dense",
+                                                                                            "units": 3}]}), floats)]
+    for spec, arrays in cases:
+        parsed = parse_spec(spec, uploads=lambda name: DatasetInfo((1, 8, 8), 3, 300))
+        state = build(parsed, device="cpu", arrays=arrays)
+        predictor = Predictor(state.model, state.data.preprocessing, state)
+        got = predictor.features(torch.from_numpy(raw_rows(state, "test", arrays)))
+        assert torch.equal(got, state.data.test.features()), spec["name"]

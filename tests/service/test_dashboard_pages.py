@@ -20,9 +20,9 @@ def test_the_best_column_is_the_monitored_metric_in_its_own_direction(client, wo
     by_accuracy = submit(client, with_(mlp(), **{"name": "by-accuracy",
                                                   "training.early_stopping": {"monitor": "val_accuracy"}}))["id"]
     for job_id in (by_loss, by_accuracy):
-        report(client, worker_headers, job_id, [["val_loss", 1, 1, 0.9], ["val_loss", 2, 2, 0.4], ["val_loss", 3, 3, 0.6],
-                                                ["val_accuracy", 1, 1, 0.7], ["val_accuracy", 2, 2, 0.95],
-                                                ["val_accuracy", 3, 3, 0.9]])
+        report(client, worker_headers, job_id, [
+            ["val_loss", 1, 1, 0.9], ["val_loss", 2, 2, 0.4], ["val_loss", 3, 3, 0.6],
+            ["val_accuracy", 1, 1, 0.7], ["val_accuracy", 2, 2, 0.95], ["val_accuracy", 3, 3, 0.9]])
     best = {j["name"]: j["best_metric"] for j in client.get("/api/v1/jobs").json["jobs"]}
     assert best["by-loss"] == {"name": "val_loss", "value": 0.4, "mode": "min"}
     assert best["by-accuracy"] == {"name": "val_accuracy", "value": 0.95, "mode": "max"}
@@ -76,7 +76,8 @@ def test_the_runs_page_adds_columns_for_a_final_metric_and_chosen_hyperparameter
                        headers=attempt_headers(worker_headers, c)).status_code == 200
     page = client.get("/?cols=test_accuracy,optimizer.lr,model.layers[0].units,no.such").get_data(as_text=True)
     head = page[page.index("<thead>"):page.index("</thead>")]
-    assert all(f'<th class="extra">{c}</th>' in head for c in ("test_accuracy", "optimizer.lr", "model.layers[0].units"))
+    for column in ("test_accuracy", "optimizer.lr", "model.layers[0].units"):
+        assert f'<th class="extra">{column}</th>' in head
     row = page[page.index(f'<tr data-id="{done}">'):]
     row = row[:row.index("</tr>")]
     cells = [part.split("</td>")[0] for part in row.split('<td class="extra">')[1:]]

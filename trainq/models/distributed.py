@@ -1,12 +1,12 @@
 """Data-parallel training (DDP) of one job on several devices of one worker: one process per replica.
 
 The engine hands over the function that trains one replica (`run`, its `_fit`): this module is the process plumbing
-around it and imports nothing of the engine's. This process is rank 0: it keeps the callbacks (reporting, checkpoints, pruning) and the interrupt. The other
-replicas are started with the spawn method (never fork: the parent may hold CUDA state from an earlier job) and
-train the same spec with no callbacks. Every replica draws the same permutation and takes its shard of each
-batch; DDP averages the gradients, so the run learns what one process would (to float rounding). Every replica
-evaluates the same validation split with the same weights, so early stopping decides the same everywhere;
-cancels and pruning come from rank 0 by a broadcast at each epoch's end.
+around it and imports nothing of the engine's. This process is rank 0: it keeps the callbacks (reporting,
+checkpoints, pruning) and the interrupt. The other replicas are started with the spawn method (never fork: the parent
+may hold CUDA state from an earlier job) and train the same spec with no callbacks. Every replica draws the same
+permutation and takes its shard of each batch; DDP averages the gradients, so the run learns what one process would
+(to float rounding). Every replica evaluates the same validation split with the same weights, so early stopping
+decides the same everywhere; cancels and pruning come from rank 0 by a broadcast at each epoch's end.
 """
 
 from __future__ import annotations

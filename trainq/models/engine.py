@@ -162,12 +162,12 @@ def fit(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: S
     run and restored after it. With `world` > 1 the run is data-parallel (DDP): this process is rank 0 and runs the
     callbacks; `world - 1` replicas are started beside it (one per GPU on CUDA, gloo processes on CPU).
     """
+    kind = pick_device(device if not isinstance(device, torch.device) else str(device)).type
     if world > 1:
-        kind = pick_device(device if not isinstance(device, torch.device) else str(device)).type
         return fit_data_parallel(_fit, spec, world, kind=kind, callbacks=callbacks, checkpoint_sink=checkpoint_sink,
                                  resume=resume, interrupt=interrupt, arrays=arrays, threads=threads)
     previous = torch.get_num_threads()
-    if pick_device(device if not isinstance(device, torch.device) else str(device)).type == "cpu":
+    if kind == "cpu":
         torch.set_num_threads(threads or cpu_threads(spec, previous))
     try:
         return _fit(spec, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink, resume=resume,
@@ -203,11 +203,10 @@ def _fit(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interrupt
             state.stop_reason = "cancelled"
             break
         state.epoch += 1
-        state.metrics = {"epoch": state.epoch, **state.metrics, **evaluate(state, state.data.val, "val")}
-        state.history.append(state.metrics)
         schedule = state.scheduler
-        if schedule is not None:
-            state.metrics["lr"] = state.optimizer.param_groups[0]["lr"]  # what this epoch trained at (last step's)
+        rate = {"lr": state.optimizer.param_groups[0]["lr"]} if schedule is not None else {}  # as the epoch trained
+        state.metrics = {"epoch": state.epoch, **state.metrics, **evaluate(state, state.data.val, "val"), **rate}
+        state.history.append(state.metrics)
         if schedule is not None and schedule.every == "epoch":
             if schedule.on_metric:
                 schedule.scheduler.step(state.metrics.get("val_loss", state.metrics["train_loss"]))

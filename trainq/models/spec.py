@@ -616,9 +616,12 @@ class EarlyStoppingSpec(Spec):
 
     @property
     def resolved_mode(self) -> str:
-        if self.mode:
-            return self.mode
-        return "max" if self.monitor.endswith(("accuracy", "r2")) else "min"
+        return improves(self.monitor, self.mode)
+
+
+def improves(monitor: str, mode: str | None = None) -> str:
+    """Which way a monitored metric gets better: `mode` if given, else max for accuracy and R², min for the rest."""
+    return mode or ("max" if monitor.endswith(("accuracy", "r2")) else "min")
 
 
 class TrainingSpec(Spec):
@@ -707,14 +710,14 @@ def format_path(loc: tuple[Any, ...]) -> str:
     return out or "(root)"
 
 
-def errors_from(exc: ValidationError, root: type[BaseModel] | None = None) -> list[FieldError]:
+def errors_from(exc: ValidationError) -> list[FieldError]:
     """One error per path; where a union's members each failed, their messages are joined with 'or'. An unknown field
     names the fields allowed there, and the one it was probably meant to be."""
     merged: dict[str, list[str]] = {}
     for e in exc.errors(include_url=False):
         message = e["msg"]
         if e["type"] == "extra_forbidden":
-            message = unknown_field(tuple(e["loc"]), root or JobSpec)
+            message = unknown_field(tuple(e["loc"]), JobSpec)
         elif e["type"] == "missing" and len(e["loc"]) == 1 and e["loc"][0] in MISSING_HINTS:
             message = f"required: add it, for example {e['loc'][0]}: {MISSING_HINTS[e['loc'][0]]}"
         messages = merged.setdefault(format_path(tuple(e["loc"])), [])
@@ -740,7 +743,8 @@ def unknown_field(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
     allowed = sorted(fields_at(loc[:-1], root))
     if not allowed:
         return f"unknown field {name!r}"
-    near = [ALIASES[name]] if ALIASES.get(name) in allowed else difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    near = ([ALIASES[name]] if ALIASES.get(name) in allowed
+            else difflib.get_close_matches(name, allowed, n=1, cutoff=0.6))
     hint = f"did you mean {near[0]!r}?" if near else f"the fields here are {', '.join(allowed)}"
     return f"unknown field {name!r}; {hint}"
 
@@ -967,9 +971,9 @@ def spec_rows(spec: BaseModel, prefix: str = "") -> list[tuple[str, Any, bool]]:
             for i, item in enumerate(value):
                 rows += spec_rows(item, f"{path}[{i}]")
         else:
-            plain = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
             default = info.get_default(call_default_factory=True) if not info.is_required() else object()
-            rows.append((path, plain if not isinstance(plain, tuple) else list(plain), name != "type" and value == default))
+            rows.append((path, list(value) if isinstance(value, tuple) else value,
+                         name != "type" and value == default))
     return rows
 
 

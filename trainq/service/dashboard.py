@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, abort, redirect, render_template, request, send_from_directory, session, url_for
+from flask import (Blueprint, abort, current_app, redirect, render_template, request, send_from_directory, session,
+                   url_for)
 from sqlalchemy import distinct, func, select
 
 from trainq.service.auth import check_csrf, csrf_token, limit, principal, user_for_token, verify_password
@@ -93,7 +94,7 @@ def missing_assets() -> list[str]:
 @bp.get("/favicon.ico")
 def favicon():
     """Browsers ask for /favicon.ico whatever the page says: the same icon as the pages' <link rel=icon>."""
-    return send_from_directory(Path(__file__).parent / "static", "favicon.svg", mimetype="image/svg+xml", max_age=86400)
+    return current_app.send_static_file("favicon.svg")
 
 
 @bp.get("/assets/<name>")

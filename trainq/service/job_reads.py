@@ -10,7 +10,7 @@ from flask import request, send_file
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import aliased
 
-from trainq.models.spec import EarlyStoppingSpec
+from trainq.models.spec import improves
 from trainq.service import jobs, workers
 from trainq.service.auth import principal
 from trainq.service.context import db, read_connection, services
@@ -22,8 +22,8 @@ STATUSES = {s.value for s in JobStatus}
 CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")  # what change_cursor writes; 18 digits stay below 2**63
 
 JOB_FIELDS = ("id", "name", "sweep_id", "status", "pool", "device", "priority", "params", "created_at", "started_at",
-              "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason", "cancel_requested", "metrics",
-              "error", "spec")  # what job_json reads: the job read selects these columns only
+              "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason",
+              "cancel_requested", "metrics", "error", "spec")  # what job_json reads: the job read selects only these
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -109,11 +109,9 @@ def changed_ids(session, cursor: str):
 
 def monitored(spec: dict[str, Any]) -> tuple[str, str]:
     """The metric a job is judged by and which way it improves: its early stopping's monitor, else val_loss."""
-    stopping = (spec.get("training") or {}).get("early_stopping")
-    if not stopping:
-        return "val_loss", "min"
-    resolved = EarlyStoppingSpec.model_validate(stopping)
-    return resolved.monitor, resolved.resolved_mode
+    stopping = (spec.get("training") or {}).get("early_stopping") or {}
+    monitor = stopping.get("monitor", "val_loss")  # no spec validation per job: a list asks this of 500 jobs a poll
+    return monitor, improves(monitor, stopping.get("mode"))
 
 
 def best_metrics(session, jobs) -> dict[str, dict[str, Any]]:
