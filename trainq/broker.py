@@ -12,6 +12,7 @@ from celery import Celery
 from trainq.settings import Settings
 
 TRAIN_TASK = "trainq.train"
+EXPORT_TASK = "trainq.export"  # a registered model version: ONNX, verified, uploaded
 PRIORITY_STEPS = range(10)
 
 

@@ -626,8 +626,7 @@ def export_command(checkpoint: str, onnx_path: str, data: str | None, target: st
     sizes 1, 7 and 256. Works offline, from a checkpoint file (`trainq train --out DIR` writes them, and the
     dashboard's run page downloads them)."""
     from trainq.models.checkpoint import read_meta
-    from trainq.models.engine import build
-    from trainq.models.export import ExportError, export_onnx
+    from trainq.models.export import ExportError, export_onnx, state_from_checkpoint
     from trainq.models.spec import DatasetInfo, JobSpec
 
     blob = Path(checkpoint).read_bytes()
@@ -636,7 +635,7 @@ def export_command(checkpoint: str, onnx_path: str, data: str | None, target: st
     except ValueError as exc:
         raise click.ClickException(f"{checkpoint}: {exc}")
     spec = JobSpec.model_validate(meta["spec"])
-    arrays = None
+    arrays = info = None
     if spec.dataset.name == "upload":
         if data is None:
             raise click.UsageError(f"the run trained on the uploaded dataset {spec.dataset.upload!r}: give its file "
@@ -647,12 +646,9 @@ def export_command(checkpoint: str, onnx_path: str, data: str | None, target: st
             parsed = parse(Path(data).read_bytes(), target=target, task=None, max_rows=10**8)
         except UploadError as exc:
             raise click.ClickException(f"{data}: {exc}")
-        spec.dataset._info = DatasetInfo(tuple(parsed.x.shape[1:]), parsed.classes, len(parsed.x))
+        info = DatasetInfo(tuple(parsed.x.shape[1:]), parsed.classes, len(parsed.x))
         arrays = (parsed.x, parsed.y)
-    state = build(spec, device="cpu", resume=blob, arrays=arrays)
-    tracker = state.tracker
-    if getattr(tracker, "restore_best", False) and tracker.best_weights is not None:
-        state.model.load_state_dict(tracker.best_weights)  # what the run ended with: its best epoch's weights
+    state = state_from_checkpoint(blob, arrays, info)
     try:
         done = export_onnx(state, onnx_path, arrays)
     except ExportError as exc:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_dataset_rows: int = Field(1_000_000, gt=0)  # an uploaded dataset with more rows is refused
     max_params: int = Field(50_000_000, gt=0)  # a larger model is refused at submission
     max_memory_bytes: int = Field(16 * 1024**3, gt=0)  # so is a larger memory estimate
+    model_cache: int = Field(16, ge=1)  # onnxruntime sessions of model versions kept in each service process
+    max_predict_rows: int = Field(10_000, gt=0)  # rows in one prediction request
+    predict_threads: int = Field(0, ge=0)  # onnxruntime's threads per prediction (0: its default, every core)
 
     @property
     def storage_dir(self) -> Path:

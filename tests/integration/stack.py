@@ -136,3 +136,10 @@ class Stack:
                 return job
             time.sleep(0.2)
         raise TimeoutError(f"job {job_id} stuck at {self.job(job_id)}:\n{self.logs()}")
+
+    def user_token(self, name: str) -> str:
+        """A user of the service (role user) and an API token of theirs, made with the CLI as an operator would."""
+        run = lambda *args: subprocess.run([sys.executable, "-m", "trainq.cli", *args], env=self.env,  # noqa: E731
+                                           capture_output=True, text=True, check=True, cwd=self.cwd)
+        run("user", "add", name)
+        return run("token", "create", name).stdout.strip()

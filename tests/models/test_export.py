@@ -116,3 +116,46 @@ def test_the_graphs_preprocessing_is_the_engines_bit_for_bit():
         predictor = Predictor(state.model, state.data.preprocessing, state)
         got = predictor.features(torch.from_numpy(raw_rows(state, "test", arrays)))
         assert torch.equal(got, state.data.test.features()), spec["name"]
+
+
+def test_a_mixture_density_file_gives_the_mixture_and_its_analytic_moments(tmp_path):
+    """An MDN's file: pi sums to 1, sigma > 0, value is sum pi mu and variance sum pi (sigma^2 + mu^2) - mean^2, in
+    the target's units; its value reproduces the run's test MAE, and the signature says so."""
+    from trainq.models.export import signature
+
+    spec = {"name": "mdn", "dataset": {"name": "inverse_sine", "n_samples": 600, "seed": 0},
+            "model": {"layers": [{"type": "dense", "units": 16}, {"type": "activation", "fn": "tanh"},
+                                 {"type": "mdn", "components": 3}]},
+            "loss": {"type": "mdn_nll"}, "optimizer": {"type": "adam", "lr": 0.01},
+            "training": {"epochs": 5, "batch_size": 64, "seed": 0}}
+    result, state = trained(spec)
+    done = export_onnx(state, tmp_path / "mdn.onnx")
+    assert done.outputs == ["value", "variance", "pi", "mu", "sigma"]
+    session = ort.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
+    value, variance, pi, mu, sigma = session.run(None, {"x": raw_rows(state, "test")})
+    assert pi.shape == mu.shape == sigma.shape == (len(value), 3)
+    assert np.allclose(pi.sum(axis=1), 1, atol=1e-5) and (sigma > 0).all()
+    assert np.allclose(value[:, 0], (pi * mu).sum(axis=1), rtol=1e-4, atol=1e-5)
+    second = (pi * (sigma ** 2 + mu ** 2)).sum(axis=1) - value[:, 0] ** 2
+    assert np.allclose(variance[:, 0], np.maximum(second, 0), rtol=1e-3, atol=1e-5)
+    mae = float(np.abs(value.ravel() - targets_of(state)).mean())
+    assert mae == pytest.approx(result.metrics["test_mae"], rel=1e-4)
+    sig = signature(state)
+    assert sig["task"] == "mixture" and sig["class_names"] is None
+    assert [o["name"] for o in sig["outputs"]] == done.outputs and sig["outputs"][2]["shape"] == [-1, 3]
+
+
+def test_a_signature_names_the_features_with_their_training_ranges_and_the_classes():
+    from trainq.models.export import signature
+
+    state = build(parse_spec(mlp("iris", outputs=3, epochs=1)), device="cpu")
+    sig = signature(state, columns=["sl", "sw", "pl", "pw"])
+    assert sig["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    assert sig["features"] == ["sl", "sw", "pl", "pw"] and sig["class_names"] == ["setosa", "versicolor", "virginica"]
+    train = raw_rows(state, "train")
+    assert sig["ranges"]["pl"] == [pytest.approx(train[:, 2].min()), pytest.approx(train[:, 2].max())]
+    assert sig["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [-1]},
+                              {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+    images = signature(build(parse_spec(with_(mlp(epochs=1), **CNN)), device="cpu"))
+    assert images["inputs"][0]["shape"] == [-1, 1, 8, 8] and images["features"] == []
+    assert images["ranges"] == {"channel0": [0.0, 16.0]} and images["class_names"] == [str(i) for i in range(10)]

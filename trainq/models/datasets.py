@@ -202,6 +202,18 @@ def raw(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) 
     return x, y
 
 
+def class_names(spec: DatasetSpec) -> list[str]:
+    """Names of a built-in dataset's classes, in label order (an upload's come from its file)."""
+    from sklearn import datasets as sk
+
+    loaders = {"iris": sk.load_iris, "wine": sk.load_wine, "breast_cancer": sk.load_breast_cancer}
+    if spec.name in loaders:
+        return [str(name) for name in loaders[spec.name]().target_names]
+    if spec.name == "shapes":
+        return list(SHAPE_CLASSES[:spec.classes])
+    return [str(i) for i in range(spec.info().classes or 0)]
+
+
 def whole_bytes(x: np.ndarray) -> bool:
     """Whether every value is a whole number in 0..255, so that uint8 holds the array exactly."""
     return x.size > 0 and float(x.min()) >= 0 and float(x.max()) <= 255 and bool(np.all(np.rint(x) == x))

@@ -69,6 +69,7 @@ class DatasetInfo:
 
 
 LOGIC_GATES = ("or", "and", "xor")
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a registered model's name
 GENERATORS = ("moons", "circles", "spirals", "blobs", "shapes", "inverse_sine")
 SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 DATASET_NAMES = LOGIC_GATES + GENERATORS + SKLEARN_SETS + ("upload",)
@@ -673,6 +674,8 @@ class JobSpec(Spec):
     test_time_augmentation: TtaSpec | None = None
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    # When the job succeeds: its model becomes the next version of this registered model (a worker exports it)
+    register_as: str | None = Field(None, pattern=MODEL_NAME)
 
 
 def names_of(union: Any) -> set[str]:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, model_validator
 
-from trainq.models.spec import FieldError, JobSpec, Spec, SpecError, parse_spec
+from trainq.models.spec import MODEL_NAME, FieldError, JobSpec, Spec, SpecError, parse_spec
 
 PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*$")
 MAXIMIZE = ("accuracy", "r2", "f1", "precision", "recall")
@@ -96,6 +96,7 @@ class SweepSpec(Spec):
     direction: Literal["minimize", "maximize"] | None = None  # default: maximize accuracy, R², F1...; else minimize
     pruner: PrunerSpec = PrunerSpec()
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    register_best: str | None = Field(None, pattern=MODEL_NAME)  # the best trial's model, as this model's next version
 
     @property
     def resolved_direction(self) -> str:

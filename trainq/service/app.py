@@ -18,6 +18,9 @@ from trainq.service.dashboard import missing_assets
 from trainq.service.datasets_api import bp as datasets_bp
 from trainq.service.db import make_engine, make_sessionmaker
 from trainq.service.http import fail
+from trainq.service.inference import Sessions
+from trainq.service.models_api import bp as models_bp
+from trainq.service.oip import bp as oip_bp
 from trainq.service.sweeps_api import bp as sweeps_bp
 from trainq.service.worker_api import bp as worker_bp
 from trainq.settings import Settings
@@ -67,7 +70,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     engine = make_engine(settings.resolved_database_url)
     reads = make_engine(settings.resolved_database_url, autocommit=True)
     app.extensions["trainq"] = Services(settings, make_sessionmaker(engine), settings.storage_dir.resolve(),
-                                        RateLimiter(), make_sessionmaker(reads), reads, TokenCache())
+                                        RateLimiter(), make_sessionmaker(reads), reads, TokenCache(),
+                                        Sessions(settings.model_cache, settings.predict_threads))
 
     @app.before_request
     def _no_nul_in_the_url():
@@ -104,6 +108,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(worker_bp)
     app.register_blueprint(datasets_bp)
     app.register_blueprint(sweeps_bp)
+    app.register_blueprint(models_bp)
+    app.register_blueprint(oip_bp)
     app.register_blueprint(dashboard_bp)
     for path in missing_assets():
         log.error("the dashboard's chart library is missing (%s): every chart will be blank. Install trainq again "

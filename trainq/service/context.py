@@ -12,7 +12,7 @@ from flask import current_app, g, request
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from trainq.broker import TRAIN_TASK, broker_priority, make_celery
+from trainq.broker import EXPORT_TASK, TRAIN_TASK, broker_priority, make_celery
 from trainq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,19 +27,35 @@ class Services:
     read_sessions: sessionmaker | None = None  # autocommit, for GET: no BEGIN and ROLLBACK round trips
     read_engine: Engine | None = None  # that autocommit engine, for plain Core reads (read_connection)
     tokens: object = None  # auth.TokenCache
+    models: object = None  # inference.Sessions: onnxruntime sessions of model versions
     _celery: object = None
+
+    def celery(self):
+        if self._celery is None:
+            self._celery = make_celery(self.settings, "trainq-service")
+        return self._celery
 
     def enqueue(self, job) -> bool:
         """Send a job id to its pool's queue; False if the broker is unreachable (the reconciler retries)."""
         try:
-            if self._celery is None:
-                self._celery = make_celery(self.settings, "trainq-service")
-            self._celery.send_task(TRAIN_TASK, args=[job.id], queue=job.queue, priority=broker_priority(job.priority),
+            self.celery().send_task(TRAIN_TASK, args=[job.id], queue=job.queue, priority=broker_priority(job.priority),
                                    retry=True,
                                    retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
             return True
         except Exception:  # noqa: BLE001 - any broker failure leaves the job queued in SQL
             log.warning("could not send job %s to the broker", job.id, exc_info=True)
+            return False
+
+
+    def export(self, version_id: str, pool: str) -> bool:
+        """Send a model version's export to a worker of the pool that trained it; False if the broker is unreachable
+        (the reconciler sends it again)."""
+        try:
+            self.celery().send_task(EXPORT_TASK, args=[version_id], queue=pool, priority=0, retry=True,
+                                    retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
+            return True
+        except Exception:  # noqa: BLE001
+            log.warning("could not send the export of version %s to the broker", version_id, exc_info=True)
             return False
 
 

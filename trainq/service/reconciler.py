@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import text
 
 from trainq.broker import job_ids_in_broker
-from trainq.service import jobs
+from trainq.service import jobs, registry
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def reconcile_once(app: Flask) -> dict | None:
                                 max_attempts=services.settings.max_attempts)
         session.commit()
         result["sweeps"] = settle_sweeps(app, session)
+        result["exports"] = resend_exports(services, session)
     if services.read_engine is not None and upkeep(services.read_engine):
         result["vacuumed"] = 1
     if any(result.values()):
@@ -80,11 +81,22 @@ def settle_sweeps(app: Flask, session) -> int:
             session.rollback()
             log.exception("settling sweep %s failed", sweep_id)
             continue
+        registry.send_exports(session, services.export)
         for job in created:
             if not jobs.mark_enqueued(session, job, services.enqueue):
                 session.commit()
         launched += len(created)
     return launched
+
+
+def resend_exports(services, session) -> int:
+    """Model versions still exporting long after they were registered: send them to their pool again."""
+    from trainq.service.db import utcnow
+
+    stale = registry.stale_exports(session, utcnow(), timedelta(seconds=services.settings.requeue_after_seconds))
+    for version_id, pool in stale:
+        services.export(version_id, pool)
+    return len(stale)
 
 
 def start(app: Flask) -> threading.Event:

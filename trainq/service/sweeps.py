@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from trainq.models.spec import parse_spec, plan
 from trainq.models.sweep import Choice, SweepSpec, apply
-from trainq.service import jobs
+from trainq.service import jobs, registry
 from trainq.service.db import utcnow
 from trainq.service.tables import FINISHED, Dataset, Job, JobStatus, Metric, Sweep
 from trainq.settings import Settings
@@ -158,6 +158,8 @@ def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
     if sweep.launched >= sweep.budget and active == 0:
         sweep.status, sweep.finished_at = "succeeded" if sweep.best_job_id else "failed", utcnow()
         log.info("sweep %s ended: best %s = %s", sweep.id, sweep.best_job_id, sweep.best_value)
+        if spec.register_best and sweep.best_job_id:
+            registry.register_finished(session, session.get(Job, sweep.best_job_id), spec.register_best)
     session.flush()
     return created
 
@@ -165,6 +167,7 @@ def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
 def _trial_job(session: Session, sweep: Sweep, spec: SweepSpec, number: int, params: dict[str, Any]) -> Job:
     document = apply(sweep.base, params)
     document["name"] = f"{sweep.name} · trial {number}"[:200]
+    document.pop("register_as", None)  # each trial is not a model: the sweep registers its best (register_best)
     job_spec = parse_spec(document, uploads=_uploads(session, sweep))
     dataset_id = None
     if job_spec.dataset.name == "upload":

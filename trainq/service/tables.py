@@ -239,3 +239,60 @@ class Worker(Base):
     drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Model(Base):
+    """A registered model: a name, unique per owner, whose versions are succeeded jobs' trained networks."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    latest: Mapped[int] = mapped_column(Integer, default=0)  # the last version number handed out (never reused)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+
+class VersionState(str, enum.Enum):
+    exporting = "exporting"  # waiting for a worker, or being exported
+    verifying = "verifying"  # the ONNX file is written; onnxruntime is checked against torch
+    ready = "ready"  # answers predictions
+    failed = "failed"  # `error` says why
+
+
+class ModelVersion(Base):
+    """One version of a model: a bundle in storage (weights, spec, preprocessing, signature, ONNX) made by a worker."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=VersionState.exporting.value)
+    error: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # the job's final metrics
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # inputs, features, ranges, outputs, classes
+    export_token_hash: Mapped[str | None] = mapped_column(String(64))  # fences the exporting worker's writes
+    onnx_size: Mapped[int | None] = mapped_column(BigInteger)
+    onnx_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+
+class ModelAlias(Base):
+    """A name (champion, challenger, ...) pointing at one version of a model; it moves in one UPDATE."""
+
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

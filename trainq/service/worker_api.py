@@ -14,11 +14,11 @@ from flask import Blueprint, jsonify, request, url_for
 from sqlalchemy import select
 
 from trainq.models.checkpoint import read_meta
-from trainq.service import jobs, sweeps, workers
+from trainq.service import jobs, registry, sweeps, workers
 from trainq.service.context import db, services
 from trainq.service.http import body_bytes, fail, read_body
 from trainq.service.job_reads import send_checkpoint
-from trainq.service.tables import FINISHED, Dataset, Job, Sweep
+from trainq.service.tables import FINISHED, Checkpoint, Dataset, Job, ModelVersion, Sweep, VersionState
 
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
 
@@ -34,7 +34,8 @@ def require_worker_token():
 
 
 @bp.errorhandler(jobs.Fenced)
-def fenced(exc: jobs.Fenced):
+@bp.errorhandler(registry.Fenced)
+def fenced(exc: Exception):
     """Any write from an attempt that is no longer the job's live one: refused, whichever route it came by."""
     return jsonify({"error": "fenced", "message": str(exc)}), 409
 
@@ -202,10 +203,13 @@ def finish(attempt_id: str):
         fail(400, "bad_request", f"status must be one of {list(FINISHED)}")
     session = db()
     job = jobs.finish(session, attempt, job, body)
+    registry.register_finished(session, job)
     session.commit()
+    registry.send_exports(session, services().export)
     if job.sweep_id is not None:  # the sweep goes on at once: tell Optuna, launch the next trial
         created = sweeps.settle(session, services().settings, job.sweep_id)
         session.commit()
+        registry.send_exports(session, services().export)  # its best trial's model, when the sweep has ended
         jobs.enqueue_all(session, created, services().enqueue)
     return jsonify({"status": job.status})
 
@@ -263,3 +267,99 @@ def worker_stopped(name: str):
     workers.stopped(session, name)
     session.commit()
     return jsonify({"ok": True})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exports of registered model versions: claim, read the checkpoint and data, upload the bundle's files, finish
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def live_export(version_id: str) -> ModelVersion:
+    try:
+        return registry.live_export(db(), version_id, request.headers.get("X-Trainq-Attempt-Token", ""))
+    except LookupError:
+        fail(404, "not_found", f"no model version {version_id}")
+
+
+def dataset_for(version: ModelVersion) -> Dataset | None:
+    job = db().get(Job, version.job_id) if version.job_id else None
+    return db().get(Dataset, job.dataset_id) if job is not None and job.dataset_id else None
+
+
+@bp.post("/exports/<hexid:version_id>/claim")
+def claim_export(version_id: str):
+    session = db()
+    try:
+        version, token = registry.claim_export(session, version_id)
+    except LookupError:
+        fail(404, "not_found", f"no model version {version_id}")
+    checkpoint = session.get(Checkpoint, version.checkpoint_id)
+    if checkpoint is None:
+        version.state, version.error = VersionState.failed.value, "its job's checkpoint is gone"
+        session.commit()
+        fail(409, "gone", "the version's checkpoint is gone")
+    d = dataset_for(version)
+    session.commit()
+    dataset = None if d is None else {
+        "shape": d.shape, "classes": d.classes, "rows": d.rows, "columns": d.columns, "class_names": d.class_names,
+        "url": url_for("worker_api.export_dataset", version_id=version.id)}
+    return jsonify({"version_id": version.id, "version": version.version, "token": token, "spec": version.spec,
+                    "checkpoint_url": url_for("worker_api.export_checkpoint", version_id=version.id),
+                    "dataset": dataset})
+
+
+@bp.get("/exports/<hexid:version_id>/checkpoint")
+def export_checkpoint(version_id: str):
+    version = live_export(version_id)
+    checkpoint = db().get(Checkpoint, version.checkpoint_id)
+    if checkpoint is None:
+        fail(404, "not_found", "the version's checkpoint is gone")
+    return send_checkpoint(checkpoint)
+
+
+@bp.get("/exports/<hexid:version_id>/dataset")
+def export_dataset(version_id: str):
+    from flask import send_file
+
+    from trainq.service.uploads import dataset_path
+
+    d = dataset_for(live_export(version_id))
+    path = dataset_path(services().storage, d.id) if d is not None else None
+    if path is None or not path.is_file():
+        fail(404, "not_found", "the version's job used no uploaded dataset, or it is gone")
+    return send_file(path, mimetype="application/octet-stream")
+
+
+@bp.post("/exports/<hexid:version_id>/verifying")
+def export_verifying(version_id: str):
+    session = db()
+    version = live_export(version_id)
+    version.state = VersionState.verifying.value
+    session.commit()
+    return jsonify({"state": version.state})
+
+
+@bp.put("/exports/<hexid:version_id>/files/<name>")
+def export_file(version_id: str, name: str):
+    blob = body_bytes()
+    version = live_export(version_id)
+    try:
+        stored = registry.store_file(services().storage, version, name, blob)
+    except registry.RegistryError as exc:
+        fail(exc.status, exc.code, str(exc))
+    return jsonify(stored), 201
+
+
+@bp.post("/exports/<hexid:version_id>/finish")
+def export_finish(version_id: str):
+    body = read_body()
+    session = db()
+    version = live_export(version_id)
+    if not isinstance(body, dict) or body.get("state") not in (VersionState.ready.value, VersionState.failed.value):
+        fail(400, "bad_request", "state must be ready or failed")
+    try:
+        version = registry.finish_export(session, services().storage, version, body)
+    except registry.RegistryError as exc:
+        fail(exc.status, exc.code, str(exc))
+    session.commit()
+    return jsonify({"state": version.state})

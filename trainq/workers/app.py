@@ -7,7 +7,7 @@ import socket
 
 from celery import Celery, signals
 
-from trainq.broker import TRAIN_TASK, make_celery
+from trainq.broker import EXPORT_TASK, TRAIN_TASK, make_celery
 from trainq.settings import Settings
 from trainq.workers.client import ServiceClient
 from trainq.workers.presence import Presence, warm_shutdown
@@ -64,6 +64,12 @@ def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "
                            gpus=gpus)
         finally:  # after the outcome is reported: freeing memory is no part of the job's time
             free_device_memory(torch_device)
+
+    @app.task(name=EXPORT_TASK)
+    def export(version_id: str) -> str:
+        from trainq.workers.exporter import run_export
+
+        return run_export(version_id, Settings())
 
     return app
 

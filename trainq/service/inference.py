@@ -1,0 +1,289 @@
+"""Predictions in the service, with onnxruntime (never torch): sessions kept in an LRU, inputs checked against a
+version's signature with every error listed at once, by the field's path.
+
+Two ways in: the Open Inference Protocol's tensors (`inputs[i]` with name, shape, datatype, data) and records of
+raw features by name (`records[i].column`). Both end as one float32 array `x` for the graph, whose preprocessing
+is inside it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NUMERIC = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT8": np.int8, "INT16": np.int16,
+           "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+           "UINT64": np.uint64}
+MAX_ERRORS = 50  # listed in one answer; more are counted
+
+
+class InputError(Exception):
+    """The request does not fit the signature; `errors` are [{"path", "message"}], all of them."""
+
+    def __init__(self, errors: list[dict[str, str]], status: int = 422):
+        self.errors, self.status = errors, status
+        shown = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:5])
+        super().__init__(shown + (f"; and {len(errors) - 5} more" if len(errors) > 5 else ""))
+
+
+class Errors(list):
+    def add(self, path: str, message: str) -> None:
+        if len(self) < MAX_ERRORS:
+            self.append({"path": path, "message": message})
+
+    def check(self, status: int = 422) -> None:
+        if self:
+            raise InputError(list(self), status)
+
+
+class Sessions:
+    """onnxruntime sessions by version id, the least recently used dropped past `size` (TRAINQ_MODEL_CACHE)."""
+
+    def __init__(self, size: int = 16, threads: int = 0):
+        self.size, self.threads = size, threads
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # sessions created: a test and the bench read it
+
+    def get(self, version_id: str, path: Path):
+        with self._lock:
+            found = self._cache.get(version_id)
+            if found is not None:
+                self._cache.move_to_end(version_id)
+                return found
+        session = self._load(path)
+        with self._lock:
+            self._cache[version_id] = session
+            self._cache.move_to_end(version_id)
+            self.loads += 1
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return session
+
+    def _load(self, path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __contains__(self, version_id: str) -> bool:
+        return version_id in self._cache
+
+
+def run(session, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    return dict(zip(names, session.run(names, {"x": x})))
+
+
+def _nested_shape(data: Any) -> list[int] | None:
+    """The shape of a nested list of numbers (None if ragged)."""
+    shape = []
+    node = data
+    while isinstance(node, list):
+        shape.append(len(node))
+        if not node:
+            break
+        node = node[0]
+    return shape
+
+
+def _flatten(data: Any, path: str, errors: Errors) -> list | None:
+    """A flat list of the numbers in `data` (flat or nested lists), or None with the reason in `errors`."""
+    if not isinstance(data, list):
+        errors.add(path, "must be a list of numbers (flat, or nested as the shape)")
+        return None
+    try:
+        array = np.asarray(data, dtype=object)
+    except ValueError:
+        errors.add(path, "is ragged: every row must have the same length")
+        return None
+    if array.dtype != object or any(isinstance(v, list) for v in array.ravel()):
+        errors.add(path, "is ragged: every row must have the same length")
+        return None
+    return list(array.ravel())
+
+
+def finite(v: Any, integer: bool = False) -> bool:
+    """A finite JSON number (booleans are not numbers here)."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and (not integer or float(v).is_integer()))
+
+
+def not_a_number(v: Any, integer: bool = False) -> str:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN and Infinity are not accepted"
+    return f"{json_type(v)} where a{'n integer' if integer else ' number'} goes"
+
+
+def numbers(values: list, path: str, errors: Errors, integer: bool = False) -> np.ndarray | None:
+    """The values as an array if each is a finite number; else None, each bad one in `errors` by index."""
+    bad = [i for i, v in enumerate(values) if not finite(v, integer)]
+    for i in bad:
+        errors.add(f"{path}[{i}]", not_a_number(values[i], integer))
+    return None if bad else np.asarray(values, dtype=np.float64)
+
+
+def json_type(v: Any) -> str:
+    return {bool: "a boolean", str: "a string", type(None): "null", dict: "an object", list: "a list"}.get(
+        type(v), type(v).__name__)
+
+
+def v2_inputs(body: Any, signature: dict, max_rows: int) -> tuple[np.ndarray, list[str] | None, dict]:
+    """An Open Inference Protocol request as `x`, the outputs asked for (None: all), and its id and parameters."""
+    errors = Errors()
+    if not isinstance(body, dict):
+        raise InputError([{"path": "(body)", "message": "must be a JSON object with 'inputs'"}], 400)
+    declared = signature["inputs"][0]
+    want = declared["shape"][1:]
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InputError([{"path": "inputs", "message": f"must be a list holding one tensor named "
+                                                        f"{declared['name']!r} of shape {declared['shape']}"}], 400)
+    x = None
+    for i, tensor in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(tensor, dict):
+            errors.add(where, "must be an object with name, shape, datatype and data")
+            continue
+        name = tensor.get("name")
+        if name != declared["name"]:
+            errors.add(f"{where}.name", f"{name!r} is not an input of this model; its one input is "
+                                        f"{declared['name']!r}")
+            continue
+        shape, datatype = tensor.get("shape"), tensor.get("datatype")
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                               and d >= 0 for d in shape):
+            errors.add(f"{where}.shape", f"must be a list of sizes, e.g. [N, {', '.join(map(str, want))}]")
+            shape = None
+        elif shape[1:] != want:
+            errors.add(f"{where}.shape", f"{shape} does not fit the model's input {declared['shape']} (-1 is any "
+                                         f"number of rows): each row has shape {want}")
+            shape = None
+        elif shape[0] > max_rows:
+            errors.add(f"{where}.shape", f"{shape[0]} rows, over the limit of {max_rows} a request "
+                                         "(TRAINQ_MAX_PREDICT_ROWS); send them in several requests, or score a "
+                                         "dataset with POST /api/v1/models/{ref}/batch")
+            shape = None
+        if datatype not in NUMERIC:
+            errors.add(f"{where}.datatype", f"{datatype!r} is not a numeric datatype; the model takes "
+                                            f"{declared['datatype']} (FP64 and integer types are converted)")
+        flat = _flatten(tensor.get("data"), f"{where}.data", errors)
+        if flat is None or shape is None:
+            continue
+        if len(flat) != int(np.prod(shape)):
+            errors.add(f"{where}.data", f"holds {len(flat)} values; shape {shape} needs {int(np.prod(shape))}")
+            continue
+        values = numbers(flat, f"{where}.data", errors, integer=datatype is not None and datatype.startswith(
+            ("INT", "UINT")))
+        if values is not None and x is None:
+            x = values.astype(np.float32).reshape(shape)
+    wanted = None
+    if "outputs" in body:
+        outputs = body["outputs"]
+        names = [o["name"] for o in signature["outputs"]]
+        if not isinstance(outputs, list):
+            errors.add("outputs", "must be a list of {\"name\": ...}")
+        else:
+            wanted = []
+            for i, o in enumerate(outputs):
+                name = o.get("name") if isinstance(o, dict) else None
+                if name not in names:
+                    errors.add(f"outputs[{i}].name", f"{name!r} is not an output; this model gives "
+                                                     f"{', '.join(names)}")
+                else:
+                    wanted.append(name)
+    if "id" in body and not isinstance(body["id"], str):
+        errors.add("id", "must be a string")
+    if "parameters" in body and not isinstance(body["parameters"], dict):
+        errors.add("parameters", "must be an object")
+    errors.check()
+    return x, wanted, {"id": body.get("id"), "parameters": body.get("parameters") or {}}
+
+
+def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
+    """`{"records": [{"column": value}]}` or `{"inputs": [[...], ...]}` as `x`, every mistake listed."""
+    errors = Errors()
+    if not isinstance(body, dict) or ("records" in body) == ("inputs" in body):
+        raise InputError([{"path": "(body)", "message": "send either 'records' (a list of objects, raw features by "
+                                                        "name) or 'inputs' (a list of rows)"}], 400)
+    declared = signature["inputs"][0]["shape"][1:]
+    features = signature.get("features") or []
+    key = "records" if "records" in body else "inputs"
+    rows = body[key]
+    if not isinstance(rows, list) or not rows:
+        raise InputError([{"path": key, "message": "must be a non-empty list"}], 400)
+    if len(rows) > max_rows:
+        raise InputError([{"path": key, "message": f"{len(rows)} rows, over the limit of {max_rows} a request "
+                                                   "(TRAINQ_MAX_PREDICT_ROWS); send them in several requests"}])
+    if key == "records":
+        if not features:
+            raise InputError([{"path": "records", "message": "this model takes images, not named features: send "
+                                                             f"'inputs' as rows of shape {declared}"}], 400)
+        known = set(features)
+        x = np.zeros((len(rows), len(features)), dtype=np.float32)
+        for i, record in enumerate(rows):
+            if not isinstance(record, dict):
+                errors.add(f"records[{i}]", "must be an object of feature name -> number")
+                continue
+            for j, name in enumerate(features):
+                if name not in record:
+                    errors.add(f"records[{i}].{name}", "is missing")
+                elif finite(record[name]):
+                    x[i, j] = record[name]
+                else:
+                    errors.add(f"records[{i}].{name}", not_a_number(record[name]))
+            for name in record:
+                if name not in known:
+                    errors.add(f"records[{i}].{name}", "is not a feature of this model; its features are "
+                                                       + ", ".join(features))
+        errors.check()
+        return x
+    shape = _nested_shape(rows)
+    if shape is None or shape[1:] != declared:
+        raise InputError([{"path": "inputs", "message": f"rows must each have shape {declared}"
+                                                        + (f" ({len(features)} features: {', '.join(features[:8])}"
+                                                           f"{', ...' if len(features) > 8 else ''})"
+                                                           if features else "")}])
+    flat = _flatten(rows, "inputs", errors)
+    errors.check()
+    values = numbers(flat, "inputs", errors)
+    errors.check()
+    return values.astype(np.float32).reshape([len(rows), *declared])
+
+
+def v2_outputs(results: dict[str, np.ndarray], signature: dict) -> list[dict]:
+    types = {o["name"]: o["datatype"] for o in signature["outputs"]}
+    return [{"name": name, "shape": list(value.shape), "datatype": types[name],
+             "data": value.reshape(-1).tolist()} for name, value in results.items()]
+
+
+def friendly(results: dict[str, np.ndarray], signature: dict) -> list[dict]:
+    """Per row: the label and probabilities by class name, or the value (and a mixture's variance and components)."""
+    names = signature.get("class_names")
+    rows = []
+    count = len(next(iter(results.values())))
+    for i in range(count):
+        row: dict[str, Any] = {}
+        if "label" in results:
+            label = int(results["label"][i])
+            row["label"] = names[label] if names else label
+            row["class_index"] = label
+            scores = results.get("probabilities", results.get("scores"))
+            if scores is not None:
+                key = "probabilities" if "probabilities" in results else "scores"
+                row[key] = {(names[j] if names else str(j)): float(p) for j, p in enumerate(scores[i])}
+        else:
+            row["value"] = float(results["value"][i, 0])
+            if "variance" in results:
+                row["variance"] = float(results["variance"][i, 0])
+                row["mixture"] = {k: results[k][i].tolist() for k in ("pi", "mu", "sigma")}
+        rows.append(row)
+    return rows

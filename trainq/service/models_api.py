@@ -1,0 +1,233 @@
+"""The model registry's HTTP API: register a job's model, list and show models and versions, move aliases, delete,
+download a version's ONNX file, and predict from raw features by name.
+
+A model is addressed as NAME (its newest ready version), NAME@ALIAS or NAME/versions/N. Another user's model is 404.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, jsonify, send_file
+from sqlalchemy import func, select
+
+from trainq.service.auth import audit, principal, require_user
+from trainq.service.context import db, services
+from trainq.service.http import fail, read_body
+from trainq.service.inference import InputError, friendly, record_inputs, run
+from trainq.service.lookups import get_job
+from trainq.service.registry import (
+    Ref,
+    RegistryError,
+    aliases_of,
+    bundle_dir,
+    delete_model,
+    delete_version,
+    drop_alias,
+    find_model,
+    move_alias,
+    parse_ref,
+    register,
+    resolve,
+    send_exports,
+    version_json,
+)
+from trainq.service.tables import Model, ModelVersion, VersionState
+
+bp = Blueprint("models_api", __name__, url_prefix="/api/v1/models")
+
+
+@bp.before_request
+def authenticate():
+    require_user()
+
+
+@bp.errorhandler(RegistryError)
+def refused(exc: RegistryError):
+    errors = [{"path": exc.path, "message": str(exc)}] if exc.path else []
+    return jsonify({"error": exc.code, "message": str(exc), "errors": errors}), exc.status
+
+
+@bp.errorhandler(InputError)
+def bad_input(exc: InputError):
+    return jsonify({"error": "bad_input", "message": str(exc), "errors": exc.errors}), exc.status
+
+
+def lookup(ref: Ref | str, ready_only: bool = False) -> tuple[Model, ModelVersion]:
+    p = principal()
+    return resolve(db(), parse_ref(ref) if isinstance(ref, str) else ref, p.id, p.is_admin, ready_only=ready_only)
+
+
+def model_json(model: Model, versions: list[ModelVersion]) -> dict[str, Any]:
+    aliases = aliases_of(db(), model.id)
+    return {"name": model.name, "latest": model.latest, "created_at": model.created_at.isoformat(),
+            "aliases": aliases, "versions": [version_json(model, v, aliases) for v in versions]}
+
+
+@bp.post("")
+def register_model():
+    body = read_body()
+    if not isinstance(body, dict):
+        fail(400, "bad_request", "send {\"name\": MODEL, \"job_id\": JOB}")
+    missing = [f for f in ("name", "job_id") if not isinstance(body.get(f), str)]
+    if missing:
+        fail(422, "validation", f"{', '.join(missing)}: required (a string)",
+             errors=[{"path": f, "message": "required (a string)"} for f in missing])
+    job_id = body["job_id"]
+    if len(job_id) != 32 or any(c not in "0123456789abcdef" for c in job_id):
+        fail(422, "validation", "job_id: a job id is 32 hexadecimal digits",
+             errors=[{"path": "job_id", "message": "a job id is 32 hexadecimal digits"}])
+    job = get_job(job_id)
+    p = principal()
+    session = db()
+    model, version = register(session, body["name"], job, p.id, p.name)
+    audit("register", f"model:{model.name}", version=version.version, job=job.id)
+    session.commit()
+    send_exports(session, services().export)
+    return jsonify(version_json(model, version)), 201
+
+
+@bp.get("")
+def list_models():
+    p = principal()
+    query = select(Model).order_by(Model.name)
+    if not p.is_admin:
+        query = query.where(Model.owner_id == p.id)
+    session = db()
+    models = session.scalars(query).all()
+    counts = dict(session.execute(select(ModelVersion.model_id, func.count()).group_by(ModelVersion.model_id)).all())
+    ready = dict(session.execute(select(ModelVersion.model_id, func.max(ModelVersion.version))
+                                 .where(ModelVersion.state == VersionState.ready.value)
+                                 .group_by(ModelVersion.model_id)).all())
+    return jsonify({"models": [{"name": m.name, "latest": m.latest, "versions": counts.get(m.id, 0),
+                                "newest_ready": ready.get(m.id), "aliases": aliases_of(session, m.id),
+                                "created_at": m.created_at.isoformat()} for m in models]})
+
+
+def model_named(name: str) -> Model:
+    p = principal()
+    model = find_model(db(), parse_ref(name).name, p.id, p.is_admin)
+    if model is None:
+        fail(404, "not_found", f"no model {name!r}; GET /api/v1/models lists yours",
+             errors=[{"path": "model", "message": "no such model"}])
+    return model
+
+
+@bp.get("/<name>")
+def get_model(name: str):
+    if "@" in name:  # NAME@ALIAS: the version it points at
+        model, version = lookup(name)
+        return jsonify(version_json(model, version, aliases_of(db(), model.id)))
+    model = model_named(name)
+    versions = db().scalars(select(ModelVersion).where(ModelVersion.model_id == model.id)
+                            .order_by(ModelVersion.version.desc())).all()
+    return jsonify(model_json(model, versions))
+
+
+@bp.get("/<name>/versions/<int:number>")
+def get_version(name: str, number: int):
+    model, version = lookup(f"{parse_ref(name).name}/versions/{number}")
+    return jsonify(version_json(model, version, aliases_of(db(), model.id)))
+
+
+@bp.put("/<name>/aliases/<alias>")
+def put_alias(name: str, alias: str):
+    body = read_body()
+    model = model_named(name)
+    session = db()
+    version, before = move_alias(session, model, alias, body.get("version") if isinstance(body, dict) else None)
+    audit("alias", f"model:{model.name}", alias=alias, version=version.version, previous=before)
+    session.commit()
+    if version.state == VersionState.ready.value:  # warm: the first prediction through the alias pays no load
+        try:
+            services().models.get(version.id, bundle_dir(services().storage, version.id) / "model.onnx")
+        except Exception:  # noqa: BLE001 - a warm-up failure shows on the first prediction instead
+            pass
+    return jsonify({"model": model.name, "alias": alias, "version": version.version, "previous": before})
+
+
+@bp.delete("/<name>/aliases/<alias>")
+def delete_alias(name: str, alias: str):
+    model = model_named(name)
+    session = db()
+    drop_alias(session, model, alias)
+    audit("alias_delete", f"model:{model.name}", alias=alias)
+    session.commit()
+    return "", 204
+
+
+def forget(version_ids: list[str]) -> None:
+    """After the rows are gone: the bundles' files."""
+    import shutil
+
+    for vid in version_ids:
+        shutil.rmtree(bundle_dir(services().storage, vid), ignore_errors=True)
+
+
+@bp.delete("/<name>/versions/<int:number>")
+def delete_version_route(name: str, number: int):
+    model, version = lookup(f"{parse_ref(name).name}/versions/{number}")
+    session = db()
+    delete_version(session, model, version)
+    audit("delete", f"model:{model.name}", version=number)
+    session.commit()
+    forget([version.id])
+    return "", 204
+
+
+@bp.delete("/<name>")
+def delete_model_route(name: str):
+    model = model_named(name)
+    session = db()
+    ids = delete_model(session, model)
+    audit("delete", f"model:{model.name}", versions=len(ids))
+    session.commit()
+    forget(ids)
+    return "", 204
+
+
+def ready_version(ref: str) -> tuple[Model, ModelVersion]:
+    model, version = lookup(ref, ready_only=True)
+    if version.state != VersionState.ready.value:
+        detail = f": {version.error}" if version.error else ""
+        raise RegistryError(409, "not_ready", f"version {version.version} of {model.name!r} is "
+                                              f"{version.state}{detail}", "version")
+    return model, version
+
+
+def session_for(version: ModelVersion):
+    return services().models.get(version.id, bundle_dir(services().storage, version.id) / "model.onnx")
+
+
+@bp.get("/<name>/versions/<int:number>/onnx")
+def download_onnx(name: str, number: int):
+    model, version = ready_version(f"{parse_ref(name).name}/versions/{number}")
+    audit("download", f"model:{model.name}", version=number)
+    db().commit()
+    return send_file(bundle_dir(services().storage, version.id) / "model.onnx", mimetype="application/octet-stream",
+                     as_attachment=True, download_name=f"{model.name}-v{number}.onnx")
+
+
+def predict(ref: str):
+    started = time.perf_counter()
+    model, version = ready_version(ref)
+    signature = version.signature
+    x = record_inputs(read_body(), signature, services().settings.max_predict_rows)
+    names = [o["name"] for o in signature["outputs"]]
+    results = run(session_for(version), x, names)
+    return jsonify({"model": model.name, "version": version.version, "request_id": uuid.uuid4().hex,
+                    "task": signature.get("task"), "predictions": friendly(results, signature),
+                    "took_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+
+@bp.post("/<name>/predict")
+def predict_route(name: str):
+    return predict(name)
+
+
+@bp.post("/<name>/versions/<int:number>/predict")
+def predict_version(name: str, number: int):
+    return predict(f"{parse_ref(name).name}/versions/{number}")
+

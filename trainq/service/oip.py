@@ -1,0 +1,145 @@
+"""The Open Inference Protocol v2 (KServe's and Triton's REST protocol), so a standard v2 client works unchanged:
+
+    GET  /v2/health/live, /v2/health/ready             (no token: for probes)
+    GET  /v2/models/{name}[/versions/{v}]               metadata: inputs and outputs with name, datatype, shape
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    POST /v2/models/{name}[/versions/{v}]/infer
+
+`name` may be NAME@ALIAS. Errors are {"error": "..."} (with the field paths in "errors"), as the protocol has them.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import text
+
+from trainq import __version__
+from trainq.service.auth import principal, require_user
+from trainq.service.context import db, services
+from trainq.service.http import ApiError, read_body
+from trainq.service.inference import InputError, run, v2_inputs, v2_outputs
+from trainq.service.registry import RegistryError, bundle_dir, parse_ref, resolve
+from trainq.service.tables import VersionState
+
+bp = Blueprint("oip", __name__, url_prefix="/v2")
+
+PUBLIC = {"oip.live", "oip.ready", "oip.server"}
+
+
+@bp.before_request
+def authenticate():
+    if request.endpoint not in PUBLIC:
+        require_user()
+
+
+@bp.errorhandler(ApiError)
+def api_error(exc: ApiError):
+    return jsonify({"error": exc.description, **({"errors": exc.body["errors"]} if "errors" in exc.body else {})}), \
+        exc.code, exc.extra_headers
+
+
+@bp.errorhandler(RegistryError)
+def refused(exc: RegistryError):
+    return jsonify({"error": str(exc), "errors": [{"path": exc.path, "message": str(exc)}] if exc.path else []}), \
+        exc.status
+
+
+@bp.errorhandler(InputError)
+def bad_input(exc: InputError):
+    return jsonify({"error": str(exc), "errors": exc.errors}), 400
+
+
+@bp.get("")
+def server():
+    return jsonify({"name": "trainq", "version": __version__, "extensions": []})
+
+
+@bp.get("/health/live")
+def live():
+    return jsonify({"live": True})
+
+
+@bp.get("/health/ready")
+def ready():
+    try:
+        db().execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - the database is what predictions need besides the files
+        return jsonify({"ready": False}), 503
+    return jsonify({"ready": True})
+
+
+def version_for(name: str, number: str | None):
+    ref = parse_ref(name if number is None else f"{parse_ref(name).name}/versions/{number}", "model")
+    p = principal()
+    return resolve(db(), ref, p.id, p.is_admin, ready_only=number is None)
+
+
+def metadata(name: str, number: str | None):
+    model, version = version_for(name, number)
+    signature = version.signature or {}
+    return jsonify({"name": name if number is None else model.name, "versions": [str(version.version)],
+                    "platform": "onnxruntime", "inputs": signature.get("inputs", []),
+                    "outputs": [{k: o[k] for k in ("name", "datatype", "shape")}
+                                for o in signature.get("outputs", [])],
+                    "parameters": {"state": version.state, "task": signature.get("task"),
+                                   "features": signature.get("features"),
+                                   "class_names": signature.get("class_names")}})
+
+
+def model_ready(name: str, number: str | None):
+    try:
+        _, version = version_for(name, number)
+    except RegistryError as exc:
+        if exc.status == 409:  # no ready version yet: not ready, rather than an error
+            return jsonify({"name": name, "ready": False})
+        raise
+    return jsonify({"name": name, "ready": version.state == VersionState.ready.value})
+
+
+def infer(name: str, number: str | None):
+    model, version = version_for(name, number)
+    if version.state != VersionState.ready.value:
+        raise RegistryError(409, "not_ready", f"version {version.version} of {model.name!r} is {version.state}"
+                            + (f": {version.error}" if version.error else ""), "version")
+    signature = version.signature
+    x, wanted, extra = v2_inputs(read_body(), signature, services().settings.max_predict_rows)
+    names = [o["name"] for o in signature["outputs"]]
+    session = services().models.get(version.id, bundle_dir(services().storage, version.id) / "model.onnx")
+    results = run(session, x, names)
+    if wanted is not None:
+        results = {n: results[n] for n in wanted}
+    answer = {"model_name": model.name, "model_version": str(version.version), "outputs": v2_outputs(results,
+                                                                                                    signature)}
+    if extra["id"] is not None:
+        answer["id"] = extra["id"]
+    return jsonify(answer)
+
+
+@bp.get("/models/<name>")
+def model_metadata(name: str):
+    return metadata(name, None)
+
+
+@bp.get("/models/<name>/versions/<number>")
+def version_metadata(name: str, number: str):
+    return metadata(name, number)
+
+
+@bp.get("/models/<name>/ready")
+def ready_model(name: str):
+    return model_ready(name, None)
+
+
+@bp.get("/models/<name>/versions/<number>/ready")
+def ready_version(name: str, number: str):
+    return model_ready(name, number)
+
+
+@bp.post("/models/<name>/infer")
+def infer_model(name: str):
+    return infer(name, None)
+
+
+@bp.post("/models/<name>/versions/<number>/infer")
+def infer_version(name: str, number: str):
+    return infer(name, number)

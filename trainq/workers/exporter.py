@@ -1,0 +1,73 @@
+"""Export a registered model version on this worker: claim it, rebuild the run's model from its checkpoint, write
+ONNX with the preprocessing inside, verify it against torch, upload the bundle and say ready (or failed, why).
+
+Every call after the claim carries the claim's token: a second claim of the same version fences this one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from trainq.settings import Settings
+from trainq.workers.client import Fenced, Refused, ServiceClient
+
+log = logging.getLogger(__name__)
+
+
+def run_export(version_id: str, settings: Settings) -> str:
+    """Export one version; return what happened (skipped, ready, failed, fenced)."""
+    client = ServiceClient(settings.service_url, settings.worker_token)
+    base = f"/api/v1/worker/exports/{version_id}"
+    try:
+        claim = client.call("POST", f"{base}/claim").json()
+    except Refused as exc:  # settled already, or gone
+        log.info("export of %s not claimed: %s", version_id, exc)
+        return "skipped"
+    token = claim["token"]
+    try:
+        outcome = export(client, claim, base, token)
+    except Fenced:
+        return "fenced"
+    except Exception as exc:  # noqa: BLE001 - a failed export is the version's failure, said with its reason
+        log.exception("export of %s failed", version_id)
+        outcome = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        client.call("POST", f"{base}/finish", json=outcome, attempt_token=token)
+    except Fenced:
+        return "fenced"
+    return outcome["state"]
+
+
+def export(client: ServiceClient, claim: dict, base: str, token: str) -> dict:
+    from safetensors.torch import save as save_tensors
+
+    from trainq.models.export import ExportError, export_onnx, signature, state_from_checkpoint
+    from trainq.models.spec import DatasetInfo
+    from trainq.workers.runner import read_arrays
+
+    blob = client.download(claim["checkpoint_url"], token)
+    arrays = info = columns = names = None
+    if claim.get("dataset"):
+        d = claim["dataset"]
+        arrays = read_arrays(client.download(d["url"], token))
+        info = DatasetInfo(tuple(d["shape"]), d["classes"], d["rows"])
+        columns, names = d.get("columns"), d.get("class_names")
+    state = state_from_checkpoint(blob, arrays, info)
+    with tempfile.TemporaryDirectory(prefix="trainq-export-") as folder:
+        path = Path(folder) / "model.onnx"
+        try:
+            done = export_onnx(state, path, arrays, meta={"trainq_model_version": str(claim["version"])},
+                               written=lambda: client.call("POST", f"{base}/verifying", attempt_token=token))
+        except ExportError as exc:
+            return {"state": "failed", "error": str(exc)}
+        client.call("PUT", f"{base}/files/model.onnx", data=path.read_bytes(), attempt_token=token,
+                    headers={"Content-Type": "application/octet-stream"})
+    weights = save_tensors({k: v.detach().contiguous().cpu() for k, v in state.model.state_dict().items()},
+                           metadata={"trainq_spec": json.dumps(claim["spec"])})
+    client.call("PUT", f"{base}/files/weights.safetensors", data=weights, attempt_token=token,
+                headers={"Content-Type": "application/octet-stream"})
+    return {"state": "ready", "signature": signature(state, arrays, columns, names),
+            "preprocessing": state.data.preprocessing.as_dict(),
+            "checked": {str(size): worst for size, worst in done.checked.items()}}
