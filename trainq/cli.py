@@ -385,6 +385,18 @@ class _Client:
             raise click.ClickException(f"the trainq service at {self.base} did not answer in 30 s") from None
         return self.checked(answer)
 
+    def download(self, path: str) -> bytes:
+        """A file from the service, or the service's error as a usage error."""
+        import requests
+
+        try:
+            answer = self.http.get(self.base + path, timeout=120)
+        except requests.ConnectionError:
+            raise click.ClickException(f"cannot reach the trainq service at {self.base}") from None
+        if answer.status_code >= 400:
+            self.checked(answer)
+        return answer.content
+
     def checked(self, answer) -> dict:
         if answer.status_code == 401:
             if self.source is None:
@@ -614,22 +626,59 @@ def train(spec_file: str, device: str | None, out: str | None) -> None:
 
 
 @main.command("export")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("source")
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="Write the ONNX file here.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="For a run on an uploaded dataset: its file (CSV or NPZ), to refit the preprocessing.")
 @click.option("--target", default=None, help="With a CSV --data: the target column (default: the last one).")
-def export_command(checkpoint: str, onnx_path: str, data: str | None, target: str | None) -> None:
-    """Export a checkpoint's model to ONNX, preprocessing inside: raw rows in, answers in the data's units out.
+@URL
+@TOKEN
+def export_command(source: str, onnx_path: str, data: str | None, target: str | None, url: str | None,
+                   token: str | None) -> None:
+    """Export a model to ONNX, preprocessing inside: raw rows in, answers in the data's units out.
 
-    The file is checked before it is kept: onnxruntime must agree with torch on the run's validation rows at batch
-    sizes 1, 7 and 256. Works offline, from a checkpoint file (`trainq train --out DIR` writes them, and the
-    dashboard's run page downloads them)."""
+    SOURCE is a checkpoint file (offline: `trainq train --out DIR` writes them, the run page downloads them), a job
+    id (its last checkpoint is fetched and exported here), or a registered model (NAME, NAME@ALIAS or
+    NAME/versions/N: the file its worker exported and verified). An exported file is checked before it is kept:
+    onnxruntime must agree with torch on the run's validation rows at batch sizes 1, 7 and 256."""
+    import re
+
+    if Path(source).is_file():
+        blob = Path(source).read_bytes()
+    elif re.fullmatch("[0-9a-f]{32}", source):
+        client = _Client(url, token)
+        checkpoints = client.call("GET", f"/api/v1/jobs/{source}/checkpoints")["checkpoints"]
+        latest = next((c for c in checkpoints if c["is_latest"]), None)
+        if latest is None:
+            raise click.ClickException(f"job {source} has no checkpoint yet")
+        blob = client.download(latest["download_url"])
+    elif source.endswith(".safetensors") or ("/" in source and "/versions/" not in source):
+        raise click.UsageError(f"{source}: no such checkpoint file (a job id is 32 hex digits; a model is NAME, "
+                               "NAME@ALIAS or NAME/versions/N)")
+    else:
+        _export_registered(_Client(url, token), _ref(source), onnx_path)
+        return
+    _export_checkpoint(blob, source, onnx_path, data, target)
+
+
+def _export_registered(client: "_Client", ref: str, onnx_path: str) -> None:
+    version = _version(client, ref)
+    if version["state"] != "ready":
+        raise click.ClickException(f"{ref} is version {version['version']}, {version['state']}"
+                                   + (f": {version['error']}" if version.get("error") else ""))
+    blob = client.download(f"/api/v1/models/{version['model']}/versions/{version['version']}/onnx")
+    Path(onnx_path).write_bytes(blob)
+    click.echo(f"wrote {onnx_path} ({version['model']} version {version['version']}, verified by its worker): "
+               f"input x {version['inputs'][0]['shape']} float32, outputs "
+               + ", ".join(o["name"] for o in version["outputs"]))
+
+
+def _export_checkpoint(blob: bytes, checkpoint: str, onnx_path: str, data: str | None, target: str | None) -> None:
+    """Export a run's checkpoint here, with torch."""
     from trainq.models.checkpoint import read_meta
     from trainq.models.export import ExportError, export_onnx, state_from_checkpoint
     from trainq.models.spec import DatasetInfo, JobSpec
 
-    blob = Path(checkpoint).read_bytes()
     try:
         meta = read_meta(blob)
     except ValueError as exc:
@@ -657,6 +706,169 @@ def export_command(checkpoint: str, onnx_path: str, data: str | None, target: st
     click.echo(f"wrote {done.path} (epoch {meta['epoch']} of {spec.name!r}): input x {done.inputs['x']['shape']} "
                f"float32 (raw features), outputs {', '.join(done.outputs)}")
     click.echo("checked against torch: " + ", ".join(f"batch {n}: max |diff| {d:.2g}" for n, d in done.checked.items()))
+
+
+def _ref(text: str) -> str:
+    """A model reference, checked before it goes into a URL."""
+    from trainq.service.registry import RegistryError, parse_ref
+
+    try:
+        return str(parse_ref(text))
+    except RegistryError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _version(client: "_Client", ref: str) -> dict:
+    """A registered version by reference: NAME (its newest ready version), NAME@ALIAS or NAME/versions/N."""
+    found = client.call("GET", f"/api/v1/models/{_ref(ref)}")
+    if "versions" not in found:
+        return found
+    ready = [v for v in found["versions"] if v["state"] == "ready"]
+    if not found["versions"]:
+        raise click.ClickException(f"model {ref} has no versions")
+    return (ready or found["versions"])[0]
+
+
+@main.group()
+def model() -> None:
+    """The model registry: register a job's model, list, show, point aliases (champion, challenger, ...)."""
+
+
+@model.command("list")
+@URL
+@TOKEN
+def model_list(url: str | None, token: str | None) -> None:
+    """Your models: versions, the newest ready one, aliases."""
+    models = _Client(url, token).call("GET", "/api/v1/models")["models"]
+    if not models:
+        click.echo("no models yet: `trainq model register NAME JOB_ID` registers a succeeded job's model", err=True)
+        return
+    _table([[m["name"], m["versions"], m["newest_ready"] or "-",
+             " ".join(f"{a}->{v}" for a, v in m["aliases"].items()) or "-"] for m in models],
+           ["NAME", "VERSIONS", "NEWEST READY", "ALIASES"])
+
+
+@model.command("register")
+@click.argument("name")
+@click.argument("job_id", callback=_job_id)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until a worker has exported it.")
+@URL
+@TOKEN
+def model_register(name: str, job_id: str, wait: bool, url: str | None, token: str | None) -> None:
+    """Register JOB_ID's trained model as the next version of NAME; a worker exports and verifies it."""
+    client = _Client(url, token)
+    version = client.call("POST", "/api/v1/models", json={"name": name, "job_id": job_id})
+    ref = f"{version['model']}/versions/{version['version']}"
+    click.echo(f"registered {ref}: {version['state']}", err=True)
+    deadline = time.monotonic() + 600
+    while wait and version["state"] in ("exporting", "verifying") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        version = client.call("GET", f"/api/v1/models/{ref}")
+    if version["state"] == "failed":
+        raise click.ClickException(f"{ref} failed: {version['error']}")
+    click.echo(f"{ref} {version['state']}")
+
+
+@model.command("show")
+@click.argument("ref")
+@URL
+@TOKEN
+def model_show(ref: str, url: str | None, token: str | None) -> None:
+    """A model's versions side by side (NAME), or one version (NAME@ALIAS, NAME/versions/N)."""
+    found = _Client(url, token).call("GET", f"/api/v1/models/{_ref(ref)}")
+    versions = found.get("versions", [found])
+    metrics = sorted({k for v in versions for k in v["metrics"] if k.startswith("test_")})[:4]
+    _table([[v["version"], v["state"], " ".join(v["aliases"]) or "-", v["task"] or "-",
+             *[f"{v['metrics'][k]:.4f}" if isinstance(v["metrics"].get(k), (int, float)) else "-" for k in metrics],
+             (v["job_id"] or "-")[:12], v["created_at"][:19].replace("T", " ")] for v in versions],
+           ["VERSION", "STATE", "ALIASES", "TASK", *[k.upper() for k in metrics], "JOB", "CREATED"])
+    for v in versions:
+        if v["state"] == "failed":
+            click.echo(f"version {v['version']} failed: {v['error']}", err=True)
+    if "versions" not in found and found["state"] == "ready":
+        click.echo(f"input x {found['inputs'][0]['shape']}"
+                   + (f": {', '.join(found['features'])}" if found["features"] else "")
+                   + f"; outputs {', '.join(o['name'] for o in found['outputs'])}"
+                   + (f"; classes {', '.join(found['class_names'])}" if found["class_names"] else ""))
+
+
+@model.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int)
+@URL
+@TOKEN
+def model_alias(name: str, alias: str, version: int, url: str | None, token: str | None) -> None:
+    """Point ALIAS of model NAME at VERSION (moved atomically; the move is audited)."""
+    moved = _Client(url, token).call("PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version})
+    was = f" (was {moved['previous']})" if moved["previous"] else ""
+    click.echo(f"{name}@{alias} -> version {moved['version']}{was}")
+
+
+PREDICT_CHUNK = 5000  # rows a request
+
+
+@main.command()
+@click.argument("ref")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the predictions here (CSV).")
+@URL
+@TOKEN
+def predict(ref: str, csv_file: str, out: str | None, url: str | None, token: str | None) -> None:
+    """Predict with a registered model (NAME, NAME@ALIAS, NAME/versions/N) from a CSV whose header names the
+    model's features (other columns, a label column say, are carried through). Writes the rows with the answers."""
+    import csv
+
+    client = _Client(url, token)
+    version = _version(client, ref)
+    features = version.get("features") or []
+    if version["state"] != "ready":
+        raise click.ClickException(f"{ref} is version {version['version']}, {version['state']}")
+    if not features:
+        raise click.ClickException(f"{ref} takes images, not named columns; use POST /v2/models/{ref}/infer")
+    with open(csv_file, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [f for f in features if f not in (reader.fieldnames or [])]
+        if missing:
+            raise click.ClickException(f"{csv_file} has no column {', '.join(missing)}; the model's features are "
+                                       + ", ".join(features))
+        rows = list(reader)
+    records = []
+    for number, row in enumerate(rows, start=2):
+        try:
+            records.append({f: float(row[f]) for f in features})
+        except (TypeError, ValueError):
+            bad = next(f for f in features if not _is_number(row[f]))
+            raise click.ClickException(f"{csv_file} line {number}, column {bad}: {row[bad]!r} is not a number")
+    target = f"/api/v1/models/{version['model']}/versions/{version['version']}/predict"
+    answers = []
+    for start in range(0, len(records), PREDICT_CHUNK):
+        answers += client.call("POST", target, json={"records": records[start:start + PREDICT_CHUNK]})["predictions"]
+    columns = _answer_columns(answers[0]) if answers else []
+    handle = open(out, "w", newline="") if out else sys.stdout
+    writer = csv.writer(handle)
+    writer.writerow(list(rows[0].keys()) + columns if rows else columns)
+    for row, answer in zip(rows, answers):
+        flat = {**answer, **{f"p_{k}": v for k, v in answer.get("probabilities", {}).items()}}
+        writer.writerow(list(row.values()) + [flat.get(c) for c in columns])
+    if out:
+        handle.close()
+        click.echo(f"wrote {len(answers)} predictions of {version['model']} version {version['version']} to {out}",
+                   err=True)
+
+
+def _answer_columns(answer: dict) -> list[str]:
+    if "label" in answer:
+        return ["label"] + [f"p_{k}" for k in answer.get("probabilities", {})]
+    return ["value"] + (["variance"] if "variance" in answer else [])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 @main.group()

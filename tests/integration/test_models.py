@@ -202,3 +202,61 @@ def test_a_mixture_density_model_answers_its_mixture_and_moments(stack):
     assert len(first["mixture"]["pi"]) == 3 and first["variance"] > 0
     assert first["value"] == pytest.approx(sum(p * m for p, m in zip(first["mixture"]["pi"], first["mixture"]["mu"])),
                                            rel=1e-4)
+
+
+def test_the_command_line_registers_shows_aliases_predicts_and_exports(stack, digits, tmp_path):
+    from click.testing import CliRunner
+
+    from trainq.cli import main
+
+    job, _ = digits
+    auth = ["--url", stack.url, "--token", stack.http.headers["Authorization"][7:]]
+    runner = CliRunner()
+    registered = runner.invoke(main, ["model", "register", "cli-digits", job["id"], *auth])
+    assert registered.exit_code == 0, registered.output
+    assert registered.stdout.strip() == "cli-digits/versions/1 ready"
+    moved = runner.invoke(main, ["model", "alias", "cli-digits", "champion", "1", *auth])
+    assert moved.exit_code == 0 and moved.stdout.strip() == "cli-digits@champion -> version 1"
+    listed = runner.invoke(main, ["model", "list", *auth]).stdout
+    assert any(line.split()[:4] == ["cli-digits", "1", "1", "champion->1"] for line in listed.splitlines()), listed
+    shown = runner.invoke(main, ["model", "show", "cli-digits@champion", *auth]).stdout
+    assert "TEST_ACCURACY" in shown and f"{job['metrics']['test_accuracy']:.4f}" in shown
+    assert "classes 0, 1, 2" in shown
+
+    x, y = split_of(DIGITS)
+    features = [f"f{i}" for i in range(64)]
+    (tmp_path / "rows.csv").write_text(",".join(features + ["truth"]) + "\n" + "".join(
+        ",".join(f"{v:g}" for v in row) + f",{t}\n" for row, t in zip(x, y)))
+    predicted = runner.invoke(main, ["predict", "cli-digits@champion", str(tmp_path / "rows.csv"), "--out",
+                                     str(tmp_path / "out.csv"), *auth])
+    assert predicted.exit_code == 0, predicted.output
+    import csv
+
+    out = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert len(out) == len(y) and set(out[0]) >= {"truth", "label", "p_0", "p_9"}
+    right = sum(row["label"] == row["truth"] for row in out)
+    assert right / len(out) == pytest.approx(job["metrics"]["test_accuracy"], abs=1e-6)
+
+    exported = runner.invoke(main, ["export", "cli-digits/versions/1", "--onnx", str(tmp_path / "m.onnx"), *auth])
+    assert exported.exit_code == 0, exported.output
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert float((session.run(["label"], {"x": x})[0] == y).mean()) == pytest.approx(right / len(out), abs=1e-9)
+    from_job = runner.invoke(main, ["export", job["id"], "--onnx", str(tmp_path / "j.onnx"), *auth])
+    assert from_job.exit_code == 0 and "checked against torch" in from_job.stdout, from_job.output
+
+    mistakes = {("model", "show", "nope"): "no model 'nope'",
+                ("model", "alias", "cli-digits", "Champion!", "1"): "is not an alias",
+                ("model", "register", "cli-digits", "0" * 32): "no job",
+                ("export", "nope/versions/x", "--onnx", "x.onnx"): "not a model reference",
+                ("export", "runs/best.safetensors", "--onnx", "x.onnx"): "no such checkpoint file",
+                ("predict", "cli-digits", str(tmp_path / "out.csv")): None}
+    for args, said in mistakes.items():
+        answer = runner.invoke(main, [*args, *auth])
+        if said is None:  # out.csv has the features: it predicts; now a file without them
+            assert answer.exit_code == 0
+            continue
+        assert answer.exit_code in (1, 2) and said in answer.output and "Traceback" not in answer.output, (
+            args, answer.output)
+    (tmp_path / "short.csv").write_text("f0,f1\n1,2\n")
+    short = runner.invoke(main, ["predict", "cli-digits", str(tmp_path / "short.csv"), *auth])
+    assert short.exit_code == 1 and "has no column f2, f3" in short.output

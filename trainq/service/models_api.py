@@ -126,8 +126,8 @@ def get_model(name: str):
     return jsonify(model_json(model, versions))
 
 
-@bp.get("/<name>/versions/<int:number>")
-def get_version(name: str, number: int):
+@bp.get("/<name>/versions/<number>")
+def get_version(name: str, number: str):
     model, version = lookup(f"{parse_ref(name).name}/versions/{number}")
     return jsonify(version_json(model, version, aliases_of(db(), model.id)))
 
@@ -166,12 +166,12 @@ def forget(version_ids: list[str]) -> None:
         shutil.rmtree(bundle_dir(services().storage, vid), ignore_errors=True)
 
 
-@bp.delete("/<name>/versions/<int:number>")
-def delete_version_route(name: str, number: int):
+@bp.delete("/<name>/versions/<number>")
+def delete_version_route(name: str, number: str):
     model, version = lookup(f"{parse_ref(name).name}/versions/{number}")
     session = db()
     delete_version(session, model, version)
-    audit("delete", f"model:{model.name}", version=number)
+    audit("delete", f"model:{model.name}", version=version.version)
     session.commit()
     forget([version.id])
     return "", 204
@@ -201,13 +201,13 @@ def session_for(version: ModelVersion):
     return services().models.get(version.id, bundle_dir(services().storage, version.id) / "model.onnx")
 
 
-@bp.get("/<name>/versions/<int:number>/onnx")
-def download_onnx(name: str, number: int):
+@bp.get("/<name>/versions/<number>/onnx")
+def download_onnx(name: str, number: str):
     model, version = ready_version(f"{parse_ref(name).name}/versions/{number}")
-    audit("download", f"model:{model.name}", version=number)
+    audit("download", f"model:{model.name}", version=version.version)
     db().commit()
     return send_file(bundle_dir(services().storage, version.id) / "model.onnx", mimetype="application/octet-stream",
-                     as_attachment=True, download_name=f"{model.name}-v{number}.onnx")
+                     as_attachment=True, download_name=f"{model.name}-v{version.version}.onnx")
 
 
 def predict(ref: str):
@@ -227,7 +227,7 @@ def predict_route(name: str):
     return predict(name)
 
 
-@bp.post("/<name>/versions/<int:number>/predict")
-def predict_version(name: str, number: int):
+@bp.post("/<name>/versions/<number>/predict")
+def predict_version(name: str, number: str):
     return predict(f"{parse_ref(name).name}/versions/{number}")
 
