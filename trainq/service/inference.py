@@ -120,6 +120,8 @@ def finite(v: Any, integer: bool = False) -> bool:
 def not_a_number(v: Any, integer: bool = False) -> str:
     if isinstance(v, float) and not math.isfinite(v):
         return "NaN and Infinity are not accepted"
+    if integer and isinstance(v, float):
+        return f"{v!r} is not a whole number, and the datatype is an integer type"
     return f"{json_type(v)} where a{'n integer' if integer else ' number'} goes"
 
 

@@ -1,0 +1,102 @@
+"""Inputs checked against a version's signature: every mistake listed at once, by its path; good input as x."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from trainq.service.inference import InputError, Sessions, friendly, record_inputs, v2_inputs
+from trainq.service.registry import RegistryError, parse_ref
+
+SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}], "features": ["a", "b", "c"],
+             "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
+                         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+             "class_names": ["no", "yes"], "task": "classification"}
+
+
+def errors_of(call, *args) -> list[tuple[str, str]]:
+    with pytest.raises(InputError) as caught:
+        call(*args)
+    return [(e["path"], e["message"]) for e in caught.value.errors]
+
+
+def test_v2_tensors_flat_or_nested_become_float32_rows():
+    flat = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6.5]}]}
+    x, wanted, extra = v2_inputs(flat, SIGNATURE, 100)
+    assert x.dtype == np.float32 and x.tolist() == [[1, 2, 3], [4, 5, 6.5]] and wanted is None
+    nested = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT32", "data": [[1, 2, 3], [4, 5, 6]]}],
+              "outputs": [{"name": "label"}], "id": "7", "parameters": {"samples": 4}}
+    x, wanted, extra = v2_inputs(nested, SIGNATURE, 100)
+    assert x.shape == (2, 3) and wanted == ["label"] and extra == {"id": "7", "parameters": {"samples": 4}}
+
+
+def test_every_v2_mistake_is_listed_with_its_path():
+    body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [0] * 8},
+                       {"name": "pixels", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]},
+                       {"name": "x", "shape": [1, 3], "datatype": "STRING", "data": [1, "two", True]},
+                       {"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3]},
+                       {"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1, 2, 3], [4, 5]]}],
+            "outputs": [{"name": "logits"}], "id": 5}
+    found = errors_of(v2_inputs, body, SIGNATURE, 100)
+    assert [p for p, _ in found] == ["inputs[0].shape", "inputs[1].name", "inputs[2].datatype", "inputs[2].data[1]",
+                                     "inputs[2].data[2]", "inputs[3].data", "inputs[4].data", "outputs[0].name", "id"]
+    messages = dict(found)
+    assert "each row has shape [3]" in messages["inputs[0].shape"]
+    assert "a string where a number goes" == messages["inputs[2].data[1]"]
+    assert "holds 3 values; shape [2, 3] needs 6" == messages["inputs[3].data"]
+    assert "label, probabilities" in messages["outputs[0].name"]
+    nan = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [math.nan, math.inf, 1]}]}
+    assert errors_of(v2_inputs, nan, SIGNATURE, 100) == [("inputs[0].data[0]", "NaN and Infinity are not accepted"),
+                                                         ("inputs[0].data[1]", "NaN and Infinity are not accepted")]
+    rows = {"inputs": [{"name": "x", "shape": [101, 3], "datatype": "FP32", "data": []}]}
+    assert "over the limit of 100" in errors_of(v2_inputs, rows, SIGNATURE, 100)[0][1]
+    ints = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT64", "data": [1, 2.5, 3]}]}
+    assert errors_of(v2_inputs, ints, SIGNATURE, 100) == [("inputs[0].data[1]", "2.5 is not a whole number, and the datatype is an integer type")]
+
+
+def test_records_by_name_in_the_models_order_and_every_mistake_at_once():
+    x = record_inputs({"records": [{"c": 3, "a": 1, "b": 2}, {"a": 4.5, "b": 5, "c": 6}]}, SIGNATURE, 10)
+    assert x.tolist() == [[1, 2, 3], [4.5, 5, 6]]
+    body = {"records": [{"a": 1, "b": "2", "c": 3}, {"a": 1, "c": None}, {"a": 1, "b": 2, "c": 3, "d": 4}, 7]}
+    assert errors_of(record_inputs, body, SIGNATURE, 10) == [
+        ("records[0].b", "a string where a number goes"), ("records[1].b", "is missing"),
+        ("records[1].c", "null where a number goes"),
+        ("records[2].d", "is not a feature of this model; its features are a, b, c"),
+        ("records[3]", "must be an object of feature name -> number")]
+    assert record_inputs({"inputs": [[1, 2, 3]]}, SIGNATURE, 10).tolist() == [[1, 2, 3]]
+    assert "rows must each have shape [3]" in errors_of(record_inputs, {"inputs": [[1, 2]]}, SIGNATURE, 10)[0][1]
+    assert errors_of(record_inputs, {"records": [{}] * 11}, SIGNATURE, 10)[0][0] == "records"
+    assert errors_of(record_inputs, {"records": [], "inputs": []}, SIGNATURE, 10)[0][0] == "(body)"
+
+
+def test_friendly_answers_name_the_classes():
+    results = {"label": np.array([1, 0]), "probabilities": np.array([[0.2, 0.8], [0.9, 0.1]], dtype=np.float32)}
+    rows = friendly(results, SIGNATURE)
+    assert rows[0]["label"] == "yes" and rows[0]["class_index"] == 1
+    assert rows[1]["probabilities"] == {"no": pytest.approx(0.9), "yes": pytest.approx(0.1)}
+
+
+@pytest.mark.parametrize("text, ref", [("digits", ("digits", None, None)), ("digits@champion", ("digits", "champion",
+                                                                                                    None)),
+                                       ("my.model-2/versions/12", ("my.model-2", None, 12))])
+def test_references(text, ref):
+    parsed = parse_ref(text)
+    assert (parsed.name, parsed.alias, parsed.version) == ref and str(parsed) == text
+
+
+@pytest.mark.parametrize("text", ["", "bad name", "digits@Champion", "digits/versions/0", "digits/versions/x",
+                                  "-lead", "a@b@c", "x" * 65])
+def test_bad_references_are_400s(text):
+    with pytest.raises(RegistryError) as caught:
+        parse_ref(text)
+    assert caught.value.status == 400
+
+
+def test_the_session_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    cache = Sessions(size=2)
+    monkeypatch.setattr(cache, "_load", lambda path: object())
+    for key in ("a", "b", "a", "c"):  # b is the least recently used when c comes
+        cache.get(key, tmp_path)
+    assert "a" in cache and "c" in cache and "b" not in cache and cache.loads == 3
