@@ -72,6 +72,28 @@ def read_body() -> Any:
     return document
 
 
+def read_fast(raw: bytes | None = None) -> Any:
+    """A JSON body parsed by orjson (a tenth of the standard library's time on a 1,000-row prediction); a body orjson
+    refuses is read by the standard library, which takes NaN and Infinity, so that the checks name those values'
+    fields instead of calling the whole document invalid."""
+    import orjson
+
+    raw = body_bytes() if raw is None else raw
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _decode(raw)
+
+
+def fast_json(document: Any, status: int = 200):
+    """A JSON answer serialized by orjson (numpy arrays as lists, no copy to Python floats first)."""
+    import orjson
+    from flask import Response
+
+    return Response(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), status=status,
+                    mimetype="application/json")
+
+
 def _decode(raw: bytes) -> Any:
     if not raw.strip():
         fail(400, "bad_request", "the body is empty; send a JSON document")

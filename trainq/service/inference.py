@@ -8,6 +8,7 @@ is inside it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -96,7 +97,7 @@ def _nested_shape(data: Any) -> list[int] | None:
 
 
 def _flatten(data: Any, path: str, errors: Errors) -> list | None:
-    """A flat list of the numbers in `data` (flat or nested lists), or None with the reason in `errors`."""
+    """A flat list of the values in `data` (flat or nested lists), or None with the reason in `errors`."""
     if not isinstance(data, list):
         errors.add(path, "must be a list of numbers (flat, or nested as the shape)")
         return None
@@ -109,6 +110,50 @@ def _flatten(data: Any, path: str, errors: Errors) -> list | None:
         errors.add(path, "is ragged: every row must have the same length")
         return None
     return list(array.ravel())
+
+
+def _fast(data: list, integer: bool) -> np.ndarray | None:
+    """The common case at numpy's speed: a flat (or two-level) list of finite JSON numbers as float64; None for
+    anything else, which the slow path then explains value by value."""
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except (ValueError, TypeError):
+        return None
+    if array.ndim == 1:
+        kinds = set(map(type, data))
+    elif array.ndim == 2:
+        kinds = set(map(type, itertools.chain.from_iterable(data)))
+    else:
+        return None
+    if not kinds <= {int, float} or not np.isfinite(array).all():  # "1" and True convert, and must not
+        return None
+    if integer and not np.array_equal(array, np.round(array)):
+        return None
+    return array.ravel()
+
+
+def values_of(data: Any, path: str, errors: Errors, integer: bool = False) -> np.ndarray | None:
+    """`data` (flat or nested lists of numbers) as a flat float64 array, or None with every bad value in `errors`."""
+    if isinstance(data, list):
+        fast = _fast(data, integer)
+        if fast is not None:
+            return fast
+    flat = _flatten(data, path, errors)
+    return None if flat is None else numbers(flat, path, errors, integer)
+
+
+def _binary(blob: bytes, datatype: str, count: int, path: str, errors: Errors) -> np.ndarray | None:
+    """A tensor sent in the binary data extension: little-endian values, as many as the shape says."""
+    dtype = np.dtype(NUMERIC[datatype]).newbyteorder("<")
+    if len(blob) != count * dtype.itemsize:
+        errors.add(f"{path}.parameters.binary_data_size", f"{len(blob)} bytes; shape and {datatype} need "
+                                                         f"{count * dtype.itemsize}")
+        return None
+    array = np.frombuffer(blob, dtype=dtype).astype(np.float64)
+    if not np.isfinite(array).all():
+        errors.add(f"{path}.data", "NaN and Infinity are not accepted")
+        return None
+    return array
 
 
 def finite(v: Any, integer: bool = False) -> bool:
@@ -138,8 +183,10 @@ def json_type(v: Any) -> str:
         type(v), type(v).__name__)
 
 
-def v2_inputs(body: Any, signature: dict, max_rows: int) -> tuple[np.ndarray, list[str] | None, dict]:
-    """An Open Inference Protocol request as `x`, the outputs asked for (None: all), and its id and parameters."""
+def v2_inputs(body: Any, signature: dict, max_rows: int, binary: dict[int, bytes] | None = None
+              ) -> tuple[np.ndarray, list[str] | None, dict]:
+    """An Open Inference Protocol request as `x`, the outputs asked for (None: all), and its id and parameters.
+    `binary`: input index -> its bytes, for tensors sent in the binary data extension."""
     errors = Errors()
     if not isinstance(body, dict):
         raise InputError([{"path": "(body)", "message": "must be a JSON object with 'inputs'"}], 400)
@@ -177,15 +224,20 @@ def v2_inputs(body: Any, signature: dict, max_rows: int) -> tuple[np.ndarray, li
         if datatype not in NUMERIC:
             errors.add(f"{where}.datatype", f"{datatype!r} is not a numeric datatype; the model takes "
                                             f"{declared['datatype']} (FP64 and integer types are converted)")
-        flat = _flatten(tensor.get("data"), f"{where}.data", errors)
-        if flat is None or shape is None:
+            datatype = None
+        integer = datatype is not None and datatype.startswith(("INT", "UINT"))
+        blob = binary.get(i) if binary else None
+        if blob is not None:
+            values = (_binary(blob, datatype, int(np.prod(shape)), where, errors)
+                      if shape is not None and datatype is not None else None)
+        else:
+            values = values_of(tensor.get("data"), f"{where}.data", errors, integer)
+        if values is None or shape is None or datatype is None:
             continue
-        if len(flat) != int(np.prod(shape)):
-            errors.add(f"{where}.data", f"holds {len(flat)} values; shape {shape} needs {int(np.prod(shape))}")
+        if len(values) != int(np.prod(shape)):
+            errors.add(f"{where}.data", f"holds {len(values)} values; shape {shape} needs {int(np.prod(shape))}")
             continue
-        values = numbers(flat, f"{where}.data", errors, integer=datatype is not None and datatype.startswith(
-            ("INT", "UINT")))
-        if values is not None and x is None:
+        if x is None:
             x = values.astype(np.float32).reshape(shape)
     wanted = None
     if "outputs" in body:
@@ -254,17 +306,28 @@ def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
                                                         + (f" ({len(features)} features: {', '.join(features[:8])}"
                                                            f"{', ...' if len(features) > 8 else ''})"
                                                            if features else "")}])
-    flat = _flatten(rows, "inputs", errors)
-    errors.check()
-    values = numbers(flat, "inputs", errors)
+    values = values_of(rows, "inputs", errors)
     errors.check()
     return values.astype(np.float32).reshape([len(rows), *declared])
 
 
-def v2_outputs(results: dict[str, np.ndarray], signature: dict) -> list[dict]:
+def v2_outputs(results: dict[str, np.ndarray], signature: dict, binary: set[str] = frozenset()
+               ) -> tuple[list[dict], list[bytes]]:
+    """The answer's output tensors (data as flat numpy arrays, for orjson), and the bytes of those asked for in the
+    binary data extension, in order."""
     types = {o["name"]: o["datatype"] for o in signature["outputs"]}
-    return [{"name": name, "shape": list(value.shape), "datatype": types[name],
-             "data": value.reshape(-1).tolist()} for name, value in results.items()]
+    tensors, blobs = [], []
+    for name, value in results.items():
+        tensor = {"name": name, "shape": list(value.shape), "datatype": types[name]}
+        flat = np.ascontiguousarray(value.reshape(-1), dtype=NUMERIC[types[name]])
+        if name in binary:
+            blob = flat.astype(flat.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = flat
+        tensors.append(tensor)
+    return tensors, blobs
 
 
 def friendly(results: dict[str, np.ndarray], signature: dict) -> list[dict]:

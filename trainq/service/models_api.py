@@ -14,8 +14,8 @@ from flask import Blueprint, jsonify, send_file
 from sqlalchemy import func, select
 
 from trainq.service.auth import audit, principal, require_user
-from trainq.service.context import db, services
-from trainq.service.http import fail, read_body
+from trainq.service.context import db, read_connection, services
+from trainq.service.http import fail, fast_json, read_body, read_fast
 from trainq.service.inference import InputError, friendly, record_inputs, run
 from trainq.service.lookups import get_job
 from trainq.service.registry import (
@@ -32,6 +32,8 @@ from trainq.service.registry import (
     register,
     resolve,
     send_exports,
+    require_ready,
+    serving,
     version_json,
 )
 from trainq.service.tables import Model, ModelVersion, VersionState
@@ -190,15 +192,8 @@ def delete_model_route(name: str):
 
 def ready_version(ref: str) -> tuple[Model, ModelVersion]:
     model, version = lookup(ref, ready_only=True)
-    if version.state != VersionState.ready.value:
-        detail = f": {version.error}" if version.error else ""
-        raise RegistryError(409, "not_ready", f"version {version.version} of {model.name!r} is "
-                                              f"{version.state}{detail}", "version")
+    require_ready(model.name, version)
     return model, version
-
-
-def session_for(version: ModelVersion):
-    return services().models.get(version.id, bundle_dir(services().storage, version.id) / "model.onnx")
 
 
 @bp.get("/<name>/versions/<number>/onnx")
@@ -212,12 +207,15 @@ def download_onnx(name: str, number: str):
 
 def predict(ref: str):
     started = time.perf_counter()
-    model, version = ready_version(ref)
+    p = principal()
+    version = serving(read_connection(), db(), parse_ref(ref), p.id, p.is_admin)
+    require_ready(version.model, version)
     signature = version.signature
-    x = record_inputs(read_body(), signature, services().settings.max_predict_rows)
+    x = record_inputs(read_fast(), signature, services().settings.max_predict_rows)
     names = [o["name"] for o in signature["outputs"]]
-    results = run(session_for(version), x, names)
-    return jsonify({"model": model.name, "version": version.version, "request_id": uuid.uuid4().hex,
+    results = run(services().models.get(version.version_id, bundle_dir(services().storage, version.version_id)
+                                        / "model.onnx"), x, names)
+    return fast_json({"model": version.model, "version": version.version, "request_id": uuid.uuid4().hex,
                     "task": signature.get("task"), "predictions": friendly(results, signature),
                     "took_ms": round((time.perf_counter() - started) * 1000, 3)})
 

@@ -10,15 +10,17 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import text
 
 from trainq import __version__
 from trainq.service.auth import principal, require_user
-from trainq.service.context import db, services
-from trainq.service.http import ApiError, read_body
+from trainq.service.context import db, read_connection, services
+from trainq.service.http import ApiError, body_bytes, fail, fast_json, read_fast
 from trainq.service.inference import InputError, run, v2_inputs, v2_outputs
-from trainq.service.registry import RegistryError, bundle_dir, parse_ref, resolve
+from trainq.service.registry import RegistryError, bundle_dir, parse_ref, require_ready, resolve, serving
 from trainq.service.tables import VersionState
 
 bp = Blueprint("oip", __name__, url_prefix="/v2")
@@ -96,23 +98,69 @@ def model_ready(name: str, number: str | None):
     return jsonify({"name": name, "ready": version.state == VersionState.ready.value})
 
 
+HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary data extension: JSON, then the tensors' bytes
+
+
+def read_request() -> tuple[Any, dict[int, bytes]]:
+    """The request's JSON, and the bytes of inputs sent in the binary data extension (by input index)."""
+    raw = body_bytes()
+    header = request.headers.get(HEADER_LENGTH)
+    if header is None:
+        return read_fast(raw), {}
+    if not header.isdigit() or int(header) > len(raw):
+        fail(400, "bad_request", f"{HEADER_LENGTH} must be the length of the JSON part of the body ({len(raw)} "
+                                 "bytes in all)")
+    size = int(header)
+    body, rest, binary, offset = read_fast(raw[:size]), raw[size:], {}, 0
+    for i, tensor in enumerate(body.get("inputs") or [] if isinstance(body, dict) else []):
+        length = tensor.get("parameters", {}).get("binary_data_size") if isinstance(tensor, dict) and isinstance(
+            tensor.get("parameters"), dict) else None
+        if length is None:
+            continue
+        if not isinstance(length, int) or length < 0 or offset + length > len(rest):
+            fail(400, "bad_request", f"inputs[{i}].parameters.binary_data_size: {length!r} bytes, but "
+                                     f"{len(rest) - offset} are left after the JSON")
+        binary[i], offset = rest[offset:offset + length], offset + length
+    if offset != len(rest):
+        fail(400, "bad_request", f"{len(rest) - offset} bytes after the JSON belong to no input's binary_data_size")
+    return body, binary
+
+
+def binary_outputs(body: dict, names: list[str]) -> set[str]:
+    """Outputs asked for in the binary data extension: each with parameters.binary_data, or all of them with the
+    request's parameters.binary_data_output (tritonclient's default)."""
+    parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+    if parameters.get("binary_data_output") is True:
+        return set(names)
+    return {o["name"] for o in body.get("outputs") or [] if isinstance(o, dict)
+            and isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True}
+
+
 def infer(name: str, number: str | None):
-    model, version = version_for(name, number)
-    if version.state != VersionState.ready.value:
-        raise RegistryError(409, "not_ready", f"version {version.version} of {model.name!r} is {version.state}"
-                            + (f": {version.error}" if version.error else ""), "version")
+    ref = parse_ref(name if number is None else f"{parse_ref(name).name}/versions/{number}", "model")
+    p = principal()
+    version = serving(read_connection(), db(), ref, p.id, p.is_admin)
+    require_ready(version.model, version)
     signature = version.signature
-    x, wanted, extra = v2_inputs(read_body(), signature, services().settings.max_predict_rows)
+    body, binary = read_request()
+    x, wanted, extra = v2_inputs(body, signature, services().settings.max_predict_rows, binary)
     names = [o["name"] for o in signature["outputs"]]
-    session = services().models.get(version.id, bundle_dir(services().storage, version.id) / "model.onnx")
+    session = services().models.get(version.version_id, bundle_dir(services().storage, version.version_id)
+                                    / "model.onnx")
     results = run(session, x, names)
     if wanted is not None:
         results = {n: results[n] for n in wanted}
-    answer = {"model_name": model.name, "model_version": str(version.version), "outputs": v2_outputs(results,
-                                                                                                    signature)}
+    tensors, blobs = v2_outputs(results, signature, binary_outputs(body, list(results)))
+    answer = {"model_name": version.model, "model_version": str(version.version), "outputs": tensors}
     if extra["id"] is not None:
         answer["id"] = extra["id"]
-    return jsonify(answer)
+    if not blobs:
+        return fast_json(answer)
+    import orjson
+
+    head = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(head + b"".join(blobs), mimetype="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(head))})
 
 
 @bp.get("/models/<name>")

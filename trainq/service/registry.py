@@ -123,6 +123,49 @@ def resolve(session: Session, ref: Ref, owner_id: str, is_admin: bool, *, ready_
     return model, version
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What a prediction needs of a version, read in one query."""
+
+    model: str
+    version_id: str
+    version: int
+    state: str
+    error: str | None
+    signature: dict[str, Any] | None
+
+
+def require_ready(model: str, version) -> None:
+    """409 with the state (and a failure's reason) for a version that cannot answer predictions."""
+    if version.state != VersionState.ready.value:
+        raise RegistryError(409, "not_ready", f"version {version.version} of {model!r} is {version.state}"
+                            + (f": {version.error}" if version.error else ""), "version")
+
+
+def serving(conn, session: Session, ref: Ref, owner_id: str, is_admin: bool) -> Serving:
+    """The version a prediction addresses, in one plain query on `conn` (a prediction's whole budget is a few
+    milliseconds); when none matches, `resolve` finds the error that says why. Bare `name` is its newest ready
+    version."""
+    query = select(Model.name, ModelVersion.id, ModelVersion.version, ModelVersion.state, ModelVersion.error,
+                   ModelVersion.signature).where(Model.name == ref.name)
+    if ref.alias is not None:
+        query = query.join(ModelAlias, ModelAlias.model_id == Model.id).join(
+            ModelVersion, ModelVersion.id == ModelAlias.version_id).where(ModelAlias.alias == ref.alias)
+    else:
+        query = query.join(ModelVersion, ModelVersion.model_id == Model.id)
+        query = query.where(ModelVersion.version == ref.version) if ref.version is not None else query.where(
+            ModelVersion.state == VersionState.ready.value)
+    if is_admin:  # the admin's own model of that name first, then the oldest of anyone's
+        query = query.order_by((Model.owner_id == owner_id).desc(), Model.created_at)
+    else:
+        query = query.where(Model.owner_id == owner_id)
+    row = conn.execute(query.order_by(ModelVersion.version.desc()).limit(1)).first()
+    if row is None:
+        model, version = resolve(session, ref, owner_id, is_admin, ready_only=True)
+        row = (model.name, version.id, version.version, version.state, version.error, version.signature)
+    return Serving(*row)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Registering, aliases, deleting
 # ---------------------------------------------------------------------------------------------------------------------

@@ -25,10 +25,14 @@ class Server(BaseApplication):
         return app
 
 
+def options(host: str, port: int, processes: int, threads: int) -> dict:
+    return {"bind": f"{host}:{port}", "workers": processes, "threads": threads,
+            "worker_class": "gthread", "timeout": 120, "graceful_timeout": 30,
+            # Dashboards poll every 1-2 s: a keep-alive above that keeps their connection open, instead of
+            # gunicorn's 2 s default closing it just as the next poll is sent on it.
+            "keepalive": 5,
+            "accesslog": None, "loglevel": "warning"}
+
+
 def run(settings: Settings, host: str, port: int, processes: int, threads: int) -> None:
-    Server(settings, {"bind": f"{host}:{port}", "workers": processes, "threads": threads,
-                      "worker_class": "gthread", "timeout": 120, "graceful_timeout": 30,
-                      # Dashboards poll every 1-2 s: a keep-alive above that keeps their connection open, instead of
-                      # gunicorn's 2 s default closing it just as the next poll is sent on it.
-                      "keepalive": 5,
-                      "accesslog": None, "loglevel": "warning"}).run()
+    Server(settings, options(host, port, processes, threads)).run()
