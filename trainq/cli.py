@@ -777,7 +777,8 @@ def model_show(ref: str, url: str | None, token: str | None) -> None:
     """A model's versions side by side (NAME), or one version (NAME@ALIAS, NAME/versions/N)."""
     found = _Client(url, token).call("GET", f"/api/v1/models/{_ref(ref)}")
     versions = found.get("versions", [found])
-    metrics = sorted({k for v in versions for k in v["metrics"] if k.startswith("test_")})[:4]
+    metrics = sorted({k for v in versions for k, value in v["metrics"].items()
+                      if k.startswith("test_") and isinstance(value, (int, float))})[:4]
     _table([[v["version"], v["state"], " ".join(v["aliases"]) or "-", v["task"] or "-",
              *[f"{v['metrics'][k]:.4f}" if isinstance(v["metrics"].get(k), (int, float)) else "-" for k in metrics],
              (v["job_id"] or "-")[:12], v["created_at"][:19].replace("T", " ")] for v in versions],
@@ -830,8 +831,8 @@ def predict(ref: str, csv_file: str, out: str | None, url: str | None, token: st
         reader = csv.DictReader(handle)
         missing = [f for f in features if f not in (reader.fieldnames or [])]
         if missing:
-            raise click.ClickException(f"{csv_file} has no column {', '.join(missing)}; the model's features are "
-                                       + ", ".join(features))
+            raise click.ClickException(f"{csv_file} has no column {_some(missing)}; the model's features are "
+                                       f"{_some(features)} (its first line must name them)")
         rows = list(reader)
     records = []
     for number, row in enumerate(rows, start=2):
@@ -855,6 +856,10 @@ def predict(ref: str, csv_file: str, out: str | None, url: str | None, token: st
         handle.close()
         click.echo(f"wrote {len(answers)} predictions of {version['model']} version {version['version']} to {out}",
                    err=True)
+
+
+def _some(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _answer_columns(answer: dict) -> list[str]:

@@ -316,3 +316,40 @@ def test_a_dozen_runs_compared_each_get_a_colour_of_their_own(page, stack):
     colours = [m.evaluate("e => getComputedStyle(e).borderColor")
                for m in page.locator("#chart-compare .u-legend .u-marker").all()][1:]  # the first is the x axis's
     assert len(colours) == 12 and len(set(colours)) == 12, colours
+
+
+def test_register_a_run_then_promote_diff_and_try_it_on_the_models_page(page, stack):
+    iris = with_(mlp("iris", outputs=3, epochs=30), **{"training.batch_size": 16})
+    first = stack.wait(stack.submit(iris))
+    second = stack.wait(stack.submit(with_(iris, **{"optimizer.lr": 0.01})))
+    assert first["status"] == second["status"] == "succeeded", stack.logs()
+    page.goto(f"{stack.url}/jobs/{first['id']}")
+    page.once("dialog", lambda d: d.accept("iris-model"))
+    page.click("#register")
+    page.wait_for_url(f"{stack.url}/models/iris-model")
+    stack.http.post(f"{stack.url}/api/v1/models", json={"name": "iris-model", "job_id": second["id"]}, timeout=10)
+    eventually(lambda: all(v["state"] == "ready" for v in stack.get("/api/v1/models/iris-model")["versions"])
+               and len(stack.get("/api/v1/models/iris-model")["versions"]) == 2, 120)
+    page.goto(f"{stack.url}/models/iris-model")
+    assert page.get_attribute("#versions tr[data-version='2']", "data-state") == "ready"
+    header = page.inner_text("#versions thead")
+    assert "test_accuracy" in header
+    assert f"{second['metrics']['test_accuracy']:.4f}" in page.inner_text("#versions tr[data-version='2']")
+    assert "0.001" in page.inner_text("#spec-diff") and "0.01" in page.inner_text("#spec-diff")  # v1 against v2
+
+    page.click("#versions tr[data-version='1'] button.promote")
+    page.locator("[data-alias='champion']").wait_for()
+    assert page.inner_text("[data-alias='champion']") == "champion → 1"
+    assert stack.get("/api/v1/models/iris-model")["aliases"] == {"champion": 1}
+
+    # The form is made from the champion's signature: the four features, each with its training range
+    assert page.locator("#try-form input").count() == 4
+    low, high = stack.get("/api/v1/models/iris-model@champion")["ranges"]["petal length (cm)"]
+    assert f"petal length (cm)\n{low:g} … {high:g}" in page.inner_text("#try-form")
+    for name, value in (("sepal length", "5.1"), ("sepal width", "3.5"), ("petal length", "1.4"),
+                        ("petal width", "0.2")):  # a textbook setosa
+        page.fill(f"#try-form input[name='{name} (cm)']", value)
+    page.click("#try-form button[type=submit]")
+    page.locator("#try-result tr").wait_for()
+    assert page.inner_text("#try-result td.answer") == "setosa" and "setosa" in page.inner_text("#try-result td >> nth=2")
+    snap(page, "models")

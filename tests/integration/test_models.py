@@ -228,7 +228,7 @@ def test_the_command_line_registers_shows_aliases_predicts_and_exports(stack, di
     assert "classes 0, 1, 2" in shown
 
     x, y = split_of(DIGITS)
-    features = [f"f{i}" for i in range(64)]
+    features = [f"pixel_{i // 8}_{i % 8}" for i in range(64)]  # scikit-learn's names of digits' columns
     (tmp_path / "rows.csv").write_text(",".join(features + ["truth"]) + "\n" + "".join(
         ",".join(f"{v:g}" for v in row) + f",{t}\n" for row, t in zip(x, y)))
     predicted = runner.invoke(main, ["predict", "cli-digits@champion", str(tmp_path / "rows.csv"), "--out",
@@ -261,6 +261,6 @@ def test_the_command_line_registers_shows_aliases_predicts_and_exports(stack, di
             continue
         assert answer.exit_code in (1, 2) and said in answer.output and "Traceback" not in answer.output, (
             args, answer.output)
-    (tmp_path / "short.csv").write_text("f0,f1\n1,2\n")
+    (tmp_path / "short.csv").write_text("f0,f1\n1,2\n")  # named as the model's are not
     short = runner.invoke(main, ["predict", "cli-digits", str(tmp_path / "short.csv"), *auth])
-    assert short.exit_code == 1 and "has no column f2, f3" in short.output
+    assert short.exit_code == 1 and "has no column pixel_0_0, pixel_0_1" in short.output

@@ -156,6 +156,7 @@ def test_a_signature_names_the_features_with_their_training_ranges_and_the_class
     assert sig["ranges"]["pl"] == [pytest.approx(train[:, 2].min()), pytest.approx(train[:, 2].max())]
     assert sig["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [-1]},
                               {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+    assert signature(state)["features"][:2] == ["sepal length (cm)", "sepal width (cm)"]  # scikit-learn's names
     images = signature(build(parse_spec(with_(mlp(epochs=1), **CNN)), device="cpu"))
     assert images["inputs"][0]["shape"] == [-1, 1, 8, 8] and images["features"] == []
     assert images["ranges"] == {"channel0": [0.0, 16.0]} and images["class_names"] == [str(i) for i in range(10)]

@@ -214,6 +214,17 @@ def class_names(spec: DatasetSpec) -> list[str]:
     return [str(i) for i in range(spec.info().classes or 0)]
 
 
+def feature_names(spec: DatasetSpec) -> list[str] | None:
+    """Names of a built-in table's columns (scikit-learn's), for a model's signature; None where it has none."""
+    from sklearn import datasets as sk
+
+    loaders = {"iris": sk.load_iris, "wine": sk.load_wine, "breast_cancer": sk.load_breast_cancer,
+               "diabetes": sk.load_diabetes, "digits": sk.load_digits}
+    if spec.name not in loaders or (spec.name == "digits" and spec.as_images):
+        return None
+    return [str(name) for name in loaders[spec.name]().feature_names]
+
+
 def whole_bytes(x: np.ndarray) -> bool:
     """Whether every value is a whole number in 0..255, so that uint8 holds the array exactly."""
     return x.size > 0 and float(x.min()) >= 0 and float(x.max()) <= 255 and bool(np.all(np.rint(x) == x))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from trainq import __version__
-from trainq.models.datasets import Preprocessing, class_names, raw, split_indices
+from trainq.models.datasets import Preprocessing, class_names, feature_names, raw, split_indices
 from trainq.models.losses import mdn_split
 from trainq.models.spec import LOGIC_GATES, DatasetInfo, JobSpec
 from trainq.models.state import State
@@ -204,11 +204,13 @@ DATATYPES = {"float32": "FP32", "int64": "INT64"}  # numpy's names -> the Open I
 def signature(state: State, arrays: tuple | None = None, columns: list[str] | None = None,
               names: list[str] | None = None) -> dict[str, Any]:
     """What the model takes and gives, for a registry and for the v2 protocol's metadata: the one input tensor `x`
-    (raw features; -1 for the batch), the names of its features (a CSV's columns, else f0, f1, ...) with the range
+    (raw features; -1 for the batch), the names of its features (a CSV's columns, a built-in table's own names, else
+    f0, f1, ...) with the range
     each took in the training split, the outputs with datatype and shape, and the class names."""
     train = raw_rows(state, "train", arrays)
     shape = [-1, *train.shape[1:]]
     if train.ndim == 2:
+        columns = columns or feature_names(state.spec.dataset)
         features = columns if columns and len(columns) == train.shape[1] else [f"f{i}" for i in range(train.shape[1])]
         ranges = {name: [float(lo), float(hi)] for name, lo, hi in zip(features, train.min(0), train.max(0))}
     else:  # images: one range per channel

@@ -244,3 +244,56 @@ def datasets_page():
 @bp.get("/sweeps/<hexid:sweep_id>")
 def sweep_page(sweep_id: str):
     return render_template("sweep.html", nav="sweeps", sweep=get_sweep(sweep_id))
+
+
+@bp.get("/models")
+def models_page():
+    from trainq.service.registry import aliases_of
+    from trainq.service.tables import Model, ModelVersion, VersionState
+
+    p = principal()
+    query = select(Model).order_by(Model.name)
+    models = db().scalars(query if p.is_admin else query.where(Model.owner_id == p.id)).all()
+    rows = []
+    for m in models:
+        versions = db().scalars(select(ModelVersion).where(ModelVersion.model_id == m.id)
+                                .order_by(ModelVersion.version.desc())).all()
+        ready = next((v for v in versions if v.state == VersionState.ready.value), None)
+        rows.append({"name": m.name, "versions": len(versions), "ready": ready.version if ready else None,
+                     "task": (ready.signature or {}).get("task") if ready else None,
+                     "aliases": aliases_of(db(), m.id), "created_at": m.created_at.isoformat()})
+    return render_template("models.html", nav="models", models=rows)
+
+
+@bp.get("/models/<name>")
+def model_page(name: str):
+    """A model's versions side by side: state, aliases, test metrics, the job; promote; a spec diff of two versions;
+    a form to try a ready version, made from its signature."""
+    from trainq.service.registry import RegistryError, aliases_of, find_model, parse_ref, version_json
+    from trainq.service.series import spec_differences
+    from trainq.service.tables import ModelVersion
+
+    p = principal()
+    try:
+        model = find_model(db(), parse_ref(name).name, p.id, p.is_admin)
+    except RegistryError:
+        model = None
+    if model is None:
+        abort(404)
+    aliases = aliases_of(db(), model.id)
+    versions = [version_json(model, v, aliases) for v in db().scalars(
+        select(ModelVersion).where(ModelVersion.model_id == model.id).order_by(ModelVersion.version.desc()))]
+    metrics = sorted({k for v in versions for k, value in v["metrics"].items()
+                      if k.startswith("test_") and isinstance(value, (int, float))})
+    numbers = [v["version"] for v in versions]
+    a, b = request.args.get("a", type=int), request.args.get("b", type=int)
+    if a not in numbers or b not in numbers:
+        a, b = (numbers[1], numbers[0]) if len(numbers) > 1 else (None, None)
+    diff = None
+    if a is not None:
+        by_number = {v["version"]: v for v in versions}
+        diff = spec_differences([by_number[a]["spec"], by_number[b]["spec"]])
+    ready = [v for v in versions if v["state"] == "ready"]
+    tried = next((v for v in ready if "champion" in v["aliases"]), ready[0] if ready else None)
+    return render_template("model.html", nav="models", model=model, versions=versions, metrics=metrics,
+                           aliases=aliases, diff=diff, a=a, b=b, tried=tried)

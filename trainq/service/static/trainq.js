@@ -268,6 +268,7 @@ function pageRun() {
     const error = document.getElementById("job-error");
     error.hidden = !job.error; error.textContent = job.error || "";
     document.getElementById("cancel").hidden = FINISHED.includes(job.status);
+    document.getElementById("register").hidden = job.status !== "succeeded";
     document.querySelector("#job-started time").dataset.at = job.started_at || "";
     document.querySelector("#job-finished time").dataset.at = job.finished_at || "";
     localizeTimes(document.getElementById("job-times"));
@@ -355,6 +356,7 @@ function pageRun() {
     const answer = await api(`/api/v1/jobs/${id}/cancel`, {method: "POST"});
     if (answer.ok) { job = {...job, ...answer.body}; renderJob(); }
   });
+  registerButton(job);
 
   for (const cell of document.querySelectorAll("table.confusion td")) {
     cell.style.background = `rgba(37, 99, 235, ${Math.min(0.85, Number(cell.dataset.share) * 0.85).toFixed(3)})`;
@@ -858,7 +860,69 @@ function pageDatasets() {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// Models: promote a version, try one from a form its signature made
+// ---------------------------------------------------------------------------------------------------------------------
+
+function pageModel() {
+  const data = JSON.parse(document.getElementById("model-data").textContent);
+  const errors = document.getElementById("model-errors");
+  for (const button of document.querySelectorAll("#versions button.promote")) {
+    button.addEventListener("click", async () => {
+      const answer = await api(`/api/v1/models/${encodeURIComponent(data.name)}/aliases/champion`, {method: "PUT",
+        body: JSON.stringify({version: Number(button.dataset.version)}), headers: {"Content-Type": "application/json"}});
+      if (answer.ok) location.reload();
+      else listErrors(errors, answer.body);
+    });
+  }
+  const form = document.getElementById("try-form");
+  if (!form) return;
+  form.addEventListener("submit", async event => {
+    event.preventDefault();
+    const tried = data.tried;
+    let body;
+    if (tried.features && tried.features.length) {
+      body = {records: [Object.fromEntries(tried.features.map(f => [f, Number(form.elements[f].value)]))]};
+    } else {
+      try { body = {inputs: JSON.parse(form.elements.rows.value)}; }
+      catch (e) { listErrors(document.getElementById("try-errors"), {message: "the rows are not valid JSON: " + e.message}); return; }
+    }
+    const answer = await api(`/api/v1/models/${encodeURIComponent(data.name)}/versions/${tried.version}/predict`,
+      {method: "POST", body: JSON.stringify(body), headers: {"Content-Type": "application/json"}});
+    const target = document.getElementById("try-errors");
+    const table = document.getElementById("try-result");
+    if (!answer.ok) { listErrors(target, answer.body); table.hidden = true; return; }
+    target.textContent = "";
+    const tbody = table.querySelector("tbody");
+    tbody.textContent = "";
+    answer.body.predictions.forEach((p, i) => {
+      const shown = "label" in p ? p.label : fmt(p.value);
+      const detail = p.probabilities ? Object.entries(p.probabilities).sort((x, y) => y[1] - x[1]).slice(0, 3)
+        .map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`).join(", ")
+        : ("variance" in p ? `variance ${fmt(p.variance)}` : "");
+      tbody.append(el("tr", {"data-row": i}, el("td", {text: `row ${i + 1}`}), el("td", {class: "answer", text: shown}),
+                      el("td", {text: detail})));
+    });
+    table.hidden = false;
+  });
+}
+
+function registerButton(job) {
+  // "Register" on a succeeded run: its model becomes the next version of a name (a worker exports it)
+  const button = document.getElementById("register");
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    const suggested = job.name.toLowerCase().replace(/[^a-z0-9._-]+/g, "-").replace(/^[^a-z0-9]+/, "").slice(0, 64);
+    const name = prompt("Register this run's model as (a new name, or an existing model's next version):", suggested);
+    if (!name) return;
+    const answer = await api("/api/v1/models", {method: "POST", body: JSON.stringify({name, job_id: job.id}),
+      headers: {"Content-Type": "application/json"}});
+    if (answer.status === 201) location.href = "/models/" + encodeURIComponent(answer.body.model);
+    else alert((answer.body && answer.body.message) || "the service refused to register it");
+  });
+}
+
 const PAGES = {runs: pageRuns, run: pageRun, compare: pageCompare, workers: pageWorkers, submit: pageSubmit,
-               sweep: pageSweep, sweeps: pageSweeps, datasets: pageDatasets};
+               sweep: pageSweep, sweeps: pageSweeps, datasets: pageDatasets, model: pageModel};
 localizeTimes();
 (PAGES[document.body.dataset.page] || (() => {}))();
