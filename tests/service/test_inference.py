@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -100,3 +101,50 @@ def test_the_session_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
     for key in ("a", "b", "a", "c"):  # b is the least recently used when c comes
         cache.get(key, tmp_path)
     assert "a" in cache and "c" in cache and "b" not in cache and cache.loads == 3
+
+
+def _near_misses():
+    """Requests one mistake away from good ones, and arbitrary JSON: each either checks out or is an InputError."""
+    from hypothesis import strategies as st
+
+    from tests.service.test_fuzz import json_values
+
+    good_v2 = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}],
+               "outputs": [{"name": "label"}], "id": "a"}
+    good_records = {"records": [{"a": 1, "b": 2, "c": 3}]}
+
+    @st.composite
+    def mutate(draw):
+        base = json.loads(json.dumps(draw(st.sampled_from([good_v2, good_records]))))
+        node, key = base, None
+        while True:
+            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+            if not keys:
+                break
+            key = draw(st.sampled_from(keys))
+            if not isinstance(node[key], (dict, list)) or draw(st.booleans()):
+                break
+            node = node[key]
+        if key is not None:
+            node[key] = draw(json_values)
+        return base
+
+    return st.one_of(json_values, mutate())
+
+
+def test_any_request_is_checked_or_refused_with_paths_never_crashes():
+    from hypothesis import given, settings
+
+    @settings(max_examples=400, deadline=None)
+    @given(_near_misses())
+    def check(body):
+        for call in (v2_inputs, record_inputs):
+            try:
+                out = call(body, SIGNATURE, 10)
+            except InputError as exc:
+                assert exc.errors and all(e["path"] and e["message"] for e in exc.errors)
+            else:
+                x = out[0] if isinstance(out, tuple) else out
+                assert x.dtype == np.float32 and x.shape[1:] == (3,) and np.isfinite(x).all()
+
+    check()

@@ -221,7 +221,7 @@ def v2_inputs(body: Any, signature: dict, max_rows: int, binary: dict[int, bytes
                                          "(TRAINQ_MAX_PREDICT_ROWS); send them in several requests, or score a "
                                          "dataset with POST /api/v1/models/{ref}/batch")
             shape = None
-        if datatype not in NUMERIC:
+        if not isinstance(datatype, str) or datatype not in NUMERIC:
             errors.add(f"{where}.datatype", f"{datatype!r} is not a numeric datatype; the model takes "
                                             f"{declared['datatype']} (FP64 and integer types are converted)")
             datatype = None

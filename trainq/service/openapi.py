@@ -28,6 +28,7 @@ def _json(schema: dict, description: str = "ok") -> dict:
 
 
 ERROR = _json(_ref("Error"), "error")
+V2_ERROR = _json(_ref("V2Error"), "error, as the Open Inference Protocol has it")
 HEX_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 
 
@@ -36,9 +37,9 @@ def _object() -> dict:
 
 
 def _op(summary: str, ok: dict[str, dict], errors: tuple[int, ...] = (), params: tuple = (), body: dict | None = None,
-        public: bool = False) -> dict:
+        public: bool = False, error: dict = ERROR) -> dict:
     codes = set(errors) | ({400, 413, 422} if body else set()) | (set() if public else {401, 403, 429})
-    op = {"summary": summary, "responses": {**ok, **{str(c): ERROR for c in sorted(codes)}},
+    op = {"summary": summary, "responses": {**ok, **{str(c): error for c in sorted(codes)}},
           "parameters": [{"name": p, "in": "path", "required": True, "schema": HEX_ID} if isinstance(p, str) else p
                          for p in params]}
     if body:
@@ -65,6 +66,8 @@ def document() -> dict:
                                        "errors": {"type": "array", "items": {
                                            "type": "object", "properties": {"path": {"type": "string"},
                                                                             "message": {"type": "string"}}}}}}
+    schemas["V2Error"] = {"type": "object", "required": ["error"],
+                          "properties": {"error": {"type": "string"}, "errors": {"type": "array"}}}
     spec_body = {"required": True, "content": {"application/json": {"schema": _ref("JobSpec"),
                                                                      "example": EXAMPLE_SPEC}}}
     job = ("job_id",)
@@ -134,6 +137,7 @@ def document() -> dict:
             "/api/v1/audit": {"get": _op("The audit log (admins)", {"200": _object()}, (400,), (
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),))},
             "/api/v1/health": {"get": _op("Health", {"200": _object(), "503": _object()}, public=True)},
+            **model_paths(binary, no_content),
         },
         "components": {"schemas": schemas,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
@@ -143,6 +147,77 @@ def document() -> dict:
             operation["operationId"] = operation_id(method, path)
     _link(doc)
     return doc
+
+
+MODEL_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+EXAMPLE_RECORDS = {"records": [{"sepal length (cm)": 5.1, "sepal width (cm)": 3.5, "petal length (cm)": 1.4,
+                                "petal width (cm)": 0.2}]}
+EXAMPLE_V2 = {"id": "1", "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+def model_paths(binary: dict, no_content: dict) -> dict:
+    """The registry's routes, predictions by name, and the Open Inference Protocol's (KServe v2) routes."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN}}
+    ref = {"name": "name", "in": "path", "required": True, "description": "NAME or NAME@ALIAS",
+           "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[a-z0-9][a-z0-9-]{0,62})?$"}}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"}}
+    alias = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string",
+                                                                        "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}}
+
+    def body(schema: dict, example: dict) -> dict:
+        return {"required": True, "content": {"application/json": {"schema": schema, "example": example}}}
+
+    register = body({"type": "object", "required": ["name", "job_id"], "properties": {
+        "name": {"type": "string", "pattern": MODEL_NAME_PATTERN}, "job_id": HEX_ID}},
+        {"name": "iris", "job_id": "0" * 32})
+    move = body({"type": "object", "required": ["version"], "properties": {"version": {"type": "integer",
+                                                                                       "minimum": 1}}}, {"version": 1})
+    records = body({"type": "object", "properties": {"records": {"type": "array", "items": {"type": "object"}},
+                                                     "inputs": {"type": "array"}}}, EXAMPLE_RECORDS)
+    infer = body({"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape", "datatype", "data"],
+                                              "properties": {"name": {"type": "string"},
+                                                             "shape": {"type": "array", "items": {"type": "integer"}},
+                                                             "datatype": {"type": "string"}, "data": {"type": "array"},
+                                                             "parameters": {"type": "object"}}}},
+        "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}},
+        EXAMPLE_V2)
+    found = (400, 404)
+    return {
+        "/api/v1/models": {"post": _op("Register a succeeded job's model as the next version", {"201": _object()},
+                                       (404, 409), body=register),
+                           "get": _op("Your models", {"200": _object()})},
+        "/api/v1/models/{name}": {"get": _op("A model's versions (NAME), or one version (NAME@ALIAS)",
+                                             {"200": _object()}, found, (ref,)),
+                                  "delete": _op("Delete a model without aliases", {"204": no_content},
+                                                (400, 404, 409), (name,))},
+        "/api/v1/models/{name}/versions/{version}": {
+            "get": _op("A version", {"200": _object()}, found, (name, version)),
+            "delete": _op("Delete a version no alias points at", {"204": no_content}, (400, 404, 409),
+                          (name, version))},
+        "/api/v1/models/{name}/versions/{version}/onnx": {
+            "get": _op("Download a ready version's ONNX file", {"200": binary}, (400, 404, 409), (name, version))},
+        "/api/v1/models/{name}/aliases/{alias}": {
+            "put": _op("Point an alias at a version", {"200": _object()}, found, (name, alias), body=move),
+            "delete": _op("Delete an alias", {"204": no_content}, found, (name, alias))},
+        "/api/v1/models/{name}/predict": {"post": _op("Predict from raw features by name", {"200": _object()},
+                                                      (404, 409), (ref,), body=records)},
+        "/api/v1/models/{name}/versions/{version}/predict": {
+            "post": _op("Predict with one version", {"200": _object()}, (404, 409), (name, version), body=records)},
+        "/v2/health/live": {"get": _op("Open Inference Protocol: live", {"200": _object()}, public=True, error=V2_ERROR)},
+        "/v2/health/ready": {"get": _op("Open Inference Protocol: ready", {"200": _object(), "503": _object()},
+                                        public=True, error=V2_ERROR)},
+        "/v2/models/{name}": {"get": _op("Model metadata: inputs and outputs", {"200": _object()}, found, (ref,), error=V2_ERROR)},
+        "/v2/models/{name}/ready": {"get": _op("Model ready", {"200": _object()}, found, (ref,), error=V2_ERROR)},
+        "/v2/models/{name}/infer": {"post": _op("Inference", {"200": _object()}, (404, 409), (ref,), body=infer, error=V2_ERROR)},
+        "/v2/models/{name}/versions/{version}": {"get": _op("Version metadata", {"200": _object()}, found,
+                                                            (name, version), error=V2_ERROR)},
+        "/v2/models/{name}/versions/{version}/ready": {"get": _op("Version ready", {"200": _object()}, found,
+                                                                  (name, version), error=V2_ERROR)},
+        "/v2/models/{name}/versions/{version}/infer": {"post": _op("Inference with one version", {"200": _object()},
+                                                                   (404, 409), (name, version), body=infer, error=V2_ERROR)},
+    }
 
 
 def operation_id(method: str, path: str) -> str:
