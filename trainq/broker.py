@@ -13,6 +13,7 @@ from trainq.settings import Settings
 
 TRAIN_TASK = "trainq.train"
 EXPORT_TASK = "trainq.export"  # a registered model version: ONNX, verified, uploaded
+SCORE_TASK = "trainq.score"  # a batch of rows scored with a model version
 PRIORITY_STEPS = range(10)
 
 

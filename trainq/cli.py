@@ -813,15 +813,20 @@ PREDICT_CHUNK = 5000  # rows a request
 @click.argument("ref")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the predictions here (CSV).")
+@click.option("--batch", is_flag=True, help="Score the file on a worker (a batch): for large files; rows that do "
+                                            "not fit are reported by line number and the rest scored.")
 @URL
 @TOKEN
-def predict(ref: str, csv_file: str, out: str | None, url: str | None, token: str | None) -> None:
+def predict(ref: str, csv_file: str, out: str | None, batch: bool, url: str | None, token: str | None) -> None:
     """Predict with a registered model (NAME, NAME@ALIAS, NAME/versions/N) from a CSV whose header names the
     model's features (other columns, a label column say, are carried through). Writes the rows with the answers."""
     import csv
 
     client = _Client(url, token)
     version = _version(client, ref)
+    if batch:
+        _batch(client, version, Path(csv_file), out)
+        return
     features = version.get("features") or []
     if version["state"] != "ready":
         raise click.ClickException(f"{ref} is version {version['version']}, {version['state']}")
@@ -856,6 +861,30 @@ def predict(ref: str, csv_file: str, out: str | None, url: str | None, token: st
         handle.close()
         click.echo(f"wrote {len(answers)} predictions of {version['model']} version {version['version']} to {out}",
                    err=True)
+
+
+def _batch(client: "_Client", version: dict, path: Path, out: str | None) -> None:
+    name = version["model"]
+    started = client.call("POST", f"/api/v1/models/{name}/versions/{version['version']}/batch",
+                          data=path.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+    while started["status"] in ("queued", "running"):
+        time.sleep(0.5)
+        started = client.call("GET", f"/api/v1/models/{name}/batches/{started['id']}")
+        if started["rows"]:
+            click.echo(f"\rscored {started['done']:,} of {started['rows']:,} rows", nl=False, err=True)
+    click.echo("", err=True)
+    for problem in started["problems"][:20]:
+        click.echo(f"{path.name} line {problem['row']}: {problem['message']}", err=True)
+    if started["bad_rows"] > 20:
+        click.echo(f"... {started['bad_rows'] - 20} more rows left out", err=True)
+    if started["status"] == "failed":
+        raise click.ClickException(f"the batch failed: {started['error']}")
+    blob = client.download(started["output_url"])
+    if out:
+        Path(out).write_bytes(blob)
+        click.echo(f"wrote {started['done'] - started['bad_rows']:,} predictions to {out}", err=True)
+    else:
+        sys.stdout.write(blob.decode())
 
 
 def _some(names: list[str], shown: int = 6) -> str:

@@ -3,6 +3,8 @@ over the Open Inference Protocol (a standard v2 client, unchanged) and over /pre
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 
 import numpy as np
@@ -31,6 +33,16 @@ def wait_ready(stack, ref: str, timeout: float = 120) -> dict:
                 return version
         time.sleep(0.3)
     raise TimeoutError(f"{ref} never became ready:\n{stack.logs()}")
+
+
+def wait_batch(stack, location: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = stack.http.get(stack.url + location, timeout=10).json()
+        if batch["status"] in ("succeeded", "failed"):
+            return batch
+        time.sleep(0.2)
+    raise TimeoutError(f"batch {location} never finished:\n{stack.logs()}")
 
 
 def split_of(spec: dict, arrays=None):
@@ -177,6 +189,16 @@ def test_a_csv_with_named_columns_predicts_from_records_by_name(stack):
     assert accuracy == pytest.approx(job["metrics"]["test_accuracy"], abs=1e-6)
     assert set(body["predictions"][0]["probabilities"]) == {"big", "small"}
 
+    batch = stack.http.post(f"{stack.url}/api/v1/models/plants/batch", json={"dataset": "plants"}, timeout=10)
+    assert batch.status_code == 202, batch.text
+    done = wait_batch(stack, batch.headers["Location"])
+    assert done["status"] == "succeeded" and done["rows"] == done["done"] == 240 and done["bad_rows"] == 0, done
+    scored = list(csv.DictReader(io.StringIO(stack.http.get(stack.url + done["output_url"], timeout=10).text)))
+    assert [r["row"] for r in scored[:3]] == ["1", "2", "3"] and set(scored[0]) == {"row", "target", "label",
+                                                                                   "p_big", "p_small"}
+    by_row = {int(r["row"]): r["label"] for r in scored}
+    assert [by_row[i + 1] for i in test] == [p["label"] for p in body["predictions"]]  # the endpoint's answers
+
     raw_body = '{"records": [{"length": 1.0, "width": "wide", "height": 2.0}, {"length": 1.0, "height": NaN}, ' \
                '{"length": 1.0, "width": 2.0, "height": 3.0, "colour": 4}]}'
     answer = stack.http.post(f"{stack.url}/api/v1/models/plants/predict", data=raw_body,
@@ -185,6 +207,25 @@ def test_a_csv_with_named_columns_predicts_from_records_by_name(stack):
     assert [e["path"] for e in answer.json()["errors"]] == [
         "records[0].width", "records[1].width", "records[1].height", "records[2].colour"]
     assert "a string where a number goes" in answer.json()["errors"][0]["message"]
+
+    # A file of its own: columns in another order, an id carried through, bad rows reported by line number
+    lines = ["id,height,width,length", "a,500,50,1", "b,510,oops,2", "c,520", "d,530,51,nan", "e,540,52,3"]
+    batch = stack.http.post(f"{stack.url}/api/v1/models/plants/batch", data="\n".join(lines).encode(),
+                            headers={"Content-Type": "text/csv"}, timeout=10)
+    done = wait_batch(stack, batch.headers["Location"])
+    assert (done["status"], done["rows"], done["bad_rows"]) == ("succeeded", 5, 3), done
+    assert done["problems"] == [{"row": 3, "message": "width: 'oops' is not a number"},
+                                {"row": 4, "message": "2 fields; the header has 4"},
+                                {"row": 5, "message": "length: 'nan' is not finite"}]
+    scored = list(csv.DictReader(io.StringIO(stack.http.get(stack.url + done["output_url"], timeout=10).text)))
+    assert [(r["row"], r["id"]) for r in scored] == [("2", "a"), ("6", "e")]
+    single = stack.http.post(f"{stack.url}/api/v1/models/plants/predict", timeout=10,
+                             json={"records": [{"length": 1, "width": 50, "height": 500}]}).json()
+    assert scored[0]["label"] == single["predictions"][0]["label"]
+    wrong = stack.http.post(f"{stack.url}/api/v1/models/plants/batch", data=b"length,width\n1,2\n",
+                            headers={"Content-Type": "text/csv"}, timeout=10)
+    failed = wait_batch(stack, wrong.headers["Location"])
+    assert failed["status"] == "failed" and "the CSV has no column height" in failed["error"]
 
 
 def test_a_mixture_density_model_answers_its_mixture_and_moments(stack):
@@ -234,8 +275,6 @@ def test_the_command_line_registers_shows_aliases_predicts_and_exports(stack, di
     predicted = runner.invoke(main, ["predict", "cli-digits@champion", str(tmp_path / "rows.csv"), "--out",
                                      str(tmp_path / "out.csv"), *auth])
     assert predicted.exit_code == 0, predicted.output
-    import csv
-
     out = list(csv.DictReader((tmp_path / "out.csv").open()))
     assert len(out) == len(y) and set(out[0]) >= {"truth", "label", "p_0", "p_9"}
     right = sum(row["label"] == row["truth"] for row in out)
@@ -261,6 +300,10 @@ def test_the_command_line_registers_shows_aliases_predicts_and_exports(stack, di
             continue
         assert answer.exit_code in (1, 2) and said in answer.output and "Traceback" not in answer.output, (
             args, answer.output)
+    batched = runner.invoke(main, ["predict", "cli-digits@champion", str(tmp_path / "rows.csv"), "--batch", "--out",
+                                   str(tmp_path / "batch.csv"), *auth])
+    assert batched.exit_code == 0, batched.output
+    assert [r["label"] for r in csv.DictReader((tmp_path / "batch.csv").open())] == [r["label"] for r in out]
     (tmp_path / "short.csv").write_text("f0,f1\n1,2\n")  # named as the model's are not
     short = runner.invoke(main, ["predict", "cli-digits", str(tmp_path / "short.csv"), *auth])
     assert short.exit_code == 1 and "has no column pixel_0_0, pixel_0_1" in short.output

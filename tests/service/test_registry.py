@@ -146,3 +146,36 @@ def test_register_as_makes_a_version_when_the_job_succeeds(client, worker_header
     assert len(export_messages(redis_client)) == 1
     bad = client.post("/api/v1/jobs", json=with_(mlp(), register_as="no spaces"))
     assert bad.status_code == 422 and bad.json["errors"][0]["path"] == "register_as"
+
+
+def test_a_batch_needs_a_ready_version_and_an_input_and_is_the_owners_alone(client, client_as, worker_headers,
+                                                                           redis_client):
+    job = succeeded(client, worker_headers)
+    client.post("/api/v1/models", json={"name": "digits", "job_id": job["id"]})
+    refused = client.post("/api/v1/models/digits/versions/1/batch", json={"dataset": "x"})
+    assert refused.status_code == 409 and "exporting" in refused.json["message"]  # not ready yet
+    from trainq.service.db import utcnow
+    from trainq.service.tables import ModelVersion
+
+    with client.application.extensions["trainq"].sessions() as session:  # as if its worker had exported it
+        version = session.get(ModelVersion, _version_id(client))
+        version.state, version.ready_at = "ready", utcnow()
+        version.signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}], "outputs": []}
+        session.commit()
+    assert client.post("/api/v1/models/digits/batch", json={"dataset": "nope"}).status_code == 404
+    assert client.post("/api/v1/models/digits/batch", json={"data": 1}).json["errors"][0]["path"] == "dataset"
+    assert client.post("/api/v1/models/digits/batch", data=b"", content_type="text/csv").status_code == 400
+    started = client.post("/api/v1/models/digits/batch", data=b"a,b\n1,2\n", content_type="text/csv")
+    assert started.status_code == 202 and started.json["status"] == "queued" and started.json["source"] == "csv"
+    assert [json.loads(m)["headers"]["task"] for m in redis_client.lrange("cpu", 0, -1)].count("trainq.score") == 1
+    location = started.headers["Location"]
+    assert client.get(location).json["progress"] == 0.0
+    assert client.get(location + "/output").status_code == 409
+    assert client_as("bob").get(location).status_code == 404
+    claimed = client.post(f"/api/v1/worker/batches/{started.json['id']}/claim", headers=worker_headers).json
+    live = {**worker_headers, "X-Trainq-Attempt-Token": claimed["token"]}
+    assert client.get(claimed["input_url"], headers=live).data == b"a,b\n1,2\n"
+    client.post(f"/api/v1/worker/batches/{started.json['id']}/progress", headers=live, json={"rows": 10, "done": 4})
+    assert client.get(location).json["progress"] == 0.4
+    assert client.post(f"/api/v1/worker/batches/{started.json['id']}/finish", headers=live,
+                       json={"status": "succeeded"}).status_code == 400  # no output uploaded: never succeeded

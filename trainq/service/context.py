@@ -12,7 +12,7 @@ from flask import current_app, g, request
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from trainq.broker import EXPORT_TASK, TRAIN_TASK, broker_priority, make_celery
+from trainq.broker import EXPORT_TASK, SCORE_TASK, TRAIN_TASK, broker_priority, make_celery
 from trainq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,19 @@ class Services:
     def export(self, version_id: str, pool: str) -> bool:
         """Send a model version's export to a worker of the pool that trained it; False if the broker is unreachable
         (the reconciler sends it again)."""
+        return self._send(EXPORT_TASK, version_id, pool)
+
+    def score(self, batch_id: str, pool: str) -> bool:
+        """Send a batch to be scored by a worker of the pool; False if the broker is unreachable (sent again)."""
+        return self._send(SCORE_TASK, batch_id, pool)
+
+    def _send(self, task: str, object_id: str, pool: str) -> bool:
         try:
-            self.celery().send_task(EXPORT_TASK, args=[version_id], queue=pool, priority=0, retry=True,
+            self.celery().send_task(task, args=[object_id], queue=pool, priority=0, retry=True,
                                     retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
             return True
         except Exception:  # noqa: BLE001
-            log.warning("could not send the export of version %s to the broker", version_id, exc_info=True)
+            log.warning("could not send %s %s to the broker", task, object_id, exc_info=True)
             return False
 
 

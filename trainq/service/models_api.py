@@ -10,14 +10,15 @@ import time
 import uuid
 from typing import Any
 
-from flask import Blueprint, jsonify, send_file
+from flask import Blueprint, jsonify, request, send_file, url_for
 from sqlalchemy import func, select
 
 from trainq.service.auth import audit, principal, require_user
 from trainq.service.context import db, read_connection, services
-from trainq.service.http import fail, fast_json, read_body, read_fast
+from trainq.service.http import body_bytes, fail, fast_json, read_body, read_fast
 from trainq.service.inference import InputError, friendly, record_inputs, run
-from trainq.service.lookups import get_job
+from trainq.service import scoring
+from trainq.service.lookups import find_dataset, get_job, visible_datasets
 from trainq.service.registry import (
     Ref,
     RegistryError,
@@ -36,7 +37,7 @@ from trainq.service.registry import (
     serving,
     version_json,
 )
-from trainq.service.tables import Model, ModelVersion, VersionState
+from trainq.service.tables import BatchJob, Dataset, Model, ModelVersion, VersionState
 
 bp = Blueprint("models_api", __name__, url_prefix="/api/v1/models")
 
@@ -229,3 +230,78 @@ def predict_route(name: str):
 def predict_version(name: str, number: str):
     return predict(f"{parse_ref(name).name}/versions/{number}")
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batch scoring
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def batch_of(name: str, batch_id: str) -> tuple[Model, ModelVersion, BatchJob]:
+    model = model_named(name)
+    batch = db().get(BatchJob, batch_id)
+    version = db().get(ModelVersion, batch.version_id) if batch is not None else None
+    if version is None or version.model_id != model.id:
+        fail(404, "not_found", f"no batch {batch_id} of model {model.name!r}")
+    return model, version, batch
+
+
+def batch_answer(model: Model, version: ModelVersion, batch: BatchJob) -> dict:
+    return scoring.batch_json(batch, model.name, version.version, url_for(
+        "models_api.batch_output", name=model.name, batch_id=batch.id))
+
+
+@bp.post("/<name>/batch")
+def start_batch(name: str):
+    """Score a dataset (`{"dataset": NAME_OR_ID}`) or a CSV or NPZ file sent as the body, on a worker."""
+    return batch_for(name)
+
+
+@bp.post("/<name>/versions/<number>/batch")
+def start_version_batch(name: str, number: str):
+    return batch_for(f"{parse_ref(name).name}/versions/{number}")
+
+
+def batch_for(ref: str):
+    model, version = ready_version(ref)
+    session = db()
+    if request.mimetype in ("application/json", "application/yaml", "application/x-yaml", "text/yaml"):
+        body = read_body()
+        given = body.get("dataset") if isinstance(body, dict) else None
+        if not isinstance(given, str):
+            fail(422, "validation", "dataset: the name (or id) of an uploaded dataset, or send a CSV or NPZ file as "
+                                    "the body instead", errors=[{"path": "dataset", "message": "required (a string)"}])
+        dataset = find_dataset(given) or (db().scalar(visible_datasets().where(Dataset.id == given))
+                                          if len(given) == 32 else None)
+        if dataset is None:
+            fail(404, "not_found", f"no dataset {given!r}", errors=[{"path": "dataset", "message": "no such dataset"}])
+        batch = scoring.create(session, services().storage, model, version, principal().id, dataset=dataset)
+    else:
+        blob = body_bytes()
+        if not blob:
+            fail(400, "bad_request", "send a CSV (a header naming the model's features) or an NPZ with an array x, or "
+                                     "JSON {\"dataset\": NAME}")
+        kind = "npz" if blob[:4] == b"PK\x03\x04" else "csv"
+        batch = scoring.create(session, services().storage, model, version, principal().id, upload=(kind, blob))
+    audit("batch", f"model:{model.name}", version=version.version, batch=batch.id)
+    session.commit()
+    scoring.send_batches(session, services().score)
+    response = jsonify(batch_answer(model, version, batch))
+    response.status_code = 202
+    response.headers["Location"] = url_for("models_api.get_batch", name=model.name, batch_id=batch.id)
+    return response
+
+
+@bp.get("/<name>/batches/<hexid:batch_id>")
+def get_batch(name: str, batch_id: str):
+    return jsonify(batch_answer(*batch_of(name, batch_id)))
+
+
+@bp.get("/<name>/batches/<hexid:batch_id>/output")
+def batch_output(name: str, batch_id: str):
+    model, version, batch = batch_of(name, batch_id)
+    path = scoring.batch_dir(services().storage, batch.id) / "output.csv"
+    if batch.status != "succeeded" or not path.is_file():
+        fail(409, "not_ready", f"batch {batch_id} is {batch.status}" + (f": {batch.error}" if batch.error else ""))
+    return send_file(path, mimetype="text/csv", as_attachment=True,
+                     download_name=f"{model.name}-v{version.version}-{batch.id[:8]}.csv")

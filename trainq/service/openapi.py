@@ -205,6 +205,20 @@ def model_paths(binary: dict, no_content: dict) -> dict:
                                                       (404, 409), (ref,), body=records)},
         "/api/v1/models/{name}/versions/{version}/predict": {
             "post": _op("Predict with one version", {"200": _object()}, (404, 409), (name, version), body=records)},
+        "/api/v1/models/{name}/batch": {
+            "post": _op("Score a dataset ({\"dataset\": NAME}) or a CSV/NPZ body on a worker", {"202": _object()},
+                        (404, 409), (ref,), body={"required": True, "content": {
+                            "application/json": {"schema": {"type": "object", "required": ["dataset"], "properties": {
+                                "dataset": {"type": "string"}}}, "example": {"dataset": "plants"}},
+                            "text/csv": {"schema": {"type": "string"}}}})},
+        "/api/v1/models/{name}/versions/{version}/batch": {
+            "post": _op("Score a dataset or a CSV/NPZ body with one version", {"202": _object()}, (404, 409),
+                        (name, version), body={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}})},
+        "/api/v1/models/{name}/batches/{batch_id}": {
+            "get": _op("A batch: progress, failed rows by number", {"200": _object()}, found, (name, "batch_id"))},
+        "/api/v1/models/{name}/batches/{batch_id}/output": {
+            "get": _op("A finished batch's answers (CSV)", {"200": {"description": "CSV", "content": {
+                "text/csv": {"schema": {"type": "string"}}}}}, (400, 404, 409), (name, "batch_id"))},
         "/v2/health/live": {"get": _op("Open Inference Protocol: live", {"200": _object()}, public=True, error=V2_ERROR)},
         "/v2/health/ready": {"get": _op("Open Inference Protocol: ready", {"200": _object(), "503": _object()},
                                         public=True, error=V2_ERROR)},

@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import text
 
 from trainq.broker import job_ids_in_broker
-from trainq.service import jobs, registry
+from trainq.service import jobs, registry, scoring
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,18 @@ def settle_sweeps(app: Flask, session) -> int:
 
 
 def resend_exports(services, session) -> int:
-    """Model versions still exporting long after they were registered: send them to their pool again."""
+    """Model versions still exporting long after they were registered, and batches whose worker went silent: send
+    them to their pool again."""
     from trainq.service.db import utcnow
 
-    stale = registry.stale_exports(session, utcnow(), timedelta(seconds=services.settings.requeue_after_seconds))
+    after = timedelta(seconds=services.settings.requeue_after_seconds)
+    stale = registry.stale_exports(session, utcnow(), after)
     for version_id, pool in stale:
         services.export(version_id, pool)
-    return len(stale)
+    batches = scoring.stale(session, utcnow(), after)
+    for batch_id, pool in batches:
+        services.score(batch_id, pool)
+    return len(stale) + len(batches)
 
 
 def start(app: Flask) -> threading.Event:

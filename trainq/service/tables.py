@@ -296,3 +296,28 @@ class ModelAlias(Base):
     alias: Mapped[str] = mapped_column(String(63), primary_key=True)
     version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BatchJob(Base):
+    """Scoring a file with a model version on a worker: progress in rows, rows that failed by number, a CSV out."""
+
+    __tablename__ = "batch_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    source: Mapped[str] = mapped_column(String(8))  # dataset | csv | npz: what the worker reads
+    pool: Mapped[str] = mapped_column(String(63))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | succeeded | failed
+    rows: Mapped[int | None] = mapped_column(BigInteger)  # known once the worker has read the input
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bad_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    problems: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)  # the first rows that failed, by number
+    error: Mapped[str | None] = mapped_column(Text)
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+    output_size: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heard_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the scoring worker's last word
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -14,11 +14,11 @@ from flask import Blueprint, jsonify, request, url_for
 from sqlalchemy import select
 
 from trainq.models.checkpoint import read_meta
-from trainq.service import jobs, registry, sweeps, workers
+from trainq.service import jobs, registry, scoring, sweeps, workers
 from trainq.service.context import db, services
 from trainq.service.http import body_bytes, fail, read_body
 from trainq.service.job_reads import send_checkpoint
-from trainq.service.tables import FINISHED, Checkpoint, Dataset, Job, ModelVersion, Sweep, VersionState
+from trainq.service.tables import FINISHED, BatchJob, Checkpoint, Dataset, Job, ModelVersion, Sweep, VersionState
 
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
 
@@ -363,3 +363,94 @@ def export_finish(version_id: str):
         fail(exc.status, exc.code, str(exc))
     session.commit()
     return jsonify({"state": version.state})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batch scoring: claim, read the model and the input, report progress, upload the output, finish
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def live_batch(batch_id: str) -> BatchJob:
+    try:
+        return scoring.live(db(), batch_id, request.headers.get("X-Trainq-Attempt-Token", ""))
+    except LookupError:
+        fail(404, "not_found", f"no batch {batch_id}")
+
+
+@bp.post("/batches/<hexid:batch_id>/claim")
+def claim_batch(batch_id: str):
+    session = db()
+    try:
+        batch, token = scoring.claim(session, batch_id)
+    except LookupError:
+        fail(404, "not_found", f"no batch {batch_id}")
+    version = session.get(ModelVersion, batch.version_id)
+    dataset = session.get(Dataset, batch.dataset_id) if batch.dataset_id else None
+    if batch.source == "dataset" and dataset is None:
+        batch.status, batch.error, batch.token_hash = "failed", "its dataset was deleted", None
+        session.commit()
+        fail(409, "gone", "the batch's dataset is gone")
+    session.commit()
+    return jsonify({"batch_id": batch.id, "token": token, "source": batch.source, "signature": version.signature,
+                    "columns": dataset.columns if dataset else None,
+                    "model_url": url_for("worker_api.batch_model", batch_id=batch.id),
+                    "input_url": url_for("worker_api.batch_input", batch_id=batch.id)})
+
+
+@bp.get("/batches/<hexid:batch_id>/model")
+def batch_model(batch_id: str):
+    from flask import send_file
+
+    batch = live_batch(batch_id)
+    return send_file(registry.bundle_dir(services().storage, batch.version_id) / "model.onnx",
+                     mimetype="application/octet-stream")
+
+
+@bp.get("/batches/<hexid:batch_id>/input")
+def batch_input(batch_id: str):
+    from flask import send_file
+
+    from trainq.service.uploads import dataset_path
+
+    batch = live_batch(batch_id)
+    if batch.source == "dataset":
+        path = dataset_path(services().storage, batch.dataset_id)
+    else:
+        path = scoring.batch_dir(services().storage, batch.id) / f"input.{batch.source}"
+    if not path.is_file():
+        fail(404, "not_found", "the batch's input is gone")
+    return send_file(path, mimetype="application/octet-stream")
+
+
+@bp.post("/batches/<hexid:batch_id>/progress")
+def batch_progress(batch_id: str):
+    body = read_body()
+    session = db()
+    batch = live_batch(batch_id)
+    try:
+        scoring.progress(batch, body if isinstance(body, dict) else {})
+    except registry.RegistryError as exc:
+        fail(exc.status, exc.code, str(exc))
+    session.commit()
+    return jsonify({"ok": True})
+
+
+@bp.put("/batches/<hexid:batch_id>/output")
+def batch_upload(batch_id: str):
+    blob = body_bytes()
+    return jsonify(scoring.store_output(services().storage, live_batch(batch_id), blob)), 201
+
+
+@bp.post("/batches/<hexid:batch_id>/finish")
+def batch_finish(batch_id: str):
+    body = read_body()
+    session = db()
+    batch = live_batch(batch_id)
+    if not isinstance(body, dict) or body.get("status") not in ("succeeded", "failed"):
+        fail(400, "bad_request", "status must be succeeded or failed")
+    try:
+        batch = scoring.finish(session, services().storage, batch, body)
+    except registry.RegistryError as exc:
+        fail(exc.status, exc.code, str(exc))
+    session.commit()
+    return jsonify({"status": batch.status})

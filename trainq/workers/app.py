@@ -7,7 +7,7 @@ import socket
 
 from celery import Celery, signals
 
-from trainq.broker import EXPORT_TASK, TRAIN_TASK, make_celery
+from trainq.broker import EXPORT_TASK, SCORE_TASK, TRAIN_TASK, make_celery
 from trainq.settings import Settings
 from trainq.workers.client import ServiceClient
 from trainq.workers.presence import Presence, warm_shutdown
@@ -70,6 +70,12 @@ def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "
         from trainq.workers.exporter import run_export
 
         return run_export(version_id, Settings())
+
+    @app.task(name=SCORE_TASK)
+    def score(batch_id: str) -> str:
+        from trainq.workers.scorer import run_score
+
+        return run_score(batch_id, Settings())
 
     return app
 

@@ -1,4 +1,4 @@
-"""the model registry: models (a name per owner), their versions (a bundle a worker exports), aliases
+"""the model registry: models (a name per owner), their versions (a bundle a worker exports), aliases, batch scoring
 
 Revision ID: 0007
 Revises: 0006
@@ -69,7 +69,39 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_model_aliases_version_id'), ['version_id'], unique=False)
 
 
+    op.create_table('batch_jobs',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('owner_id', sa.String(length=32), nullable=True),
+    sa.Column('version_id', sa.String(length=32), nullable=False),
+    sa.Column('dataset_id', sa.String(length=32), nullable=True),
+    sa.Column('source', sa.String(length=8), nullable=False),
+    sa.Column('pool', sa.String(length=63), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('rows', sa.BigInteger(), nullable=True),
+    sa.Column('done', sa.BigInteger(), nullable=False),
+    sa.Column('bad_rows', sa.BigInteger(), nullable=False),
+    sa.Column('problems', JSON, nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('token_hash', sa.String(length=64), nullable=True),
+    sa.Column('output_size', sa.BigInteger(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('heard_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_batch_jobs_dataset_id_datasets'),
+                            ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['owner_id'], ['users.id'], name=op.f('fk_batch_jobs_owner_id_users'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['version_id'], ['model_versions.id'], name=op.f('fk_batch_jobs_version_id_model_versions'),
+                            ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_batch_jobs'))
+    )
+    with op.batch_alter_table('batch_jobs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_batch_jobs_owner_id'), ['owner_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_batch_jobs_version_id'), ['version_id'], unique=False)
+
+
 def downgrade() -> None:
+    op.drop_table('batch_jobs')
     op.drop_table('model_aliases')
     op.drop_table('model_versions')
     op.drop_table('models')

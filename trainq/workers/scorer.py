@@ -1,0 +1,180 @@
+"""Score a batch on this worker with onnxruntime (no torch): read the input row by row against the model's signature,
+report the rows that do not fit by their number, score the rest in chunks while reporting progress, upload a CSV.
+
+Row numbers are those a user sees: a CSV's line number (the header is line 1), an NPZ's or a dataset's row index
+counted from 1."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from trainq.settings import Settings
+from trainq.workers.client import Fenced, Refused, ServiceClient
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4096  # rows a call of onnxruntime; progress is reported after each
+PROBLEMS = 1000  # failed rows described; more are counted
+
+
+class InputProblem(Exception):
+    """The input as a whole does not fit the model (a missing column, a shape): nothing can be scored."""
+
+
+def run_score(batch_id: str, settings: Settings) -> str:
+    client = ServiceClient(settings.service_url, settings.worker_token)
+    base = f"/api/v1/worker/batches/{batch_id}"
+    try:
+        claim = client.call("POST", f"{base}/claim").json()
+    except Refused as exc:
+        log.info("batch %s not claimed: %s", batch_id, exc)
+        return "skipped"
+    token = claim["token"]
+    try:
+        outcome = score(client, claim, base, token)
+    except Fenced:
+        return "fenced"
+    except Exception as exc:  # noqa: BLE001 - the batch fails with the reason; the worker goes on
+        log.exception("batch %s failed", batch_id)
+        outcome = {"status": "failed", "error": str(exc) if isinstance(exc, InputProblem)
+                   else f"{type(exc).__name__}: {exc}"}
+    try:
+        client.call("POST", f"{base}/finish", json=outcome, attempt_token=token)
+    except Fenced:
+        return "fenced"
+    return outcome["status"]
+
+
+def score(client: ServiceClient, claim: dict, base: str, token: str) -> dict:
+    import onnxruntime as ort
+
+    signature = claim["signature"]
+    rows, numbers, carried, problems, bad = read_input(client.download(claim["input_url"], token), claim["source"],
+                                                       signature, claim.get("columns"))
+    client.call("POST", f"{base}/progress", json={"rows": len(numbers) + bad, "done": 0, "bad_rows": bad},
+                attempt_token=token)
+    with tempfile.TemporaryDirectory(prefix="trainq-score-") as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(client.download(claim["model_url"], token))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o["name"] for o in signature["outputs"]]
+    classes = signature.get("class_names")
+    header, lines = answer_columns(names, signature, classes), []
+    for start in range(0, len(rows), CHUNK):
+        results = dict(zip(names, session.run(names, {"x": rows[start:start + CHUNK]}), strict=True))
+        lines += answer_rows(results, classes)
+        client.call("POST", f"{base}/progress", json={"done": min(start + CHUNK, len(rows)) + bad},
+                    attempt_token=token)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["row", *carried[0], *header])
+    for number, kept, answer in zip(numbers, carried[1], lines, strict=True):
+        writer.writerow([number, *kept, *answer])
+    client.call("PUT", f"{base}/output", data=out.getvalue().encode(), attempt_token=token,
+                headers={"Content-Type": "text/csv"})
+    return {"status": "succeeded", "rows": len(numbers) + bad, "done": len(numbers) + bad, "bad_rows": bad,
+            "problems": problems}
+
+
+def read_input(blob: bytes, source: str, signature: dict, columns: list[str] | None):
+    """(rows as float32, their numbers, (carried column names, their values per row), problems, bad row count)."""
+    shape = signature["inputs"][0]["shape"][1:]
+    features = signature.get("features") or []
+    if source == "csv":
+        return _csv(blob, features)
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        if "x" not in archive:
+            raise InputProblem(f"the NPZ file holds {', '.join(archive.files) or 'nothing'}; it needs an array x")
+        x = archive["x"]
+        y = archive["y"] if source == "dataset" and "y" in archive else None
+    if source == "dataset" and columns and features and columns != features:
+        if sorted(columns) != sorted(features):
+            missing = [f for f in features if f not in columns]
+            raise InputProblem(f"the dataset has no column {', '.join(missing[:6])}; the model's features are "
+                               + ", ".join(features[:6]) + (" ..." if len(features) > 6 else ""))
+        x = x[:, [columns.index(f) for f in features]]  # the same columns in another order
+    if list(x.shape[1:]) != shape:
+        raise InputProblem(f"rows of shape {list(x.shape[1:])}; the model takes rows of shape {shape}")
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    good = np.isfinite(flat).all(axis=1)
+    problems = [{"row": int(i) + 1, "message": "holds NaN or Infinity"} for i in np.flatnonzero(~good)[:PROBLEMS]]
+    numbers = (np.flatnonzero(good) + 1).tolist()
+    classes = signature.get("class_names")
+    if y is None:
+        carried = ([], [[] for _ in numbers])
+    else:  # a dataset's own target, by class name: the output can be checked against it at a glance
+        carried = (["target"], [[classes[int(v)] if classes else v] for v in y[good].tolist()])
+    return x[good].astype(np.float32), numbers, carried, problems, int((~good).sum())
+
+
+def _csv(blob: bytes, features: list[str]):
+    if not features:
+        raise InputProblem("this model takes images: send an NPZ file with an array x, not a CSV")
+    try:
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputProblem(f"not UTF-8 text (byte {exc.start})") from None
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader, [])]
+    missing = [f for f in features if f not in header]
+    if missing:
+        raise InputProblem(f"the CSV has no column {', '.join(missing[:6])}" + (" ..." if len(missing) > 6 else "")
+                           + f"; its first line must name the model's features ({', '.join(features[:6])}"
+                           + (" ..." if len(features) > 6 else "") + ")")
+    at = [header.index(f) for f in features]
+    kept = [j for j, h in enumerate(header) if h not in features]
+    rows, numbers, carried, problems, bad = [], [], [], [], 0
+    for line, record in enumerate(reader, start=2):
+        if not record:
+            continue
+        problem = None
+        if len(record) != len(header):
+            problem = f"{len(record)} fields; the header has {len(header)}"
+        else:
+            values = []
+            for j, name in zip(at, features, strict=True):
+                try:
+                    value = float(record[j])
+                except ValueError:
+                    problem = f"{name}: {record[j][:40]!r} is not a number"
+                    break
+                if not math.isfinite(value):
+                    problem = f"{name}: {record[j][:40]!r} is not finite"
+                    break
+                values.append(value)
+        if problem is not None:
+            bad += 1
+            if len(problems) < PROBLEMS:
+                problems.append({"row": line, "message": problem})
+            continue
+        rows.append(values)
+        numbers.append(line)
+        carried.append([record[j] for j in kept])
+    x = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(features))
+    return x, numbers, ([header[j] for j in kept], carried), problems, bad
+
+
+def answer_columns(names: list[str], signature: dict, classes: list[str] | None) -> list[str]:
+    if "label" in names:
+        width = next(o["shape"][1] for o in signature["outputs"] if o["name"] in ("probabilities", "scores"))
+        prefix = "p_" if "probabilities" in names else "score_"
+        return ["label"] + [prefix + (classes[j] if classes else str(j)) for j in range(width)]
+    return ["value"] + (["variance"] if "variance" in names else [])
+
+
+def answer_rows(results: dict[str, np.ndarray], classes: list[str] | None) -> list[list]:
+    if "label" in results:
+        scores = results.get("probabilities", results.get("scores"))
+        labels = [classes[i] if classes else int(i) for i in results["label"].tolist()]
+        return [[label, *(f"{p:.6g}" for p in row)] for label, row in zip(labels, scores.tolist(), strict=True)]
+    value = results["value"][:, 0].tolist()
+    if "variance" in results:
+        return [[f"{v:.6g}", f"{s:.6g}"] for v, s in zip(value, results["variance"][:, 0].tolist(), strict=True)]
+    return [[f"{v:.6g}"] for v in value]
