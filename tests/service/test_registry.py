@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.service.test_api import attempt_headers, claim, submit
 from tests.specs import mlp, with_
 

@@ -160,7 +160,8 @@ def model_paths(binary: dict, no_content: dict) -> dict:
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN}}
     ref = {"name": "name", "in": "path", "required": True, "description": "NAME or NAME@ALIAS",
            "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[a-z0-9][a-z0-9-]{0,62})?$"}}
-    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"}}
+    version = {"name": "version", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"}}
     alias = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string",
                                                                         "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}}
 
@@ -213,24 +214,29 @@ def model_paths(binary: dict, no_content: dict) -> dict:
                             "text/csv": {"schema": {"type": "string"}}}})},
         "/api/v1/models/{name}/versions/{version}/batch": {
             "post": _op("Score a dataset or a CSV/NPZ body with one version", {"202": _object()}, (404, 409),
-                        (name, version), body={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}})},
+                        (name, version), body={"required": True, "content": {"text/csv": {
+                            "schema": {"type": "string"}}}})},
         "/api/v1/models/{name}/batches/{batch_id}": {
             "get": _op("A batch: progress, failed rows by number", {"200": _object()}, found, (name, "batch_id"))},
         "/api/v1/models/{name}/batches/{batch_id}/output": {
             "get": _op("A finished batch's answers (CSV)", {"200": {"description": "CSV", "content": {
                 "text/csv": {"schema": {"type": "string"}}}}}, (400, 404, 409), (name, "batch_id"))},
-        "/v2/health/live": {"get": _op("Open Inference Protocol: live", {"200": _object()}, public=True, error=V2_ERROR)},
+        "/v2/health/live": {"get": _op("Open Inference Protocol: live", {"200": _object()}, public=True,
+                                       error=V2_ERROR)},
         "/v2/health/ready": {"get": _op("Open Inference Protocol: ready", {"200": _object(), "503": _object()},
                                         public=True, error=V2_ERROR)},
-        "/v2/models/{name}": {"get": _op("Model metadata: inputs and outputs", {"200": _object()}, found, (ref,), error=V2_ERROR)},
+        "/v2/models/{name}": {"get": _op("Model metadata: inputs and outputs", {"200": _object()}, found, (ref,),
+                                         error=V2_ERROR)},
         "/v2/models/{name}/ready": {"get": _op("Model ready", {"200": _object()}, found, (ref,), error=V2_ERROR)},
-        "/v2/models/{name}/infer": {"post": _op("Inference", {"200": _object()}, (404, 409), (ref,), body=infer, error=V2_ERROR)},
+        "/v2/models/{name}/infer": {"post": _op("Inference", {"200": _object()}, (404, 409), (ref,), body=infer,
+                                                error=V2_ERROR)},
         "/v2/models/{name}/versions/{version}": {"get": _op("Version metadata", {"200": _object()}, found,
                                                             (name, version), error=V2_ERROR)},
         "/v2/models/{name}/versions/{version}/ready": {"get": _op("Version ready", {"200": _object()}, found,
                                                                   (name, version), error=V2_ERROR)},
-        "/v2/models/{name}/versions/{version}/infer": {"post": _op("Inference with one version", {"200": _object()},
-                                                                   (404, 409), (name, version), body=infer, error=V2_ERROR)},
+        "/v2/models/{name}/versions/{version}/infer": {"post": _op(
+            "Inference with one version", {"200": _object()}, (404, 409), (name, version), body=infer,
+            error=V2_ERROR)},
     }
 
 
