@@ -209,7 +209,7 @@ def download_onnx(name: str, number: str):
 def predict(ref: str):
     started = time.perf_counter()
     p = principal()
-    version = serving(read_connection(), db(), parse_ref(ref), p.id, p.is_admin)
+    version = serving(read_connection(), db, parse_ref(ref), p.id, p.is_admin)
     require_ready(version.model, version)
     signature = version.signature
     x = record_inputs(read_fast(), signature, services().settings.max_predict_rows)

@@ -139,7 +139,7 @@ def binary_outputs(body: dict, names: list[str]) -> set[str]:
 def infer(name: str, number: str | None):
     ref = parse_ref(name if number is None else f"{parse_ref(name).name}/versions/{number}", "model")
     p = principal()
-    version = serving(read_connection(), db(), ref, p.id, p.is_admin)
+    version = serving(read_connection(), db, ref, p.id, p.is_admin)
     require_ready(version.model, version)
     signature = version.signature
     body, binary = read_request()

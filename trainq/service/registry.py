@@ -11,6 +11,7 @@ A model is addressed as `name` (its newest ready version), `name@alias` or `name
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -18,9 +19,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -142,28 +143,36 @@ def require_ready(model: str, version) -> None:
                             + (f": {version.error}" if version.error else ""), "version")
 
 
-def serving(conn, session: Session, ref: Ref, owner_id: str, is_admin: bool) -> Serving:
+def serving(conn, session: Callable[[], Session], ref: Ref, owner_id: str, is_admin: bool) -> Serving:
     """The version a prediction addresses, in one plain query on `conn` (a prediction's whole budget is a few
-    milliseconds); when none matches, `resolve` finds the error that says why. Bare `name` is its newest ready
-    version."""
-    query = select(Model.name, ModelVersion.id, ModelVersion.version, ModelVersion.state, ModelVersion.error,
-                   ModelVersion.signature).where(Model.name == ref.name)
-    if ref.alias is not None:
-        query = query.join(ModelAlias, ModelAlias.model_id == Model.id).join(
-            ModelVersion, ModelVersion.id == ModelAlias.version_id).where(ModelAlias.alias == ref.alias)
-    else:
-        query = query.join(ModelVersion, ModelVersion.model_id == Model.id)
-        query = query.where(ModelVersion.version == ref.version) if ref.version is not None else query.where(
-            ModelVersion.state == VersionState.ready.value)
-    if is_admin:  # the admin's own model of that name first, then the oldest of anyone's
-        query = query.order_by((Model.owner_id == owner_id).desc(), Model.created_at)
-    else:
-        query = query.where(Model.owner_id == owner_id)
-    row = conn.execute(query.order_by(ModelVersion.version.desc()).limit(1)).first()
+    milliseconds; the statements are built once, see `_serving_query`); when none matches, `resolve` finds the error
+    that says why, in the ORM session `session()` opens only then. Bare `name` is its newest ready version."""
+    kind = "alias" if ref.alias is not None else "version" if ref.version is not None else "ready"
+    row = conn.execute(_serving_query(kind, is_admin), {"name": ref.name, "alias": ref.alias, "version": ref.version,
+                                                        "owner": owner_id}).first()
     if row is None:
-        model, version = resolve(session, ref, owner_id, is_admin, ready_only=True)
+        model, version = resolve(session(), ref, owner_id, is_admin, ready_only=True)
         row = (model.name, version.id, version.version, version.state, version.error, version.signature)
     return Serving(*row)
+
+
+@functools.cache
+def _serving_query(kind: str, is_admin: bool):
+    """Building a SELECT costs more than running it: each of the six shapes is built once, with bound parameters."""
+    query = select(Model.name, ModelVersion.id, ModelVersion.version, ModelVersion.state, ModelVersion.error,
+                   ModelVersion.signature).where(Model.name == bindparam("name"))
+    if kind == "alias":
+        query = query.join(ModelAlias, ModelAlias.model_id == Model.id).join(
+            ModelVersion, ModelVersion.id == ModelAlias.version_id).where(ModelAlias.alias == bindparam("alias"))
+    else:
+        query = query.join(ModelVersion, ModelVersion.model_id == Model.id)
+        query = query.where(ModelVersion.version == bindparam("version")) if kind == "version" else query.where(
+            ModelVersion.state == VersionState.ready.value)
+    if is_admin:  # the admin's own model of that name first, then the oldest of anyone's
+        query = query.order_by((Model.owner_id == bindparam("owner")).desc(), Model.created_at)
+    else:
+        query = query.where(Model.owner_id == bindparam("owner"))
+    return query.order_by(ModelVersion.version.desc()).limit(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
