@@ -9,7 +9,7 @@ as uint8, a quarter of the memory of float32, and scaled to float when a batch i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -80,15 +80,16 @@ class Data:
     y_mean: float = 0.0  # regression targets are trained standardized; metrics are reported in the original units
     y_std: float = 1.0
     preprocessing: Preprocessing | None = None
+    regions: torch.Tensor | None = None  # gap_sine: each test row's region, an index into region_names
+    region_names: tuple[str, ...] = ()
 
     def to(self, device: torch.device | str) -> "Data":
-        return Data(self.train.to(device), self.val.to(device), self.test.to(device), self.classes, self.y_mean,
-                    self.y_std, self.preprocessing)
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
     def pinned(self, device: torch.device | str) -> "Data":
         """Host memory the GPU copies from without staging: for data streamed batch by batch to `device`."""
-        return Data(self.train.pinned(device), self.val.pinned(device), self.test.pinned(device), self.classes,
-                    self.y_mean, self.y_std, self.preprocessing)
+        return replace(self, train=self.train.pinned(device), val=self.val.pinned(device),
+                       test=self.test.pinned(device))
 
 
 def _logic_gate(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +154,35 @@ def _inverse_sine(n: int, noise: float, rng: np.random.Generator) -> tuple[np.nd
     return x.reshape(-1, 1), t
 
 
+GAP_SINE_REGIONS = ("in", "gap", "far", "farther")
+GAP_SINE_PROBES = 100  # test points in each region away from the training data
+
+
+def _gap_sine(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """y = sin(3x) + N(0, noise^2) with x drawn from [-1, -0.35] and [0.35, 1] (n points), then test probes where
+    no training point is: the gap |x| < 0.15, |x| in 2-3 (far) and 4-6 (farther), GAP_SINE_PROBES each."""
+    side = rng.choice([-1.0, 1.0], n)
+    x_in = side * rng.uniform(0.35, 1.0, n)
+    probes = [rng.uniform(-0.15, 0.15, GAP_SINE_PROBES)]
+    for low, high in ((2.0, 3.0), (4.0, 6.0)):
+        probes.append(rng.choice([-1.0, 1.0], GAP_SINE_PROBES) * rng.uniform(low, high, GAP_SINE_PROBES))
+    x = np.concatenate([x_in, *probes])
+    y = np.sin(3 * x) + rng.normal(0, noise, len(x))
+    return x.reshape(-1, 1).astype(np.float32), y.astype(np.float32)
+
+
+def splits(spec: DatasetSpec, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The train, validation and test rows of a dataset of `rows` rows, by its seed. A truth table has nothing to
+    hold out (every split is the whole table); gap_sine's probes away from the data all go to its test split."""
+    if spec.name in LOGIC_GATES:
+        everything = np.arange(rows)
+        return everything, everything, everything
+    if spec.name == "gap_sine":
+        train, val, test = split_indices(spec.n_samples, spec.val_fraction, spec.test_fraction, spec.seed)
+        return train, val, np.concatenate([test, np.arange(spec.n_samples, rows)])
+    return split_indices(rows, spec.val_fraction, spec.test_fraction, spec.seed)
+
+
 def one_hot(x: np.ndarray, columns: list[int], train: np.ndarray) -> np.ndarray:
     """Replace each nominal column by its one-hot code, in place; categories are those of the training rows
     (sorted), and a value never seen in training codes as all zeros."""
@@ -191,6 +221,8 @@ def raw(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) 
         x, y = _shapes(n, spec.image_size, spec.channels, spec.classes, spec.noise, np.random.default_rng(seed))
     elif name == "inverse_sine":
         x, y = _inverse_sine(n, spec.noise, np.random.default_rng(seed))
+    elif name == "gap_sine":
+        x, y = _gap_sine(n, spec.noise, np.random.default_rng(seed))
     else:
         loader = {"digits": sk.load_digits, "iris": sk.load_iris, "wine": sk.load_wine,
                   "breast_cancer": sk.load_breast_cancer, "diabetes": sk.load_diabetes}[name]
@@ -240,11 +272,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 def load(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> Data:
     """Load, split and preprocess a dataset; statistics come from the training split only."""
     x, y = raw(spec, arrays)
-    if spec.name in LOGIC_GATES:
-        # A truth table has nothing to hold out: every split is the whole table.
-        train = val = test = np.arange(len(x))
-    else:
-        train, val, test = split_indices(len(x), spec.val_fraction, spec.test_fraction, spec.seed)
+    train, val, test = splits(spec, len(x))
 
     nominal = spec.preprocess.one_hot
     scale = spec.preprocess.scale
@@ -286,4 +314,10 @@ def load(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None)
 
     fitted = Preprocessing(np.asarray(shift, np.float64).ravel().tolist(), np.asarray(div, np.float64).ravel().tolist(),
                            categories, images, y_mean, y_std)
-    return Data(part(train), part(val), part(test), classes, y_mean, y_std, fitted)
+    regions = None
+    if spec.name == "gap_sine":
+        codes = np.zeros(len(x), dtype=np.int64)
+        codes[spec.n_samples:] = 1 + np.arange(len(x) - spec.n_samples) // GAP_SINE_PROBES
+        regions = torch.from_numpy(codes[test])
+    return Data(part(train), part(val), part(test), classes, y_mean, y_std, fitted, regions,
+                GAP_SINE_REGIONS if regions is not None else ())

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from trainq.models.augment import build_augmentation, tta_views
+from trainq.models.bayes import (classification_measures, fit_noise, kl_divergence, regression_measures,
+                                 sampling_mode)
 from trainq.models.callbacks import Checkpointer, EarlyStopping
 from trainq.models.checkpoint import restore
 from trainq.models.datasets import Data, Split, load
@@ -242,6 +244,7 @@ def train_one_epoch(state: State) -> None:
     n, size, log_every = len(train), batch_size(spec), spec.training.log_every_steps
     micro = min(spec.training.accumulate_steps, size)
     net = state.train_model or model  # with replicas, DDP averages the gradients of their shards (compiled or not)
+    objective_loss = training_loss(state)
     model.train()
     order = torch.randperm(n, generator=state.generator)
     if not state.on_host:
@@ -271,13 +274,13 @@ def train_one_epoch(state: State) -> None:
         def closure() -> torch.Tensor:
             state.optimizer.zero_grad(set_to_none=True)
             if micro == 1:
-                batch_loss = state.objective.loss(forward(state, net, x), y)
+                batch_loss = objective_loss(forward(state, net, x), y)
                 (batch_loss * share if share != 1.0 else batch_loss).backward()
             else:  # gradient accumulation: each part weighted by its share of the batch, so the sum is the mean
                 batch_loss = x.new_zeros(())
                 for xs, ys in zip(x.tensor_split(micro), y.tensor_split(micro)):
                     if len(xs):
-                        part = state.objective.loss(forward(state, net, xs), ys) * (len(xs) / len(x))
+                        part = objective_loss(forward(state, net, xs), ys) * (len(xs) / len(x))
                         (part * share).backward()
                         batch_loss = batch_loss + part.detach()
             if reg.l1:
@@ -322,6 +325,29 @@ def train_one_epoch(state: State) -> None:
     train_loss = (epoch_sum / n).item()
     _check_finite(train_loss, state.step)
     state.metrics = {"train_loss": train_loss}
+    if variational(state.spec):
+        with torch.no_grad():
+            state.metrics["train_kl"] = float(kl_divergence(model)) / n  # per training row, in nats
+
+
+def variational(spec: JobSpec) -> bool:
+    return spec.inference is not None and spec.inference.method == "variational"
+
+
+def training_loss(state: State) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The objective's loss; for a variational run, mean NLL + beta * KL / N_train with N_train the training rows
+    (not the batch: each batch's loss is a mean, so the whole epoch adds up to one KL)."""
+    base = state.objective.loss
+    if not variational(state.spec):
+        return base
+    inference, rows, model = state.spec.inference, len(state.data.train), state.model
+    warmup = inference.kl_warmup_epochs
+    beta = inference.kl_weight * (min(1.0, (state.epoch + 1) / warmup) if warmup else 1.0)
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return base(out, y) + beta * kl_divergence(model) / rows
+
+    return loss
 
 
 def _shard_sizes(n: int, size: int, world: int, rank: int) -> list[int]:
@@ -360,15 +386,24 @@ def _outputs(state: State, split: Split, tta: bool) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate(state: State, split: Split, prefix: str, tta: bool = False, confusion: bool = False) -> dict[str, Any]:
     """Loss and metrics on a split: accuracy, precision, recall, F1 (macro) for classification; MSE, RMSE, MAE and
-    R² in the target's units for regression. With tta, the test-time augmentations of the spec are averaged."""
-    import torchmetrics.functional as M
-
+    R² in the target's units for regression. With tta, the test-time augmentations of the spec are averaged. A run
+    with an inference block is measured on its predictive distribution (`_evaluate_sampled`)."""
     if len(split) == 0:
         return {}
     model = state.model
     model.eval()
+    if state.spec.inference is not None:
+        return _evaluate_sampled(state, split, prefix, final=confusion)
     averaged = tta and state.spec.test_time_augmentation is not None and state.objective.probabilities is not None
-    out = _outputs(state, split, tta)
+    return _scores(state, _outputs(state, split, tta), split, prefix, averaged, confusion)
+
+
+def _scores(state: State, out: torch.Tensor, split: Split, prefix: str, averaged: bool, confusion: bool
+            ) -> dict[str, Any]:
+    """The loss and metrics of outputs on a split; `averaged`: the outputs are class probabilities (averaged over
+    test-time augmentations or posterior samples), so the loss is their NLL."""
+    import torchmetrics.functional as M
+
     if state.on_host:
         split = Split(split.x, split.y.to(state.device), split.shift, split.scale)
     metrics: dict[str, torch.Tensor] = {}
@@ -397,6 +432,54 @@ def evaluate(state: State, split: Split, prefix: str, tta: bool = False, confusi
         metrics[f"{prefix}_r2"] = M.r2_score(pred.flatten(), target.flatten()) if len(split) > 1 else pred.new_zeros(())
     values = torch.stack([v.float() for v in metrics.values()]).tolist()  # one host sync for all metrics
     return {**dict(zip(metrics, values)), **extra}
+
+
+def _sampled(state: State, split: Split, samples: int) -> torch.Tensor:
+    """(samples, N, outputs): the model's outputs under `samples` draws of its posterior (variational: the Bayesian
+    layers' weights; mc_dropout: the dropout masks, everything else in evaluation mode)."""
+    sampling_mode(state.model, state.spec.inference.method)
+    try:
+        return torch.stack([_outputs(state, split, False) for _ in range(samples)])
+    finally:
+        state.model.eval()
+
+
+def _evaluate_sampled(state: State, split: Split, prefix: str, final: bool) -> dict[str, Any]:
+    """Metrics of the predictive distribution: Monte Carlo samples averaged (val_samples per epoch, samples at the
+    end). Classification: the mean of the samples' probabilities, with NLL, ECE and Brier (and at the end the
+    reliability table, entropy and mutual information). Regression: a Gaussian whose variance is the samples'
+    (epistemic) plus a homoscedastic noise (aleatoric) fitted on the validation split, in the target's units."""
+    inference, data = state.spec.inference, state.data
+    outs = _sampled(state, split, inference.samples if final else inference.val_samples)
+    y = split.y.to(outs.device)
+    if state.objective.predict is not None:
+        probs = torch.stack([state.objective.probabilities(o) for o in outs])
+        return {**_scores(state, probs.mean(0), split, prefix, True, final),
+                **classification_measures(probs, y, prefix, final)}
+    result = _scores(state, outs.mean(0), split, prefix, False, final)
+    points = outs[..., 0] * data.y_std + data.y_mean
+    mean, epistemic = points.mean(0), points.var(0, unbiased=False)
+    target = y[:, 0] * data.y_std + data.y_mean
+    if inference.noise == "fixed":
+        state.noise_var = inference.noise_sigma ** 2
+    elif prefix == "val" or final or state.noise_var is None:
+        held = data.val if len(data.val) else data.train
+        if held is split:
+            state.noise_var = fit_noise(mean, epistemic, target)
+        else:  # the noise of the weights the run ended with, fitted on the validation split
+            val = _sampled(state, held, inference.samples)[..., 0] * data.y_std + data.y_mean
+            held_y = held.y.to(val.device)[:, 0] * data.y_std + data.y_mean
+            state.noise_var = fit_noise(val.mean(0), val.var(0, unbiased=False), held_y)
+    result.update(regression_measures(mean, epistemic, state.noise_var, target, prefix))
+    if final and data.regions is not None and prefix == "test":
+        for code, name in enumerate(data.region_names):
+            chosen = data.regions.to(epistemic.device) == code
+            if chosen.any():
+                result[f"test_std_{name}"] = float(epistemic[chosen].clamp_min(0).sqrt().mean())
+                region = regression_measures(mean[chosen], epistemic[chosen], state.noise_var, target[chosen], "r")
+                result[f"test_coverage95_{name}"] = region["r_coverage95"]
+                result[f"test_rmse_{name}"] = region["r_rmse"]
+    return result
 
 
 def predict(state: State, x: torch.Tensor) -> torch.Tensor:

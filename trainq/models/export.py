@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from trainq import __version__
-from trainq.models.datasets import Preprocessing, class_names, feature_names, raw, split_indices
+from trainq.models.datasets import Preprocessing, class_names, feature_names, raw, splits
 from trainq.models.losses import mdn_split
-from trainq.models.spec import LOGIC_GATES, DatasetInfo, JobSpec
+from trainq.models.spec import DatasetInfo, JobSpec
 from trainq.models.state import State
 
 BATCHES = (1, 7, 256)  # the batch sizes a file is checked at: one row, an odd few, a full batch
@@ -110,9 +110,7 @@ def raw_rows(state: State, which: str, arrays: tuple | None = None) -> np.ndarra
     """The raw (unpreprocessed) features of a split, as the model's users will send them."""
     spec = state.spec.dataset
     x, _ = raw(spec, arrays)
-    if spec.name in LOGIC_GATES:
-        return x.astype(np.float32)
-    train, val, test = split_indices(len(x), spec.val_fraction, spec.test_fraction, spec.seed)
+    train, val, test = splits(spec, len(x))
     return x[{"train": train, "val": val, "test": test}[which]].astype(np.float32)
 
 

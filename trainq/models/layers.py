@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainq.models.bayes import BayesConv2d, BayesLinear, BayesModule
 from trainq.models.registry import Registry
-from trainq.models.spec import (ActivationSpec, BatchnormSpec, Conv2dSpec, DenseSpec, DropoutSpec, FlattenSpec,
-                                JobSpec, MdnSpec, NoiseSpec, PadSpec, PoolSpec, Shape, input_shape)
+from trainq.models.spec import (ActivationSpec, BatchnormSpec, Conv2dBayesSpec, Conv2dSpec, DenseBayesSpec, DenseSpec,
+                                DropoutSpec, FlattenSpec, JobSpec, MdnSpec, NoiseSpec, PadSpec, PoolSpec, Shape,
+                                input_shape)
 
 LAYERS = Registry("layer")
 ACTIVATIONS = Registry("activation")
@@ -137,6 +139,17 @@ def batchnorm(spec: BatchnormSpec, shape: Shape) -> nn.Module:
     return kind(shape[0], eps=spec.eps, momentum=spec.momentum)
 
 
+@LAYERS.register("dense_bayes")
+def dense_bayes(spec: DenseBayesSpec, shape: Shape) -> nn.Module:
+    return BayesLinear(shape[0], spec.units, spec.bias, spec.prior_sigma, spec.posterior_rho_init)
+
+
+@LAYERS.register("conv2d_bayes")
+def conv2d_bayes(spec: Conv2dBayesSpec, shape: Shape) -> nn.Module:
+    return BayesConv2d(shape[0], spec.out_channels, spec.kernel, spec.stride, spec.pad(), spec.bias, spec.prior_sigma,
+                       spec.posterior_rho_init)
+
+
 @LAYERS.register("flatten")
 def flatten(spec: FlattenSpec, shape: Shape) -> nn.Module:
     return nn.Flatten()
@@ -210,7 +223,7 @@ def build_model(spec: JobSpec, shape: Shape | None = None) -> nn.Sequential:
     model = nn.Sequential(*modules)
     init = INITS[spec.model.init.type]
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d, BayesModule)):  # a Bayesian layer: its posterior means
             init(module.weight, spec.model.init)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

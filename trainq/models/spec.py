@@ -70,7 +70,7 @@ class DatasetInfo:
 
 LOGIC_GATES = ("or", "and", "xor")
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a registered model's name
-GENERATORS = ("moons", "circles", "spirals", "blobs", "shapes", "inverse_sine")
+GENERATORS = ("moons", "circles", "spirals", "blobs", "shapes", "inverse_sine", "gap_sine")
 SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 DATASET_NAMES = LOGIC_GATES + GENERATORS + SKLEARN_SETS + ("upload",)
 UPLOAD_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -83,6 +83,7 @@ _BUILTIN_INFO = {
     "moons": DatasetInfo((2,), 2),
     "circles": DatasetInfo((2,), 2),
     "inverse_sine": DatasetInfo((1,), None),
+    "gap_sine": DatasetInfo((1,), None),
     "iris": DatasetInfo((4,), 3, 150),
     "wine": DatasetInfo((13,), 3, 178),
     "breast_cancer": DatasetInfo((30,), 2, 569),
@@ -246,6 +247,27 @@ class Conv2dSpec(Spec):
         return self.out_channels * shape[0] * self.kernel ** 2 + (self.out_channels if self.bias else 0)
 
 
+class BayesFields(Spec):
+    """A mean-field Gaussian posterior per weight, N(mu, softplus(rho)^2), against the prior N(0, prior_sigma^2)."""
+
+    prior_sigma: float = Field(1.0, gt=0, le=100)
+    posterior_rho_init: float = Field(-5.0, ge=-20, le=5)  # softplus(-5) = 0.0067: start near the point estimate
+
+
+class DenseBayesSpec(BayesFields, DenseSpec):
+    type: Literal["dense_bayes"]  # local reparameterization trick
+
+    def param_count(self, shape: Shape) -> int:
+        return 2 * super().param_count(shape)  # a mean and a rho per weight
+
+
+class Conv2dBayesSpec(BayesFields, Conv2dSpec):
+    type: Literal["conv2d_bayes"]  # Flipout
+
+    def param_count(self, shape: Shape) -> int:
+        return 2 * super().param_count(shape)
+
+
 class PoolSpec(Spec):
     type: Literal["pool"]
     kind: Literal["max", "avg", "stochastic"] = "max"  # stochastic: sample a_i with p_i = a_i / sum(a) in training
@@ -318,7 +340,9 @@ class MdnSpec(Spec):
 
 
 LayerSpec = Annotated[Union[DenseSpec, ActivationSpec, DropoutSpec, NoiseSpec, Conv2dSpec, PoolSpec, PadSpec,
-                            BatchnormSpec, FlattenSpec, MdnSpec], Field(discriminator="type")]
+                            BatchnormSpec, FlattenSpec, MdnSpec, DenseBayesSpec, Conv2dBayesSpec],
+                      Field(discriminator="type")]
+BAYES_LAYERS = ("dense_bayes", "conv2d_bayes")
 
 
 class ZerosInit(Spec):
@@ -649,6 +673,22 @@ class TrainingSpec(Spec):
 POOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
+class InferenceSpec(Spec):
+    """Approximate Bayesian inference: predictions average Monte Carlo samples of the posterior."""
+
+    method: Literal["variational", "mc_dropout"]
+    samples: int = Field(50, ge=1, le=1000)  # Monte Carlo samples for the test split and predictions
+    val_samples: int = Field(10, ge=1, le=1000)  # for the per-epoch validation metrics
+    kl_weight: float = Field(1.0, ge=0, le=1_000_000)  # beta: loss = mean NLL + beta * KL / N_train
+    kl_warmup_epochs: int = Field(0, ge=0, le=100_000)  # beta rises linearly from beta / warmup to beta
+    noise: Literal["validation", "fixed"] = "validation"  # regression: the homoscedastic noise variance
+    noise_sigma: float | None = Field(None, gt=0, le=1e9)  # with noise: fixed, in the target's units
+
+    def unused(self) -> set[str]:
+        return ({"kl_weight", "kl_warmup_epochs"} if self.method != "variational" else set()) | (
+            {"noise_sigma"} if self.noise != "fixed" else set())
+
+
 class ResourcesSpec(Spec):
     pool: str = Field("cpu", pattern=POOL_PATTERN)
     priority: int = Field(0, ge=-100, le=100)
@@ -674,6 +714,7 @@ class JobSpec(Spec):
     test_time_augmentation: TtaSpec | None = None
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    inference: InferenceSpec | None = None  # absent: a point estimate
     # When the job succeeds: its model becomes the next version of this registered model (a worker exports it)
     register_as: str | None = Field(None, pattern=MODEL_NAME)
 
@@ -787,6 +828,8 @@ def _concrete(kinds: list[Any]) -> list[Any]:
 
 CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "train_loss")
 REGRESSION_METRICS = ("val_loss", "val_mse", "val_rmse", "val_mae", "val_r2", "train_loss")
+BAYES_CLASSIFICATION_METRICS = ("val_nll", "val_ece", "val_brier", "train_kl")  # with an inference block
+BAYES_REGRESSION_METRICS = ("val_nll", "val_coverage95", "val_coverage68", "val_width95", "val_crps", "train_kl")
 
 
 @dataclass
@@ -948,14 +991,51 @@ def _check_fields(spec: JobSpec, task: str, info: DatasetInfo) -> list[FieldErro
             errors.append(FieldError(f"augmentation[{i}]", f"augmentation needs image data; {ds.name} is tabular"))
         if spec.test_time_augmentation is not None:
             errors.append(FieldError("test_time_augmentation", f"needs image data; {ds.name} is tabular"))
+    errors += _check_inference(spec, task)
     stopping = spec.training.early_stopping
     if stopping is not None:
         allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+        if spec.inference is not None:
+            allowed = allowed + (BAYES_CLASSIFICATION_METRICS if task == "classification" else BAYES_REGRESSION_METRICS)
         if stopping.monitor not in allowed:
             errors.append(FieldError("training.early_stopping.monitor",
                                      f"unknown metric {stopping.monitor!r}; one of {', '.join(allowed)}"))
         if ds.val_fraction == 0 and stopping.monitor.startswith("val_") and (info.fixed_size or 5) > 4:
             errors.append(FieldError("training.early_stopping.monitor", "needs a validation split (val_fraction > 0)"))
+    return errors
+
+
+def _check_inference(spec: JobSpec, task: str) -> list[FieldError]:
+    """What each method needs of the model, and what it cannot be combined with."""
+    errors = []
+    inference = spec.inference
+    bayes = [i for i, layer in enumerate(spec.model.layers) if layer.type in BAYES_LAYERS]
+    if inference is None or inference.method != "variational":
+        errors += [FieldError(f"model.layers[{i}].type", "a Bayesian layer trains only with inference.method: "
+                                                         "variational (add an inference block)") for i in bayes]
+    if inference is None:
+        return errors
+    if inference.method == "variational":
+        if not bayes:
+            errors.append(FieldError("inference.method", "variational needs a Bayesian layer: dense_bayes or "
+                                                         "conv2d_bayes in model.layers"))
+        if spec.optimizer.type == "lbfgs":
+            errors.append(FieldError("optimizer.type", "lbfgs needs a deterministic loss; a variational loss is "
+                                                       "sampled: use adam or sgd"))
+    if inference.method == "mc_dropout" and not any(layer.type == "dropout" and layer.p > 0
+                                                    for layer in spec.model.layers):
+        errors.append(FieldError("inference.method", "mc_dropout samples the dropout layers: add a "
+                                                     "{type: dropout, p: 0.1} layer (p > 0)"))
+    if spec.model.layers[-1].type == "mdn":
+        errors.append(FieldError("inference", "a mixture density head already gives a predictive distribution; "
+                                              "remove the inference block or the mdn layer"))
+    if task == "classification" and spec.loss.type not in ("cross_entropy", "bce", "nll"):
+        errors.append(FieldError("loss.type", f"{spec.loss.type} gives no class probabilities to average over "
+                                              "samples: use cross_entropy (or bce, nll)"))
+    if spec.test_time_augmentation is not None:
+        errors.append(FieldError("test_time_augmentation", "cannot be combined with an inference block"))
+    if inference.noise == "fixed" and inference.noise_sigma is None:
+        errors.append(FieldError("inference.noise_sigma", "noise: fixed needs noise_sigma, in the target's units"))
     return errors
 
 

@@ -322,6 +322,17 @@ class Fenced(Exception):
     """A write from an export claim that a later claim replaced, or after the version was settled."""
 
 
+def new_claim() -> tuple[str, str]:
+    """A fresh claim token and the hash that is stored: a later claim's replaces it, fencing the earlier one."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_token(token)
+
+
+def holds(stored_hash: str | None, token: str) -> bool:
+    """Whether `token` is the live claim's."""
+    return stored_hash is not None and secrets.compare_digest(stored_hash, hash_token(token))
+
+
 def claim_export(session: Session, version_id: str) -> tuple[ModelVersion, str]:
     """Hand the export to a worker: a fresh token (fencing any earlier claim), state `exporting`."""
     version = session.get(ModelVersion, version_id)
@@ -329,8 +340,8 @@ def claim_export(session: Session, version_id: str) -> tuple[ModelVersion, str]:
         raise LookupError(version_id)
     if version.state not in (VersionState.exporting.value, VersionState.verifying.value):
         raise Fenced(f"version {version.version} is {version.state}")
-    token = secrets.token_urlsafe(32)
-    version.export_token_hash, version.state = hash_token(token), VersionState.exporting.value
+    token, version.export_token_hash = new_claim()
+    version.state = VersionState.exporting.value
     session.flush()
     return version, token
 
@@ -339,8 +350,8 @@ def live_export(session: Session, version_id: str, token: str) -> ModelVersion:
     version = session.get(ModelVersion, version_id)
     if version is None:
         raise LookupError(version_id)
-    if (version.export_token_hash is None or not secrets.compare_digest(version.export_token_hash, hash_token(token))
-            or version.state not in (VersionState.exporting.value, VersionState.verifying.value)):
+    if not holds(version.export_token_hash, token) or version.state not in (VersionState.exporting.value,
+                                                                             VersionState.verifying.value):
         raise Fenced("this export claim is no longer live")
     return version
 

@@ -11,7 +11,6 @@ carries its claim's token, as an export's does.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from trainq.service.db import utcnow
-from trainq.service.jobs import hash_token
-from trainq.service.registry import Fenced, RegistryError, require_ready
+from trainq.service.registry import Fenced, RegistryError, holds, new_claim, require_ready
 from trainq.service.tables import BatchJob, Dataset, Job, Model, ModelVersion
 
 PROBLEMS_KEPT = 1000  # failed rows listed in the batch; more are counted
@@ -60,8 +58,8 @@ def claim(session: Session, batch_id: str) -> tuple[BatchJob, str]:
         raise LookupError(batch_id)
     if batch.status not in ("queued", "running"):
         raise Fenced(f"batch {batch_id} is {batch.status}")
-    token = secrets.token_urlsafe(32)
-    batch.token_hash, batch.status = hash_token(token), "running"
+    token, batch.token_hash = new_claim()
+    batch.status = "running"
     batch.started_at = batch.heard_at = utcnow()
     batch.done = batch.bad_rows = 0
     session.flush()
@@ -72,8 +70,7 @@ def live(session: Session, batch_id: str, token: str) -> BatchJob:
     batch = session.get(BatchJob, batch_id)
     if batch is None:
         raise LookupError(batch_id)
-    if (batch.token_hash is None or not secrets.compare_digest(batch.token_hash, hash_token(token))
-            or batch.status != "running"):
+    if not holds(batch.token_hash, token) or batch.status != "running":
         raise Fenced("this scoring claim is no longer live")
     return batch
 

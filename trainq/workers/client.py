@@ -71,3 +71,28 @@ def _body(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text[:500]
+
+
+def run_claimed(client: ServiceClient, base: str, work, failed) -> dict | str:
+    """A piece of work the service hands out by claim (an export, a batch): POST `base`/claim, then
+    `work(claim, token)` gives the outcome (`failed(exc)` the outcome of an exception), then POST `base`/finish with
+    it, every call after the claim carrying the claim's token. Returns the outcome, or "skipped" (nothing to claim:
+    settled already, or gone) or "fenced" (a later claim took it over)."""
+    try:
+        claim = client.call("POST", f"{base}/claim").json()
+    except Refused as exc:
+        log.info("%s not claimed: %s", base, exc)
+        return "skipped"
+    token = claim["token"]
+    try:
+        outcome = work(claim, token)
+    except Fenced:
+        return "fenced"
+    except Exception as exc:  # noqa: BLE001 - a failure is the work's outcome, with its reason; the worker goes on
+        log.exception("%s failed", base)
+        outcome = failed(exc)
+    try:
+        client.call("POST", f"{base}/finish", json=outcome, attempt_token=token)
+    except Fenced:
+        return "fenced"
+    return outcome

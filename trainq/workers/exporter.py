@@ -6,38 +6,20 @@ Every call after the claim carries the claim's token: a second claim of the same
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 
 from trainq.settings import Settings
-from trainq.workers.client import Fenced, Refused, ServiceClient
-
-log = logging.getLogger(__name__)
+from trainq.workers.client import ServiceClient, run_claimed
 
 
 def run_export(version_id: str, settings: Settings) -> str:
     """Export one version; return what happened (skipped, ready, failed, fenced)."""
     client = ServiceClient(settings.service_url, settings.worker_token)
     base = f"/api/v1/worker/exports/{version_id}"
-    try:
-        claim = client.call("POST", f"{base}/claim").json()
-    except Refused as exc:  # settled already, or gone
-        log.info("export of %s not claimed: %s", version_id, exc)
-        return "skipped"
-    token = claim["token"]
-    try:
-        outcome = export(client, claim, base, token)
-    except Fenced:
-        return "fenced"
-    except Exception as exc:  # noqa: BLE001 - a failed export is the version's failure, said with its reason
-        log.exception("export of %s failed", version_id)
-        outcome = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    try:
-        client.call("POST", f"{base}/finish", json=outcome, attempt_token=token)
-    except Fenced:
-        return "fenced"
-    return outcome["state"]
+    outcome = run_claimed(client, base, lambda claim, token: export(client, claim, base, token),
+                          lambda exc: {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+    return outcome if isinstance(outcome, str) else outcome["state"]
 
 
 def export(client: ServiceClient, claim: dict, base: str, token: str) -> dict:

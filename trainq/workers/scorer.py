@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import math
 import tempfile
 from pathlib import Path
@@ -16,9 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trainq.settings import Settings
-from trainq.workers.client import Fenced, Refused, ServiceClient
-
-log = logging.getLogger(__name__)
+from trainq.workers.client import ServiceClient, run_claimed
 
 CHUNK = 4096  # rows a call of onnxruntime; progress is reported after each
 PROBLEMS = 1000  # failed rows described; more are counted
@@ -29,27 +26,13 @@ class InputProblem(Exception):
 
 
 def run_score(batch_id: str, settings: Settings) -> str:
+    """Score one batch; return what happened (skipped, succeeded, failed, fenced)."""
     client = ServiceClient(settings.service_url, settings.worker_token)
     base = f"/api/v1/worker/batches/{batch_id}"
-    try:
-        claim = client.call("POST", f"{base}/claim").json()
-    except Refused as exc:
-        log.info("batch %s not claimed: %s", batch_id, exc)
-        return "skipped"
-    token = claim["token"]
-    try:
-        outcome = score(client, claim, base, token)
-    except Fenced:
-        return "fenced"
-    except Exception as exc:  # noqa: BLE001 - the batch fails with the reason; the worker goes on
-        log.exception("batch %s failed", batch_id)
-        outcome = {"status": "failed", "error": str(exc) if isinstance(exc, InputProblem)
-                   else f"{type(exc).__name__}: {exc}"}
-    try:
-        client.call("POST", f"{base}/finish", json=outcome, attempt_token=token)
-    except Fenced:
-        return "fenced"
-    return outcome["status"]
+    outcome = run_claimed(client, base, lambda claim, token: score(client, claim, base, token),
+                          lambda exc: {"status": "failed", "error": str(exc) if isinstance(exc, InputProblem)
+                                       else f"{type(exc).__name__}: {exc}"})
+    return outcome if isinstance(outcome, str) else outcome["status"]
 
 
 def score(client: ServiceClient, claim: dict, base: str, token: str) -> dict:
