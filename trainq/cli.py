@@ -438,7 +438,13 @@ def _duration(seconds: float) -> str:
 def _show_metrics(metrics: dict) -> None:
     """Final metrics: one scalar a line, a confusion matrix as its rows."""
     for name, value in metrics.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and value and isinstance(value[0], dict):  # a reliability table, bin by bin
+            click.echo(f"{name}: confidence bin, rows, mean confidence, accuracy")
+            for b in value:
+                if b["count"]:
+                    click.echo(f"  {b['low']:.2f}-{b['high']:.2f} {b['count']:>6} {b['confidence']:.3f} "
+                               f"{b['accuracy']:.3f}")
+        elif isinstance(value, list):
             click.echo(f"{name}:")
             for row in value:
                 click.echo("  " + " ".join(f"{v:>5}" for v in row))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from trainq import __version__
+from trainq.models.bayes import BayesModule
 from trainq.models.datasets import Preprocessing, class_names, feature_names, raw, splits
 from trainq.models.losses import mdn_split
 from trainq.models.spec import DatasetInfo, JobSpec
@@ -37,6 +38,9 @@ class Predictor(nn.Module):
 
     def __init__(self, network: nn.Module, prep: Preprocessing, state: State):
         super().__init__()
+        for m in network.modules():  # a variational network answers with its posterior means (no sampling)
+            if isinstance(m, BayesModule):
+                m.sample = False
         self.network = network
         self.classification = state.data.classes is not None
         self.objective = state.objective
@@ -231,5 +235,8 @@ def signature(state: State, arrays: tuple | None = None, columns: list[str] | No
         else:
             outputs.append({"name": name, "datatype": "FP32", "shape": [-1, 1]})
     task = "classification" if classes is not None else ("mixture" if k is not None else "regression")
+    inference = state.spec.inference
     return {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape}], "features": features, "ranges": ranges,
-            "outputs": outputs, "task": task, "class_names": labels}
+            "outputs": outputs, "task": task, "class_names": labels,
+            # the file answers with the posterior means (variational) or dropout off (mc_dropout): no samples yet
+            "trained_with": inference.method if inference is not None else None}

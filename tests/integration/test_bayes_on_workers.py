@@ -1,0 +1,37 @@
+"""A Bayesian network trained on a worker through the service: its predictive metrics arrive with the job, the run
+page draws its reliability diagram, and it registers and answers like any model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.models.test_bayes import bnn
+from tests.specs import with_
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_variational_network_trains_on_a_worker_with_its_calibration_measured(stack):
+    spec = with_(bnn(hidden=(64,)), **{"training.epochs": 8, "training.batch_size": 32, "optimizer.lr": 0.003,
+                                       "register_as": "bayes-digits"})
+    job = stack.wait(stack.submit(spec), timeout=180)
+    assert job["status"] == "succeeded", stack.logs()
+    m = job["metrics"]
+    assert m["test_accuracy"] > 0.85 and 0 <= m["test_ece"] < 0.2 and m["test_nll"] > 0
+    assert [b["count"] for b in m["test_reliability"]] and sum(b["count"] for b in m["test_reliability"]) == 270
+    series = stack.get(f"/api/v1/jobs/{job['id']}/metrics?names=val_nll,val_ece,train_kl")["series"]
+    assert len(series["val_nll"]["value"]) == len(series["train_kl"]["value"]) == 8
+    assert all(v > 0 for v in series["train_kl"]["value"])
+    page = stack.http.get(f"{stack.url}/jobs/{job['id']}", timeout=10).text
+    bins = re.findall(r'<rect class="bin" data-count="(\d+)"', page)
+    assert sum(map(int, bins)) == 270  # the diagram's bars hold every test row
+
+    from tests.integration.test_models import wait_ready
+
+    version = wait_ready(stack, "bayes-digits/versions/1")
+    assert version["state"] == "ready", version
+    answer = stack.http.post(f"{stack.url}/api/v1/models/bayes-digits/predict", timeout=10,
+                             json={"inputs": [[0.0] * 64]}).json()
+    assert sum(answer["predictions"][0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
