@@ -353,3 +353,23 @@ def test_register_a_run_then_promote_diff_and_try_it_on_the_models_page(page, st
     page.locator("#try-result tr").wait_for()
     assert page.inner_text("#try-result td.answer") == "setosa" and "setosa" in page.inner_text("#try-result td >> nth=2")
     snap(page, "models")
+
+
+def test_a_bayesian_regression_run_draws_its_band_and_a_classifier_its_reliability(page, stack):
+    from tests.models.test_bayes import bnn, mc_dropout_mlp
+
+    sine = with_(mc_dropout_mlp(0.1, 0, "gap_sine", outputs=1, epochs=40, units=32), **{"dataset.n_samples": 300})
+    digits = with_(bnn(hidden=(64,)), **{"training.epochs": 6, "training.batch_size": 32})
+    sine_job, digits_job = stack.wait(stack.submit(sine), timeout=120), stack.wait(stack.submit(digits), timeout=120)
+    assert sine_job["status"] == digits_job["status"] == "succeeded", stack.logs()
+    page.goto(f"{stack.url}/jobs/{sine_job['id']}")
+    assert page.locator("#predictive-curve circle.train").count() >= 150
+    assert len(page.get_attribute("#predictive-curve polyline.mean", "points").split()) == 200
+    assert "test_coverage95" in page.inner_text("#final-metrics")
+    page.locator("#predictive-curve").scroll_into_view_if_needed()
+    snap(page, "bayes-band")
+    page.goto(f"{stack.url}/jobs/{digits_job['id']}")
+    counts = [int(c) for c in page.locator("#reliability rect.bin").evaluate_all("els => els.map(e => e.dataset.count)")]
+    assert sum(counts) == 270
+    page.locator("#reliability").scroll_into_view_if_needed()
+    snap(page, "bayes-reliability")

@@ -213,3 +213,16 @@ def test_on_diabetes_the_95_percent_interval_covers_about_95_percent():
         inside += m["test_coverage95"] * rows
         total += rows
     assert 0.88 <= inside / total <= 0.99
+
+
+def test_a_one_dimensional_regression_carries_its_predictive_curve_in_raw_units():
+    spec = with_(mc_dropout_mlp(0.1, 0, "gap_sine", outputs=1, epochs=30, units=32),
+                 **{"dataset.n_samples": 300})
+    curve = fit(parse_spec(spec)).metrics["test_predictive_curve"]
+    assert len(curve["x"]) == 200 and curve["x"][0] < -5.5 and curve["x"][-1] > 5.5  # the probes' range, raw x
+    assert all(lo <= m <= hi for lo, m, hi in zip(curve["low"], curve["mean"], curve["high"]))
+    assert len(curve["train_x"]) >= 150 and all(0.35 <= abs(x) <= 1.0001 for x in curve["train_x"])
+    from trainq.service.dashboard import curve_svg
+
+    drawn = curve_svg(curve)
+    assert len(drawn["points"]) == len(curve["train_x"]) and len(drawn["mean"].split()) == 200

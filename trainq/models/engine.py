@@ -444,6 +444,34 @@ def _sampled(state: State, split: Split, samples: int) -> torch.Tensor:
         state.model.eval()
 
 
+CURVE_POINTS, CURVE_TRAIN_POINTS = 200, 300
+
+
+def _curve(state: State, test: Split) -> dict[str, list[float]]:
+    """A 1-D regression's predictive mean and 95 % band over its inputs' range (the test split's, which may reach
+    past the training data), with training points, all in raw units: what its run page draws."""
+    data, inference = state.data, state.spec.inference
+    shift, div = data.preprocessing.shift[0], data.preprocessing.div[0]
+    seen = torch.cat([data.train.x[:, 0], test.x[:, 0].to(data.train.x.device)])
+    low, high = float(seen.min()), float(seen.max())
+    margin = 0.05 * (high - low or 1.0)
+    grid = torch.linspace(low - margin, high + margin, CURVE_POINTS, device=data.train.x.device).view(-1, 1)
+    outs = _sampled(state, Split(grid, torch.zeros(len(grid), 1, device=grid.device)), inference.samples)
+    points = outs[..., 0] * data.y_std + data.y_mean
+    mean, std = points.mean(0), (points.var(0, unbiased=False) + (state.noise_var or 0.0)).sqrt()
+    every = max(1, len(data.train) // CURVE_TRAIN_POINTS)
+    train_x, train_y = data.train.x[::every, 0], data.train.y[::every, 0] * data.y_std + data.y_mean
+
+    def raw_x(z: torch.Tensor) -> list[float]:
+        return [round(v, 5) for v in (z * div + shift).tolist()]
+
+    def rounded(t: torch.Tensor) -> list[float]:
+        return [round(v, 5) for v in t.tolist()]
+
+    return {"x": raw_x(grid[:, 0]), "mean": rounded(mean), "low": rounded(mean - 1.959964 * std),
+            "high": rounded(mean + 1.959964 * std), "train_x": raw_x(train_x), "train_y": rounded(train_y)}
+
+
 def _evaluate_sampled(state: State, split: Split, prefix: str, final: bool) -> dict[str, Any]:
     """Metrics of the predictive distribution: Monte Carlo samples averaged (val_samples per epoch, samples at the
     end). Classification: the mean of the samples' probabilities, with NLL, ECE and Brier (and at the end the
@@ -471,6 +499,9 @@ def _evaluate_sampled(state: State, split: Split, prefix: str, final: bool) -> d
             held_y = held.y.to(val.device)[:, 0] * data.y_std + data.y_mean
             state.noise_var = fit_noise(val.mean(0), val.var(0, unbiased=False), held_y)
     result.update(regression_measures(mean, epistemic, state.noise_var, target, prefix))
+    if final and prefix == "test" and data.preprocessing is not None and len(data.preprocessing.shift) == 1 \
+            and split.x.dim() == 2 and split.x.shape[1] == 1:
+        result["test_predictive_curve"] = _curve(state, split)
     if final and data.regions is not None and prefix == "test":
         for code, name in enumerate(data.region_names):
             chosen = data.regions.to(epistemic.device) == code

@@ -143,7 +143,26 @@ def runs():
 @bp.get("/jobs/<hexid:job_id>")
 def run(job_id: str):
     job = read_job(job_id)
-    return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]))
+    return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]),
+                           curve=curve_svg((job.get("metrics") or {}).get("test_predictive_curve")))
+
+
+def curve_svg(curve: dict | None, width: float = 480, height: float = 240) -> dict | None:
+    """A 1-D regression's predictive curve as SVG coordinates: the 95 % band, the mean, the training points."""
+    try:
+        xs, mean, low, high = curve["x"], curve["mean"], curve["low"], curve["high"]
+        tx, ty = curve["train_x"], curve["train_y"]
+        x0, x1 = min(xs), max(xs)
+        y0, y1 = min(low + ty), max(high + ty)
+    except (TypeError, KeyError, ValueError):
+        return None
+    sx = lambda v: round((v - x0) / ((x1 - x0) or 1) * width, 1)  # noqa: E731
+    sy = lambda v: round(height - (v - y0) / ((y1 - y0) or 1) * height, 1)  # noqa: E731
+    band = [f"{sx(x)},{sy(h)}" for x, h in zip(xs, high)] + [f"{sx(x)},{sy(lo)}" for x, lo in zip(reversed(xs),
+                                                                                                 reversed(low))]
+    return {"width": width, "height": height, "band": " ".join(band),
+            "mean": " ".join(f"{sx(x)},{sy(m)}" for x, m in zip(xs, mean)),
+            "points": [(sx(x), sy(y)) for x, y in zip(tx, ty)], "x0": x0, "x1": x1, "y0": y0, "y1": y1}
 
 
 def extra_columns(text: str) -> list[str]:
