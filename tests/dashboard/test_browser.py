@@ -351,7 +351,8 @@ def test_register_a_run_then_promote_diff_and_try_it_on_the_models_page(page, st
         page.fill(f"#try-form input[name='{name} (cm)']", value)
     page.click("#try-form button[type=submit]")
     page.locator("#try-result tr").wait_for()
-    assert page.inner_text("#try-result td.answer") == "setosa" and "setosa" in page.inner_text("#try-result td >> nth=2")
+    assert page.inner_text("#try-result td.answer") == "setosa"
+    assert "setosa" in page.inner_text("#try-result td >> nth=2")
     snap(page, "models")
 
 
@@ -369,7 +370,8 @@ def test_a_bayesian_regression_run_draws_its_band_and_a_classifier_its_reliabili
     page.locator("#predictive-curve").scroll_into_view_if_needed()
     snap(page, "bayes-band")
     page.goto(f"{stack.url}/jobs/{digits_job['id']}")
-    counts = [int(c) for c in page.locator("#reliability rect.bin").evaluate_all("els => els.map(e => e.dataset.count)")]
+    bins = page.locator("#reliability rect.bin")
+    counts = [int(c) for c in bins.evaluate_all("els => els.map(e => e.dataset.count)")]
     assert sum(counts) == 270
     page.locator("#reliability").scroll_into_view_if_needed()
     snap(page, "bayes-reliability")

@@ -29,8 +29,8 @@ def bnn(dataset: str = "digits", hidden=(128, 128), outputs: int = 10, **extra) 
 
 @pytest.mark.parametrize("batch_size", [7, 64, "full"])
 def test_the_epoch_loss_is_mean_nll_plus_beta_kl_over_the_training_rows_whatever_the_batch(batch_size):
-    """With the posterior means all but fixed (lr 1e-12, no sampling), an epoch's loss per row is the mean NLL of the training
-    rows plus beta * KL / N_train, the same for every batch size. Dividing the KL by the batch instead would make it
+    """With the posterior means all but fixed (lr 1e-12, no sampling), an epoch's loss per row is the mean NLL of the
+    training rows plus beta * KL / N_train, the same for every batch size. Dividing the KL by the batch instead would make it
     grow as the batches shrink."""
     spec = parse_spec(bnn(**{"training.batch_size": batch_size, "optimizer.lr": 1e-12, "inference.kl_weight": 0.5}))
     state = build(spec, device="cpu")
@@ -99,7 +99,7 @@ def test_measures_of_a_predictive_distribution():
     got = regression_measures(torch.zeros_like(y), torch.zeros_like(y), 4.0, y, "test")
     assert got["test_coverage95"] == pytest.approx(0.95, abs=0.005)
     assert got["test_coverage68"] == pytest.approx(0.6827, abs=0.005)
-    assert got["test_crps"] == pytest.approx(2.0 / math.sqrt(math.pi), rel=0.02)  # E CRPS of a calibrated N(0, s^2): s/sqrt(pi)
+    assert got["test_crps"] == pytest.approx(2.0 / math.sqrt(math.pi), rel=0.02)  # calibrated N(0, s^2): s / sqrt(pi)
     assert got["test_nll"] == pytest.approx(0.5 * math.log(2 * math.pi * 4.0) + 0.5, rel=0.01)
 
 
