@@ -30,8 +30,8 @@ def bnn(dataset: str = "digits", hidden=(128, 128), outputs: int = 10, **extra) 
 @pytest.mark.parametrize("batch_size", [7, 64, "full"])
 def test_the_epoch_loss_is_mean_nll_plus_beta_kl_over_the_training_rows_whatever_the_batch(batch_size):
     """With the posterior means all but fixed (lr 1e-12, no sampling), an epoch's loss per row is the mean NLL of the
-    training rows plus beta * KL / N_train, the same for every batch size. Dividing the KL by the batch instead would make it
-    grow as the batches shrink."""
+    training rows plus beta * KL / N_train, the same for every batch size. Dividing the KL by the batch instead would
+    make it grow as the batches shrink."""
     spec = parse_spec(bnn(**{"training.batch_size": batch_size, "optimizer.lr": 1e-12, "inference.kl_weight": 0.5}))
     state = build(spec, device="cpu")
     for m in state.model.modules():
