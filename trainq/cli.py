@@ -438,7 +438,9 @@ def _duration(seconds: float) -> str:
 def _show_metrics(metrics: dict) -> None:
     """Final metrics: one scalar a line, a confusion matrix as its rows."""
     for name, value in metrics.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):  # a reliability table, bin by bin
+        if isinstance(value, dict):  # a predictive curve: a picture, not a figure
+            click.echo(f"{name:<24} ({len(value.get('x', []))} points; the run page draws it)")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):  # a reliability table, bin by bin
             click.echo(f"{name}: confidence bin, rows, mean confidence, accuracy")
             for b in value:
                 if b["count"]:
