@@ -32,6 +32,15 @@ def test_a_variational_network_trains_on_a_worker_with_its_calibration_measured(
 
     version = wait_ready(stack, "bayes-digits/versions/1")
     assert version["state"] == "ready", version
+    assert version["uncertainty"] == {"method": "variational", "samples": 50}
+    assert [o["name"] for o in version["outputs"]] == ["label", "probabilities", "entropy", "mutual_information"]
     answer = stack.http.post(f"{stack.url}/api/v1/models/bayes-digits/predict", timeout=10,
-                             json={"inputs": [[0.0] * 64]}).json()
-    assert sum(answer["predictions"][0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+                             json={"inputs": [[0.0] * 64, [16.0] * 64]}).json()
+    blank = answer["predictions"][0]
+    assert len(answer["predictions"]) == 2
+    assert sum(blank["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert blank["entropy"] >= blank["mutual_information"] >= 0  # total = aleatoric + epistemic
+    v2 = stack.http.post(f"{stack.url}/v2/models/bayes-digits/infer", timeout=10, json={
+        "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [16.0] * 64}],
+        "outputs": [{"name": "entropy"}, {"name": "mutual_information"}]}).json()
+    assert [o["name"] for o in v2["outputs"]] == ["entropy", "mutual_information"] and v2["outputs"][0]["data"][0] > 0

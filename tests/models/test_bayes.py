@@ -226,3 +226,38 @@ def test_a_one_dimensional_regression_carries_its_predictive_curve_in_raw_units(
 
     drawn = curve_svg(curve)
     assert len(drawn["points"]) == len(curve["train_x"]) and len(drawn["mean"].split()) == 200
+
+
+def test_an_exported_bayesian_model_samples_inside_the_graph_and_answers_its_uncertainty(tmp_path):
+    """The file draws its own posterior samples: two runs differ; its mean agrees with torch's; a classifier answers
+    entropy and mutual information, a regression its predictive and epistemic std, wider far from the data."""
+    import onnxruntime as ort
+
+    from trainq.models.export import export_onnx, raw_rows, signature
+
+    parsed, blobs = parse_spec(with_(bnn(hidden=(32,)), **{"training.epochs": 3, "inference.samples": 30})), []
+    fit(parsed, checkpoint_sink=lambda blob, info: blobs.append(blob))
+    state = build(parsed, device="cpu", resume=blobs[-1])
+    done = export_onnx(state, tmp_path / "bnn.onnx")
+    assert done.outputs == ["label", "probabilities", "entropy", "mutual_information"]
+    assert done.checked[256] < 0.05
+    session = ort.InferenceSession(str(tmp_path / "bnn.onnx"), providers=["CPUExecutionProvider"])
+    rows = raw_rows(state, "test")
+    first, second = session.run(None, {"x": rows}), session.run(None, {"x": rows})
+    assert not np.array_equal(first[1], second[1])  # sampled in the graph
+    assert np.allclose(first[1].sum(1), 1, atol=1e-5) and (first[3] >= 0).all() and (first[2] >= first[3]).all()
+    assert [o["name"] for o in signature(state)["outputs"]] == done.outputs
+    assert signature(state)["uncertainty"] == {"method": "variational", "samples": 30}
+
+    spec = parse_spec({"name": "g", "dataset": {"name": "gap_sine", "n_samples": 300, "seed": 0},
+                       "model": {"layers": [{"type": "dense", "units": 32}, {"type": "activation", "fn": "relu"},
+                                            {"type": "dropout", "p": 0.1}, {"type": "dense", "units": 1}]},
+                       "loss": {"type": "mse"}, "optimizer": {"type": "adam", "lr": 0.01},
+                       "training": {"epochs": 30, "batch_size": 32}, "inference": {"method": "mc_dropout"}})
+    blobs.clear()
+    fit(spec, checkpoint_sink=lambda blob, info: blobs.append(blob))
+    state = build(spec, device="cpu", resume=blobs[-1])
+    assert export_onnx(state, tmp_path / "mc.onnx").outputs == ["value", "std", "epistemic_std"]
+    value, std, epistemic = ort.InferenceSession(str(tmp_path / "mc.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.array([[0.7], [5.0]], dtype=np.float32)})
+    assert (std >= epistemic).all() and epistemic[1, 0] > epistemic[0, 0]  # more spread far from the data

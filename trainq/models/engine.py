@@ -444,6 +444,19 @@ def _sampled(state: State, split: Split, samples: int) -> torch.Tensor:
         state.model.eval()
 
 
+def noise_variance(state: State) -> float:
+    """A Bayesian regression's homoscedastic noise variance in the target's units: fixed by the spec, or fitted by
+    maximum likelihood on the validation split (the training split when there is none) given the epistemic spread."""
+    inference, data = state.spec.inference, state.data
+    if inference.noise == "fixed":
+        return inference.noise_sigma ** 2
+    held = data.val if len(data.val) else data.train
+    with torch.inference_mode():
+        values = _sampled(state, held, inference.samples)[..., 0] * data.y_std + data.y_mean
+    target = held.y.to(values.device)[:, 0] * data.y_std + data.y_mean
+    return fit_noise(values.mean(0), values.var(0, unbiased=False), target)
+
+
 CURVE_POINTS, CURVE_TRAIN_POINTS = 200, 300
 
 
@@ -490,14 +503,10 @@ def _evaluate_sampled(state: State, split: Split, prefix: str, final: bool) -> d
     target = y[:, 0] * data.y_std + data.y_mean
     if inference.noise == "fixed":
         state.noise_var = inference.noise_sigma ** 2
-    elif prefix == "val" or final or state.noise_var is None:
-        held = data.val if len(data.val) else data.train
-        if held is split:
-            state.noise_var = fit_noise(mean, epistemic, target)
-        else:  # the noise of the weights the run ended with, fitted on the validation split
-            val = _sampled(state, held, inference.samples)[..., 0] * data.y_std + data.y_mean
-            held_y = held.y.to(val.device)[:, 0] * data.y_std + data.y_mean
-            state.noise_var = fit_noise(val.mean(0), val.var(0, unbiased=False), held_y)
+    elif split is (data.val if len(data.val) else data.train):
+        state.noise_var = fit_noise(mean, epistemic, target)
+    elif final or state.noise_var is None:  # the noise of the weights the run ended with
+        state.noise_var = noise_variance(state)
     result.update(regression_measures(mean, epistemic, state.noise_var, target, prefix))
     if final and prefix == "test" and data.preprocessing is not None and len(data.preprocessing.shift) == 1 \
             and split.x.dim() == 2 and split.x.shape[1] == 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +34,41 @@ BATCHES = (1, 7, 256)  # the batch sizes a file is checked at: one row, an odd f
 RTOL, ATOL = 1e-3, 1e-5
 
 
+class SampledDropout(nn.Module):
+    """Dropout that samples whatever the mode, written out as a uniform draw and a mask: ONNX's Dropout op would do,
+    but onnxruntime's graph optimizer removes Dropout nodes (as it should for inference), masks and all."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (torch.rand_like(x) >= self.p).to(x.dtype) / (1 - self.p)
+
+
+def with_sampled_dropout(network: nn.Module) -> nn.Module:
+    """A copy of the network whose dropout layers always sample (the run's own network is left as it is)."""
+    import copy
+
+    network = copy.deepcopy(network)
+    for parent in network.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Dropout):
+                setattr(parent, name, SampledDropout(child.p))
+    return network
+
+
 class Predictor(nn.Module):
     """The network with its preprocessing in front and its answer behind, as torch sees the exported graph."""
 
-    def __init__(self, network: nn.Module, prep: Preprocessing, state: State):
+    def __init__(self, network: nn.Module, prep: Preprocessing, state: State, samples: int = 0,
+                 noise_var: float = 0.0):
         super().__init__()
-        for m in network.modules():  # a variational network answers with its posterior means (no sampling)
-            if isinstance(m, BayesModule):
-                m.sample = False
-        self.network = network
+        self.method = state.spec.inference.method if state.spec.inference is not None else None
+        self.network = with_sampled_dropout(network) if samples and self.method == "mc_dropout" else network
+        # samples > 0: the graph draws that many posterior samples per row (the Bayesian layers' weights, or the
+        # dropout masks) and answers with their mean and spread; 0: the posterior means, or dropout off
+        self.samples, self.noise_var = samples, noise_var
         self.classification = state.data.classes is not None
         self.objective = state.objective
         shape = (1, -1, 1, 1) if prep.image else (1, -1)
@@ -60,6 +87,13 @@ class Predictor(nn.Module):
         last = state.spec.model.layers[-1]
         self.components = last.components if last.type == "mdn" else None
 
+    def modes(self) -> "Predictor":
+        """Bayesian layers sample only in a sampling graph (mc_dropout's copy samples its dropout layers)."""
+        for m in self.network.modules():
+            if isinstance(m, BayesModule):
+                m.sample = bool(self.samples)
+        return self
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Raw rows as the network's inputs."""
         if self.eight_bit:
@@ -76,6 +110,8 @@ class Predictor(nn.Module):
         return torch.cat(parts, dim=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.samples:
+            return self.sampled(self.features(x))
         out = self.network(self.features(x))
         if self.components is not None:  # one target: (N, K, 1) mixture parameters
             log_pi, mu, sigma = mdn_split(out, self.components)
@@ -90,7 +126,27 @@ class Predictor(nn.Module):
             return label, self.objective.probabilities(out)
         return label, out
 
+    def sampled(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """T samples of every row in one batch: classification answers the mean probabilities (and their label),
+        the predictive entropy and the mutual information; regression the mean, the predictive std (epistemic plus
+        the noise fitted on the validation split) and the epistemic std, in the target's units."""
+        t, n = self.samples, z.shape[0]
+        out = self.network(z.repeat(t, *([1] * (z.dim() - 1))))
+        if self.classification:
+            p = self.objective.probabilities(out).reshape(t, n, -1)
+            mean = p.mean(0)
+            entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(1)
+            expected = -(p * torch.log(p.clamp_min(1e-12))).sum(2).mean(0)
+            return mean.argmax(1), mean, entropy, (entropy - expected).clamp_min(0)
+        values = (self.objective.point(out) * self.y_std + self.y_mean).reshape(t, n, 1)
+        mean = values.mean(0)
+        epistemic = ((values - mean) ** 2).mean(0)  # (Tensor.var exports to a graph that onnxruntime answers 0 with)
+        return mean, torch.sqrt(epistemic + self.noise_var), torch.sqrt(epistemic)
+
     def output_names(self) -> list[str]:
+        if self.samples:
+            return (["label", "probabilities", "entropy", "mutual_information"] if self.classification
+                    else ["value", "std", "epistemic_std"])
         if self.components is not None:
             return ["value", "variance", "pi", "mu", "sigma"]
         if not self.classification:
@@ -118,22 +174,55 @@ def raw_rows(state: State, which: str, arrays: tuple | None = None) -> np.ndarra
     return x[{"train": train, "val": val, "test": test}[which]].astype(np.float32)
 
 
+SAMPLED_TOLERANCE = 0.1  # a sampling classifier's mean probabilities against torch's own Monte Carlo mean
+
+
 def export_onnx(state: State, path: str | Path, arrays: tuple | None = None, *, meta: dict[str, str] | None = None,
                 written=lambda: None) -> Exported:
     """Write the run's model with its preprocessing as ONNX to `path` and check it: onnxruntime on raw validation rows
     (test rows when there is no validation split) must agree with torch at batch sizes 1, 7 and 256. `meta` joins
-    the file's metadata_props; `written()` is called between writing the file and checking it."""
-    import onnx
-    import onnxruntime as ort
+    the file's metadata_props; `written()` is called between writing the file and checking it.
 
+    A run with an inference block gets a graph that draws `inference.samples` posterior samples per row and answers
+    with their mean and spread. Random draws cannot match torch's, so its posterior-mean twin (the same graph without
+    sampling) is checked exactly first, then the sampling graph's mean against torch's Monte Carlo mean."""
     path = Path(path)
     prep = state.data.preprocessing
     if prep is None:
         raise ExportError("the run's data carries no preprocessing record")
-    predictor = Predictor(state.model, prep, state).cpu().eval()
     rows = raw_rows(state, "val" if len(state.data.val) else "test", arrays)
     if not len(rows):
         raise ExportError("no validation or test rows to check the file with")
+    inference = state.spec.inference
+    if inference is None:
+        predictor = Predictor(state.model, prep, state).cpu().eval().modes()
+        _write(state, predictor, path, rows, meta, written)
+        checked = _check_exact(predictor, path, rows)
+    else:
+        import tempfile
+
+        twin = Predictor(state.model, prep, state).cpu().eval().modes()
+        with tempfile.TemporaryDirectory(prefix="trainq-twin-") as folder:
+            _write(state, twin, Path(folder) / "twin.onnx", rows, None, lambda: None)
+            _check_exact(twin, Path(folder) / "twin.onnx", rows)
+        noise = 0.0
+        if state.data.classes is None:
+            from trainq.models.engine import noise_variance
+
+            noise = noise_variance(state)
+        predictor = Predictor(state.model, prep, state, inference.samples, noise).cpu().eval().modes()
+        _write(state, predictor, path, rows, {"trainq_samples": str(inference.samples),
+                                              "trainq_noise_var": repr(noise), **(meta or {})}, written)
+        checked = _check_sampled(predictor, path, rows)
+        twin.modes()  # the run's own modules back to their posterior means / dropout off
+    shape = [-1, *rows.shape[1:]]
+    return Exported(path, {"x": {"dtype": "float32", "shape": shape}}, predictor.output_names(), checked)
+
+
+def _write(state: State, predictor: Predictor, path: Path, rows: np.ndarray, meta: dict[str, str] | None,
+           written) -> None:
+    import onnx
+
     sample = torch.from_numpy(np.resize(rows, (7, *rows.shape[1:])))  # any batch size but 1 (it would be fixed)
     names = predictor.output_names()
     # "torchvision is not installed", optimizer passes, deprecations: nothing a user acts on
@@ -154,33 +243,68 @@ def export_onnx(state: State, path: str | Path, arrays: tuple | None = None, *, 
             log.setLevel(levels[name])
     model = onnx.load(str(path))
     meta = {"trainq_version": __version__, "trainq_spec": json.dumps(state.spec.model_dump(mode="json")),
-            "trainq_preprocessing": json.dumps(prep.as_dict()), "trainq_outputs": json.dumps(names), **(meta or {})}
+            "trainq_preprocessing": json.dumps(state.data.preprocessing.as_dict()),
+            "trainq_outputs": json.dumps(names), **(meta or {})}
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))
     written()
 
+
+def _runs(predictor: Predictor, path: Path, rows: np.ndarray):
+    """(batch size, torch's answers, onnxruntime's answers) at each size checked."""
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    checked = {}
+    names = predictor.output_names()
     for size in BATCHES:
         batch = np.resize(rows, (size, *rows.shape[1:])).astype(np.float32)
         with torch.no_grad():
             expected = [t.numpy() for t in predictor(torch.from_numpy(batch))]
         got = session.run(names, {"x": batch})
-        worst = 0.0
         for name, want, have in zip(names, expected, got):
             if want.shape != have.shape:
                 raise ExportError(f"{name} at batch size {size}: onnxruntime gives shape {have.shape}, "
                                   f"torch {want.shape}")
+        yield size, dict(zip(names, expected)), dict(zip(names, got))
+
+
+def _check_exact(predictor: Predictor, path: Path, rows: np.ndarray) -> dict[int, float]:
+    checked = {}
+    for size, expected, got in _runs(predictor, path, rows):
+        worst = 0.0
+        for name, want in expected.items():
+            have = got[name]
             difference = float(np.max(np.abs(have.astype(np.float64) - want)))
             if not np.allclose(have, want, rtol=RTOL, atol=ATOL):
                 raise ExportError(f"{name} at batch size {size}: onnxruntime and torch disagree "
                                   f"(largest difference {difference:.3g})")
             worst = max(worst, difference)
         checked[size] = worst
-    shape = [-1, *rows.shape[1:]]
-    return Exported(path, {"x": {"dtype": "float32", "shape": shape}}, names, checked)
+    return checked
+
+
+def _check_sampled(predictor: Predictor, path: Path, rows: np.ndarray) -> dict[int, float]:
+    """Both draw their own samples, so their means differ by Monte Carlo error: on the full batch, the mean absolute
+    difference must stay within SAMPLED_TOLERANCE of a probability (classification), or within four standard errors
+    of the difference of two T-sample means (regression: 4 sqrt(2/T) times the epistemic std); every answer must be
+    finite."""
+    checked = {}
+    for size, expected, got in _runs(predictor, path, rows):
+        if not all(np.isfinite(v).all() for v in got.values()):
+            raise ExportError(f"the sampling graph gives a value that is not finite at batch size {size}")
+        if "probabilities" in got:
+            difference = float(np.abs(got["probabilities"] - expected["probabilities"]).mean())
+            bound = SAMPLED_TOLERANCE
+        else:
+            difference = float(np.abs(got["value"] - expected["value"]).mean())
+            bound = 4 * math.sqrt(2 / predictor.samples) * float(np.mean(expected["epistemic_std"])) + 1e-5
+        if size == BATCHES[-1] and difference > bound:
+            raise ExportError(f"the sampling graph's mean and torch's differ by {difference:.3g} on average, more "
+                              f"than Monte Carlo error explains ({bound:.3g})")
+        checked[size] = difference
+    return checked
 
 
 def state_from_checkpoint(blob: bytes, arrays: tuple | None = None, info: DatasetInfo | None = None) -> State:
@@ -222,12 +346,13 @@ def signature(state: State, arrays: tuple | None = None, columns: list[str] | No
     classes = state.data.classes
     labels = names if names and classes is not None and len(names) == classes else (
         class_names(state.spec.dataset) if classes is not None else None)
-    predictor = Predictor(state.model, state.data.preprocessing, state)
+    inference = state.spec.inference
+    predictor = Predictor(state.model, state.data.preprocessing, state, inference.samples if inference else 0)
     outputs = []
     k = predictor.components
     for name in predictor.output_names():
-        if name == "label":
-            outputs.append({"name": name, "datatype": "INT64", "shape": [-1]})
+        if name in ("label", "entropy", "mutual_information"):
+            outputs.append({"name": name, "datatype": "INT64" if name == "label" else "FP32", "shape": [-1]})
         elif name in ("probabilities", "scores"):
             outputs.append({"name": name, "datatype": "FP32", "shape": [-1, classes]})
         elif name in ("pi", "mu", "sigma"):
@@ -235,8 +360,6 @@ def signature(state: State, arrays: tuple | None = None, columns: list[str] | No
         else:
             outputs.append({"name": name, "datatype": "FP32", "shape": [-1, 1]})
     task = "classification" if classes is not None else ("mixture" if k is not None else "regression")
-    inference = state.spec.inference
     return {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape}], "features": features, "ranges": ranges,
             "outputs": outputs, "task": task, "class_names": labels,
-            # the file answers with the posterior means (variational) or dropout off (mc_dropout): no samples yet
-            "trained_with": inference.method if inference is not None else None}
+            "uncertainty": {"method": inference.method, "samples": inference.samples} if inference else None}

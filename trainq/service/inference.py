@@ -331,7 +331,8 @@ def v2_outputs(results: dict[str, np.ndarray], signature: dict, binary: set[str]
 
 
 def friendly(results: dict[str, np.ndarray], signature: dict) -> list[dict]:
-    """Per row: the label and probabilities by class name, or the value (and a mixture's variance and components)."""
+    """Per row: the label and probabilities by class name, or the value (and a mixture's variance and components);
+    a Bayesian model's entropy and mutual information, or its predictive and epistemic standard deviation."""
     names = signature.get("class_names")
     rows = []
     count = len(next(iter(results.values())))
@@ -345,8 +346,14 @@ def friendly(results: dict[str, np.ndarray], signature: dict) -> list[dict]:
             if scores is not None:
                 key = "probabilities" if "probabilities" in results else "scores"
                 row[key] = {(names[j] if names else str(j)): float(p) for j, p in enumerate(scores[i])}
+            for key in ("entropy", "mutual_information"):  # a Bayesian model's: total and epistemic uncertainty
+                if key in results:
+                    row[key] = float(results[key][i])
         else:
             row["value"] = float(results["value"][i, 0])
+            for key in ("std", "epistemic_std"):
+                if key in results:
+                    row[key] = float(results[key][i, 0])
             if "variance" in results:
                 row["variance"] = float(results["variance"][i, 0])
                 row["mixture"] = {k: results[k][i].tolist() for k in ("pi", "mu", "sigma")}

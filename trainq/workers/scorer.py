@@ -148,16 +148,17 @@ def answer_columns(names: list[str], signature: dict, classes: list[str] | None)
     if "label" in names:
         width = next(o["shape"][1] for o in signature["outputs"] if o["name"] in ("probabilities", "scores"))
         prefix = "p_" if "probabilities" in names else "score_"
-        return ["label"] + [prefix + (classes[j] if classes else str(j)) for j in range(width)]
-    return ["value"] + (["variance"] if "variance" in names else [])
+        return ["label"] + [prefix + (classes[j] if classes else str(j)) for j in range(width)] + [
+            n for n in ("entropy", "mutual_information") if n in names]
+    return ["value"] + [n for n in ("variance", "std", "epistemic_std") if n in names]
 
 
 def answer_rows(results: dict[str, np.ndarray], classes: list[str] | None) -> list[list]:
     if "label" in results:
         scores = results.get("probabilities", results.get("scores"))
         labels = [classes[i] if classes else int(i) for i in results["label"].tolist()]
-        return [[label, *(f"{p:.6g}" for p in row)] for label, row in zip(labels, scores.tolist(), strict=True)]
-    value = results["value"][:, 0].tolist()
-    if "variance" in results:
-        return [[f"{v:.6g}", f"{s:.6g}"] for v, s in zip(value, results["variance"][:, 0].tolist(), strict=True)]
-    return [[f"{v:.6g}"] for v in value]
+        extra = [results[n].reshape(len(labels), 1) for n in ("entropy", "mutual_information") if n in results]
+        tail = np.concatenate([scores, *extra], axis=1).tolist()
+        return [[label, *(f"{p:.6g}" for p in row)] for label, row in zip(labels, tail, strict=True)]
+    columns = [results[n].reshape(-1, 1) for n in ("value", "variance", "std", "epistemic_std") if n in results]
+    return [[f"{v:.6g}" for v in row] for row in np.concatenate(columns, axis=1).tolist()]
