@@ -139,8 +139,7 @@ class Predictor(nn.Module):
             expected = -(p * torch.log(p.clamp_min(1e-12))).sum(2).mean(0)
             return mean.argmax(1), mean, entropy, (entropy - expected).clamp_min(0)
         values = (self.objective.point(out) * self.y_std + self.y_mean).reshape(t, n, 1)
-        mean = values.mean(0)
-        epistemic = ((values - mean) ** 2).mean(0)  # (Tensor.var exports to a graph that onnxruntime answers 0 with)
+        mean, epistemic = values.mean(0), values.var(0, unbiased=False)
         return mean, torch.sqrt(epistemic + self.noise_var), torch.sqrt(epistemic)
 
     def output_names(self) -> list[str]:
