@@ -148,3 +148,11 @@ def test_any_request_is_checked_or_refused_with_paths_never_crashes():
                 assert x.dtype == np.float32 and x.shape[1:] == (3,) and np.isfinite(x).all()
 
     check()
+
+
+def test_a_number_beyond_float32_is_named_not_turned_into_infinity():
+    big = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1e39, 2, 3]}]}
+    assert errors_of(v2_inputs, big, SIGNATURE, 10)[0][0] == "inputs[0].data[0]"
+    assert errors_of(record_inputs, {"records": [{"a": 1, "b": -1e300, "c": 3}]}, SIGNATURE, 10) == [
+        ("records[0].b", "-1e+300 is beyond float32's range (±3.4e+38)")]
+    assert errors_of(record_inputs, {"inputs": [[1, 2, 3], [1, 2, 10**40]]}, SIGNATURE, 10)[0][0] == "inputs[1][2]"

@@ -178,6 +178,19 @@ def numbers(values: list, path: str, errors: Errors, integer: bool = False) -> n
     return None if bad else np.asarray(values, dtype=np.float64)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float32(values: np.ndarray, path: str, errors: Errors, names=None) -> np.ndarray | None:
+    """The values as float32, the model's dtype; one past float32's range (about 3.4e38) would become infinity, so
+    it is an error naming its place (`names(i)` gives the path of flat index i, else path[i])."""
+    too_big = np.flatnonzero(np.abs(values.reshape(-1)) > FLOAT32_MAX)
+    for i in too_big:
+        errors.add(names(int(i)) if names else f"{path}[{i}]", f"{values.reshape(-1)[i]:.3g} is beyond float32's range "
+                                                                f"(±{FLOAT32_MAX:.3g})")
+    return None if len(too_big) else values.astype(np.float32)
+
+
 def json_type(v: Any) -> str:
     return {bool: "a boolean", str: "a string", type(None): "null", dict: "an object", list: "a list"}.get(
         type(v), type(v).__name__)
@@ -237,8 +250,9 @@ def v2_inputs(body: Any, signature: dict, max_rows: int, binary: dict[int, bytes
         if len(values) != int(np.prod(shape)):
             errors.add(f"{where}.data", f"holds {len(values)} values; shape {shape} needs {int(np.prod(shape))}")
             continue
-        if x is None:
-            x = values.astype(np.float32).reshape(shape)
+        values = as_float32(values, f"{where}.data", errors)
+        if x is None and values is not None:
+            x = values.reshape(shape)
     wanted = None
     if "outputs" in body:
         outputs = body["outputs"]
@@ -282,7 +296,7 @@ def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
             raise InputError([{"path": "records", "message": "this model takes images, not named features: send "
                                                              f"'inputs' as rows of shape {declared}"}], 400)
         known = set(features)
-        x = np.zeros((len(rows), len(features)), dtype=np.float32)
+        x = np.zeros((len(rows), len(features)), dtype=np.float64)
         for i, record in enumerate(rows):
             if not isinstance(record, dict):
                 errors.add(f"records[{i}]", "must be an object of feature name -> number")
@@ -298,6 +312,7 @@ def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
                 if name not in known:
                     errors.add(f"records[{i}].{name}", "is not a feature of this model; its features are "
                                                        + ", ".join(features))
+        x = as_float32(x, "records", errors, lambda k: f"records[{k // len(features)}].{features[k % len(features)]}")
         errors.check()
         return x
     shape = _nested_shape(rows)
@@ -308,7 +323,10 @@ def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
                                                            if features else "")}])
     values = values_of(rows, "inputs", errors)
     errors.check()
-    return values.astype(np.float32).reshape([len(rows), *declared])
+    width = int(np.prod(declared))
+    values = as_float32(values, "inputs", errors, lambda k: f"inputs[{k // width}][{k % width}]")
+    errors.check()
+    return values.reshape([len(rows), *declared])
 
 
 def v2_outputs(results: dict[str, np.ndarray], signature: dict, binary: set[str] = frozenset()
