@@ -85,11 +85,11 @@ def test_register_as_exports_a_verified_version_that_reproduces_the_jobs_accurac
     labels = result.as_numpy("label")
     assert result.get_response()["id"] == "r-1" and result.as_numpy("probabilities") is None
     accuracy = float((labels == y).mean())
-    assert accuracy == pytest.approx(job["metrics"]["test_accuracy"], abs=1e-6)
+    assert accuracy == pytest.approx(job["metrics"]["test_accuracy"], abs=1e-6)  # the same count (float32)
     binary = httpclient.InferInput("x", list(x.shape), "FP32")
     binary.set_data_from_numpy(x)  # tritonclient's default: the binary data extension, both ways
     both = client.infer("digits", [binary], headers=auth)
-    assert np.array_equal(both.as_numpy("label"), labels) and both.as_numpy("probabilities").shape == (len(x), 10)  # the same count (float32)
+    assert np.array_equal(both.as_numpy("label"), labels) and both.as_numpy("probabilities").shape == (len(x), 10)
 
     onnx_file = stack.http.get(f"{stack.url}/api/v1/models/digits/versions/1/onnx", timeout=10)
     session = ort.InferenceSession(onnx_file.content, providers=["CPUExecutionProvider"])

@@ -54,7 +54,8 @@ def test_every_v2_mistake_is_listed_with_its_path():
     rows = {"inputs": [{"name": "x", "shape": [101, 3], "datatype": "FP32", "data": []}]}
     assert "over the limit of 100" in errors_of(v2_inputs, rows, SIGNATURE, 100)[0][1]
     ints = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT64", "data": [1, 2.5, 3]}]}
-    assert errors_of(v2_inputs, ints, SIGNATURE, 100) == [("inputs[0].data[1]", "2.5 is not a whole number, and the datatype is an integer type")]
+    assert errors_of(v2_inputs, ints, SIGNATURE, 100) == [
+        ("inputs[0].data[1]", "2.5 is not a whole number, and the datatype is an integer type")]
 
 
 def test_records_by_name_in_the_models_order_and_every_mistake_at_once():
