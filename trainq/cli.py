@@ -589,18 +589,27 @@ def cancel(job_id: str, url: str | None, token: str | None) -> None:
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write checkpoints here.")
-def train(spec_file: str, device: str | None, out: str | None) -> None:
-    """Train a spec in the foreground with no service: the engine alone."""
-    from trainq.models.engine import fit
+@click.option("--pack", "packs", multiple=True, metavar="FIELD=V1,V2,...",
+              help="Train one member per value (repeat for a grid of all combinations) as one packed model, e.g. "
+                   "--pack optimizer.lr=0.001,0.003 --pack training.seed=0,1,2.")
+def train(spec_file: str, device: str | None, out: str | None, packs: tuple[str, ...]) -> None:
+    """Train a spec in the foreground with no service: the engine alone (or a pack of its variants)."""
     from trainq.models.spec import SpecError, parse_spec
     from trainq.models.state import Callback
 
+    raw = load_spec_file(spec_file)
     try:
-        spec = parse_spec(load_spec_file(spec_file))
+        spec = parse_spec(raw)
     except SpecError as exc:
         for error in exc.errors:
             click.echo(f"{error.path}: {error.message}", err=True)
         raise click.ClickException("the spec is not valid")
+    if packs:
+        if out:
+            raise click.ClickException("--out does not write a pack's checkpoints yet: train a member alone "
+                                       "(its values in the spec) to keep its checkpoints")
+        return _train_pack(spec, packs, device)
+    from trainq.models.engine import fit
 
     class Progress(Callback):
         """A line per epoch, as Keras and Lightning users expect: the metrics, the best so far, elapsed and ETA."""
@@ -631,6 +640,81 @@ def train(spec_file: str, device: str | None, out: str | None) -> None:
     click.echo(f"{result.stop_reason} after {result.epochs} epochs (best epoch {result.best_epoch}); "
                f"setup {result.setup_seconds:.2f}s, training {result.train_seconds:.2f}s")
     _show_metrics(result.metrics)
+
+
+def _pack_values(packs: tuple[str, ...], document: dict) -> list[dict[str, object]]:
+    """--pack FIELD=V1,V2 options as each member's {field: value}, all combinations in order."""
+    import itertools
+
+    from trainq.models.sweep import get_path
+
+    axes = []
+    for option in packs:
+        field, sep, values = option.partition("=")
+        field = field.strip()
+        if not sep or not field or not values.strip():
+            raise click.ClickException(f"--pack {option!r}: write FIELD=V1,V2,... (e.g. optimizer.lr=0.001,0.01)")
+        try:
+            get_path(document, field)
+        except KeyError:
+            raise click.ClickException(f"--pack {field}: the spec has no such field (a dotted path into the spec, "
+                                       "e.g. optimizer.lr, training.seed, model.layers[2].p)")
+        axes.append([(field, yaml.safe_load(v.strip())) for v in values.split(",") if v.strip()])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def _train_pack(spec, packs: tuple[str, ...], device: str | None) -> None:
+    """`trainq train --pack`: every combination of the values as one member of a packed model, trained together."""
+    from trainq.models.packed import PackError, fit_pack
+    from trainq.models.spec import SpecError, parse_spec
+    from trainq.models.sweep import apply
+
+    document = spec.model_dump(mode="json")
+    members = _pack_values(packs, document)
+    specs = []
+    for i, values in enumerate(members):
+        try:
+            specs.append(parse_spec(apply(document, values)))
+        except SpecError as exc:
+            label = ", ".join(f"{k}={v}" for k, v in values.items())
+            for error in exc.errors:
+                click.echo(f"member {i} ({label}): {error.path}: {error.message}", err=True)
+            raise click.ClickException("a member's spec is not valid")
+    click.echo(f"packing {len(specs)} members: " + "; ".join(
+        f"{i}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for i, values in enumerate(members)))
+    started = time.monotonic()
+
+    def progress(pack) -> None:
+        live = [pack.members[m] for m in pack.slots if pack.members[m].live]
+        monitor = pack.members[0].state.tracker.monitor
+        scored = [(m.state.best_score, i) for i, m in enumerate(pack.members) if m.state.best_score is not None]
+        best = ""
+        if scored:
+            score, who = (min if pack.members[0].state.tracker.mode == "min" else max)(scored)
+            best = f"  best {monitor}={score:.4f} (member {who})"
+        click.echo(f"epoch {pack.epoch:>4}/{spec.training.epochs}  live {len(live)}/{len(pack.members)}{best}"
+                   f"  elapsed {_duration(time.monotonic() - started)}")
+
+    try:
+        trained = fit_pack(specs, device=device, on_epoch=progress)
+    except PackError as exc:
+        raise click.ClickException(f"{exc}")
+    names = [k for k in members[0]]
+    shown = [k for k in ("test_loss", "test_accuracy", "test_rmse", "test_r2") if any(
+        k in (m.result.metrics if m.result else {}) for m in trained)]
+    rows = [["member", *names, "stop", "epochs", "best", *shown]]
+    for i, (values, member) in enumerate(zip(members, trained)):
+        result = member.result
+        rows.append([str(i), *(str(values[k]) for k in names), result.stop_reason,
+                     str(result.epochs), str(result.best_epoch),
+                     *(f"{result.metrics[k]:.4f}" if k in result.metrics else "-" for k in shown)])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for i, member in enumerate(trained):
+        if member.failed:
+            click.echo(f"member {i} failed: {member.failed}", err=True)
+    click.echo(f"{len(trained)} members in {_duration(time.monotonic() - started)}")
 
 
 @main.command("export")

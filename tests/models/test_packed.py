@@ -1,0 +1,190 @@
+"""Packed trials: each member of a pack trains exactly as its trial alone (same seeds, per-epoch losses to 1e-4), stops
+where it would alone, and fails or is cancelled alone; specs that cannot pack are told why."""
+
+from __future__ import annotations
+
+import math
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tests.specs import mlp, with_
+from trainq.cli import main
+from trainq.models.engine import fit
+from trainq.models.packed import PackError, check_pack, fit_pack
+from trainq.models.spec import parse_spec
+
+TOLERANCE = 1e-4
+
+
+def dropout_mlp(optimizer: dict, **training) -> dict:
+    layers = [{"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"}, {"type": "dropout", "p": 0.2},
+              {"type": "dense", "units": 32}, {"type": "activation", "fn": "tanh"}, {"type": "dense", "units": 10}]
+    return with_(mlp(**{"epochs": 4, **training}), **{"model.layers": layers, "optimizer": optimizer})
+
+
+def bn_cnn(optimizer: dict, **training) -> dict:
+    # The convolution before batch norm has no bias: batch norm removes it, so its gradient is rounding noise, which
+    # Adam scales up to full steps; the noise then differs between any two ways of summing, packed or not.
+    layers = [{"type": "conv2d", "out_channels": 6, "padding": "same", "bias": False}, {"type": "batchnorm"},
+              {"type": "activation", "fn": "relu"}, {"type": "pool"},
+              {"type": "conv2d", "out_channels": 8, "padding": "same"}, {"type": "activation", "fn": "relu"},
+              {"type": "pool"}, {"type": "flatten"}, {"type": "dense", "units": 4}]
+    return {"name": "shapes-cnn", "dataset": {"name": "shapes", "n_samples": 400, "image_size": 12, "classes": 4,
+                                              "noise": 0.2, "seed": 0},
+            "model": {"init": "he", "layers": layers}, "loss": {"type": "cross_entropy"}, "optimizer": optimizer,
+            "training": {"epochs": 3, "batch_size": 32, "seed": 0, **training}}
+
+
+def members(base: dict, *changes: dict) -> list:
+    return [parse_spec(with_(base, **change)) for change in changes]
+
+
+def assert_same_training(alone, member) -> None:
+    result = member.result
+    assert result.stop_reason == alone.stop_reason and result.epochs == alone.epochs
+    assert result.best_epoch == alone.best_epoch
+    assert len(result.history) == len(alone.history)
+    for a, b in zip(alone.history, result.history):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert math.isclose(a[key], b[key], abs_tol=TOLERANCE), (key, a, b)
+    for key, value in alone.metrics.items():
+        if isinstance(value, float):
+            assert math.isclose(value, result.metrics[key], abs_tol=TOLERANCE), key
+    assert result.metrics.get("test_confusion_matrix") == alone.metrics.get("test_confusion_matrix")
+
+
+VARIED = ({"optimizer.lr": 0.01}, {"optimizer.lr": 0.03, "training.seed": 1},
+          {"optimizer.lr": 0.02, "training.seed": 2, "regularization": {"l2": 1e-3, "max_grad_norm": 0.5}})
+
+
+@pytest.mark.parametrize("build, optimizer", [
+    (dropout_mlp, {"type": "momentum", "lr": 0.01, "momentum": 0.9}),
+    (dropout_mlp, {"type": "adam", "lr": 0.001}),
+    (bn_cnn, {"type": "momentum", "lr": 0.01, "momentum": 0.9}),
+    (bn_cnn, {"type": "adam", "lr": 0.003}),
+], ids=["mlp-dropout-momentum", "mlp-dropout-adam", "cnn-batchnorm-momentum", "cnn-batchnorm-adam"])
+def test_each_member_trains_as_its_trial_alone(build, optimizer):
+    changes = VARIED if optimizer["type"] == "momentum" else [
+        {"optimizer.lr": v["optimizer.lr"] / 10, **{k: x for k, x in v.items() if k != "optimizer.lr"}} for v in VARIED]
+    specs = members(build(optimizer), *changes)
+    packed = fit_pack(specs)
+    for spec, member in zip(specs, packed):
+        assert_same_training(fit(spec), member)
+    # and they did differ: a pack of copies would pass the comparison above too
+    assert len({round(m.result.history[-1]["train_loss"], 4) for m in packed}) == len(specs)
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"type": "sgd", "lr": 0.05}, {"type": "nesterov", "lr": 0.02, "momentum": 0.8},
+    {"type": "rmsprop", "lr": 0.0005, "momentum": 0.5}, {"type": "adagrad", "lr": 0.02},
+    {"type": "adamw", "lr": 0.002}], ids=lambda o: o["type"])
+def test_every_packed_optimizer_follows_torchs_update_rule(optimizer):
+    base = with_(mlp(epochs=3), optimizer=optimizer)
+    changes = [{"training.seed": 3}, {"optimizer.lr": optimizer["lr"] * 2, "regularization": {"weight_decay": 0.01}},
+               {"regularization": {"l1": 1e-4, "input_noise": 0.1}, "loss.label_smoothing": 0.1}]
+    specs = members(base, *changes)
+    for spec, member in zip(specs, fit_pack(specs)):
+        assert_same_training(fit(spec), member)
+
+
+def test_early_stopping_stops_the_same_members_at_the_same_epochs_and_the_pack_shrinks():
+    base = dropout_mlp({"type": "adam", "lr": 0.01}, epochs=40,
+                       early_stopping={"monitor": "val_loss", "patience": 3, "restore_best": True})
+    changes = [{"optimizer.lr": lr, "training.seed": seed} for lr, seed in
+               [(0.01, 0), (0.005, 1), (0.003, 2), (0.001, 3), (0.0003, 4)]]
+    specs = members(base, *changes)
+    seen = []
+    packed = fit_pack(specs, on_epoch=lambda pack: seen.append(len(pack.slots)))
+    alone = [fit(spec) for spec in specs]
+    for a, member in zip(alone, packed):
+        assert_same_training(a, member)
+    stops = [a.epochs for a in alone]
+    assert len(set(stops)) > 1 and min(stops) < 40, stops  # they stopped at different epochs
+    assert seen[-1] < len(specs), seen  # stopped members were compacted away; the rest still matched above
+
+
+def test_a_cancelled_member_stops_alone():
+    specs = members(dropout_mlp({"type": "adam", "lr": 0.001}, epochs=5), {}, {"training.seed": 1},
+                    {"training.seed": 2})
+
+    cancelled = []
+
+    def cancel_second(pack):
+        if pack.epoch == 2:
+            pack.members[1].interrupt.set()
+            cancelled.append(pack.epoch)
+
+    packed = fit_pack(specs, on_epoch=cancel_second)
+    assert cancelled == [2]
+    assert packed[1].result.stop_reason == "cancelled" and packed[1].result.epochs in (2, 3)
+    assert packed[1].result.metrics == {}
+    for i in (0, 2):
+        assert_same_training(fit(specs[i]), packed[i])
+
+
+def test_a_diverging_member_fails_alone_and_the_others_finish():
+    specs = members(mlp(epochs=3, log_every_steps=1), {"optimizer.lr": 0.001},
+                    {"optimizer": {"type": "sgd", "lr": 100.0}, "model.init": {"type": "normal", "std": 10}},
+                    {"optimizer.lr": 0.002})
+    with pytest.raises(PackError, match="member 1 differs from member 0 in model.init"):
+        check_pack(specs)
+    specs = members(with_(mlp(epochs=3, log_every_steps=1), optimizer={"type": "sgd", "lr": 0.01}),
+                    {}, {"optimizer.lr": 90.0}, {"training.seed": 1})
+    packed = fit_pack(specs)
+    assert packed[1].result.stop_reason == "failed" and "lower the learning rate" in packed[1].failed
+    for i in (0, 2):
+        assert packed[i].failed is None
+        assert_same_training(fit(specs[i]), packed[i])
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"model.layers": [{"type": "dense", "units": 32}, {"type": "activation", "fn": "relu"},
+                       {"type": "dense", "units": 10}]}, "member 1 differs from member 0 in model.layers[0].units"),
+    ({"training.batch_size": 32}, "in training.batch_size, which is not packable"),
+    ({"optimizer": {"type": "sgd", "lr": 0.1}}, "in optimizer.type"),
+])
+def test_members_that_differ_in_shape_are_refused_with_the_field(change, says):
+    specs = members(mlp(), {}, change)
+    with pytest.raises(PackError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        fit_pack(specs)
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"optimizer": {"type": "lbfgs"}}, "lbfgs re-evaluates the loss"),
+    ({"schedule": {"type": "one_cycle"}}, "schedule.type: one_cycle is not packed"),
+    ({"training.accumulate_steps": 2}, "accumulation is not packed"),
+])
+def test_what_never_packs_says_so(change, says):
+    with pytest.raises(PackError, match=says):
+        check_pack(members(mlp(), change))
+
+
+def test_trainq_train_pack_prints_one_row_per_member(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(mlp(epochs=3)))
+    result = CliRunner().invoke(main, ["train", str(path), "--pack", "optimizer.lr=0.001,0.01",
+                                       "--pack", "training.seed=0,1"])
+    assert result.exit_code == 0, result.output
+    table = result.output.splitlines()[-6:-1]
+    assert table[0].split()[:3] == ["member", "optimizer.lr", "training.seed"]
+    rows = [line.split() for line in table[1:]]
+    assert [(r[1], r[2]) for r in rows] == [("0.001", "0"), ("0.001", "1"), ("0.01", "0"), ("0.01", "1")]
+    alone = fit(parse_spec(with_(mlp(epochs=3), **{"optimizer.lr": 0.01, "training.seed": 1})))
+    assert float(rows[3][-2]) == pytest.approx(alone.metrics["test_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("option, says", [
+    ("optimizer.learning_rate=0.1,0.2", "--pack optimizer.learning_rate: the spec has no such field"),
+    ("optimizer.lr", "write FIELD=V1,V2"),
+    ("model.layers[0].units=32,64", "differs from member 0 in model.layers[0].units, which is not packable"),
+    ("optimizer.lr=0.1,-1", "member 1 (optimizer.lr=-1): optimizer.lr: "),
+])
+def test_trainq_train_pack_mistakes_get_a_message_not_a_traceback(tmp_path, option, says):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(mlp(epochs=1)))
+    result = CliRunner().invoke(main, ["train", str(path), "--pack", option])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exc_info
+    assert says in result.output
