@@ -665,7 +665,8 @@ def _pack_values(packs: tuple[str, ...], document: dict) -> list[dict[str, objec
 
 def _train_pack(spec, packs: tuple[str, ...], device: str | None) -> None:
     """`trainq train --pack`: every combination of the values as one member of a packed model, trained together."""
-    from trainq.models.packed import PackError, fit_pack
+    from trainq.models.packed import fit_pack
+    from trainq.models.packing import PackError
     from trainq.models.spec import SpecError, parse_spec
     from trainq.models.sweep import apply
 

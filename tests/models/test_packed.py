@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from tests.specs import mlp, with_
 from trainq.cli import main
 from trainq.models.engine import fit
-from trainq.models.packed import PackError, check_pack, fit_pack
+from trainq.models.packed import fit_pack
+from trainq.models.packing import PackError, check_pack
 from trainq.models.spec import parse_spec
 
 TOLERANCE = 1e-4
