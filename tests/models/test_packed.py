@@ -189,3 +189,36 @@ def test_trainq_train_pack_mistakes_get_a_message_not_a_traceback(tmp_path, opti
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit), result.exc_info
     assert says in result.output
+
+
+def test_a_members_checkpoint_resumes_in_a_pack_or_alone_and_a_trials_resumes_in_a_pack():
+    specs = members(dropout_mlp({"type": "momentum", "lr": 0.02, "momentum": 0.9}, epochs=5), {},
+                    {"training.seed": 1, "optimizer.lr": 0.01})
+    saved: list[dict[int, bytes]] = [{}, {}]
+
+    def sink(i):
+        return lambda blob, info: saved[i].__setitem__(info["epoch"], blob)
+
+    whole = fit_pack(specs, checkpoint_sinks=[sink(0), sink(1)], checkpoint_seconds=0)
+    assert sorted(saved[0]) == [1, 2, 3, 4, 5]
+    resumed = fit_pack(specs, resumes=[saved[0][2], saved[1][2]])
+    for a, b in zip(whole, resumed):
+        assert_same_training(a.result, b)  # the history restored up to epoch 2, then the same epochs 3-5
+    alone = fit(specs[1], resume=saved[1][3])  # a member's checkpoint is a trial's: the engine resumes it
+    assert_same_training(alone, whole[1])
+    trial_checkpoints: dict[int, bytes] = {}
+    fit(specs[0], checkpoint_sink=lambda blob, info: trial_checkpoints.__setitem__(info["epoch"], blob))
+    repacked = fit_pack(specs, resumes=[trial_checkpoints[2], saved[1][2]])
+    assert_same_training(whole[0].result, repacked[0])
+    with pytest.raises(PackError, match="resume from different epochs"):
+        fit_pack(specs, resumes=[saved[0][2], saved[1][3]])
+
+
+def test_checkpoints_come_on_a_clock_and_when_a_member_stops():
+    specs = members(mlp(epochs=6, early_stopping={"monitor": "val_loss", "patience": 1}), {"optimizer.lr": 0.5},
+                    {"optimizer.lr": 0.001})
+    saved: list[list[int]] = [[], []]
+    packed = fit_pack(specs, checkpoint_sinks=[lambda b, i: saved[0].append(i["epoch"]),
+                                               lambda b, i: saved[1].append(i["epoch"])], checkpoint_seconds=3600)
+    assert packed[0].result.stop_reason == "early_stopped" and packed[0].result.epochs < 6
+    assert saved == [[packed[0].result.epochs], [6]]  # nothing on the clock within an hour: at the stop and the end

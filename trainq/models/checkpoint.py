@@ -46,9 +46,12 @@ def dump(state: "State") -> bytes:
                 scalars.setdefault(str(idx), {})[key] = value
     if state.tracker.best_weights is not None:
         tensors.update({f"best.{k}": v.contiguous() for k, v in state.tracker.best_weights.items()})
-    tensors["rng.torch"] = torch.get_rng_state()
+    # A pack member's dropout draws from its own generator: saved where a run alone keeps the generator it uses
+    # (the CPU's, or the GPU's), so either can resume from the other's checkpoint.
+    own = state.rng
+    tensors["rng.torch"] = own.get_state() if own is not None and own.device.type == "cpu" else torch.get_rng_state()
     if state.device.type == "cuda":  # dropout and augmentation on a GPU draw from its own generator
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(state.device)
+        tensors["rng.cuda"] = own.get_state() if own is not None else torch.cuda.get_rng_state(state.device)
     tensors["rng.shuffle"] = state.generator.get_state()
     tensors = {k: v.cpu() for k, v in tensors.items()}
     meta = {
@@ -118,9 +121,16 @@ def restore(state: "State", blob: bytes) -> None:
     best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
     if best:
         state.tracker.best_weights = best
-    torch.set_rng_state(tensors["rng.torch"])
+    own = state.rng
+    if own is not None and own.device.type == "cpu":
+        own.set_state(tensors["rng.torch"])
+    else:
+        torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and state.device.type == "cuda":  # (a GPU run resumed on a CPU draws afresh there)
-        torch.cuda.set_rng_state(tensors["rng.cuda"], state.device)
+        if own is not None:
+            own.set_state(tensors["rng.cuda"])
+        else:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], state.device)
     state.generator.set_state(tensors["rng.shuffle"])
     state.epoch, state.step = meta["epoch"], meta["step"]
     state.metrics, state.history = meta["metrics"], meta["history"]

@@ -33,7 +33,8 @@ from trainq.models.engine import (PARALLEL_STEP_FLOPS, NonFiniteLoss, Result, _s
                                   pick_device, tracker_for)
 from trainq.models.layers import GaussianNoise, StochasticPool2d, build_model
 from trainq.models.losses import _argmax, build_objective
-from trainq.models.optimizers import decoupled_decay
+from trainq.models.checkpoint import dump, restore
+from trainq.models.optimizers import build_optimizer, decoupled_decay
 from trainq.models.packing import PackError, check_pack
 from trainq.models.spec import JobSpec, batch_size, plan
 from trainq.models.state import Callback, State
@@ -290,11 +291,11 @@ class PackedOptimizer:
             g = g + self.l2 * p  # coupled L2, as torch's weight_decay
         if self.kind in ("sgd", "momentum", "nesterov"):
             if self.uses["momentum"]:
-                if "buf" not in self.state:
-                    self.state["buf"] = g.clone()
+                if "momentum_buffer" not in self.state:  # torch's first step: the buffer is the gradient
+                    self.state["momentum_buffer"] = g.clone()
                 else:
-                    self.state["buf"].mul_(self.momentum).add_(g)
-                buf = self.state["buf"]
+                    self.state["momentum_buffer"].mul_(self.momentum).add_(g)
+                buf = self.state["momentum_buffer"]
                 g = torch.where(self.nesterov.bool(), g + self.momentum * buf, buf) if self.uses["nesterov"] else buf
             p.sub_(lr * g)
         elif self.kind in ("adam", "adamw"):
@@ -321,6 +322,35 @@ class PackedOptimizer:
             p.sub_(lr * g / total.sqrt().add_(self.eps))
         if self.kind != "adamw" and self.uses["decay"]:
             p.mul_(1 - lr * self.decay)
+
+    def _columns_of(self, params: list[torch.Tensor]) -> list[tuple[int, int]]:
+        offsets, offset = [], 0
+        for p in params:
+            offsets.append((offset, p.numel()))
+            offset += p.numel()
+        return offsets
+
+    def save_member(self, row: int, state: State) -> None:
+        """Put member `row`'s slice of the optimizer state into its own torch optimizer, in torch's names and form."""
+        params = list(state.model.parameters())
+        no_momentum = float(self.momentum[row, 0]) == 0
+        for p, (offset, width) in zip(params, self._columns_of(params)):
+            entry: dict[str, torch.Tensor] = {}
+            for name, flat in self.state.items():
+                if name == "momentum_buffer" and no_momentum:
+                    continue  # torch keeps none without momentum
+                entry[name] = flat[row, offset:offset + width].reshape(p.shape).clone()
+            if self.kind not in ("sgd", "momentum", "nesterov"):
+                entry["step"] = torch.tensor(float(self.steps))
+            state.optimizer.state[p] = entry
+
+    def load_member(self, row: int, state: State) -> None:
+        """Take member `row`'s optimizer state from its torch optimizer (a restored checkpoint's)."""
+        params = list(state.model.parameters())
+        for p, (offset, width) in zip(params, self._columns_of(params)):
+            for name, value in state.optimizer.state.get(p, {}).items():
+                if name != "step" and isinstance(value, torch.Tensor):
+                    self._buffer(name)[row, offset:offset + width] = value.reshape(-1).to(self.flat.device)
 
     def _buffer(self, name: str) -> torch.Tensor:
         if name not in self.state:
@@ -384,11 +414,12 @@ class Member:
 
     spec: JobSpec
     state: State
-    shuffle: torch.Generator  # its permutation each epoch, seeded by its training.seed as the trial alone
     live: bool = True
     failed: str | None = None  # why it stopped with an error (a non-finite loss)
     result: Result | None = None
-    interrupt: threading.Event = field(default_factory=threading.Event)
+    interrupt: threading.Event = field(default_factory=threading.Event)  # set from outside to cancel this member
+    sink: Callable[[bytes, dict], None] | None = None  # where its checkpoints go (a checkpoint a trial alone could resume)
+    saved_at: float = 0.0  # when it was last checkpointed (time.monotonic)
 
 
 @dataclass
@@ -409,7 +440,10 @@ class Pack:
 
 
 def build_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = None,
-               callbacks: Sequence[Sequence[Callback]] | None = None, arrays: tuple | None = None) -> Pack:
+               callbacks: Sequence[Sequence[Callback]] | None = None, arrays: tuple | None = None,
+               resumes: Sequence[bytes | None] | None = None) -> Pack:
+    """Load the data once, build each member as `engine.build` builds its trial (same seeds, same init), restore
+    the members' checkpoints if given (all from the same epoch), and stack them into one packed model."""
     check_pack(specs)
     device = pick_device(device) if not isinstance(device, torch.device) else device
     first = specs[0]
@@ -431,16 +465,30 @@ def build_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = 
         generators.append(generator)
         models.append(model)
         tracker = tracker_for(spec, data)
-        state = State(spec=spec, model=model, optimizer=None, scheduler=None, objective=build_objective(spec, units),
-                      data=data, device=device, generator=torch.Generator(), tracker=tracker,
+        # The member's torch optimizer is never stepped: it carries the member's slice of the packed optimizer's
+        # state in torch's own form, in and out of checkpoints, so a member's checkpoint is its trial's.
+        state = State(spec=spec, model=model, optimizer=build_optimizer(spec, model.parameters()), scheduler=None,
+                      objective=build_objective(spec, units), data=data, device=device,
+                      generator=torch.Generator().manual_seed(spec.training.seed), tracker=tracker,
                       callbacks=[tracker, *(callbacks[i] if callbacks else ())], amp=autocast_dtype(spec, device),
-                      channels_last=channels_last)
-        members.append(Member(spec, state, torch.Generator().manual_seed(spec.training.seed)))
+                      channels_last=channels_last, rng=generator)
+        members.append(Member(spec, state))
         state.interrupt = members[-1].interrupt
+        if resumes and resumes[i] is not None:
+            restore(state, resumes[i])
+    epochs = {m.state.epoch for m in members}
+    if len(epochs) > 1:
+        raise PackError(f"members resume from different epochs ({sorted(epochs)}): a pack trains members that are "
+                        "at the same epoch; train the others apart")
     packed = pack_modules(models, generators).to(device)
     optimizer = PackedOptimizer(packed, list(specs), device)
-    return Pack(members, packed, optimizer, generators, list(range(len(specs))), data, device,
-                autocast_dtype(first, device), channels_last)
+    pack = Pack(members, packed, optimizer, generators, list(range(len(specs))), data, device,
+                autocast_dtype(first, device), channels_last, epoch=members[0].state.epoch,
+                step=members[0].state.step)
+    optimizer.steps = pack.step
+    for row, member in enumerate(members):
+        optimizer.load_member(row, member.state)
+    return pack
 
 
 def _forward(pack: Pack, x: torch.Tensor) -> torch.Tensor:
@@ -488,7 +536,7 @@ def train_epoch(pack: Pack) -> None:
         lr = scheduled_lr(member.spec, pack.epoch) if member.live else 0.0
         pack.optimizer.lr[row, 0] = lr
     noise = [s.regularization.input_noise for s in specs]
-    orders = torch.stack([torch.randperm(n, generator=m.shuffle) for m in members]).to(train.x.device)
+    orders = torch.stack([torch.randperm(n, generator=m.state.generator) for m in members]).to(train.x.device)
     live = _live_slots(pack)
     sums = torch.zeros(len(members), device=pack.device)
     logged = torch.zeros(len(members), device=pack.device)
@@ -635,15 +683,30 @@ def _finish(pack: Pack, member: Member, started: float, setup: float) -> None:
 
 def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = None,
              callbacks: Sequence[Sequence[Callback]] | None = None, arrays: tuple | None = None,
-             threads: int | None = None, on_epoch: Callable[[Pack], None] | None = None) -> list[Member]:
-    """Train the members of a pack to their ends; return them, each with its Result (or `failed`)."""
+             threads: int | None = None, on_epoch: Callable[[Pack], None] | None = None,
+             resumes: Sequence[bytes | None] | None = None, interrupts: Sequence[threading.Event] | None = None,
+             checkpoint_sinks: Sequence[Callable[[bytes, dict], None] | None] | None = None,
+             checkpoint_seconds: float = 30.0) -> list[Member]:
+    """Train the members of a pack to their ends; return them, each with its Result (or `failed`).
+
+    Per member i: `callbacks[i]` see its State as a trial's; `interrupts[i]` cancels it alone; `resumes[i]` is a
+    checkpoint to continue from (a trial's, packed or not); `checkpoint_sinks[i](blob, info)` receives checkpoints
+    a trial alone could resume from, on a clock (every `checkpoint_seconds`; a new best at most that often), at
+    its last epoch and when it stops: a member's checkpoint costs a serialization, so not every epoch of a pack.
+    """
     started = time.perf_counter()
     kind = pick_device(device if not isinstance(device, torch.device) else str(device)).type
     previous = torch.get_num_threads()
     if kind == "cpu":  # the pack's step is N members' work: threads by the work of all of them
         torch.set_num_threads(threads or (max(1, previous) if _pack_flops(specs) >= PARALLEL_STEP_FLOPS else 1))
     try:
-        pack = build_pack(specs, device=device, callbacks=callbacks, arrays=arrays)
+        pack = build_pack(specs, device=device, callbacks=callbacks, arrays=arrays, resumes=resumes)
+        now = time.monotonic()
+        for i, member in enumerate(pack.members):
+            if interrupts is not None:
+                member.interrupt = member.state.interrupt = interrupts[i]
+            member.sink = checkpoint_sinks[i] if checkpoint_sinks else None
+            member.saved_at = now
         setup = time.perf_counter() - started
         for member in pack.members:
             for cb in member.state.callbacks:
@@ -654,23 +717,7 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
             pack.epoch += 1
             _validate(pack)
             for row in _live_slots(pack):
-                member = pack.members[pack.slots[row]]
-                state = member.state
-                state.epoch = pack.epoch
-                rate = {"lr": scheduled_lr(member.spec, pack.epoch - 1)} if member.spec.schedule.type != "none" else {}
-                state.metrics = {"epoch": state.epoch, **state.metrics, **rate}
-                state.history.append(state.metrics)
-                tracker = state.tracker
-                if getattr(tracker, "restore_best", False):
-                    _sync(pack, row)  # the tracker copies the weights of a new best from the member's model
-                for cb in state.callbacks:
-                    cb.on_epoch_end(state)
-                if state.should_stop or member.interrupt.is_set():
-                    if member.interrupt.is_set() and not state.should_stop:
-                        state.stop_reason = "cancelled"
-                    _sync(pack, row)
-                    member.live = False
-                    pack.optimizer.lr[row, 0] = 0.0
+                _end_epoch(pack, row, epochs, checkpoint_seconds)
             pack.history.append(len(_live_slots(pack)))
             if on_epoch is not None:
                 on_epoch(pack)
@@ -685,6 +732,41 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
         return pack.members
     finally:
         torch.set_num_threads(previous)
+
+
+def _end_epoch(pack: Pack, row: int, epochs: int, checkpoint_seconds: float) -> None:
+    """A live member's end of epoch, as the engine's: its metrics and history, its callbacks (early stopping,
+    reporting, pruning), a checkpoint when due, and its stop."""
+    member = pack.members[pack.slots[row]]
+    state = member.state
+    state.epoch = pack.epoch
+    rate = {"lr": scheduled_lr(member.spec, pack.epoch - 1)} if member.spec.schedule.type != "none" else {}
+    state.metrics = {"epoch": state.epoch, **state.metrics, **rate}
+    state.history.append(state.metrics)
+    synced = getattr(state.tracker, "restore_best", False)
+    if synced:
+        _sync(pack, row)  # the tracker copies the weights of a new best from the member's model
+    for cb in state.callbacks:
+        cb.on_epoch_end(state)
+    cancelled = member.interrupt.is_set() and not state.should_stop
+    stopping = state.should_stop or cancelled or pack.epoch == epochs
+    now = time.monotonic()
+    if member.sink is not None and not cancelled and (stopping or now - member.saved_at >= checkpoint_seconds):
+        if not synced:
+            _sync(pack, row)
+            synced = True
+        pack.optimizer.save_member(row, state)
+        member.sink(dump(state), {"epoch": state.epoch, "step": state.step, "is_best": state.tracker.improved,
+                                  "metric_name": state.tracker.monitor,
+                                  "metric": state.metrics.get(state.tracker.monitor)})
+        member.saved_at = now
+    if state.should_stop or cancelled:
+        if cancelled:
+            state.stop_reason = "cancelled"
+        if not synced:
+            _sync(pack, row)
+        member.live = False
+        pack.optimizer.lr[row, 0] = 0.0
 
 
 def _pack_flops(specs: Sequence[JobSpec]) -> int:

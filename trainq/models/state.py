@@ -62,6 +62,7 @@ class State:
     world: int = 1  # data-parallel replicas (DDP), one process each; this one is `rank`
     rank: int = 0
     train_model: nn.Module | None = None  # the DistributedDataParallel wrapper when world > 1
+    rng: torch.Generator | None = None  # what dropout and noise draw from when not the global generator (a pack member)
     noise_var: float | None = None  # Bayesian regression: the homoscedastic noise variance (target units) last fitted
 
     def interrupted(self) -> bool:
