@@ -418,7 +418,7 @@ class Member:
     failed: str | None = None  # why it stopped with an error (a non-finite loss)
     result: Result | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)  # set from outside to cancel this member
-    sink: Callable[[bytes, dict], None] | None = None  # where its checkpoints go (a checkpoint a trial alone could resume)
+    sink: Callable[[bytes, dict], None] | None = None  # where its checkpoints go (each one a trial could resume)
     saved_at: float = 0.0  # when it was last checkpointed (time.monotonic)
 
 
