@@ -85,19 +85,21 @@ def make_celery(settings: Settings, name: str = "trainq") -> Celery:
     return app
 
 
-def _job_id(message: bytes | str) -> str | None:
-    """The job id a Celery message carries (protocol 2: body is base64 JSON [args, kwargs, embed])."""
+def _job_ids(message: bytes | str) -> list[str]:
+    """The job ids a Celery message carries (protocol 2: body is base64 JSON [args, kwargs, embed]): its job, and a
+    pack's member jobs when it sends a pack."""
     import base64
     import json
 
     try:
         envelope = json.loads(message)
         if envelope.get("headers", {}).get("task") != TRAIN_TASK:
-            return None
+            return []
         args = json.loads(base64.b64decode(envelope["body"]))[0]
-        return str(args[0])
+        members = args[1] if len(args) > 1 and isinstance(args[1], list) else []
+        return [str(args[0]), *(str(m) for m in members)]
     except (ValueError, KeyError, IndexError, TypeError):
-        return None
+        return []
 
 
 def job_ids_in_broker(settings: Settings, queues: set[str]) -> set[str] | None:
@@ -113,10 +115,11 @@ def job_ids_in_broker(settings: Settings, queues: set[str]) -> set[str] | None:
         client = redis.Redis.from_url(url, socket_timeout=5)
         for queue in queues:
             for key in [queue] + [f"{queue}:{step}" for step in PRIORITY_STEPS if step]:
-                found.update(_job_id(raw) for raw in client.lrange(key, 0, -1))
+                for raw in client.lrange(key, 0, -1):
+                    found.update(_job_ids(raw))
         for raw in client.hvals("unacked"):  # kombu keeps delivered, unacknowledged messages here
             try:
-                found.add(_job_id(json.dumps(json.loads(raw)[0])))
+                found.update(_job_ids(json.dumps(json.loads(raw)[0])))
             except (ValueError, IndexError, TypeError):
                 continue
     elif url.startswith("filesystem"):
@@ -124,10 +127,9 @@ def job_ids_in_broker(settings: Settings, queues: set[str]) -> set[str] | None:
         for path in folder.glob("*.msg") if folder.is_dir() else ():
             if path.name[:-len(".msg")].split("_", 1)[-1] in queues:
                 try:
-                    found.add(_job_id(path.read_bytes()))
+                    found.update(_job_ids(path.read_bytes()))
                 except OSError:  # taken by a worker while we looked
                     continue
     else:
         return None
-    found.discard(None)
     return found

@@ -686,13 +686,15 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
              threads: int | None = None, on_epoch: Callable[[Pack], None] | None = None,
              resumes: Sequence[bytes | None] | None = None, interrupts: Sequence[threading.Event] | None = None,
              checkpoint_sinks: Sequence[Callable[[bytes, dict], None] | None] | None = None,
-             checkpoint_seconds: float = 30.0) -> list[Member]:
+             checkpoint_seconds: float = 30.0, on_done: Callable[[int, Member], None] | None = None) -> list[Member]:
     """Train the members of a pack to their ends; return them, each with its Result (or `failed`).
 
     Per member i: `callbacks[i]` see its State as a trial's; `interrupts[i]` cancels it alone; `resumes[i]` is a
     checkpoint to continue from (a trial's, packed or not); `checkpoint_sinks[i](blob, info)` receives checkpoints
     a trial alone could resume from, on a clock (every `checkpoint_seconds`; a new best at most that often), at
     its last epoch and when it stops: a member's checkpoint costs a serialization, so not every epoch of a pack.
+    A member that stops (early, pruned, cancelled, failed) is measured on the test split at once and handed to
+    `on_done(i, member)`, so its job can end while the others train on.
     """
     started = time.perf_counter()
     kind = pick_device(device if not isinstance(device, torch.device) else str(device)).type
@@ -719,6 +721,9 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
             for row in _live_slots(pack):
                 _end_epoch(pack, row, epochs, checkpoint_seconds)
             pack.history.append(len(_live_slots(pack)))
+            for i, member in enumerate(pack.members):
+                if not member.live and member.result is None:
+                    _done(pack, i, started, setup, on_done)
             if on_epoch is not None:
                 on_epoch(pack)
             live = _live_slots(pack)
@@ -727,11 +732,18 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
         for row, m in enumerate(pack.slots):
             if pack.members[m].live:
                 _sync(pack, row)
-        for member in pack.members:
-            _finish(pack, member, started, setup)
+        for i, member in enumerate(pack.members):
+            if member.result is None:
+                _done(pack, i, started, setup, on_done)
         return pack.members
     finally:
         torch.set_num_threads(previous)
+
+
+def _done(pack: Pack, i: int, started: float, setup: float, on_done) -> None:
+    _finish(pack, pack.members[i], started, setup)
+    if on_done is not None:
+        on_done(i, pack.members[i])
 
 
 def _end_epoch(pack: Pack, row: int, epochs: int, checkpoint_seconds: float) -> None:

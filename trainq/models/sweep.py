@@ -97,6 +97,9 @@ class SweepSpec(Spec):
     pruner: PrunerSpec = PrunerSpec()
     seed: int = Field(0, ge=0, le=2**31 - 1)
     register_best: str | None = Field(None, pattern=MODEL_NAME)  # the best trial's model, as this model's next version
+    # Trials whose specs differ only in packable fields train together as one packed model (trainq.models.packing):
+    # auto packs where it was measured to pay, as many as fit; a number packs at most that many; off never packs.
+    pack: Literal["auto", "off"] | Annotated[int, Field(ge=1, le=64)] = "auto"
 
     @property
     def resolved_direction(self) -> str:

@@ -35,10 +35,12 @@ class Services:
             self._celery = make_celery(self.settings, "trainq-service")
         return self._celery
 
-    def enqueue(self, job) -> bool:
-        """Send a job id to its pool's queue; False if the broker is unreachable (the reconciler retries)."""
+    def enqueue(self, job, members: list[str] | None = None) -> bool:
+        """Send a job id to its pool's queue (with `members`, a pack's job ids in one message, for one worker to
+        train together); False if the broker is unreachable (the reconciler retries)."""
+        args = [job.id] if not members else [job.id, members]
         try:
-            self.celery().send_task(TRAIN_TASK, args=[job.id], queue=job.queue, priority=broker_priority(job.priority),
+            self.celery().send_task(TRAIN_TASK, args=args, queue=job.queue, priority=broker_priority(job.priority),
                                    retry=True,
                                    retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
             return True

@@ -143,7 +143,11 @@ def runs():
 @bp.get("/jobs/<hexid:job_id>")
 def run(job_id: str):
     job = read_job(job_id)
-    return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]),
+    packed_with = []
+    if job.get("pack_id"):
+        packed_with = db().execute(select(Job.id, Job.trial).where(Job.pack_id == job["pack_id"], Job.id != job_id)
+                                   .order_by(Job.trial)).all()
+    return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]), packed_with=packed_with,
                            curve=curve_svg((job.get("metrics") or {}).get("test_predictive_curve")))
 
 

@@ -23,7 +23,7 @@ CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")  # what change_cursor write
 
 JOB_FIELDS = ("id", "name", "sweep_id", "status", "pool", "device", "priority", "params", "created_at", "started_at",
               "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason",
-              "cancel_requested", "metrics", "error", "spec")  # what job_json reads: the job read selects only these
+              "cancel_requested", "metrics", "error", "spec", "trial", "pack_id")  # what job_json reads: the job read selects only these
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -34,6 +34,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "id": job.id,
         "name": job.name,
         "sweep_id": job.sweep_id,
+        "trial": job.trial,
+        "pack_id": job.pack_id,  # trials trained together as one packed model share it
         "status": job.status,
         "pool": job.pool,
         "device": job.device,

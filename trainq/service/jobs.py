@@ -20,7 +20,8 @@ from trainq.models.spec import JobSpec, Plan
 from trainq.service.db import utcnow
 from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, new_id
 
-Enqueue = Callable[[Job], bool]  # sends a job id to its pool's queue; False if the broker did not take it
+# Sends a job id to its pool's queue (with `members`, a pack's ids in one message); False if the broker did not take it
+Enqueue = Callable[..., bool]
 
 
 class Conflict(Exception):
@@ -55,21 +56,40 @@ def submit(session: Session, spec: JobSpec, plan: Plan, owner_id: str | None = N
     return job
 
 
-def mark_enqueued(session: Session, job: Job, enqueue: Enqueue) -> bool:
-    """Send a committed job to the broker. The job was stored with enqueued_at set, so success costs no
-    second write; on failure enqueued_at is cleared and the reconciler sends it later. Return whether it was sent."""
-    if enqueue(job):
+def mark_enqueued(session: Session, job: Job, enqueue: Enqueue, pack: list[Job] | None = None) -> bool:
+    """Send a committed job (or a pack of them, in one message) to the broker. The jobs were stored with enqueued_at
+    set, so success costs no second write; on failure enqueued_at is cleared and the reconciler sends them later.
+    Return whether they were sent."""
+    sent = enqueue(job, members=[j.id for j in pack]) if pack else enqueue(job)
+    if sent:
         return True
-    session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.queued.value)
-                    .values(enqueued_at=None))
-    add_event(session, job.id, "the broker did not take the job; it will be sent again", level="warning")
+    for each in pack or [job]:
+        session.execute(update(Job).where(Job.id == each.id, Job.status == JobStatus.queued.value)
+                        .values(enqueued_at=None))
+        add_event(session, each.id, "the broker did not take the job; it will be sent again", level="warning")
     return False
 
 
+def by_pack(queued: Iterable[Job]) -> list[list[Job]]:
+    """Jobs as the broker gets them: a pack's jobs together in one message, every other job alone."""
+    out: list[list[Job]] = []
+    packs: dict[str, list[Job]] = {}
+    for job in queued:
+        if job.pack_id is None:
+            out.append([job])
+        elif job.pack_id in packs:
+            packs[job.pack_id].append(job)
+        else:
+            packs[job.pack_id] = [job]
+            out.append(packs[job.pack_id])
+    return out
+
+
 def enqueue_all(session: Session, created: Iterable[Job], enqueue: Enqueue) -> None:
-    """Send each committed job to the broker; one it did not take stays queued in SQL for the reconciler."""
-    for job in created:
-        if not mark_enqueued(session, job, enqueue):
+    """Send each committed job, or pack of jobs, to the broker; what it did not take stays queued in SQL for the
+    reconciler."""
+    for group in by_pack(created):
+        if not mark_enqueued(session, group[0], enqueue, group if len(group) > 1 else None):
             session.commit()
 
 
@@ -310,9 +330,12 @@ def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now:
     queued = session.scalars(select(Job).where(Job.status == JobStatus.queued.value,
                                                or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - SEND_GRACE))).all()
     held = in_broker({job.queue for job in queued}) if (queued and in_broker is not None) else None
-    for job in queued:
-        lost = job.id not in held if held is not None else job.enqueued_at is None or job.enqueued_at < now - requeue_after
-        if (job.enqueued_at is None or lost) and enqueue(job):
-            job.enqueued_at = now
-            resent += 1
+    resend = [job for job in queued if job.enqueued_at is None or (
+        job.id not in held if held is not None else job.enqueued_at < now - requeue_after)]
+    for group in by_pack(resend):  # a pack's members go back together: its worker resumes them as one model
+        sent = enqueue(group[0], members=[j.id for j in group]) if len(group) > 1 else enqueue(group[0])
+        if sent:
+            for job in group:
+                job.enqueued_at = now
+            resent += len(group)
     return {"requeued": requeued, "cancelled": lost_cancelled, "resent": resent, "failed": given_up}

@@ -82,9 +82,7 @@ def settle_sweeps(app: Flask, session) -> int:
             log.exception("settling sweep %s failed", sweep_id)
             continue
         registry.send_exports(session, services.export)
-        for job in created:
-            if not jobs.mark_enqueued(session, job, services.enqueue):
-                session.commit()
+        jobs.enqueue_all(session, created, services.enqueue)
         launched += len(created)
     return launched
 

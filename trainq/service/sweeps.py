@@ -18,11 +18,12 @@ import optuna
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from trainq.models.spec import parse_spec, plan
+from trainq.models.packing import pack_key, pack_size, unpackable
+from trainq.models.spec import JobSpec, parse_spec, plan
 from trainq.models.sweep import Choice, SweepSpec, apply
 from trainq.service import jobs, registry
 from trainq.service.db import utcnow
-from trainq.service.tables import FINISHED, Dataset, Job, JobStatus, Metric, Sweep
+from trainq.service.tables import FINISHED, Dataset, Job, JobStatus, Metric, Sweep, new_id
 from trainq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
             sweep.best_job_id, sweep.best_value = job.id, value
     active = sum(job.status in ACTIVE for job in trials)
     created: list[Job] = []
+    specs: dict[str, JobSpec] = {}
     grid = spec.grid() if spec.method == "grid" else None
     while active < spec.parallel and sweep.launched < sweep.budget:
         number = sweep.launched
@@ -151,10 +153,12 @@ def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
         if grid is not None:
             study.enqueue_trial(grid[number], skip_if_exists=False)
         trial = study.ask(distributions(spec))
-        job = _trial_job(session, sweep, spec, trial.number, trial.params)
+        job, job_spec = _trial_job(session, sweep, spec, trial.number, trial.params)
         created.append(job)
+        specs[job.id] = job_spec
         sweep.launched += 1
         active += 1
+    pack_trials(session, spec, created, specs)
     if sweep.launched >= sweep.budget and active == 0:
         sweep.status, sweep.finished_at = "succeeded" if sweep.best_job_id else "failed", utcnow()
         log.info("sweep %s ended: best %s = %s", sweep.id, sweep.best_job_id, sweep.best_value)
@@ -164,7 +168,34 @@ def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
     return created
 
 
-def _trial_job(session: Session, sweep: Sweep, spec: SweepSpec, number: int, params: dict[str, Any]) -> Job:
+def pack_trials(session: Session, spec: SweepSpec, created: list[Job], specs: dict[str, JobSpec]) -> None:
+    """Group trials launched together whose specs differ only in packable fields into packs (one pack_id each),
+    as large as `pack` allows: auto packs where packing was measured to pay (trainq.models.packing), a number at
+    most that many, off none. A pack's trials are sent to one worker at once and train as one model."""
+    if spec.pack == "off" or len(created) < 2:
+        return
+    groups: dict[str, list[Job]] = {}
+    for job in created:
+        if unpackable(specs[job.id]) is None:
+            groups.setdefault(pack_key(specs[job.id]), []).append(job)
+    for members in groups.values():
+        first = specs[members[0].id]
+        device = "cuda" if first.resources.device == "gpu" else "cpu"  # any: a CPU worker may take it
+        size = spec.pack if isinstance(spec.pack, int) else pack_size(first, device)
+        for start in range(0, len(members), max(1, size)):
+            chunk = members[start:start + size]
+            if len(chunk) < 2:
+                continue
+            pack_id = new_id()
+            numbers = ", ".join(str(j.trial) for j in chunk)
+            for job in chunk:
+                job.pack_id = pack_id
+                jobs.add_event(session, job.id, f"packed with trials {numbers}: they train together as one model, "
+                                                "each as it would alone")
+
+
+def _trial_job(session: Session, sweep: Sweep, spec: SweepSpec, number: int, params: dict[str, Any]
+               ) -> tuple[Job, JobSpec]:
     document = apply(sweep.base, params)
     document["name"] = f"{sweep.name} · trial {number}"[:200]
     document.pop("register_as", None)  # each trial is not a model: the sweep registers its best (register_best)
@@ -177,7 +208,7 @@ def _trial_job(session: Session, sweep: Sweep, spec: SweepSpec, number: int, par
     job.sweep_id, job.trial = sweep.id, number
     jobs.add_event(session, job.id, f"trial {number} of sweep {sweep.name}: "
                    + ", ".join(f"{k}={v}" for k, v in params.items()))
-    return job
+    return job, job_spec
 
 
 def _uploads(session: Session, sweep: Sweep):
@@ -229,7 +260,12 @@ def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
         Metric.job_id.in_([t.id for t in trials]), Metric.name == spec.metric).group_by(Metric.job_id)).all()) \
         if trials else {}
     epochs = sweep.base["training"]["epochs"]
+    packs: dict[str, list[int]] = {}
+    for t in trials:
+        if t.pack_id:
+            packs.setdefault(t.pack_id, []).append(t.trial)
     rows = [{"trial": t.trial, "job_id": t.id, "status": t.status, "stop_reason": t.stop_reason,
+             "packed_with": [n for n in packs.get(t.pack_id, []) if n != t.trial] if t.pack_id else [],
              "params": {p: get_path(t.spec, p) for p in spec.search}, "value": values.get(t.id),
              "epochs": t.epoch, "test_accuracy": (t.metrics or {}).get("test_accuracy")} for t in trials]
     spent = sum(t.epoch for t in trials)
@@ -241,7 +277,7 @@ def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
         "id": sweep.id, "name": sweep.name, "status": sweep.status, "method": spec.method,
         "metric": spec.metric, "direction": direction, "pruner": spec.pruner.type,
         "trials_total": sweep.budget, "trials_launched": sweep.launched, "parallel": spec.parallel,
-        "counts": counts, "created_at": sweep.created_at.isoformat(),
+        "counts": counts, "created_at": sweep.created_at.isoformat(), "pack": spec.pack,
         "finished_at": sweep.finished_at.isoformat() if sweep.finished_at else None,
         "search": {k: v.model_dump() for k, v in spec.search.items()},
         "budget": {"epochs_spent": spent, "epochs_full_search": sweep.budget * epochs,

@@ -128,6 +128,7 @@ class Job(Base):
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
     trial: Mapped[int | None] = mapped_column(Integer)  # the Optuna trial number, for a sweep's trial
+    pack_id: Mapped[str | None] = mapped_column(String(32), index=True)  # trials trained together as one model
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)

@@ -11,7 +11,7 @@ import secrets
 from datetime import timedelta
 
 from flask import Blueprint, jsonify, request, url_for
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from trainq.models.checkpoint import read_meta
 from trainq.service import jobs, registry, scoring, sweeps, workers
@@ -189,6 +189,11 @@ def release(attempt_id: str):
     reason = str(body.get("reason", "worker shutting down")) if isinstance(body, dict) else "worker shutting down"
     session = db()
     job = jobs.release(session, attempt, job, reason)
+    if job.pack_id is not None and job.status == "queued":
+        # A pack's members are released one by one: the reconciler sends them back together, as one pack
+        session.execute(update(Job).where(Job.id == job.id).values(enqueued_at=None))
+        session.commit()
+        return jsonify({"status": job.status})
     session.commit()
     if not jobs.mark_enqueued(session, job, services().enqueue):
         session.commit()

@@ -56,12 +56,13 @@ def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "
     torch_device = "cuda" if kind == "gpu" else "cpu"  # a GPU worker sees one GPU (CUDA_VISIBLE_DEVICES): cuda:0
 
     @app.task(name=TRAIN_TASK, bind=True)
-    def train(self, job_id: str) -> str:
-        from trainq.workers.runner import free_device_memory, run_job
+    def train(self, job_id: str, members: list[str] | None = None) -> str:
+        """Train a job, or a pack's member jobs (`members`, the job among them) as one packed model."""
+        from trainq.workers.runner import free_device_memory, run_pack
 
         try:
-            return run_job(job_id, Settings(), worker=self.request.hostname or name, device=torch_device, kind=kind,
-                           gpus=gpus)
+            return run_pack(members or [job_id], Settings(), worker=self.request.hostname or name,
+                            device=torch_device, kind=kind, gpus=gpus)
         finally:  # after the outcome is reported: freeing memory is no part of the job's time
             free_device_memory(torch_device)
 

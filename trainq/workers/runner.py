@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
+from dataclasses import dataclass, field
 
 from trainq.models.engine import fit, pick_device
 from trainq.models.spec import DatasetInfo, JobSpec
@@ -72,60 +74,180 @@ def fit_retrying_oom(spec: JobSpec, say, *, fit=fit, resume: bytes | None = None
             raise
 
 
+@dataclass
+class Claimed:
+    """A claimed job on this worker: its attempt, reporter, spec, data and the checkpoint it resumes from."""
+
+    claim: dict
+    reporter: Reporter
+    spec: JobSpec | None = None
+    arrays: tuple | None = None
+    resume: bytes | None = None
+    outcome: dict = field(default_factory=dict)
+
+
 def run_job(job_id: str, settings: Settings, worker: str, device: str | None = None, kind: str | None = None,
             gpus: int = 0) -> str:
     """Claim and train a job; return what happened (skipped, succeeded, failed, cancelled, fenced)."""
-    client = ServiceClient(settings.service_url, settings.worker_token)
-    try:
-        claim = client.claim(job_id, worker, kind, gpus)
-    except Refused as exc:  # another attempt holds it, or it finished or was cancelled: nothing to do
-        log.info("job %s not claimed: %s", job_id, exc)
-        return "skipped"
+    return run_pack([job_id], settings, worker, device, kind, gpus)
 
-    attempt_id, token = claim["attempt_id"], claim["token"]
-    reporter = Reporter(client, attempt_id, token, heartbeat_seconds=claim["heartbeat_seconds"],
-                        flush_seconds=settings.metrics_flush_seconds)
-    reporter.prune = claim.get("prune")
-    reporter.start()
-    outcome: dict = {}
+
+def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | None = None, kind: str | None = None,
+             gpus: int = 0) -> str:
+    """Claim jobs sent together (a sweep's pack: one job alone is a pack of one) and train them: members that can
+    pack train as one packed model, each still its own job with its own attempt, lease, reports and outcome. Return
+    what happened (skipped, or the outcomes in order)."""
+    client = ServiceClient(settings.service_url, settings.worker_token)
+    claimed: list[Claimed] = []
+    for job_id in job_ids:
+        try:
+            claim = client.claim(job_id, worker, kind, gpus)
+        except Refused as exc:  # another attempt holds it, or it finished or was cancelled: nothing to do
+            log.info("job %s not claimed: %s", job_id, exc)
+            continue
+        reporter = Reporter(client, claim["attempt_id"], claim["token"], heartbeat_seconds=claim["heartbeat_seconds"],
+                            flush_seconds=settings.metrics_flush_seconds)
+        reporter.prune = claim.get("prune")
+        reporter.start()
+        claimed.append(Claimed(claim, reporter))
+    if not claimed:
+        return "skipped"
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        import os
+
+        import torch
+
+        torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)  # the engine picks within this share
+    ready = [c for c in claimed if _prepare(client, c, dev, worker)]
+    groups: dict[int, list[Claimed]] = {}
+    for c in ready:  # members resuming from different epochs cannot share a pack: one pack per epoch
+        groups.setdefault(int(c.claim["resume"]["epoch"]) if c.resume else 0, []).append(c)
+    done: dict[int, str] = {}
+    threads: dict[int, threading.Thread] = {}
+
+    def conclude(c: Claimed) -> None:  # in the background: the pack's other members train on meanwhile
+        def run() -> None:
+            done[id(c)] = _conclude(client, c, worker)
+        threads[id(c)] = threading.Thread(target=run, name=f"conclude-{c.claim['job_id'][:8]}", daemon=True)
+        threads[id(c)].start()
+
+    if len(groups) > 1:
+        for epoch, group in groups.items():
+            for c in group:
+                c.reporter.event(f"resumes from epoch {epoch} while others sent with it resume from "
+                                 f"{', '.join(str(e) for e in groups if e != epoch)}: it trains apart from those")
+    for group in groups.values():
+        if len(group) > 1:
+            _train_pack(group, dev, settings, conclude)
+        else:
+            _train_alone(group[0], dev)
+    for c in claimed:
+        if id(c) not in threads:
+            done[id(c)] = _conclude(client, c, worker)
+    for t in threads.values():
+        t.join()
+    return ", ".join(done[id(c)] for c in claimed)
+
+
+def _prepare(client: ServiceClient, c: Claimed, dev, worker: str) -> bool:
+    """Read the claimed job's spec, dataset and checkpoint; False (and a failed outcome) if that fails."""
+    claim, token = c.claim, c.claim["token"]
     try:
-        spec = JobSpec.model_validate(claim["spec"])
-        arrays = None
+        c.spec = JobSpec.model_validate(claim["spec"])
         if claim.get("dataset"):
             info = claim["dataset"]
-            spec.dataset._info = DatasetInfo(tuple(info["shape"]), info["classes"], info["rows"])
-            arrays = read_arrays(client.download(info["url"], token))
-        resume = client.download(claim["resume"]["url"], token) if claim["resume"] else None
-        dev = pick_device(device)
-        if dev.type == "cpu":
-            import os
+            c.spec.dataset._info = DatasetInfo(tuple(info["shape"]), info["classes"], info["rows"])
+            c.arrays = read_arrays(client.download(info["url"], token))
+        c.resume = client.download(claim["resume"]["url"], token) if claim["resume"] else None
+        c.reporter.event(f"training on {dev} (worker {worker}, attempt {claim['attempt']})"
+                         + (f", resuming after epoch {claim['resume']['epoch']}" if c.resume else ""))
+        return True
+    except Exception as exc:  # noqa: BLE001
+        _failed(c, exc)
+        return False
 
-            import torch
 
-            torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)  # the engine picks within this share
-        reporter.event(f"training on {dev} (worker {worker}, attempt {claim['attempt']})"
-                       + (f", resuming after epoch {claim['resume']['epoch']}" if resume else ""))
+def _failed(c: Claimed, exc: BaseException) -> None:
+    log.exception("job %s failed", c.claim["job_id"])
+    c.reporter.event("".join(traceback.format_exception(exc)), level="error")
+    c.outcome = {"status": "failed", "stop_reason": "error", "epoch": c.reporter.epoch,
+                 "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _outcome(c: Claimed, result, failed: str | None = None) -> None:
+    reporter = c.reporter
+    if failed:
+        reporter.event(failed, level="error")
+        c.outcome = {"status": "failed", "stop_reason": "error", "epoch": result.epochs, "error": failed}
+        return
+    status = "cancelled" if result.stop_reason == "cancelled" else "succeeded"
+    stop_reason = result.stop_reason
+    if reporter.pruned and not reporter.cancelled and not reporter.draining:
+        status = stop_reason = "pruned"
+    c.outcome = {"status": status, "stop_reason": stop_reason, "epoch": result.epochs,
+                 "best_epoch": result.best_epoch, "metrics": result.metrics}
+    reporter.event(f"finished: {stop_reason} after {result.epochs} epochs "
+                   f"(setup {result.setup_seconds:.2f}s, training {result.train_seconds:.2f}s)")
+
+
+def _train_alone(c: Claimed, dev) -> None:
+    reporter, spec = c.reporter, c.spec
+    try:
         world = spec.resources.gpus if dev.type == "cuda" else 1
         if world > 1:
             reporter.event(f"data-parallel over {world} GPUs (DDP, NCCL); metrics from rank 0")
         result = fit_retrying_oom(spec, reporter.event, device=dev, callbacks=[ReportingCallback(reporter)],
-                                  checkpoint_sink=reporter.checkpoint, resume=resume, interrupt=reporter.interrupt,
-                                  arrays=arrays, world=world)
-        status = "cancelled" if result.stop_reason == "cancelled" else "succeeded"
-        stop_reason = result.stop_reason
-        if reporter.pruned and not reporter.cancelled and not reporter.draining:
-            status = stop_reason = "pruned"
-        outcome = {"status": status, "stop_reason": stop_reason, "epoch": result.epochs,
-                   "best_epoch": result.best_epoch, "metrics": result.metrics}
-        reporter.event(f"finished: {stop_reason} after {result.epochs} epochs "
-                       f"(setup {result.setup_seconds:.2f}s, training {result.train_seconds:.2f}s)")
+                                  checkpoint_sink=reporter.checkpoint, resume=c.resume, interrupt=reporter.interrupt,
+                                  arrays=c.arrays, world=world)
+        _outcome(c, result)
     except Exception as exc:  # noqa: BLE001 - a failing job ends failed; the worker goes on
-        log.exception("job %s failed", job_id)
-        reporter.event(traceback.format_exc(), level="error")
-        outcome = {"status": "failed", "stop_reason": "error", "epoch": reporter.epoch,
-                   "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        reporter.close()
+        _failed(c, exc)
+
+
+def _train_pack(group: list[Claimed], dev, settings: Settings, conclude) -> None:
+    """Train claimed jobs as one packed model; each member reports, checkpoints, stops and ends as its own job.
+    Jobs that turn out not to pack (a spec changed, an old checkpoint) train one after another instead."""
+    from trainq.models.packed import fit_pack
+    from trainq.models.packing import PackError, check_pack
+
+    specs = [c.spec for c in group]
+    try:
+        check_pack(specs)
+    except PackError as exc:
+        for c in group:
+            c.reporter.event(f"not packed ({exc}); training alone", "warning")
+            _train_alone(c, dev)
+        return
+    names = ", ".join(c.claim["job_id"][:8] for c in group)
+    concluded: set[int] = set()
+
+    def on_done(i: int, member) -> None:  # a member that stopped ends its job now, not when the pack ends
+        _outcome(group[i], member.result, member.failed)
+        concluded.add(i)
+        conclude(group[i])
+
+    for c in group:
+        c.reporter.event(f"packed with {len(group) - 1} other jobs ({names}): one model, each member as it would "
+                         "train alone")
+    try:
+        fit_pack(specs, device=dev, arrays=group[0].arrays,
+                           callbacks=[[ReportingCallback(c.reporter)] for c in group],
+                           resumes=[c.resume for c in group], interrupts=[c.reporter.interrupt for c in group],
+                           checkpoint_sinks=[c.reporter.checkpoint for c in group],
+                           checkpoint_seconds=settings.pack_checkpoint_seconds, on_done=on_done)
+    except Exception as exc:  # noqa: BLE001 - the pack failed as a whole (out of memory, a bad checkpoint)
+        for i, c in enumerate(group):
+            if i not in concluded:
+                _failed(c, exc)
+        return  # every member was concluded through on_done
+
+
+def _conclude(client: ServiceClient, c: Claimed, worker: str) -> str:
+    """Deliver what is pending, then finish the attempt (or hand it back when the worker is draining)."""
+    reporter, attempt_id, token = c.reporter, c.claim["attempt_id"], c.claim["token"]
+    reporter.close()
+    outcome = c.outcome
     if reporter.fenced:
         return "fenced"
     if reporter.draining and outcome.get("status") == "cancelled" and not reporter.cancelled:

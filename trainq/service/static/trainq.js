@@ -752,13 +752,17 @@ function pageSweep() {
     const head = document.querySelector("#trials thead"), body = document.querySelector("#trials tbody");
     head.textContent = ""; body.textContent = "";
     head.append(el("tr", {}, el("th", {text: "trial"}), el("th", {text: "status"}), ...params.map(p => el("th", {text: p})),
-      el("th", {text: s.metric}), el("th", {text: "epochs"}), el("th", {text: "test accuracy"})));
+      el("th", {text: s.metric}), el("th", {text: "epochs"}), el("th", {text: "test accuracy"}),
+      el("th", {text: "packed with", title: "trials trained together as one packed model, each as it would train alone"})));
     for (const t of s.trials) {
       body.append(el("tr", {"data-trial": t.trial, class: s.best && s.best.job_id === t.job_id ? "best" : null},
         el("td", {}, el("a", {href: "/jobs/" + t.job_id, text: "#" + t.trial})),
         el("td", {}, el("span", {class: "badge " + t.status, text: t.status})),
         ...params.map(p => el("td", {text: fmt(t.params[p], 5)})),
-        el("td", {text: fmt(t.value)}), el("td", {text: t.epochs}), el("td", {text: fmt(t.test_accuracy)})));
+        el("td", {text: fmt(t.value)}), el("td", {text: t.epochs}), el("td", {text: fmt(t.test_accuracy)}),
+        el("td", {class: "packed", text: (t.packed_with || []).length ? (t.packed_with.length > 6
+          ? `${t.packed_with.length} trials (#${t.packed_with[0]}–#${t.packed_with[t.packed_with.length - 1]})`
+          : t.packed_with.map(n => "#" + n).join(" ")) : "–"})));
     }
     const done = s.trials.filter(t => t.value !== null);
     const charts = document.getElementById("param-charts");
