@@ -686,7 +686,8 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
              threads: int | None = None, on_epoch: Callable[[Pack], None] | None = None,
              resumes: Sequence[bytes | None] | None = None, interrupts: Sequence[threading.Event] | None = None,
              checkpoint_sinks: Sequence[Callable[[bytes, dict], None] | None] | None = None,
-             checkpoint_seconds: float = 30.0, on_done: Callable[[int, Member], None] | None = None) -> list[Member]:
+             checkpoint_seconds: float = 30.0, on_done: Callable[[int, Member], None] | None = None,
+             on_validated: Callable[[Pack], None] | None = None) -> list[Member]:
     """Train the members of a pack to their ends; return them, each with its Result (or `failed`).
 
     Per member i: `callbacks[i]` see its State as a trial's; `interrupts[i]` cancels it alone; `resumes[i]` is a
@@ -694,7 +695,9 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
     a trial alone could resume from, on a clock (every `checkpoint_seconds`; a new best at most that often), at
     its last epoch and when it stops: a member's checkpoint costs a serialization, so not every epoch of a pack.
     A member that stops (early, pruned, cancelled, failed) is measured on the test split at once and handed to
-    `on_done(i, member)`, so its job can end while the others train on.
+    `on_done(i, member)`, so its job can end while the others train on. `on_validated(pack)` sees every member's
+    validation metrics before their epochs end (a sweep's pruner is asked for all of them at once there; a member
+    it stops has its interrupt set and stops at that epoch's end).
     """
     started = time.perf_counter()
     kind = pick_device(device if not isinstance(device, torch.device) else str(device)).type
@@ -718,6 +721,8 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
             train_epoch(pack)
             pack.epoch += 1
             _validate(pack)
+            if on_validated is not None:
+                on_validated(pack)
             for row in _live_slots(pack):
                 _end_epoch(pack, row, epochs, checkpoint_seconds)
             pack.history.append(len(_live_slots(pack)))

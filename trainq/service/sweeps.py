@@ -220,6 +220,21 @@ def _uploads(session: Session, sweep: Sweep):
     return resolve
 
 
+def decision_epochs(sweep: Sweep) -> list[int] | None:
+    """The epochs at which the sweep's pruner can stop a trial (None: any). Successive halving and Hyperband decide
+    only at their rungs, first_rung * reduction_factor^k, and read only the value reported there: a trial that asks
+    at those epochs alone is pruned exactly when asking every epoch would prune it, for a few requests, not one an
+    epoch (a pack of 32 trials asking each epoch spent most of its time waiting on the pruner)."""
+    spec = SweepSpec.model_validate(sweep.spec)
+    if spec.pruner.type not in ("asha", "hyperband"):
+        return None
+    epochs, rung, out = sweep.base["training"]["epochs"], spec.pruner.first_rung(sweep.base["training"]["epochs"]), []
+    while rung < epochs:
+        out.append(rung)
+        rung *= spec.pruner.reduction_factor
+    return out
+
+
 def should_prune(session: Session, settings: Settings, job: Job, epoch: int, value: float) -> bool:
     """Report a trial's metric at an epoch to its pruner; True if the trial should stop now."""
     sweep = session.get(Sweep, job.sweep_id)

@@ -58,20 +58,47 @@ def claim(job_id: str):
     worker = str(body.get("worker", "unknown"))[:255] if isinstance(body, dict) else "unknown"
     kind = body.get("kind") if isinstance(body, dict) else None
     gpus = body.get("gpus") if isinstance(body, dict) else None
+    status, answer = claim_one(job_id, worker, kind, gpus)
+    if status != 200:
+        fail(status, answer["error"], answer["message"])
+    return jsonify(answer)
+
+
+@bp.post("/claims")
+def claim_many():
+    """Claim several jobs for one worker (a pack's members), each with its own attempt, token and lease: one
+    request instead of one per member. Each answer is what the single claim answers, or its error."""
+    body = read_body()
+    ids = body.get("job_ids") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not ids or len(ids) > 256 or not all(
+            isinstance(i, str) and len(i) == 32 and all(c in "0123456789abcdef" for c in i) for i in ids):
+        fail(400, "bad_request", "job_ids: a list of 1 to 256 job ids", errors=[{"path": "job_ids",
+                                                                               "message": "1 to 256 job ids"}])
+    worker = str(body.get("worker", "unknown"))[:255]
+    answers = []
+    for job_id in ids:
+        status, answer = claim_one(job_id, worker, body.get("kind"), body.get("gpus"))
+        answers.append(answer if status == 200 else {"job_id": job_id, **answer})
+    return jsonify({"claims": answers})
+
+
+def claim_one(job_id: str, worker: str, kind, gpus) -> tuple[int, dict]:
+    """Claim a job: (200, what the worker needs to run it) or (4xx, {error, message})."""
     session = db()
     wanted, spec = session.execute(select(Job.device, Job.spec).where(Job.id == job_id)).first() or (None, {})
     if kind in workers.KINDS and wanted in workers.KINDS and wanted != kind:
-        fail(409, "wrong_device", f"job {job_id} needs a {wanted.upper()} worker; {worker} is a {kind.upper()} worker")
+        return 409, {"error": "wrong_device",
+                     "message": f"job {job_id} needs a {wanted.upper()} worker; {worker} is a {kind.upper()} worker"}
     needs = int(spec.get("resources", {}).get("gpus", 1))
     if isinstance(gpus, int) and needs > 1 and gpus < needs:
-        fail(409, "wrong_device", f"job {job_id} needs {needs} GPUs; {worker} has {gpus}")
+        return 409, {"error": "wrong_device", "message": f"job {job_id} needs {needs} GPUs; {worker} has {gpus}"}
     try:
         c = jobs.claim(session, job_id, worker, lease())
     except LookupError:
-        fail(404, "not_found", f"no job {job_id}")
+        return 404, {"error": "not_found", "message": f"no job {job_id}"}
     except jobs.Conflict as exc:
         session.rollback()
-        fail(409, "not_claimable", str(exc))
+        return 409, {"error": "not_claimable", "message": str(exc)}
     session.commit()
     settings = services().settings
     resume = None
@@ -88,11 +115,12 @@ def claim(job_id: str):
         sweep = db().get(Sweep, c.job.sweep_id)
         if sweep is not None and sweep.spec.get("pruner", {}).get("type", "none") != "none":
             prune = {"metric": sweep.spec.get("metric", "val_loss"), "url": url_for("worker_api.prune_check",
-                                                                                   attempt_id=c.attempt.id)}
-    return jsonify({"job_id": job_id, "attempt_id": c.attempt.id, "attempt": c.attempt.number, "token": c.token,
-                    "spec": c.job.spec, "lease_seconds": settings.lease_seconds,
-                    "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume, "dataset": dataset,
-                    "prune": prune})
+                                                                                   attempt_id=c.attempt.id),
+                     "epochs": sweeps.decision_epochs(sweep)}
+    return 200, {"job_id": job_id, "attempt_id": c.attempt.id, "attempt": c.attempt.number, "token": c.token,
+                 "spec": c.job.spec, "lease_seconds": settings.lease_seconds,
+                 "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume, "dataset": dataset,
+                 "prune": prune}
 
 
 @bp.post("/attempts/<hexid:attempt_id>/heartbeat")
@@ -110,21 +138,37 @@ def heartbeat(attempt_id: str):
 def metrics(attempt_id: str):
     body = read_body()
     attempt, job = live(attempt_id)
-    points = []
-    try:
-        for name, step, epoch, value in body["points"]:
-            if not isinstance(name, str) or len(name) > 64:
-                raise ValueError("name")
-            value = float(value)
-            if not math.isfinite(value):
-                continue  # JSON cannot carry NaN portably; a non-finite metric is simply not stored
-            points.append((name, int(step), int(epoch), value))
-    except (KeyError, TypeError, ValueError):
-        fail(400, "bad_request", "points must be a list of [name, step, epoch, value]")
+    points = metric_points(body.get("points") if isinstance(body, dict) else None, "points")
     session = db()
     stored = jobs.record_metrics(session, job.id, points)
     session.commit()
     return jsonify({"received": stored})
+
+
+def metric_points(raw, path: str) -> list[tuple[str, int, int, float]]:
+    """Metric points as [name, step, epoch, value] rows, checked; a non-finite value is dropped (JSON cannot carry
+    NaN portably, and a non-finite metric is simply not stored)."""
+    points = []
+    try:
+        for name, step, epoch, value in raw:
+            if not isinstance(name, str) or len(name) > 64:
+                raise ValueError("name")
+            value = float(value)
+            if math.isfinite(value):
+                points.append((name, int(step), int(epoch), value))
+    except (KeyError, TypeError, ValueError):
+        fail(400, "bad_request", f"{path} must be a list of [name, step, epoch, value]",
+             errors=[{"path": path, "message": "a list of [name, step, epoch, value]"}])
+    return points
+
+
+def event_rows(raw) -> list[tuple[str, str]]:
+    out = []
+    for entry in raw if isinstance(raw, list) else []:
+        if isinstance(entry, dict):
+            level = entry.get("level") if entry.get("level") in ("info", "warning", "error") else "info"
+            out.append((str(entry.get("message", ""))[:20_000], level))
+    return out
 
 
 @bp.post("/attempts/<hexid:attempt_id>/events")
@@ -132,9 +176,8 @@ def events(attempt_id: str):
     body = read_body()
     _, job = live(attempt_id)
     session = db()
-    for entry in body.get("events", []) if isinstance(body, dict) else []:
-        level = entry.get("level", "info") if entry.get("level") in ("info", "warning", "error") else "info"
-        jobs.add_event(session, job.id, str(entry.get("message", ""))[:20_000], source="worker", level=level)
+    for message, level in event_rows(body.get("events") if isinstance(body, dict) else None):
+        jobs.add_event(session, job.id, message, source="worker", level=level)
     session.commit()
     return jsonify({"ok": True})
 
@@ -236,6 +279,72 @@ def prune_check(attempt_id: str):
         jobs.add_event(session, job.id, f"pruned at epoch {epoch} ({value:.4g}): the sweep's pruner stops it")
         session.commit()
     return jsonify({"prune": prune})
+
+
+@bp.post("/batch")
+def batch():
+    """Many attempts' reports in one request (a pack's members, from one worker): each entry names an attempt and
+    its token, and carries any of heartbeat {epoch}, points, events, prune {epoch, value} and finish {outcome}. One
+    transaction for all; an entry whose attempt is no longer live answers fenced and changes nothing. Finishing
+    trials settles their sweep once, not once per trial."""
+    body = read_body()
+    entries = body.get("attempts") if isinstance(body, dict) else None
+    if not isinstance(entries, list) or not entries or len(entries) > 256:
+        fail(400, "bad_request", "attempts: a list of 1 to 256 entries",
+             errors=[{"path": "attempts", "message": "a list of 1 to 256 entries"}])
+    session, settings = db(), services().settings
+    answers, settled = [], set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("attempt_id"), str) \
+                or not isinstance(entry.get("token"), str):
+            fail(400, "bad_request", f"attempts[{i}]: attempt_id and token are required",
+                 errors=[{"path": f"attempts[{i}]", "message": "attempt_id and token are required"}])
+        points = metric_points(entry.get("points", []), f"attempts[{i}].points")
+        finish = entry.get("finish")
+        if finish is not None and (not isinstance(finish, dict) or finish.get("status") not in FINISHED):
+            fail(400, "bad_request", f"attempts[{i}].finish.status must be one of {list(FINISHED)}",
+                 errors=[{"path": f"attempts[{i}].finish.status", "message": f"one of {list(FINISHED)}"}])
+        answer: dict = {"attempt_id": entry["attempt_id"]}
+        answers.append(answer)
+        try:
+            with session.begin_nested():
+                attempt, job = jobs.live_attempt(session, entry["attempt_id"], entry["token"])
+                beat = entry.get("heartbeat")
+                if isinstance(beat, dict):
+                    epoch = beat.get("epoch")
+                    answer["cancel"] = jobs.heartbeat(session, attempt, lease(),
+                                                      epoch if isinstance(epoch, int) else None)
+                if points:
+                    jobs.record_metrics(session, job.id, points)
+                for message, level in event_rows(entry.get("events")):
+                    jobs.add_event(session, job.id, message, source="worker", level=level)
+                prune = entry.get("prune")
+                if isinstance(prune, dict) and job.sweep_id is not None:
+                    epoch, value = prune.get("epoch"), prune.get("value")
+                    if isinstance(epoch, int) and isinstance(value, (int, float)) and math.isfinite(value):
+                        answer["prune"] = sweeps.should_prune(session, settings, job, epoch, float(value))
+                        if answer["prune"]:
+                            jobs.add_event(session, job.id, f"pruned at epoch {epoch} ({value:.4g}): the sweep's "
+                                                            "pruner stops it")
+                if finish is not None:
+                    job = jobs.finish(session, attempt, job, finish)
+                    registry.register_finished(session, job)
+                    answer["status"] = job.status
+                    if job.sweep_id is not None:
+                        settled.add(job.sweep_id)
+        except LookupError:
+            answer["error"] = "not_found"
+        except (jobs.Fenced, registry.Fenced):
+            answer["fenced"] = True
+    session.commit()
+    if settled:
+        registry.send_exports(session, services().export)
+        for sweep_id in settled:  # the sweep goes on at once: tell Optuna, launch the next trials
+            created = sweeps.settle(session, settings, sweep_id)
+            session.commit()
+            registry.send_exports(session, services().export)
+            jobs.enqueue_all(session, created, services().enqueue)
+    return jsonify({"attempts": answers})
 
 
 def worker_info(body) -> dict:

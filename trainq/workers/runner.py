@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import threading
+import math
 import traceback
 from dataclasses import dataclass, field
 
@@ -11,7 +11,7 @@ from trainq.models.engine import fit, pick_device
 from trainq.models.spec import DatasetInfo, JobSpec
 from trainq.settings import Settings
 from trainq.workers.client import Fenced, Refused, ServiceClient
-from trainq.workers.reporter import Reporter, ReportingCallback
+from trainq.workers.reporter import PackReporter, Reporter, ReportingCallback
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +94,38 @@ def run_job(job_id: str, settings: Settings, worker: str, device: str | None = N
 
 def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | None = None, kind: str | None = None,
              gpus: int = 0) -> str:
-    """Claim jobs sent together (a sweep's pack: one job alone is a pack of one) and train them: members that can
-    pack train as one packed model, each still its own job with its own attempt, lease, reports and outcome. Return
-    what happened (skipped, or the outcomes in order)."""
+    """Claim jobs sent together (a sweep's pack; one job alone is a pack of one) and train them: members that can
+    pack train as one packed model, each still its own job with its own attempt, lease, reports and outcome. One
+    job has its own reporter thread; a pack's members share one (PackReporter: one request per interval for all).
+    Return what happened (skipped, or the outcomes in order)."""
     client = ServiceClient(settings.service_url, settings.worker_token)
-    claimed: list[Claimed] = []
-    for job_id in job_ids:
+    if len(job_ids) == 1:
         try:
-            claim = client.claim(job_id, worker, kind, gpus)
+            claims = [client.claim(job_ids[0], worker, kind, gpus)]
         except Refused as exc:  # another attempt holds it, or it finished or was cancelled: nothing to do
-            log.info("job %s not claimed: %s", job_id, exc)
-            continue
-        reporter = Reporter(client, claim["attempt_id"], claim["token"], heartbeat_seconds=claim["heartbeat_seconds"],
-                            flush_seconds=settings.metrics_flush_seconds)
-        reporter.prune = claim.get("prune")
-        reporter.start()
-        claimed.append(Claimed(claim, reporter))
-    if not claimed:
+            log.info("job %s not claimed: %s", job_ids[0], exc)
+            return "skipped"
+    else:
+        answers = client.call("POST", "/api/v1/worker/claims",
+                              json={"job_ids": job_ids, "worker": worker, "kind": kind, "gpus": gpus}).json()
+        claims = [a for a in answers["claims"] if "token" in a]
+        for refused in (a for a in answers["claims"] if "token" not in a):
+            log.info("job %s not claimed: %s", refused["job_id"], refused.get("message"))
+    if not claims:
         return "skipped"
+    claimed = [Claimed(claim, Reporter(client, claim["attempt_id"], claim["token"],
+                                       heartbeat_seconds=claim["heartbeat_seconds"],
+                                       flush_seconds=settings.metrics_flush_seconds)) for claim in claims]
+    for c in claimed:
+        c.reporter.prune = c.claim.get("prune")
+    pack_reporter = None
+    if len(claimed) == 1:
+        claimed[0].reporter.start()
+    else:
+        pack_reporter = PackReporter(client, [c.reporter for c in claimed],
+                                     heartbeat_seconds=claims[0]["heartbeat_seconds"],
+                                     flush_seconds=settings.metrics_flush_seconds)
+        pack_reporter.start()
     dev = pick_device(device)
     if dev.type == "cpu":
         import os
@@ -123,31 +137,33 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
     groups: dict[int, list[Claimed]] = {}
     for c in ready:  # members resuming from different epochs cannot share a pack: one pack per epoch
         groups.setdefault(int(c.claim["resume"]["epoch"]) if c.resume else 0, []).append(c)
-    done: dict[int, str] = {}
-    threads: dict[int, threading.Thread] = {}
-
-    def conclude(c: Claimed) -> None:  # in the background: the pack's other members train on meanwhile
-        def run() -> None:
-            done[id(c)] = _conclude(client, c, worker)
-        threads[id(c)] = threading.Thread(target=run, name=f"conclude-{c.claim['job_id'][:8]}", daemon=True)
-        threads[id(c)].start()
-
     if len(groups) > 1:
         for epoch, group in groups.items():
             for c in group:
                 c.reporter.event(f"resumes from epoch {epoch} while others sent with it resume from "
                                  f"{', '.join(str(e) for e in groups if e != epoch)}: it trains apart from those")
+    index = {id(c): i for i, c in enumerate(claimed)}
+
+    def conclude(c: Claimed) -> None:  # a member's job ends as soon as it does: the others train on meanwhile
+        if pack_reporter is not None:
+            r = c.reporter
+            hand_back = r.draining and c.outcome.get("status") == "cancelled" and not r.cancelled
+            pack_reporter.end(index[id(c)], None if hand_back else c.outcome)
+
     for group in groups.values():
         if len(group) > 1:
-            _train_pack(group, dev, settings, conclude)
+            _train_pack(group, dev, settings, conclude, pack_reporter, [index[id(c)] for c in group])
         else:
             _train_alone(group[0], dev)
+            conclude(group[0])
+    if pack_reporter is None:
+        return _conclude(client, claimed[0], worker)
+    prepared = {id(c) for c in ready}
     for c in claimed:
-        if id(c) not in threads:
-            done[id(c)] = _conclude(client, c, worker)
-    for t in threads.values():
-        t.join()
-    return ", ".join(done[id(c)] for c in claimed)
+        if id(c) not in prepared:
+            conclude(c)  # its preparation failed: the outcome says why
+    ended = pack_reporter.close()
+    return ", ".join(ended.get(i, "unreported") for i in range(len(claimed)))
 
 
 def _prepare(client: ServiceClient, c: Claimed, dev, worker: str) -> bool:
@@ -205,7 +221,7 @@ def _train_alone(c: Claimed, dev) -> None:
         _failed(c, exc)
 
 
-def _train_pack(group: list[Claimed], dev, settings: Settings, conclude) -> None:
+def _train_pack(group: list[Claimed], dev, settings: Settings, conclude, pack_reporter, rows: list[int]) -> None:
     """Train claimed jobs as one packed model; each member reports, checkpoints, stops and ends as its own job.
     Jobs that turn out not to pack (a spec changed, an old checkpoint) train one after another instead."""
     from trainq.models.packed import fit_pack
@@ -218,6 +234,7 @@ def _train_pack(group: list[Claimed], dev, settings: Settings, conclude) -> None
         for c in group:
             c.reporter.event(f"not packed ({exc}); training alone", "warning")
             _train_alone(c, dev)
+            conclude(c)
         return
     names = ", ".join(c.claim["job_id"][:8] for c in group)
     concluded: set[int] = set()
@@ -227,20 +244,40 @@ def _train_pack(group: list[Claimed], dev, settings: Settings, conclude) -> None
         concluded.add(i)
         conclude(group[i])
 
+    # The sweep's pruner is asked for every member at once, at the epochs it decides at (not by each member's
+    # reporting callback, one request each): a member it stops ends at that epoch, as it would alone.
+    prunes = {i: c.reporter.prune for i, c in enumerate(group) if c.reporter.prune}
+    for c in group:
+        c.reporter.prune = None
+    asking = ServiceClient(settings.service_url, settings.worker_token)  # the training thread's own connection
+
+    def on_validated(pack) -> None:
+        asks = []
+        for row in range(len(pack.slots)):
+            i = pack.slots[row]
+            member, prune = pack.members[i], prunes.get(i)
+            if (not member.live or prune is None or pack.epoch >= pack.members[i].spec.training.epochs
+                    or (prune.get("epochs") is not None and pack.epoch not in prune["epochs"])):
+                continue
+            value = member.state.metrics.get(prune["metric"])
+            if value is not None and math.isfinite(value):
+                asks.append((rows[i], pack.epoch, value))
+        if asks and not pack_reporter.prune(asking, asks):
+            prunes.clear()  # it did not answer: the members run on unpruned, as a trial alone does then
+
     for c in group:
         c.reporter.event(f"packed with {len(group) - 1} other jobs ({names}): one model, each member as it would "
                          "train alone")
     try:
-        fit_pack(specs, device=dev, arrays=group[0].arrays,
-                           callbacks=[[ReportingCallback(c.reporter)] for c in group],
-                           resumes=[c.resume for c in group], interrupts=[c.reporter.interrupt for c in group],
-                           checkpoint_sinks=[c.reporter.checkpoint for c in group],
-                           checkpoint_seconds=settings.pack_checkpoint_seconds, on_done=on_done)
+        fit_pack(specs, device=dev, arrays=group[0].arrays, callbacks=[[ReportingCallback(c.reporter)] for c in group],
+                 resumes=[c.resume for c in group], interrupts=[c.reporter.interrupt for c in group],
+                 checkpoint_sinks=[c.reporter.checkpoint for c in group],
+                 checkpoint_seconds=settings.pack_checkpoint_seconds, on_done=on_done, on_validated=on_validated)
     except Exception as exc:  # noqa: BLE001 - the pack failed as a whole (out of memory, a bad checkpoint)
         for i, c in enumerate(group):
             if i not in concluded:
                 _failed(c, exc)
-        return  # every member was concluded through on_done
+                conclude(c)
 
 
 def _conclude(client: ServiceClient, c: Claimed, worker: str) -> str:
