@@ -235,12 +235,19 @@ def decision_epochs(sweep: Sweep) -> list[int] | None:
     return out
 
 
-def should_prune(session: Session, settings: Settings, job: Job, epoch: int, value: float) -> bool:
-    """Report a trial's metric at an epoch to its pruner; True if the trial should stop now."""
+def should_prune(session: Session, settings: Settings, job: Job, epoch: int, value: float,
+                 studies: dict[str, optuna.Study] | None = None) -> bool:
+    """Report a trial's metric at an epoch to its pruner; True if the trial should stop now. `studies` keeps the
+    loaded studies across calls (a pack's members asking in one request: loading the study costs queries each)."""
     sweep = session.get(Sweep, job.sweep_id)
     if sweep is None or sweep.status != "running" or job.trial is None:
         return False
-    study = load_study(settings, sweep)
+    if studies is not None and sweep.id in studies:
+        study = studies[sweep.id]
+    else:
+        study = load_study(settings, sweep)
+        if studies is not None:
+            studies[sweep.id] = study
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, job.trial)
     if study._storage.get_trial(trial_id).state != TrialState.RUNNING:
         return False

@@ -293,7 +293,7 @@ def batch():
         fail(400, "bad_request", "attempts: a list of 1 to 256 entries",
              errors=[{"path": "attempts", "message": "a list of 1 to 256 entries"}])
     session, settings = db(), services().settings
-    answers, settled = [], set()
+    answers, settled, studies = [], set(), {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("attempt_id"), str) \
                 or not isinstance(entry.get("token"), str):
@@ -322,7 +322,7 @@ def batch():
                 if isinstance(prune, dict) and job.sweep_id is not None:
                     epoch, value = prune.get("epoch"), prune.get("value")
                     if isinstance(epoch, int) and isinstance(value, (int, float)) and math.isfinite(value):
-                        answer["prune"] = sweeps.should_prune(session, settings, job, epoch, float(value))
+                        answer["prune"] = sweeps.should_prune(session, settings, job, epoch, float(value), studies)
                         if answer["prune"]:
                             jobs.add_event(session, job.id, f"pruned at epoch {epoch} ({value:.4g}): the sweep's "
                                                             "pruner stops it")

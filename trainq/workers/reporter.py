@@ -315,8 +315,10 @@ class PackReporter:
         means no (pruning only saves time, it must never fail a trial), and the caller stops asking."""
         entries = [{"attempt_id": self.members[i].attempt_id, "token": self.members[i].token,
                     "prune": {"epoch": epoch, "value": value}} for i, epoch, value in asks]
+        started = time.monotonic()
         try:
             answers = client.call("POST", "/api/v1/worker/batch", json={"attempts": entries}, retry_for=2).json()
+            log.debug("asked the pruner about %d members in %.3fs", len(entries), time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001
             for i, _, _ in asks:
                 self.members[i].event(f"the sweep's pruner did not answer ({exc}); this trial runs on without "

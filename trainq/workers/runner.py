@@ -262,6 +262,9 @@ def _train_pack(group: list[Claimed], dev, settings: Settings, conclude, pack_re
             value = member.state.metrics.get(prune["metric"])
             if value is not None and math.isfinite(value):
                 asks.append((rows[i], pack.epoch, value))
+        # In trial order, as the same trials reach the rung one after another unpacked: the same decisions. (Asking
+        # best first would promote the best of them, but then a packed sweep would keep other trials than an unpacked
+        # one with the same seeds.)
         if asks and not pack_reporter.prune(asking, asks):
             prunes.clear()  # it did not answer: the members run on unpruned, as a trial alone does then
 
