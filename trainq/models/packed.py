@@ -509,17 +509,23 @@ def _live_slots(pack: Pack) -> list[int]:
     return [row for row, m in enumerate(pack.slots) if pack.members[m].live]
 
 
-def _clip_and_l1(pack: Pack, g: torch.Tensor) -> torch.Tensor:
-    """Per member, on the flat (N, P) gradient: l1 adds l1 * sign(theta), then the member's gradients are clipped to
-    its max_grad_norm by their global norm (as clip_grad_norm_)."""
+def _regularizers(pack: Pack) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Each member's l1 and max_grad_norm as (N, 1) columns (None where no member uses it), once an epoch."""
     specs = [pack.members[m].spec for m in pack.slots]
     l1 = [s.regularization.l1 for s in specs]
-    if any(l1):
-        g = g + _column(l1, pack.device) * pack.optimizer.flat.sign()
     clip = [s.regularization.max_grad_norm for s in specs]
-    if any(c is not None for c in clip):
+    return (_column(l1, pack.device) if any(l1) else None,
+            _column([c if c is not None else math.inf for c in clip], pack.device)
+            if any(c is not None for c in clip) else None)
+
+
+def _clip_and_l1(pack: Pack, g: torch.Tensor, l1: torch.Tensor | None, limit: torch.Tensor | None) -> torch.Tensor:
+    """Per member, on the flat (N, P) gradient: l1 adds l1 * sign(theta), then the member's gradients are clipped to
+    its max_grad_norm by their global norm (as clip_grad_norm_)."""
+    if l1 is not None:
+        g = g + l1 * pack.optimizer.flat.sign()
+    if limit is not None:
         norms = g.pow(2).sum(1, keepdim=True).sqrt()
-        limit = _column([c if c is not None else math.inf for c in clip], pack.device)
         g = g * (limit / (norms + 1e-6)).clamp(max=1.0)  # scaled down only
     return g
 
@@ -538,6 +544,7 @@ def train_epoch(pack: Pack) -> None:
     noise = [s.regularization.input_noise for s in specs]
     orders = torch.stack([torch.randperm(n, generator=m.state.generator) for m in members]).to(train.x.device)
     live = _live_slots(pack)
+    l1, limit = _regularizers(pack)
     sums = torch.zeros(len(members), device=pack.device)
     logged = torch.zeros(len(members), device=pack.device)
     logged_steps = 0
@@ -554,7 +561,7 @@ def train_epoch(pack: Pack) -> None:
         with warnings.catch_warnings():  # the gradients are strided views of one buffer, on purpose (see _bind)
             warnings.filterwarnings("ignore", message="grad and param do not obey")
             losses.sum().backward()  # each member's parameters get its own loss's gradient
-        pack.optimizer.step(_clip_and_l1(pack, pack.optimizer.gradient()))
+        pack.optimizer.step(_clip_and_l1(pack, pack.optimizer.gradient(), l1, limit))
         pack.step += 1
         rows = idx.shape[1]
         batch = losses.detach()
@@ -578,7 +585,7 @@ def train_epoch(pack: Pack) -> None:
         for row in cancelled:  # a cancelled member stops within a batch, as a trial alone does; the rest go on
             members[row].live = False
             members[row].state.stop_reason = "cancelled"
-        if cancelled or len(live) != len(_live_slots(pack)):
+        if cancelled or any(not members[row].live for row in live):
             live = _live_slots(pack)
             for row in range(len(members)):
                 if row not in live:

@@ -104,11 +104,12 @@ def _packable(path: str) -> bool:
 
 
 # Where packing stops paying on a CPU, measured on two cores (python bench/packed.py, its crossover rows): packed /
-# sequential time for 4 trials was 0.79 for a 256-wide digits MLP (16 M multiply-adds per
-# training step) and 1.91 at 512 wide (58 M); 0.45 for the small CNN of bench/engine_speed.py (19 M) and 1.05 at
-# twice its channels (65 M). Batched matrix multiplies of wide layers are slower than one wide GEMM; grouped
-# convolutions hold up longer. Below these a step is overhead-bound and packing wins; above, the CPU is busy already.
-CPU_PACK_LIMIT = {"dense": 16_000_000, "conv": 40_000_000}
+# sequential time for 4 trials was 0.41-0.50 for the digits MLP 64-64 (2 M multiply-adds per training step), 0.65-0.79
+# at 256 wide (16 M) and 1.0-1.9 at 512 wide (58 M); 0.45-0.68 for the small CNN of bench/engine_speed.py (19 M),
+# 0.6-1.05 at twice its channels (65 M) and 1.0-1.2 at four times (244 M). Batched matrix multiplies of wide layers
+# are slower than one wide GEMM; grouped convolutions hold up longer. Below these limits a step is overhead-bound and
+# packing wins; above them the CPU is busy already, and the runs moved too much between sessions to pack there.
+CPU_PACK_LIMIT = {"dense": 20_000_000, "conv": 40_000_000}
 MAX_PACK = 64  # members in one pack, whatever the estimates say: past this the gains were flat on both machines
 
 
