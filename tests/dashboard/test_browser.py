@@ -188,6 +188,31 @@ def test_the_sweep_page_shows_trials_parameters_and_curves(page, stack):
     assert best_row.get_attribute("data-trial") == str(state["best"]["trial"])
 
 
+def test_a_packed_sweep_says_who_trained_together_on_its_page_and_each_run_page(page, stack):
+    body = {"name": "packed-page", "base": mlp(epochs=4, batch_size=64),
+            "search": {"optimizer.lr": {"choice": [0.0003, 0.001, 0.003, 0.01]}}, "method": "grid", "parallel": 4,
+            "metric": "val_loss", "pack": "auto"}
+    answer = stack.http.post(f"{stack.url}/api/v1/sweeps", json=body, timeout=30)
+    assert answer.status_code == 201, answer.text
+    sweep_id = answer.json()["id"]
+    page.goto(f"{stack.url}/sweeps/{sweep_id}")
+    page.locator("#sweep-status.succeeded").wait_for(timeout=120_000)
+    assert page.locator("#trials thead th").last.inner_text() == "packed with"
+    cells = page.locator("#trials tbody td.packed").all_inner_texts()
+    assert cells == ["#1 #2 #3", "#0 #2 #3", "#0 #1 #3", "#0 #1 #2"]
+    assert "packing auto: 4 of 4 trials packed" in page.inner_text("#sweep-facts")
+    snap(page, "sweep-packed")
+    page.click("#trials tbody tr[data-trial='2'] a")
+    page.locator("#job-packed").wait_for()
+    assert page.inner_text("#job-packed") == "packed with trial 0, trial 1, trial 3"
+    page.locator("#checkpoints tbody tr").first.wait_for()  # a member checkpoints at its last epoch, as its own job
+    eventually(lambda: chart_points(page, "#chart-loss") >= 8)  # its own curves: 4 epochs of train and val loss
+    snap(page, "run-packed")
+    page.click("#job-packed a >> nth=1")
+    page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]{32}$"))
+    assert page.inner_text("#job-packed") == "packed with trial 0, trial 2, trial 3"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # What a new user met (issue 16): each page point, in Chromium
 # ---------------------------------------------------------------------------------------------------------------------

@@ -745,6 +745,8 @@ function pageSweep() {
     const fact = (label, value) => facts.append(el("span", {}, label + " ", el("b", {text: value})));
     fact("method", s.method); fact("metric", `${s.metric} (${s.direction})`); fact("pruner", s.pruner);
     fact("trials", `${s.trials_launched} / ${s.trials_total}`);
+    const packed = s.trials.filter(t => (t.packed_with || []).length).length;
+    fact("packing", s.pack === "off" ? "off" : `${s.pack}: ${packed} of ${s.trials.length} trials packed`);
     fact("states", Object.entries(s.counts).map(([k, v]) => `${v} ${k}`).join(", ") || "–");
     fact("epochs spent", `${s.budget.epochs_spent} of ${s.budget.epochs_full_search} (${(100 * s.budget.fraction).toFixed(0)} %)`);
     if (s.best) facts.append(el("span", {}, "best ", el("a", {href: "/jobs/" + s.best.job_id, text: `trial ${s.best.trial}: ${fmt(s.best.value)}`})));
