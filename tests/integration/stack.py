@@ -137,6 +137,21 @@ class Stack:
             time.sleep(0.2)
         raise TimeoutError(f"job {job_id} stuck at {self.job(job_id)}:\n{self.logs()}")
 
+    def start_sweep(self, body: dict) -> str:
+        answer = self.http.post(f"{self.url}/api/v1/sweeps", json=body, timeout=30)
+        assert answer.status_code == 201, answer.text
+        return answer.json()["id"]
+
+    def sweep_done(self, sweep_id: str, timeout: float = 240) -> dict:
+        """The sweep once it is no longer running."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.get(f"/api/v1/sweeps/{sweep_id}")
+            if state["status"] != "running":
+                return state
+            time.sleep(0.3)
+        raise TimeoutError(f"sweep {sweep_id} still running: {self.get(f'/api/v1/sweeps/{sweep_id}')}\n{self.logs()}")
+
     def user_token(self, name: str) -> str:
         """A user of the service (role user) and an API token of theirs, made with the CLI as an operator would."""
         run = lambda *args: subprocess.run([sys.executable, "-m", "trainq.cli", *args], env=self.env,  # noqa: E731

@@ -260,14 +260,14 @@ def fragile_stack(make_database, redis_url, tmp_path):
 def test_a_worker_killed_mid_pack_resumes_every_member_with_each_epoch_once(fragile_stack):
     """A packed sweep's worker killed mid-run: every member's lease expires, the reconciler sends the pack back as
     one message, and the next worker resumes each member from its own checkpoint, every epoch reported once."""
-    from tests.integration.test_packed_sweeps import finished, start, sweep
+    from tests.integration.test_packed_sweeps import sweep
     from trainq.models.packed import fit_pack
 
     stack = fragile_stack
     body = sweep("killed", "auto", trials=3, epochs=60)
     body["base"]["training"]["batch_size"] = 8  # slower epochs: room to kill it mid-run
     stack.worker("doomed")
-    sweep_id = start(stack, body)
+    sweep_id = stack.start_sweep(body)
     trials = stack.get(f"/api/v1/sweeps/{sweep_id}")["trials"]
     for t in trials:
         stack.wait(t["job_id"], until=lambda j: j["epoch"] >= 5, timeout=120)
@@ -275,7 +275,7 @@ def test_a_worker_killed_mid_pack_resumes_every_member_with_each_epoch_once(frag
                what="a checkpoint of every member")
     stack.stop("doomed", signal.SIGKILL)  # the worker and its job process, with no chance to say anything
     stack.worker("successor")
-    done = finished(stack, sweep_id, timeout=300)
+    done = stack.sweep_done(sweep_id, timeout=300)
     assert done["counts"] == {"succeeded": 3}, stack.logs()
     jobs = [stack.job(t["job_id"]) for t in done["trials"]]
     # The reference: the same pack trained in one go here. (Not each trial alone: with batches of 8 and Adam at

@@ -4,8 +4,6 @@ member. (A worker killed mid-pack: test_faults.py, away from this module's stack
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.integration.stack import Stack
@@ -23,29 +21,13 @@ def sweep(name: str, pack, trials: int = 6, epochs: int = EPOCHS, **extra) -> di
             "pack": pack, **extra}
 
 
-def start(stack: Stack, body: dict) -> str:
-    answer = stack.http.post(f"{stack.url}/api/v1/sweeps", json=body, timeout=30)
-    assert answer.status_code == 201, answer.text
-    return answer.json()["id"]
-
-
-def finished(stack: Stack, sweep_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = stack.get(f"/api/v1/sweeps/{sweep_id}")
-        if state["status"] != "running":
-            return state
-        time.sleep(0.3)
-    raise TimeoutError(f"sweep {sweep_id} still running:\n{stack.logs()}")
-
-
 def events_of(stack: Stack, job_id: str) -> list[str]:
     return [e["message"] for e in stack.get(f"/api/v1/jobs/{job_id}/events")["events"]]
 
 
 def test_a_packed_sweep_gives_every_trial_the_result_it_has_alone(stack):
-    packed = finished(stack, start(stack, sweep("packed", "auto")))
-    apart = finished(stack, start(stack, sweep("apart", "off")))
+    packed = stack.sweep_done(stack.start_sweep(sweep("packed", "auto")))
+    apart = stack.sweep_done(stack.start_sweep(sweep("apart", "off")))
     assert packed["status"] == apart["status"] == "succeeded" and packed["pack"] == "auto"
     assert packed["counts"] == apart["counts"] == {"succeeded": 6}
     assert [t["params"] for t in packed["trials"]] == [t["params"] for t in apart["trials"]]  # same seeds
@@ -71,7 +53,7 @@ def test_a_packed_sweep_gives_every_trial_the_result_it_has_alone(stack):
 
 
 def test_cancelling_one_packed_trial_stops_it_alone(stack):
-    sweep_id = start(stack, sweep("cancel-one", 4, trials=4, epochs=400))
+    sweep_id = stack.start_sweep(sweep("cancel-one", 4, trials=4, epochs=400))
     state = stack.get(f"/api/v1/sweeps/{sweep_id}")
     victim = state["trials"][1]["job_id"]
     stack.wait(victim, until=lambda j: j["epoch"] >= 3, timeout=120)
@@ -81,6 +63,6 @@ def test_cancelling_one_packed_trial_stops_it_alone(stack):
     assert job["status"] == "cancelled" and job["epoch"] < 400
     others = [t["job_id"] for t in state["trials"] if t["job_id"] != victim]
     assert all(stack.job(j)["status"] == "running" for j in others)  # the rest train on
-    done = finished(stack, sweep_id, timeout=300)
+    done = stack.sweep_done(sweep_id, timeout=300)
     assert done["counts"] == {"succeeded": 3, "cancelled": 1}, done["counts"]
     assert all(stack.job(j)["epoch"] == 400 for j in others)

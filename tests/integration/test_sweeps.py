@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.specs import mlp
@@ -22,16 +20,7 @@ def sweep(name: str, pruner: str) -> dict:
 
 
 def run(stack, body: dict, timeout: float = 240) -> dict:
-    answer = stack.http.post(f"{stack.url}/api/v1/sweeps", json=body, timeout=30)
-    assert answer.status_code == 201, answer.text
-    sweep_id = answer.json()["id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = stack.get(f"/api/v1/sweeps/{sweep_id}")
-        if state["status"] != "running":
-            return state
-        time.sleep(0.5)
-    raise TimeoutError(f"sweep {sweep_id} still running: {stack.get(f'/api/v1/sweeps/{sweep_id}')}\n{stack.logs()}")
+    return stack.sweep_done(stack.start_sweep(body), timeout)
 
 
 def test_asha_prunes_half_the_trials_spends_half_the_epochs_and_finds_as_good_a_model(stack):
