@@ -210,6 +210,15 @@ def _supervise(children: list[subprocess.Popen], until: str = "any") -> None:
 def serve(host: str | None, port: int | None, processes: int | None, threads: int, migrate: bool) -> None:
     """Run the service alone (gunicorn), with its reconciler."""
     settings = Settings()
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before anything imports prometheus_client: gunicorn's processes count into files there, and GET /metrics
+        # adds them up. Emptied at each start, as prometheus-client asks.
+        import shutil
+
+        folder = (settings.data_dir / f"prometheus-{port or settings.port}").resolve()
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     if migrate:
         from trainq.service.migrate import upgrade
 

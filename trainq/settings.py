@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0)  # a worker's share of cores for torch (0: all); trainq worker sets it
     worker_max_memory_mb: int = Field(4096, gt=0)  # a job process above this after a job is replaced by a fresh one
 
+    metrics_token: str = ""  # GET /metrics needs it as a bearer token when set (empty: open, as Prometheus expects)
     secret_key: str = ""  # signs session cookies; empty: generated once into data_dir/secret_key
     admin_token: str = ""  # for automation: an admin API token seeded at start
     cookie_secure: bool = False  # set behind TLS so the session cookie is never sent in clear

@@ -32,7 +32,7 @@ from trainq.service.tables import FINISHED, ApiToken, AuditEntry, Checkpoint, Ev
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-PUBLIC = {"api.health", "api.openapi"}
+PUBLIC = {"api.health", "api.live", "api.ready", "api.openapi"}
 
 
 @bp.before_request
@@ -361,6 +361,28 @@ def health():
     except Exception as exc:  # noqa: BLE001 - any database failure means unhealthy
         return jsonify({"status": "unavailable", "database": str(exc)[:200]}), 503
     return jsonify({"status": "ok", "database": "ok"})
+
+
+@bp.get("/health/live")
+def live():
+    """Liveness: this process answers. Nothing else is asked, so a database outage never restarts the service."""
+    return jsonify({"status": "live"})
+
+
+@bp.get("/health/ready")
+def ready():
+    """Readiness: the database and the broker answer, so jobs can be taken and sent (503 names what does not)."""
+    problems = {}
+    try:
+        db().execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any database failure means not ready
+        problems["database"] = str(exc)[:200]
+    broker = services().broker_problem()
+    if broker:
+        problems["broker"] = broker
+    if problems:
+        return jsonify({"status": "unavailable", **problems}), 503
+    return jsonify({"status": "ready", "database": "ok", "broker": "ok"})
 
 
 @bp.get("/openapi.json")

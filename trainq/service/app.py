@@ -20,6 +20,8 @@ from trainq.service.db import make_engine, make_sessionmaker
 from trainq.service.http import fail
 from trainq.service.inference import Sessions
 from trainq.service.models_api import bp as models_bp
+from trainq.service.monitoring import bp as monitoring_bp
+from trainq.service.monitoring import instrument
 from trainq.service.oip import bp as oip_bp
 from trainq.service.sweeps_api import bp as sweeps_bp
 from trainq.service.worker_api import bp as worker_bp
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=settings.cookie_secure, SESSION_COOKIE_NAME="trainq_session")
     app.url_map.converters["hexid"] = HexIdConverter
+    instrument(app)  # first: every request is timed, those refused by a later check too
     app.session_interface = CookieSessions()
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
@@ -110,6 +113,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(sweeps_bp)
     app.register_blueprint(models_bp)
     app.register_blueprint(oip_bp)
+    app.register_blueprint(monitoring_bp)
     app.register_blueprint(dashboard_bp)
     for path in missing_assets():
         log.error("the dashboard's chart library is missing (%s): every chart will be blank. Install trainq again "

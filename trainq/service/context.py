@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from trainq.broker import EXPORT_TASK, SCORE_TASK, TRAIN_TASK, broker_priority, make_celery
+from trainq.service.telemetry import BROKER_FAILURES
 from trainq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Services:
             return True
         except Exception:  # noqa: BLE001 - any broker failure leaves the job queued in SQL
             log.warning("could not send job %s to the broker", job.id, exc_info=True)
+            BROKER_FAILURES.inc()
             return False
 
 
@@ -65,7 +67,23 @@ class Services:
             return True
         except Exception:  # noqa: BLE001
             log.warning("could not send %s %s to the broker", task, object_id, exc_info=True)
+            BROKER_FAILURES.inc()
             return False
+
+    def broker_problem(self) -> str | None:
+        """Why the broker cannot take messages now, or None: Redis answers a PING within a second; the embedded
+        filesystem broker's folder exists."""
+        url = self.settings.resolved_broker_url
+        try:
+            if url.startswith(("redis://", "rediss://")):
+                import redis
+
+                redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
+            elif url.startswith("filesystem") and not (self.settings.broker_dir / "queue").is_dir():
+                return f"the broker folder {self.settings.broker_dir / 'queue'} is missing"
+        except Exception as exc:  # noqa: BLE001 - any failure to reach it means not ready
+            return f"{type(exc).__name__}: {exc}"[:200]
+        return None
 
 
 def services() -> Services:

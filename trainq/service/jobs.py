@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from trainq.models.spec import JobSpec, Plan
 from trainq.service.db import utcnow
 from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, new_id
+from trainq.service.telemetry import LEASES_EXPIRED, METRIC_POINTS
 
 # Sends a job id to its pool's queue (with `members`, a pack's ids in one message); False if the broker did not take it
 Enqueue = Callable[..., bool]
@@ -186,18 +187,20 @@ def record_metrics(session: Session, job_id: str, points: Iterable[tuple[str, in
     if session.get_bind().dialect.name == "postgresql":
         # One statement for the whole batch: the arrays travel as four parameters and the server unnests them,
         # several times faster than one INSERT per row (executemany).
-        session.execute(text(
+        stored = session.execute(text(
             "INSERT INTO metrics (job_id, name, step, epoch, value) "
             "SELECT :job_id, * FROM unnest(CAST(:names AS varchar[]), CAST(:steps AS bigint[]), "
             "CAST(:epochs AS integer[]), CAST(:values AS double precision[])) "
             "ON CONFLICT (job_id, name, step) DO NOTHING"),
-            {"job_id": job_id, "names": names, "steps": steps, "epochs": epochs, "values": values})
+            {"job_id": job_id, "names": names, "steps": steps, "epochs": epochs, "values": values}).rowcount
     else:
         from sqlalchemy.dialects.sqlite import insert
 
         rows = [{"job_id": job_id, "name": n, "step": s, "epoch": e, "value": v} for n, s, e, v in points]
-        session.execute(insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]), rows)
+        stored = session.execute(insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]),
+                                 rows).rowcount
     session.execute(update(Job).where(Job.id == job_id, Job.epoch < max(epochs)).values(epoch=max(epochs)))
+    METRIC_POINTS.inc(max(0, stored or 0))  # new rows only: a retried batch is not counted twice
     return len(points)
 
 
@@ -338,4 +341,5 @@ def reconcile(session: Session, enqueue: Enqueue, requeue_after: timedelta, now:
             for job in group:
                 job.enqueued_at = now
             resent += len(group)
+    LEASES_EXPIRED.inc(requeued + lost_cancelled + given_up)
     return {"requeued": requeued, "cancelled": lost_cancelled, "resent": resent, "failed": given_up}

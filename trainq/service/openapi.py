@@ -137,6 +137,13 @@ def document() -> dict:
             "/api/v1/audit": {"get": _op("The audit log (admins)", {"200": _object()}, (400,), (
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),))},
             "/api/v1/health": {"get": _op("Health", {"200": _object(), "503": _object()}, public=True)},
+            "/api/v1/health/live": {"get": _op("Liveness: the process answers (no database asked)",
+                                               {"200": _object()}, public=True)},
+            "/api/v1/health/ready": {"get": _op("Readiness: the database and the broker answer",
+                                                {"200": _object(), "503": _object()}, public=True)},
+            "/metrics": {"get": _op("Prometheus metrics, text format (a bearer token when TRAINQ_METRICS_TOKEN is set)",
+                                    {"200": {"description": "OK", "content": {"text/plain": {"schema": {
+                                        "type": "string"}}}}}, (401,), public=True)},
             **model_paths(binary, no_content),
         },
         "components": {"schemas": schemas,

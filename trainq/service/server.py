@@ -31,7 +31,13 @@ def options(host: str, port: int, processes: int, threads: int) -> dict:
             # Dashboards poll every 1-2 s: a keep-alive above that keeps their connection open, instead of
             # gunicorn's 2 s default closing it just as the next poll is sent on it.
             "keepalive": 5,
-            "accesslog": None, "loglevel": "warning"}
+            "accesslog": None, "loglevel": "warning", "child_exit": _child_exit}
+
+
+def _child_exit(server, worker) -> None:
+    from trainq.service.telemetry import process_gone
+
+    process_gone(worker.pid)
 
 
 def run(settings: Settings, host: str, port: int, processes: int, threads: int) -> None:
