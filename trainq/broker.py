@@ -51,6 +51,12 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_retry_on_startup": True,
         "task_default_queue": "cpu",
         "task_create_missing_queues": True,
+        # Each worker's share of Redis: its remote-control mailbox (a pub/sub connection and a broadcast to every
+        # worker per command) and its events cost connections and traffic that grow with the fleet; trainq's own
+        # heartbeats go to the service over HTTP. TRAINQ_CELERY_EVENTS=1 brings them back, for Flower.
+        "worker_enable_remote_control": settings.celery_events,
+        "worker_send_task_events": settings.celery_events,
+        "task_send_sent_event": settings.celery_events,
     }
     if url.startswith("filesystem"):
         queue = settings.broker_dir / "queue"

@@ -295,7 +295,8 @@ def worker(ctx: click.Context, pool: str, name: str | None, concurrency: int, gp
             # jobs: a fresh child per job re-paid ~2 s of imports and first-op setup. A child that has grown past
             # the memory limit is replaced after its job.
             "--pool", "prefork", "--max-memory-per-child", str(settings.worker_max_memory_mb * 1024),
-            "--without-mingle", "--without-gossip",
+            "--without-mingle", "--without-gossip",  # no broadcasts between workers at start and while idle
+            *([] if settings.celery_events else ["--without-heartbeat"]),  # Celery's event heartbeat, every 2 s
             "--loglevel", "INFO"]
     app.worker_main(argv)
 

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(300.0, gt=0)  # a queued job not claimed this long is sent again
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # checkpoints travel through the API
 
+    # Celery's own events and remote control (Flower, `celery inspect`): off, so a worker holds two Redis connections
+    # and broadcasts nothing while idle; 1 turns them on (task events, worker heartbeats, the pidbox).
+    celery_events: bool = False
     cpu_threads: int = Field(0, ge=0)  # a worker's share of cores for torch (0: all); trainq worker sets it
     worker_max_memory_mb: int = Field(4096, gt=0)  # a job process above this after a job is replaced by a fresh one
 

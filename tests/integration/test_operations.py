@@ -33,3 +33,49 @@ def test_metrics_add_up_every_gunicorn_process(make_database, tmp_path):
         assert len(list((tmp_path / "data").glob("prometheus-*/histogram_*.db"))) == 2
     finally:
         stack.close()
+
+
+def test_twenty_idle_workers_hold_two_redis_connections_each_and_broadcast_nothing(make_database, tmp_path):
+    """Celery's heartbeats, gossip, mingle, events and remote control stay off (TRAINQ_CELERY_EVENTS=0): a fleet of
+    workers costs Redis two connections each (consuming and publishing), and an idle one sends nothing."""
+    import threading
+    import time
+
+    import redis
+
+    db = 12  # a database of its own: Redis' client list says which database each connection uses
+    url = f"redis://127.0.0.1:6379/{db}"
+    redis.Redis.from_url(url).flushdb()
+    stack = Stack(tmp_path, TRAINQ_DATABASE_URL=make_database(), TRAINQ_BROKER_URL=url)
+    count = 20
+    try:
+        stack.serve()
+        for i in range(count):
+            stack.start(f"w{i}", "worker", "--pool", "cpu", "--name", f"w{i}@test")
+        for i in range(count):
+            stack.wait_for_log(f"w{i}", "ready.", timeout=180)
+        time.sleep(3)  # past the first heartbeat interval of each
+        server = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        ours = [c for c in server.client_list() if c.get("db") == str(db)]
+        assert len(ours) <= 2 * count + 4, len(ours)  # the service's producer pool: a few more
+        published: list[str] = []
+
+        def watch() -> None:
+            with redis.Redis.from_url("redis://127.0.0.1:6379/0").monitor() as monitor:
+                until = time.monotonic() + 5
+                for command in monitor.listen():
+                    if f"/{db}." in command["command"] or "PUBLISH" in command["command"].upper():
+                        published.append(command["command"][:120])
+                    if time.monotonic() > until:
+                        return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        watcher.join(10)
+        assert published == [], published[:5]
+        # and they still work: a job goes through one of them
+        job = stack.wait(stack.submit(mlp(epochs=1)), timeout=120)
+        assert job["status"] == "succeeded", stack.logs()
+    finally:
+        stack.close()
+        redis.Redis.from_url(url).flushdb()
