@@ -26,7 +26,7 @@ def test_metrics_add_up_every_gunicorn_process(make_database, tmp_path):
         counts = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
                   for s in f.samples if s.name == "trainq_http_request_duration_seconds_count"}
         assert counts[(("code", "200"), ("method", "GET"), ("route", "/api/v1/jobs/<hexid:job_id>"))] == reads
-        assert f'trainq_queue_jobs{{device="any",pool="cpu"}} 1.0' in text
+        assert 'trainq_queue_jobs{device="any",pool="cpu"} 1.0' in text
         assert requests.get(f"{stack.url}/api/v1/health/live", timeout=10).json() == {"status": "live"}
         assert requests.get(f"{stack.url}/api/v1/health/ready", timeout=10).status_code == 200
         # both processes served some of the reads (one file each), and the scrape added them up to all of them

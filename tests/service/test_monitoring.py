@@ -44,7 +44,8 @@ def test_the_queue_jobs_and_workers_are_read_from_sql_at_each_scrape(app, client
     job_id = admin.get("/api/v1/jobs?limit=1").get_json()["jobs"][0]["id"]
     admin.post(f"/api/v1/jobs/{job_id}/cancel")
     samples = scrape(app.test_client())
-    assert value(samples, "trainq_jobs", status="queued") == 2 and value(samples, "trainq_jobs", status="cancelled") == 1
+    assert value(samples, "trainq_jobs", status="queued") == 2
+    assert value(samples, "trainq_jobs", status="cancelled") == 1
     # no job name and no id in any label: route templates only
     labels = {v for key in samples for _, v in key[1]}
     assert not any(job_id in v or "digits-mlp" in v for v in labels), labels
@@ -99,3 +100,5 @@ def test_liveness_asks_nothing_and_readiness_asks_the_database_and_the_broker(se
     no_database = create_app(settings.model_copy(update={"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/x"}))
     answer = no_database.test_client().get("/api/v1/health/ready")
     assert answer.status_code == 503 and "database" in answer.get_json()
+    scrape = no_database.test_client().get("/metrics")  # a failed scrape, never a 500 nor a wrong figure
+    assert scrape.status_code == 503 and "health/ready" in scrape.get_json()["message"]

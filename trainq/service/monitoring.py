@@ -12,6 +12,7 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from trainq.service.context import db, services
@@ -34,12 +35,16 @@ def metrics():
             fail(401, "unauthorized", "this service's metrics need its metrics token (TRAINQ_METRICS_TOKEN) as a "
                                       "bearer token: set it in Prometheus' scrape config (authorization.credentials)",
                  extra_headers={"WWW-Authenticate": "Bearer"})
-    return Response(exposition(db(), settings.heartbeat_seconds), mimetype=CONTENT_TYPE_LATEST)
+    try:
+        body = exposition(db(), settings.heartbeat_seconds)
+    except SQLAlchemyError as exc:  # the queue and workers are SQL's to tell: a failed scrape, not a wrong figure
+        fail(503, "unavailable", f"the database did not answer ({type(exc).__name__}); /api/v1/health/ready says more")
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 
 class SqlState:
     """A collector of what SQL knows at scrape time: the queue per pool and device, its oldest job's age per pool,
-    jobs per status, workers per pool, kind and state."""
+    running jobs per pool, jobs per status, workers per pool, kind and state."""
 
     def __init__(self, session: Session, heartbeat_seconds: float):
         self.session, self.heartbeat_seconds = session, heartbeat_seconds
@@ -56,6 +61,11 @@ class SqlState:
             queued.add_metric([pool, device or "any"], count)
         for pool, first in s.execute(select(Job.pool, func.min(Job.created_at)).where(waiting).group_by(Job.pool)):
             oldest.add_metric([pool], max(0.0, (now - first).total_seconds()))
+        running = GaugeMetricFamily("trainq_running_jobs", "Jobs running, per pool (with the queue: the workers a pool "
+                                    "needs now)", labels=["pool"])
+        for pool, count in s.execute(select(Job.pool, func.count()).where(Job.status == JobStatus.running.value)
+                                     .group_by(Job.pool)):
+            running.add_metric([pool], count)
         jobs = GaugeMetricFamily("trainq_jobs", "Jobs per status", labels=["status"])
         counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         for status in JobStatus:
@@ -68,7 +78,7 @@ class SqlState:
             tally[key] = tally.get(key, 0) + 1
         for key, count in sorted(tally.items()):
             workers.add_metric(list(key), count)
-        return [queued, oldest, jobs, workers]
+        return [queued, oldest, running, jobs, workers]
 
 
 def exposition(session: Session, heartbeat_seconds: float) -> bytes:
