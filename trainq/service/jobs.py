@@ -197,8 +197,8 @@ def record_metrics(session: Session, job_id: str, points: Iterable[tuple[str, in
         from sqlalchemy.dialects.sqlite import insert
 
         rows = [{"job_id": job_id, "name": n, "step": s, "epoch": e, "value": v} for n, s, e, v in points]
-        stored = session.execute(insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]),
-                                 rows).rowcount
+        stored = session.execute(  # the table's Core insert: its result tells how many rows were new
+            insert(Metric.__table__).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]), rows).rowcount
     session.execute(update(Job).where(Job.id == job_id, Job.epoch < max(epochs)).values(epoch=max(epochs)))
     METRIC_POINTS.inc(max(0, stored or 0))  # new rows only: a retried batch is not counted twice
     return len(points)
