@@ -222,3 +222,17 @@ def test_checkpoints_come_on_a_clock_and_when_a_member_stops():
                                                lambda b, i: saved[1].append(i["epoch"])], checkpoint_seconds=3600)
     assert packed[0].result.stop_reason == "early_stopped" and packed[0].result.epochs < 6
     assert saved == [[packed[0].result.epochs], [6]]  # nothing on the clock within an hour: at the stop and the end
+
+
+@pytest.mark.parametrize("value", ["yes", True, 0, 65, "maybe"])
+def test_a_sweeps_pack_is_auto_off_or_a_size_and_says_so(value):
+    from trainq.models.spec import SpecError
+    from trainq.models.sweep import parse_sweep
+
+    body = {"name": "s", "base": mlp(), "search": {"optimizer.lr": {"log_uniform": [1e-4, 1e-2]}}, "pack": value}
+    with pytest.raises(SpecError) as caught:
+        parse_sweep(body)
+    assert [(e.path, e.message) for e in caught.value.errors] == [
+        ("pack", f"{value!r} is not a pack: auto (pack where it pays), off, or at most how many trials train together "
+                 "(1 to 64)")]
+    assert parse_sweep({**body, "pack": 8})[0].pack == 8

@@ -759,7 +759,7 @@ def errors_from(exc: ValidationError) -> list[FieldError]:
     names the fields allowed there, and the one it was probably meant to be."""
     merged: dict[str, list[str]] = {}
     for e in exc.errors(include_url=False):
-        message = e["msg"]
+        message = message_of(e)
         if e["type"] == "extra_forbidden":
             message = unknown_field(tuple(e["loc"]), JobSpec)
         elif e["type"] == "missing" and len(e["loc"]) == 1 and e["loc"][0] in MISSING_HINTS:
@@ -768,6 +768,13 @@ def errors_from(exc: ValidationError) -> list[FieldError]:
         if message not in messages:
             messages.append(message)
     return [FieldError(path, " or ".join(messages)) for path, messages in merged.items()]
+
+
+def message_of(error: dict) -> str:
+    """A pydantic error's message; one of our validators' in its own words, without pydantic's "Value error, "."""
+    if error["type"] == "value_error" and error.get("ctx", {}).get("error") is not None:
+        return str(error["ctx"]["error"])
+    return error["msg"]
 
 
 MISSING_HINTS = {"name": "my-run", "dataset": "{name: digits}", "model": "{layers: [{type: dense, units: 10}]}",

@@ -12,9 +12,9 @@ import math
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from trainq.models.spec import MODEL_NAME, FieldError, JobSpec, Spec, SpecError, parse_spec
+from trainq.models.spec import MODEL_NAME, FieldError, JobSpec, Spec, SpecError, message_of, parse_spec
 
 PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*$")
 MAXIMIZE = ("accuracy", "r2", "f1", "precision", "recall")
@@ -99,7 +99,16 @@ class SweepSpec(Spec):
     register_best: str | None = Field(None, pattern=MODEL_NAME)  # the best trial's model, as this model's next version
     # Trials whose specs differ only in packable fields train together as one packed model (trainq.models.packing):
     # auto packs where it was measured to pay, as many as fit; a number packs at most that many; off never packs.
-    pack: Literal["auto", "off"] | Annotated[int, Field(ge=1, le=64)] = "auto"
+    pack: Literal["auto", "off"] | int = "auto"
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, value: Any) -> Any:
+        # One message for the three forms, and no YAML `yes` (a boolean) read as a pack of 1
+        if value in ("auto", "off") or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+            return value
+        raise ValueError(f"{value!r} is not a pack: auto (pack where it pays), off, or at most how many trials "
+                         "train together (1 to 64)")
 
     @property
     def resolved_direction(self) -> str:
@@ -175,7 +184,8 @@ def parse_sweep(data: Any, uploads=None) -> tuple[SweepSpec, dict]:
     try:
         sweep = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError([FieldError(".".join(str(p) for p in e["loc"] if not str(p).startswith(("Uniform", "LogUniform", "IntUniform", "IntLogUniform", "Choice"))), e["msg"])
+        kinds = ("Uniform", "LogUniform", "IntUniform", "IntLogUniform", "Choice")
+        raise SpecError([FieldError(".".join(str(p) for p in e["loc"] if not str(p).startswith(kinds)), message_of(e))
                          for e in exc.errors()]) from None
     try:
         base_spec: JobSpec = parse_spec(sweep.base, uploads=uploads)
