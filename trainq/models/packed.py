@@ -8,10 +8,11 @@ own rows each step (its own permutation), its own dropout masks and noise (its o
 alone seeds the global one), and the optimizers here apply each member's hyperparameters as tensors. So a member's
 losses are the trial's alone (to float rounding), while a step costs about one step of a model N times as wide.
 
-Each member keeps its own State (the engine's), early stopping and callbacks: its metrics, events and final
-evaluation are those of a trial. A stopped member is masked (learning rate zero, no loss); when fewer than half the
-members are live the pack is compacted to them. L-BFGS, Bayesian layers, image augmentation, stochastic pooling,
-gradient accumulation, one-cycle and plateau schedules are not packed (`unpackable` says why).
+Each member keeps its own State (the engine's), early stopping and callbacks: its metrics, events, checkpoints
+(a trial's, resumable packed or alone) and final evaluation are those of a trial. A stopped member is masked (learning
+rate zero, no loss); when fewer than half the members are live the pack is compacted to them. L-BFGS, Bayesian
+layers, image augmentation, stochastic pooling, gradient accumulation, one-cycle and plateau schedules are not
+packed (`packing.unpackable` says why; packing.py decides, without torch, what packs and when it pays).
 """
 
 from __future__ import annotations
