@@ -615,10 +615,7 @@ def train(spec_file: str, device: str | None, out: str | None, packs: tuple[str,
             click.echo(f"{error.path}: {error.message}", err=True)
         raise click.ClickException("the spec is not valid")
     if packs:
-        if out:
-            raise click.ClickException("--out does not write a pack's checkpoints yet: train a member alone "
-                                       "(its values in the spec) to keep its checkpoints")
-        return _train_pack(spec, packs, device)
+        return _train_pack(spec, packs, device, out)
     from trainq.models.engine import fit
 
     class Progress(Callback):
@@ -640,16 +637,21 @@ def train(spec_file: str, device: str | None, out: str | None, packs: tuple[str,
     if out:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-
-        def sink(blob: bytes, info: dict) -> None:
-            (folder / "latest.safetensors").write_bytes(blob)
-            if info["is_best"]:
-                (folder / "best.safetensors").write_bytes(blob)
+        sink = _checkpoint_writer(folder)
 
     result = fit(spec, device=device, callbacks=[Progress()], checkpoint_sink=sink)
     click.echo(f"{result.stop_reason} after {result.epochs} epochs (best epoch {result.best_epoch}); "
                f"setup {result.setup_seconds:.2f}s, training {result.train_seconds:.2f}s")
     _show_metrics(result.metrics)
+
+
+def _checkpoint_writer(folder: Path):
+    """Where `trainq train --out` puts checkpoints: latest.safetensors, and best.safetensors when it is the best."""
+    def sink(blob: bytes, info: dict) -> None:
+        (folder / "latest.safetensors").write_bytes(blob)
+        if info["is_best"]:
+            (folder / "best.safetensors").write_bytes(blob)
+    return sink
 
 
 def _pack_values(packs: tuple[str, ...], document: dict) -> list[dict[str, object]]:
@@ -673,8 +675,10 @@ def _pack_values(packs: tuple[str, ...], document: dict) -> list[dict[str, objec
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def _train_pack(spec, packs: tuple[str, ...], device: str | None) -> None:
-    """`trainq train --pack`: every combination of the values as one member of a packed model, trained together."""
+def _train_pack(spec, packs: tuple[str, ...], device: str | None, out: str | None = None) -> None:
+    """`trainq train --pack`: every combination of the values as one member of a packed model, trained together.
+    With --out, member i's checkpoints go to OUT/member-i/ (latest and best), each one a trial's: `trainq export` and
+    a resume read them as they read a run's."""
     from trainq.models.packed import fit_pack
     from trainq.models.packing import PackError
     from trainq.models.spec import SpecError, parse_spec
@@ -707,7 +711,14 @@ def _train_pack(spec, packs: tuple[str, ...], device: str | None) -> None:
                    f"  elapsed {_duration(time.monotonic() - started)}")
 
     try:
-        trained = fit_pack(specs, device=device, on_epoch=progress)
+        sinks = None
+        if out:
+            sinks = []
+            for i in range(len(specs)):
+                folder = Path(out) / f"member-{i}"
+                folder.mkdir(parents=True, exist_ok=True)
+                sinks.append(_checkpoint_writer(folder))
+        trained = fit_pack(specs, device=device, on_epoch=progress, checkpoint_sinks=sinks)
     except PackError as exc:
         raise click.ClickException(f"{exc}")
     names = [k for k in members[0]]

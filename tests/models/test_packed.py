@@ -236,3 +236,19 @@ def test_a_sweeps_pack_is_auto_off_or_a_size_and_says_so(value):
         ("pack", f"{value!r} is not a pack: auto (pack where it pays), off, or at most how many trials train together "
                  "(1 to 64)")]
     assert parse_sweep({**body, "pack": 8})[0].pack == 8
+
+
+def test_trainq_train_pack_out_writes_each_members_checkpoints_as_a_trials(tmp_path):
+    from trainq.models.checkpoint import read_meta
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(mlp(epochs=3)))
+    result = CliRunner().invoke(main, ["train", str(path), "--pack", "training.seed=0,1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    for i in (0, 1):
+        blob = (tmp_path / "o" / f"member-{i}" / "latest.safetensors").read_bytes()
+        meta = read_meta(blob)
+        assert meta["epoch"] == 3 and meta["spec"]["training"]["seed"] == i
+        alone = fit(parse_spec(with_(mlp(epochs=3), **{"training.seed": i})))
+        assert [h["val_loss"] for h in meta["history"]] == pytest.approx([h["val_loss"] for h in alone.history],
+                                                                          abs=1e-4)
