@@ -108,7 +108,7 @@ def claim_one(job_id: str, worker: str, kind, gpus) -> tuple[int, dict]:
     dataset = None
     if c.job.dataset_id is not None:
         d = db().get(Dataset, c.job.dataset_id)
-        dataset = {"shape": d.shape, "classes": d.classes, "rows": d.rows,
+        dataset = {"id": d.id, "shape": d.shape, "classes": d.classes, "rows": d.rows,
                    "url": url_for("worker_api.attempt_dataset", attempt_id=c.attempt.id)}
     prune = None
     if c.job.sweep_id is not None:

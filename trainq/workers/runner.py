@@ -133,7 +133,8 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
         import torch
 
         torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)  # the engine picks within this share
-    ready = [c for c in claimed if _prepare(client, c, dev, worker)]
+    downloaded: dict[str, tuple] = {}  # a pack's members share their uploaded dataset: fetched once
+    ready = [c for c in claimed if _prepare(client, c, dev, worker, downloaded)]
     groups: dict[int, list[Claimed]] = {}
     for c in ready:  # members resuming from different epochs cannot share a pack: one pack per epoch
         groups.setdefault(int(c.claim["resume"]["epoch"]) if c.resume else 0, []).append(c)
@@ -166,15 +167,19 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
     return ", ".join(ended.get(i, "unreported") for i in range(len(claimed)))
 
 
-def _prepare(client: ServiceClient, c: Claimed, dev, worker: str) -> bool:
-    """Read the claimed job's spec, dataset and checkpoint; False (and a failed outcome) if that fails."""
+def _prepare(client: ServiceClient, c: Claimed, dev, worker: str, downloaded: dict[str, tuple]) -> bool:
+    """Read the claimed job's spec, dataset (once per dataset for all the jobs claimed together) and checkpoint;
+    False (and a failed outcome) if that fails."""
     claim, token = c.claim, c.claim["token"]
     try:
         c.spec = JobSpec.model_validate(claim["spec"])
         if claim.get("dataset"):
             info = claim["dataset"]
             c.spec.dataset._info = DatasetInfo(tuple(info["shape"]), info["classes"], info["rows"])
-            c.arrays = read_arrays(client.download(info["url"], token))
+            key = info.get("id") or info["url"]
+            if key not in downloaded:
+                downloaded[key] = read_arrays(client.download(info["url"], token))
+            c.arrays = downloaded[key]
         c.resume = client.download(claim["resume"]["url"], token) if claim["resume"] else None
         c.reporter.event(f"training on {dev} (worker {worker}, attempt {claim['attempt']})"
                          + (f", resuming after epoch {claim['resume']['epoch']}" if c.resume else ""))
