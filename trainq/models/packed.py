@@ -25,177 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from trainq.models.bayes import BayesModule
 from trainq.models.datasets import Data, Split, load
 from trainq.models.engine import (PARALLEL_STEP_FLOPS, NonFiniteLoss, Result, _scores, autocast_dtype, evaluate,
                                   pick_device, tracker_for)
-from trainq.models.layers import GaussianNoise, StochasticPool2d, build_model
+from trainq.models.layers import build_model
 from trainq.models.losses import _argmax, build_objective
 from trainq.models.checkpoint import dump, restore
 from trainq.models.optimizers import build_optimizer, decoupled_decay
 from trainq.models.packing import PackError, check_pack
 from trainq.models.spec import JobSpec, batch_size, plan
+from trainq.models.stacked import PackedConv2d, PackedDropout, PackedFlatten, PackedNoise, pack_modules
 from trainq.models.state import Callback, State
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Stacked layers: parameters carry a leading member axis. Activations are (N, B, F) for features and (B, N*C, H, W)
-# for images (grouped channels), so convolutions, pooling and batch norm run once for all members.
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _stack(tensors: list[torch.Tensor]) -> nn.Parameter:
-    return nn.Parameter(torch.stack([t.detach() for t in tensors]))
-
-
-class PackedLinear(nn.Module):
-    def __init__(self, layers: list[nn.Linear]):
-        super().__init__()
-        self.weight = _stack([m.weight for m in layers])  # (N, out, in)
-        self.bias = _stack([m.bias for m in layers]) if layers[0].bias is not None else None  # (N, out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, B, in) -> (N, B, out)
-        if self.bias is None:
-            return torch.bmm(x, self.weight.transpose(1, 2))
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
-
-
-class PackedConv2d(nn.Module):
-    def __init__(self, layers: list[nn.Conv2d]):
-        super().__init__()
-        first = layers[0]
-        self.stride, self.padding, self.members = first.stride, first.padding, len(layers)
-        self.weight = _stack([m.weight for m in layers])  # (N, out, in, k, k)
-        self.bias = _stack([m.bias for m in layers]) if first.bias is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N*in, H, W) -> (B, N*out, H', W')
-        w = self.weight.flatten(0, 1)
-        return F.conv2d(x, w, None if self.bias is None else self.bias.flatten(), self.stride, self.padding,
-                        groups=self.members)
-
-
-class PackedBatchNorm(nn.Module):
-    def __init__(self, layers: list[nn.modules.batchnorm._BatchNorm]):
-        super().__init__()
-        first = layers[0]
-        self.eps, self.momentum = first.eps, first.momentum
-        self.weight = _stack([m.weight for m in layers])  # (N, C)
-        self.bias = _stack([m.bias for m in layers])
-        self.register_buffer("running_mean", torch.stack([m.running_mean for m in layers]).clone())
-        self.register_buffer("running_var", torch.stack([m.running_var for m in layers]).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.dim() == 3  # (N, B, C): per member and feature, over the batch
-        if flat:
-            n, b, c = x.shape
-            x = x.transpose(0, 1).reshape(b, n * c)
-        out = F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.flatten(),
-                           self.bias.flatten(), self.training, self.momentum, self.eps)
-        return out.view(b, n, c).transpose(0, 1) if flat else out
-
-
-class PackedDropout(nn.Module):
-    """Each member's mask from its own generator, drawn as nn.Dropout draws it (none when p = 0)."""
-
-    def __init__(self, ps: list[float], generators: list[torch.Generator]):
-        super().__init__()
-        self.ps, self.generators = ps, generators
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not any(self.ps):
-            return x
-        parts = _members(x, len(self.ps))
-        out = []
-        for part, p, g in zip(parts, self.ps, self.generators):
-            if p == 0 or g is None:
-                out.append(part)
-            elif p == 1:
-                out.append(part * 0)
-            else:
-                mask = torch.empty_like(part).bernoulli_(1 - p, generator=g).div_(1 - p)
-                out.append(part * mask)
-        return _join(out, x)
-
-
-class PackedNoise(nn.Module):
-    def __init__(self, stds: list[float], generators: list[torch.Generator]):
-        super().__init__()
-        self.stds, self.generators = stds, generators
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not any(self.stds):
-            return x
-        out = []
-        for part, std, g in zip(_members(x, len(self.stds)), self.stds, self.generators):
-            out.append(part if not std or g is None else
-                       part + std * torch.randn(part.shape, generator=g, device=part.device, dtype=part.dtype))
-        return _join(out, x)
-
-
-def _members(x: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """One member's activations each, shaped as the member alone would have them."""
-    if x.dim() == 3:
-        return list(x.unbind(0))
-    b, nc, h, w = x.shape
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
-    return [part.contiguous(memory_format=fmt) for part in x.view(b, n, nc // n, h, w).unbind(1)]
-
-
-def _join(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    if like.dim() == 3:
-        return torch.stack(parts)
-    return torch.stack(parts, dim=1).flatten(1, 2)
-
-
-class PackedFlatten(nn.Module):
-    def __init__(self, members: int):
-        super().__init__()
-        self.members = members
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N*C, H, W) -> (N, B, C*H*W)
-        b = x.shape[0]
-        return x.reshape(b, self.members, -1).transpose(0, 1)
-
-
-class PackedSoftmax(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(x, dim=-1 if x.dim() == 3 else 1)
-
-
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.MaxPool2d, nn.AvgPool2d, nn.ZeroPad2d)
-
-
-def pack_modules(models: list[nn.Sequential], generators: list[torch.Generator]) -> nn.Sequential:
-    """One module that computes every member model at once (their weights copied in, stacked)."""
-    from trainq.models.layers import SlopedSigmoid, Step
-
-    packed = []
-    for layers in zip(*models):
-        first = layers[0]
-        if isinstance(first, BayesModule) or isinstance(first, StochasticPool2d):
-            raise PackError(f"{type(first).__name__} is not packed")
-        if isinstance(first, nn.Linear):
-            packed.append(PackedLinear(list(layers)))
-        elif isinstance(first, nn.Conv2d):
-            packed.append(PackedConv2d(list(layers)))
-        elif isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            packed.append(PackedBatchNorm(list(layers)))
-        elif isinstance(first, nn.Dropout):
-            packed.append(PackedDropout([m.p for m in layers], generators))
-        elif isinstance(first, GaussianNoise):
-            packed.append(PackedNoise([m.std for m in layers], generators))
-        elif isinstance(first, nn.Flatten):
-            packed.append(PackedFlatten(len(models)))
-        elif isinstance(first, nn.Softmax):
-            packed.append(PackedSoftmax())
-        elif isinstance(first, (*ELEMENTWISE, SlopedSigmoid, Step)):
-            packed.append(first)  # acts on each element or channel alone: the same for every member
-        else:
-            raise PackError(f"{type(first).__name__} is not packed")
-    return nn.Sequential(*packed)
 
 
 def _unpacked_state(packed: nn.Sequential, member: int) -> dict[str, torch.Tensor]:
