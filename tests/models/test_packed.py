@@ -154,8 +154,8 @@ def test_members_that_differ_in_shape_are_refused_with_the_field(change, says):
 
 @pytest.mark.parametrize("change, says", [
     ({"optimizer": {"type": "lbfgs"}}, "lbfgs re-evaluates the loss"),
-    ({"schedule": {"type": "one_cycle"}}, "schedule.type: one_cycle is not packed"),
-    ({"training.accumulate_steps": 2}, "accumulation is not packed"),
+    ({"schedule": {"type": "one_cycle"}}, "schedule.type: one_cycle is not stacked"),
+    ({"training.accumulate_steps": 2}, "accumulation is not stacked"),
 ])
 def test_what_never_packs_says_so(change, says):
     with pytest.raises(PackError, match=says):

@@ -26,7 +26,8 @@ from trainq.models.distributed import fit_data_parallel
 from trainq.models.layers import build_model
 from trainq.models.losses import build_objective
 from trainq.models.optimizers import build_optimizer, build_schedule, decoupled_decay
-from trainq.models.spec import JobSpec, batch_size, plan
+from trainq.models.spec import JobSpec, batch_size, ensemble_members, plan
+from trainq.models.stacked import Ensemble, clip_members_
 from trainq.models.state import Callback, State
 
 EVAL_BATCH = 8192  # rows per evaluation batch; evaluation keeps no graph, so this can be large
@@ -82,13 +83,18 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
     data = load(spec.dataset, arrays)
     on_host = placement(spec, data, device) == "host"
     data = data.pinned(device) if on_host and device.type == "cuda" else (data if on_host else data.to(device))
-    model = build_model(spec, data.train.x.shape[1:]).to(device)
+    members = ensemble_members(spec)
+    rng = torch.Generator(device).manual_seed(spec.training.seed) if members else None
+    model = (build_ensemble(spec, data.train.x.shape[1:], members, rng) if members
+             else build_model(spec, data.train.x.shape[1:])).to(device)
     # NHWC: measured 22% faster than NCHW for the small CNN of bench/engine_speed.py on this CPU (oneDNN), and the
     # layout tensor cores want on a GPU.
     channels_last = (spec.training.channels_last if isinstance(spec.training.channels_last, bool)
                      else data.train.x.dim() == 4)
     if channels_last and data.train.x.dim() == 4:
         model = model.to(memory_format=torch.channels_last)
+        if members:
+            model.channels_last = True
     optimizer = build_optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.training.seed)
     tracker = tracker_for(spec, data)
@@ -100,10 +106,21 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
                   objective=build_objective(spec, units), data=data, device=device, generator=generator,
                   tracker=tracker, augment=build_augmentation(spec, data, device), callbacks=all_callbacks,
                   amp=autocast_dtype(spec, device), channels_last=channels_last and data.train.x.dim() == 4,
-                  on_host=on_host)
+                  on_host=on_host, rng=rng)
     if resume is not None:
         restore(state, resume)
     return state
+
+
+def build_ensemble(spec: JobSpec, shape, members: int, generator: torch.Generator) -> Ensemble:
+    """An ensemble's members stacked in one module, member m initialized as the spec alone with training.seed + m
+    would be; dropout and noise draw from `generator`."""
+    models = []
+    for m in range(members):
+        torch.manual_seed(spec.training.seed + m)
+        models.append(build_model(spec, shape))
+    torch.manual_seed(spec.training.seed)
+    return Ensemble(models, len(shape), generator)
 
 
 def placement(spec: JobSpec, data: Data, device: torch.device) -> str:
@@ -135,7 +152,7 @@ def native_bf16(device: torch.device) -> bool:
 def forward(state: State, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's outputs for a batch on the device, in fp32: under bf16 autocast if the run uses it, NHWC if it
     uses that."""
-    if state.channels_last:
+    if state.channels_last and x.dim() == 4:  # (an ensemble's members' own batches are 5-D: it lays them out itself)
         x = x.contiguous(memory_format=torch.channels_last)
     if state.amp is None:
         return net(x)
@@ -245,16 +262,19 @@ def train_one_epoch(state: State) -> None:
     micro = min(spec.training.accumulate_steps, size)
     net = state.train_model or model  # with replicas, DDP averages the gradients of their shards (compiled or not)
     objective_loss = training_loss(state)
+    members = ensemble_members(spec)
     model.train()
-    order = torch.randperm(n, generator=state.generator)
+    # an ensemble's members each draw their own permutation: (M, n) row indices, a (M, B) batch of them per step
+    order = (torch.stack([torch.randperm(n, generator=state.generator) for _ in range(members)]) if members
+             else torch.randperm(n, generator=state.generator))
     if not state.on_host:
         order = order.to(state.device)
     losses: list[torch.Tensor] = []  # detached batch losses, still on the device: summed once per interval
     logged = 0  # how many of them the last report covered
     for start in range(0, n, size):
-        idx = order[start:start + size]
-        batch_rows = len(idx)
-        share = 1.0
+        idx = order[..., start:start + size]
+        batch_rows = idx.shape[-1]
+        share = float(members) if members else 1.0  # the loss is the members' mean, each member's gradient its own
         if state.world > 1:  # every replica draws the same permutation and takes its shard of each batch
             shard = idx.tensor_split(state.world)[state.rank]
             # DDP averages shard gradients: weighting each shard's mean loss by its share of the batch makes that
@@ -286,7 +306,9 @@ def train_one_epoch(state: State) -> None:
             if reg.l1:
                 with_grad = [p for p in params if p.grad is not None]
                 torch._foreach_add_([p.grad for p in with_grad], torch._foreach_sign(with_grad), alpha=reg.l1)
-            if reg.max_grad_norm:
+            if reg.max_grad_norm and members:
+                clip_members_(params, reg.max_grad_norm, members)
+            elif reg.max_grad_norm:
                 nn.utils.clip_grad_norm_(params, reg.max_grad_norm, foreach=True)
             return batch_loss
 
@@ -338,6 +360,12 @@ def training_loss(state: State) -> Callable[[torch.Tensor, torch.Tensor], torch.
     """The objective's loss; for a variational run, mean NLL + beta * KL / N_train with N_train the training rows
     (not the batch: each batch's loss is a mean, so the whole epoch adds up to one KL)."""
     base = state.objective.loss
+    if ensemble_members(state.spec):  # (M, B, outputs) against (M, B, ...): the mean of the members' mean losses
+
+        def members_mean(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.stack([base(o, t) for o, t in zip(out, y)]).mean()
+
+        return members_mean
     if not variational(state.spec):
         return base
     inference, rows, model = state.spec.inference, len(state.data.train), state.model
@@ -380,7 +408,7 @@ def _outputs(state: State, split: Split, tta: bool) -> torch.Tensor:
                                         for v in tta_views(x, views)]).mean(0))
         else:
             outputs.append(forward(state, state.model, x))
-    return torch.cat(outputs)
+    return torch.cat(outputs, dim=1 if ensemble_members(state.spec) else 0)  # an ensemble's: (M, N, outputs)
 
 
 @torch.inference_mode()
@@ -436,7 +464,11 @@ def _scores(state: State, out: torch.Tensor, split: Split, prefix: str, averaged
 
 def _sampled(state: State, split: Split, samples: int) -> torch.Tensor:
     """(samples, N, outputs): the model's outputs under `samples` draws of its posterior (variational: the Bayesian
-    layers' weights; mc_dropout: the dropout masks, everything else in evaluation mode)."""
+    layers' weights; mc_dropout: the dropout masks, everything else in evaluation mode); an ensemble's members'
+    outputs, (M, N, outputs), whatever `samples` says."""
+    if ensemble_members(state.spec):
+        state.model.eval()
+        return _outputs(state, split, False)
     sampling_mode(state.model, state.spec.inference.method)
     try:
         return torch.stack([_outputs(state, split, False) for _ in range(samples)])

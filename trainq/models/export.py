@@ -131,7 +131,10 @@ class Predictor(nn.Module):
         the predictive entropy and the mutual information; regression the mean, the predictive std (epistemic plus
         the noise fitted on the validation split) and the epistemic std, in the target's units."""
         t, n = self.samples, z.shape[0]
-        out = self.network(z.repeat(t, *([1] * (z.dim() - 1))))
+        if self.method == "ensemble":  # the members' answers, (M, N, outputs): the mixture's components
+            out = self.network(z)
+        else:
+            out = self.network(z.repeat(t, *([1] * (z.dim() - 1))))
         if self.classification:
             p = self.objective.probabilities(out).reshape(t, n, -1)
             mean = p.mean(0)
@@ -184,7 +187,8 @@ def export_onnx(state: State, path: str | Path, arrays: tuple | None = None, *, 
 
     A run with an inference block gets a graph that draws `inference.samples` posterior samples per row and answers
     with their mean and spread. Random draws cannot match torch's, so its posterior-mean twin (the same graph without
-    sampling) is checked exactly first, then the sampling graph's mean against torch's Monte Carlo mean."""
+    sampling) is checked exactly first, then the sampling graph's mean against torch's Monte Carlo mean. An
+    ensemble's graph computes every member and answers as their mixture: no draws, so it is checked exactly."""
     path = Path(path)
     prep = state.data.preprocessing
     if prep is None:
@@ -197,6 +201,11 @@ def export_onnx(state: State, path: str | Path, arrays: tuple | None = None, *, 
         predictor = Predictor(state.model, prep, state).cpu().eval().modes()
         _write(state, predictor, path, rows, meta, written)
         checked = _check_exact(predictor, path, rows)
+    elif inference.method == "ensemble":  # deterministic: the mixture of the members, checked exactly
+        predictor = Predictor(state.model, prep, state, inference.members, _noise(state)).cpu().eval()
+        _write(state, predictor, path, rows, {"trainq_samples": str(inference.members),
+                                              "trainq_noise_var": repr(predictor.noise_var), **(meta or {})}, written)
+        checked = _check_exact(predictor, path, rows)
     else:
         import tempfile
 
@@ -204,11 +213,7 @@ def export_onnx(state: State, path: str | Path, arrays: tuple | None = None, *, 
         with tempfile.TemporaryDirectory(prefix="trainq-twin-") as folder:
             _write(state, twin, Path(folder) / "twin.onnx", rows, None, lambda: None)
             _check_exact(twin, Path(folder) / "twin.onnx", rows)
-        noise = 0.0
-        if state.data.classes is None:
-            from trainq.models.engine import noise_variance
-
-            noise = noise_variance(state)
+        noise = _noise(state)
         predictor = Predictor(state.model, prep, state, inference.samples, noise).cpu().eval().modes()
         _write(state, predictor, path, rows, {"trainq_samples": str(inference.samples),
                                               "trainq_noise_var": repr(noise), **(meta or {})}, written)
@@ -216,6 +221,15 @@ def export_onnx(state: State, path: str | Path, arrays: tuple | None = None, *, 
         twin.modes()  # the run's own modules back to their posterior means / dropout off
     shape = [-1, *rows.shape[1:]]
     return Exported(path, {"x": {"dtype": "float32", "shape": shape}}, predictor.output_names(), checked)
+
+
+def _noise(state: State) -> float:
+    """A regression's noise variance for the predictive std (fitted on the validation split); 0 for classification."""
+    if state.data.classes is not None:
+        return 0.0
+    from trainq.models.engine import noise_variance
+
+    return noise_variance(state)
 
 
 def _write(state: State, predictor: Predictor, path: Path, rows: np.ndarray, meta: dict[str, str] | None,
@@ -346,7 +360,7 @@ def signature(state: State, arrays: tuple | None = None, columns: list[str] | No
     labels = names if names and classes is not None and len(names) == classes else (
         class_names(state.spec.dataset) if classes is not None else None)
     inference = state.spec.inference
-    predictor = Predictor(state.model, state.data.preprocessing, state, inference.samples if inference else 0)
+    predictor = Predictor(state.model, state.data.preprocessing, state, inference.draws if inference else 0)
     outputs = []
     k = predictor.components
     for name in predictor.output_names():
@@ -361,4 +375,4 @@ def signature(state: State, arrays: tuple | None = None, columns: list[str] | No
     task = "classification" if classes is not None else ("mixture" if k is not None else "regression")
     return {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape}], "features": features, "ranges": ranges,
             "outputs": outputs, "task": task, "class_names": labels,
-            "uncertainty": {"method": inference.method, "samples": inference.samples} if inference else None}
+            "uncertainty": {"method": inference.method, "samples": inference.draws} if inference else None}

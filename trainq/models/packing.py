@@ -7,14 +7,13 @@ import json
 import re
 from typing import Any, Sequence
 
-from trainq.models.spec import JobSpec, batch_size, plan, spec_rows
+from trainq.models.spec import JobSpec, batch_size, plan, spec_rows, stacking_limit
 
 # Fields members may differ in (dotted paths; `*` is any list index). Everything else must be equal.
 PACKABLE = ("name", "register_as", "resources.priority", "training.seed", "training.early_stopping",
             "optimizer.lr", "optimizer.momentum", "optimizer.nesterov", "optimizer.betas", "optimizer.eps",
             "optimizer.alpha", "regularization", "loss.label_smoothing", "schedule.step_size", "schedule.gamma",
             "schedule.min_lr", "schedule.start_factor", "schedule.epochs", "model.layers.*.p", "model.layers.*.std")
-PACKED_SCHEDULES = ("none", "step", "exponential", "cosine", "warmup")
 
 
 class PackError(ValueError):
@@ -50,27 +49,12 @@ def pack_key(spec: JobSpec) -> str:
 
 def unpackable(spec: JobSpec) -> str | None:
     """Why this spec cannot be a pack member (None: it can)."""
-    t = spec.training
     if spec.optimizer.type == "lbfgs":
         return "optimizer.type: lbfgs re-evaluates the loss inside its step and is never packed"
     if spec.inference is not None:
-        return "inference: Bayesian and Monte Carlo runs are not packed"
-    if spec.augmentation:
-        return "augmentation: image augmentation draws from the global generator and is not packed"
-    if spec.schedule.type not in PACKED_SCHEDULES:
-        return f"schedule.type: {spec.schedule.type} is not packed (packed: {', '.join(PACKED_SCHEDULES)})"
-    if t.accumulate_steps > 1:
-        return "training.accumulate_steps: gradient accumulation is not packed"
-    if t.compile:
-        return "training.compile: compiled runs are not packed"
-    if spec.resources.gpus > 1:
-        return "resources.gpus: data-parallel runs are not packed"
-    for i, layer in enumerate(spec.model.layers):
-        if layer.type in ("dense_bayes", "conv2d_bayes"):
-            return f"model.layers[{i}].type: Bayesian layers are not packed"
-        if layer.type == "pool" and layer.kind == "stochastic":
-            return f"model.layers[{i}].kind: stochastic pooling is not packed"
-    return None
+        return "inference: Bayesian, Monte Carlo and ensemble runs are not packed (an ensemble is stacked already)"
+    limit = stacking_limit(spec)
+    return f"{limit[0]}: {limit[1]}" if limit is not None else None
 
 
 def check_pack(specs: Sequence[JobSpec]) -> None:

@@ -674,19 +674,28 @@ POOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class InferenceSpec(Spec):
-    """Approximate Bayesian inference: predictions average Monte Carlo samples of the posterior."""
+    """Approximate Bayesian inference: predictions average Monte Carlo samples of the posterior (variational,
+    mc_dropout), or the members of a deep ensemble (ensemble: `members` networks from seeds training.seed,
+    training.seed + 1, ..., trained together as one stacked model, their predictions a uniform mixture)."""
 
-    method: Literal["variational", "mc_dropout"]
+    method: Literal["variational", "mc_dropout", "ensemble"]
     samples: int = Field(50, ge=1, le=1000)  # Monte Carlo samples for the test split and predictions
     val_samples: int = Field(10, ge=1, le=1000)  # for the per-epoch validation metrics
     kl_weight: float = Field(1.0, ge=0, le=1_000_000)  # beta: loss = mean NLL + beta * KL / N_train
     kl_warmup_epochs: int = Field(0, ge=0, le=100_000)  # beta rises linearly from beta / warmup to beta
+    members: int = Field(5, ge=2, le=64)  # ensemble: how many networks
     noise: Literal["validation", "fixed"] = "validation"  # regression: the homoscedastic noise variance
     noise_sigma: float | None = Field(None, gt=0, le=1e9)  # with noise: fixed, in the target's units
 
+    @property
+    def draws(self) -> int:
+        """How many predictions a final answer averages: the members of an ensemble, else `samples`."""
+        return self.members if self.method == "ensemble" else self.samples
+
     def unused(self) -> set[str]:
         return ({"kl_weight", "kl_warmup_epochs"} if self.method != "variational" else set()) | (
-            {"noise_sigma"} if self.noise != "fixed" else set())
+            {"noise_sigma"} if self.noise != "fixed" else set()) | (
+            {"samples", "val_samples"} if self.method == "ensemble" else {"members"})
 
 
 class ResourcesSpec(Spec):
@@ -915,6 +924,13 @@ def plan(spec: JobSpec) -> Plan:
         activations += math.prod(out)
         shape = out
     result.output_shape = list(shape)
+    copies = ensemble_members(spec)
+    if copies:  # an ensemble stacks `members` copies of the network: each counts, in parameters and work
+        for layer_plan in result.layers:
+            layer_plan.params *= copies
+        result.params *= copies
+        result.flops_per_example *= copies
+        activations *= copies
 
     errors = _check_output(spec, shape, info) + _check_fields(spec, task, info)
     if errors:
@@ -1041,9 +1057,48 @@ def _check_inference(spec: JobSpec, task: str) -> list[FieldError]:
                                               "samples: use cross_entropy (or bce, nll)"))
     if spec.test_time_augmentation is not None:
         errors.append(FieldError("test_time_augmentation", "cannot be combined with an inference block"))
+    if inference.method == "ensemble":
+        if spec.optimizer.type == "lbfgs":
+            errors.append(FieldError("optimizer.type", "an ensemble's members train as one stacked model with an "
+                                                       "element-wise optimizer; lbfgs couples them: use adam or sgd"))
+        limit = stacking_limit(spec)
+        if limit is not None:
+            errors.append(FieldError(limit[0], f"{limit[1]}; an ensemble's members train stacked as one model, "
+                                               "so remove it or use method mc_dropout"))
     if inference.noise == "fixed" and inference.noise_sigma is None:
         errors.append(FieldError("inference.noise_sigma", "noise: fixed needs noise_sigma, in the target's units"))
     return errors
+
+
+def ensemble_members(spec: JobSpec) -> int:
+    """How many networks the run trains: an ensemble's members, else 0 (one network, not stacked)."""
+    inference = spec.inference
+    return inference.members if inference is not None and inference.method == "ensemble" else 0
+
+
+STACKED_SCHEDULES = ("none", "step", "exponential", "cosine", "warmup")  # closed-form in the epoch alone
+
+
+def stacking_limit(spec: JobSpec) -> tuple[str, str] | None:
+    """(field path, why) when this spec's network cannot train as one of several members stacked in one module (a
+    pack of trials, the members of an ensemble); None when it can."""
+    t = spec.training
+    if spec.augmentation:
+        return "augmentation", "image augmentation draws from one generator for the whole batch and is not stacked"
+    if spec.schedule.type not in STACKED_SCHEDULES:
+        return "schedule.type", f"{spec.schedule.type} is not stacked (stacked: {', '.join(STACKED_SCHEDULES)})"
+    if t.accumulate_steps > 1:
+        return "training.accumulate_steps", "gradient accumulation is not stacked"
+    if t.compile:
+        return "training.compile", "compiled runs are not stacked"
+    if spec.resources.gpus > 1:
+        return "resources.gpus", "data-parallel runs are not stacked"
+    for i, layer in enumerate(spec.model.layers):
+        if layer.type in BAYES_LAYERS:
+            return f"model.layers[{i}].type", "Bayesian layers are not stacked"
+        if layer.type == "pool" and layer.kind == "stochastic":
+            return f"model.layers[{i}].kind", "stochastic pooling is not stacked"
+    return None
 
 
 def spec_rows(spec: BaseModel, prefix: str = "") -> list[tuple[str, Any, bool]]:

@@ -173,3 +173,40 @@ def pack_modules(models: list[nn.Sequential], generators: list[torch.Generator])
         else:
             raise PackError(f"{type(first).__name__} is not packed")
     return nn.Sequential(*packed)
+
+
+class Ensemble(nn.Module):
+    """A deep ensemble: M networks of one architecture stacked in one module, answering (M, B, outputs).
+
+    Inputs are either shared, (B, ...) the same rows for every member (evaluation, prediction), or each member's own,
+    (M, B, ...) (training, where every member draws its own permutation of the training split). Dropout and noise
+    draw each member's mask separately, from `generator`."""
+
+    def __init__(self, models: list[nn.Sequential], example_dims: int, generator: torch.Generator | None):
+        super().__init__()
+        self.members, self.example_dims = len(models), example_dims
+        self.net = pack_modules(models, [generator] * len(models))
+        self.channels_last = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.members
+        shared = x.dim() == self.example_dims + 1
+        if self.example_dims == 1:  # features: (M, B, F), one batched matrix multiply per dense layer
+            x = x.expand(m, *x.shape) if shared else x
+        else:  # images: members' channels side by side, (B, M*C, H, W), one grouped convolution per layer
+            x = x.repeat(1, m, 1, 1) if shared else x.transpose(0, 1).flatten(1, 2)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+
+def clip_members_(parameters: list[nn.Parameter], max_norm: float, members: int) -> None:
+    """Scale each member's gradients down to `max_norm` by their global norm, as clip_grad_norm_ does for a network
+    alone (stacked parameters are member-major, so a member's share of each is one row of its (M, -1) view)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([g.reshape(members, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(members, *[1] * (g.dim() - 1)))
