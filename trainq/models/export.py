@@ -131,8 +131,8 @@ class Predictor(nn.Module):
         the predictive entropy and the mutual information; regression the mean, the predictive std (epistemic plus
         the noise fitted on the validation split) and the epistemic std, in the target's units."""
         t, n = self.samples, z.shape[0]
-        if self.method == "ensemble":  # the members' answers, (M, N, outputs): the mixture's components
-            out = self.network(z)
+        if self.method == "ensemble":  # the members' answers, (M, N, outputs) as (M * N, outputs), as samples are
+            out = self.network(z).flatten(0, 1)
         else:
             out = self.network(z.repeat(t, *([1] * (z.dim() - 1))))
         if self.classification:
