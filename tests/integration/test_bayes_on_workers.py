@@ -44,3 +44,32 @@ def test_a_variational_network_trains_on_a_worker_with_its_calibration_measured(
         "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [16.0] * 64}],
         "outputs": [{"name": "entropy"}, {"name": "mutual_information"}]}).json()
     assert [o["name"] for o in v2["outputs"]] == ["entropy", "mutual_information"] and v2["outputs"][0]["data"][0] > 0
+
+
+def test_a_deep_ensemble_trains_on_a_worker_and_answers_its_members_spread(stack):
+    """An ensemble of five on gap_sine, trained as one job: the job's metrics are the mixture's, its registered model
+    answers the members' spread, wider far from the training data than inside it."""
+    layers = [{"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"},
+              {"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"}, {"type": "dense", "units": 1}]
+    spec = {"name": "gap-ensemble", "dataset": {"name": "gap_sine", "n_samples": 400, "noise": 0.1, "seed": 0},
+            "model": {"layers": layers}, "loss": {"type": "mse"}, "optimizer": {"type": "adam", "lr": 0.01},
+            "training": {"epochs": 40, "batch_size": 32, "seed": 0}, "register_as": "gap-ensemble",
+            "inference": {"method": "ensemble", "members": 5}}
+    job = stack.wait(stack.submit(spec), timeout=180)
+    assert job["status"] == "succeeded", stack.logs()
+    m = job["metrics"]
+    assert m["test_std_far"] > 3 * m["test_std_in"] and 0.8 <= m["test_coverage95_in"] <= 1.0, m
+    assert len(m["test_predictive_curve"]["x"]) == 200
+
+    from tests.integration.test_models import wait_ready
+
+    version = wait_ready(stack, "gap-ensemble/versions/1")
+    assert version["state"] == "ready", version
+    assert version["uncertainty"] == {"method": "ensemble", "samples": 5}
+    answer = stack.http.post(f"{stack.url}/api/v1/models/gap-ensemble/predict", timeout=10,
+                             json={"inputs": [[0.7], [2.5]]}).json()
+    near, far = answer["predictions"]
+    assert far["epistemic_std"] > 3 * near["epistemic_std"] and near["std"] >= near["epistemic_std"], answer
+    again = stack.http.post(f"{stack.url}/api/v1/models/gap-ensemble/predict", timeout=10,
+                            json={"inputs": [[0.7], [2.5]]}).json()
+    assert again["predictions"] == answer["predictions"]  # no draws: an ensemble answers the same twice
