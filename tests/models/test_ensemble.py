@@ -150,3 +150,68 @@ def test_an_exported_ensemble_answers_the_mixture_exactly(tmp_path):
     assert members.shape[0] == 4 and np.allclose(probs, members.mean(0).numpy(), atol=1e-5)
     assert (mutual > 0).mean() > 0.9 and (total >= mutual - 1e-6).all()
     assert np.array_equal(label, probs.argmax(1))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Learned (heteroscedastic) noise: loss gaussian_nll, inference.noise: learned
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_gaussian_nll_is_the_normal_log_density():
+    from trainq.models.losses import gaussian_nll
+
+    out = torch.tensor([[0.5, 0.3], [-1.0, -2.0]])
+    y = torch.tensor([[0.2], [0.0]])
+    var = torch.nn.functional.softplus(out[:, 1]) + 1e-6
+    expected = -torch.distributions.Normal(out[:, 0], var.sqrt()).log_prob(y[:, 0])
+    assert torch.allclose(gaussian_nll(out, y), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, path", [
+    ({"inference": None}, "loss.type"),  # a point estimate: the mdn head (components: 1) learns a spread
+    ({"inference.noise": "validation"}, "inference.noise"),
+    ({"loss": {"type": "mse"}}, "inference.noise"),
+    ({"model.layers": [{"type": "dense", "units": 1}]}, "model.layers[0]"),
+    ({"dataset": {"name": "digits"}}, "loss.type"),
+])
+def test_learned_noise_needs_its_loss_and_two_outputs(change, path):
+    spec = {"name": "h", "dataset": {"name": "gap_sine", "n_samples": 300}, "model": {"layers": [
+        {"type": "dense", "units": 16}, {"type": "activation", "fn": "relu"}, {"type": "dense", "units": 2}]},
+        "loss": {"type": "gaussian_nll"}, "optimizer": {"type": "adam"},
+        "inference": {"method": "ensemble", "members": 3, "noise": "learned"}}
+    parse_spec(spec)
+    with pytest.raises(SpecError) as caught:
+        parse_spec(with_(spec, **change))
+    assert path in [e.path for e in caught.value.errors], caught.value.errors
+
+
+@pytest.mark.parametrize("method", ["ensemble", "mc_dropout"])
+def test_learned_noise_follows_the_data_and_the_exported_model_answers_it(tmp_path, method):
+    """y = x + N(0, (0.05 + 0.3 |x|)^2) on x in [-1, 1]: the noise the model learned (the exported file's std² minus
+    its epistemic std²) is about 0.05 at x = 0 and 0.32 at |x| = 0.9; the test rows are covered as they should be."""
+    import onnxruntime as ort
+
+    from trainq.models.export import export_onnx
+    from trainq.models.spec import DatasetInfo
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2000, 1)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(0, 1, 2000) * (0.05 + 0.3 * np.abs(x[:, 0]))).astype(np.float32)
+    dropout = [{"type": "dropout", "p": 0.1}] if method == "mc_dropout" else []
+    spec = {"name": "hetero", "dataset": {"name": "upload", "upload": "hetero"}, "model": {"layers": [
+        {"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"}, *dropout,
+        {"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"}, *dropout, {"type": "dense", "units": 2}]},
+        "loss": {"type": "gaussian_nll"}, "optimizer": {"type": "adam", "lr": 0.003},
+        "training": {"epochs": 60, "batch_size": 64, "seed": 0},
+        "inference": {"method": method, "members": 3, "samples": 30, "noise": "learned"}}
+    parsed = parse_spec(spec, uploads=lambda name: DatasetInfo((1,), None))
+    blobs = []
+    m = fit(parsed, device="cpu", arrays=(x, y), checkpoint_sink=lambda blob, info: blobs.append(blob)).metrics
+    assert 0.90 <= m["test_coverage95"] <= 0.99 and 0.6 <= m["test_coverage68"] <= 0.76, m
+    state = build(parsed, device="cpu", resume=blobs[-1], arrays=(x, y))
+    export_onnx(state, tmp_path / "h.onnx", arrays=(x, y))
+    session = ort.InferenceSession(str(tmp_path / "h.onnx"), providers=["CPUExecutionProvider"])
+    value, std, epistemic = session.run(None, {"x": np.array([[0.0], [0.9], [-0.9]], dtype=np.float32)})
+    noise = np.sqrt(np.maximum(std[:, 0] ** 2 - epistemic[:, 0] ** 2, 0))
+    assert noise[0] == pytest.approx(0.05, abs=0.03) and noise[1:] == pytest.approx([0.32, 0.32], rel=0.3), noise
+    assert value[:, 0] == pytest.approx([0.0, 0.9, -0.9], abs=0.1)

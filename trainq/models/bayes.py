@@ -193,10 +193,11 @@ def classification_measures(samples: torch.Tensor, y: torch.Tensor, prefix: str,
 Z95, Z68 = 1.959964, 0.994458
 
 
-def regression_measures(mean: torch.Tensor, epistemic_var: torch.Tensor, noise_var: float, y: torch.Tensor,
-                        prefix: str) -> dict:
+def regression_measures(mean: torch.Tensor, epistemic_var: torch.Tensor, noise_var: float | torch.Tensor,
+                        y: torch.Tensor, prefix: str) -> dict:
     """Gaussian predictive N(mean, epistemic + noise) in the target's units: NLL, RMSE, central-interval coverage
-    and width, CRPS, and the mean epistemic and aleatoric standard deviations."""
+    and width, CRPS, and the mean epistemic and aleatoric standard deviations. `noise_var`: one variance
+    (homoscedastic) or one per row (learned)."""
     var = epistemic_var + noise_var
     std = var.clamp_min(EPS).sqrt()
     z = (y - mean) / std
@@ -208,7 +209,7 @@ def regression_measures(mean: torch.Tensor, epistemic_var: torch.Tensor, noise_v
             f"{prefix}_coverage68": float((z.abs() <= Z68).float().mean()),
             f"{prefix}_width95": float((2 * Z95 * std).mean()), f"{prefix}_crps": float(crps.mean()),
             f"{prefix}_std_epistemic": float(epistemic_var.clamp_min(0).sqrt().mean()),
-            f"{prefix}_std_aleatoric": math.sqrt(noise_var)}
+            f"{prefix}_std_aleatoric": float(torch.as_tensor(noise_var, dtype=torch.float64).sqrt().mean())}
 
 
 def fit_noise(mean: torch.Tensor, epistemic_var: torch.Tensor, y: torch.Tensor) -> float:

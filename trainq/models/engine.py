@@ -24,7 +24,7 @@ from trainq.models.checkpoint import restore
 from trainq.models.datasets import Data, Split, load
 from trainq.models.distributed import fit_data_parallel
 from trainq.models.layers import build_model
-from trainq.models.losses import build_objective
+from trainq.models.losses import build_objective, gaussian_split
 from trainq.models.optimizers import build_optimizer, build_schedule, decoupled_decay
 from trainq.models.spec import JobSpec, batch_size, ensemble_members, plan
 from trainq.models.stacked import Ensemble, clip_members_
@@ -482,11 +482,18 @@ def noise_variance(state: State) -> float:
     inference, data = state.spec.inference, state.data
     if inference.noise == "fixed":
         return inference.noise_sigma ** 2
+    if inference.noise == "learned":
+        return 0.0  # per input, not one variance: see learned_noise
     held = data.val if len(data.val) else data.train
     with torch.inference_mode():
         values = _sampled(state, held, inference.samples)[..., 0] * data.y_std + data.y_mean
     target = held.y.to(values.device)[:, 0] * data.y_std + data.y_mean
     return fit_noise(values.mean(0), values.var(0, unbiased=False), target)
+
+
+def learned_noise(state: State, outs: torch.Tensor) -> torch.Tensor:
+    """A gaussian_nll head's noise variance per row, in the target's units: its samples' (or members') mean."""
+    return gaussian_split(outs)[1][..., 0].mean(0) * state.data.y_std ** 2
 
 
 CURVE_POINTS, CURVE_TRAIN_POINTS = 200, 300
@@ -503,7 +510,8 @@ def _curve(state: State, test: Split) -> dict[str, list[float]]:
     grid = torch.linspace(low - margin, high + margin, CURVE_POINTS, device=data.train.x.device).view(-1, 1)
     outs = _sampled(state, Split(grid, torch.zeros(len(grid), 1, device=grid.device)), inference.samples)
     points = outs[..., 0] * data.y_std + data.y_mean
-    mean, std = points.mean(0), (points.var(0, unbiased=False) + (state.noise_var or 0.0)).sqrt()
+    noise = learned_noise(state, outs) if inference.noise == "learned" else (state.noise_var or 0.0)
+    mean, std = points.mean(0), (points.var(0, unbiased=False) + noise).sqrt()
     every = max(1, len(data.train) // CURVE_TRAIN_POINTS)
     train_x, train_y = data.train.x[::every, 0], data.train.y[::every, 0] * data.y_std + data.y_mean
 
@@ -535,11 +543,14 @@ def _evaluate_sampled(state: State, split: Split, prefix: str, final: bool) -> d
     target = y[:, 0] * data.y_std + data.y_mean
     if inference.noise == "fixed":
         state.noise_var = inference.noise_sigma ** 2
+    elif inference.noise == "learned":
+        pass
     elif split is (data.val if len(data.val) else data.train):
         state.noise_var = fit_noise(mean, epistemic, target)
     elif final or state.noise_var is None:  # the noise of the weights the run ended with
         state.noise_var = noise_variance(state)
-    result.update(regression_measures(mean, epistemic, state.noise_var, target, prefix))
+    noise = learned_noise(state, outs) if inference.noise == "learned" else state.noise_var  # per row, or one
+    result.update(regression_measures(mean, epistemic, noise, target, prefix))
     if final and prefix == "test" and data.preprocessing is not None and len(data.preprocessing.shift) == 1 \
             and split.x.dim() == 2 and split.x.shape[1] == 1:
         result["test_predictive_curve"] = _curve(state, split)
@@ -548,7 +559,8 @@ def _evaluate_sampled(state: State, split: Split, prefix: str, final: bool) -> d
             chosen = data.regions.to(epistemic.device) == code
             if chosen.any():
                 result[f"test_std_{name}"] = float(epistemic[chosen].clamp_min(0).sqrt().mean())
-                region = regression_measures(mean[chosen], epistemic[chosen], state.noise_var, target[chosen], "r")
+                here = noise[chosen] if isinstance(noise, torch.Tensor) else noise
+                region = regression_measures(mean[chosen], epistemic[chosen], here, target[chosen], "r")
                 result[f"test_coverage95_{name}"] = region["r_coverage95"]
                 result[f"test_rmse_{name}"] = region["r_rmse"]
     return result

@@ -26,7 +26,7 @@ from torch import nn
 from trainq import __version__
 from trainq.models.bayes import BayesModule
 from trainq.models.datasets import Preprocessing, class_names, feature_names, raw, splits
-from trainq.models.losses import mdn_split
+from trainq.models.losses import gaussian_split, mdn_split
 from trainq.models.spec import DatasetInfo, JobSpec
 from trainq.models.state import State
 
@@ -69,6 +69,7 @@ class Predictor(nn.Module):
         # samples > 0: the graph draws that many posterior samples per row (the Bayesian layers' weights, or the
         # dropout masks) and answers with their mean and spread; 0: the posterior means, or dropout off
         self.samples, self.noise_var = samples, noise_var
+        self.learned_noise = state.spec.inference is not None and state.spec.inference.noise == "learned"
         self.classification = state.data.classes is not None
         self.objective = state.objective
         shape = (1, -1, 1, 1) if prep.image else (1, -1)
@@ -143,7 +144,10 @@ class Predictor(nn.Module):
             return mean.argmax(1), mean, entropy, (entropy - expected).clamp_min(0)
         values = (self.objective.point(out) * self.y_std + self.y_mean).reshape(t, n, 1)
         mean, epistemic = values.mean(0), values.var(0, unbiased=False)
-        return mean, torch.sqrt(epistemic + self.noise_var), torch.sqrt(epistemic)
+        noise = self.noise_var
+        if self.learned_noise:  # a gaussian_nll head's own noise per row: the samples' mean
+            noise = (gaussian_split(out)[1] * self.y_std ** 2).reshape(t, n, 1).mean(0)
+        return mean, torch.sqrt(epistemic + noise), torch.sqrt(epistemic)
 
     def output_names(self) -> list[str]:
         if self.samples:

@@ -75,6 +75,18 @@ def mdn_nll(out: torch.Tensor, y: torch.Tensor, components: int) -> torch.Tensor
     return -torch.logsumexp(log_pi + log_normal, dim=1)
 
 
+def gaussian_split(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A heteroscedastic head's (N, 2) outputs as the mean and the noise variance (softplus, kept above 1e-6), each
+    (N, 1), in standardized target units."""
+    return out[..., :1], F.softplus(out[..., 1:2]) + 1e-6
+
+
+def gaussian_nll(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """-log N(y | mean, variance), per row (with its constant, so it is comparable to mdn_nll and the test NLL)."""
+    mean, var = gaussian_split(out)
+    return (0.5 * torch.log(2 * math.pi * var) + 0.5 * (y - mean) ** 2 / var).sum(dim=-1)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Objectives
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,6 +184,11 @@ def mdn_loss(spec: JobSpec, units: int) -> Objective:
         return (log_pi.exp().unsqueeze(2) * mu).sum(dim=1)
 
     return Objective(lambda out, y: mdn_nll(out, y, k).mean(), None, point)
+
+
+@LOSSES.register("gaussian_nll")
+def gaussian_loss(spec: JobSpec, units: int) -> Objective:
+    return Objective(lambda out, y: gaussian_nll(out, y).mean(), None, lambda out: out[..., :1])
 
 
 def build_objective(spec: JobSpec, units: int) -> Objective:

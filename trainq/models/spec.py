@@ -448,8 +448,15 @@ class MdnNllLossSpec(Spec):
     type: Literal["mdn_nll"]  # negative log-likelihood of the target under the mdn head's mixture
 
 
+class GaussianNllLossSpec(Spec):
+    # heteroscedastic regression: two output units, the mean and the noise variance's softplus argument, and the
+    # Gaussian NLL; with inference.noise: learned, the noise of a Bayesian regression is learned per input this way
+    type: Literal["gaussian_nll"]
+
+
 LossSpec = Annotated[Union[MseLossSpec, MaeLossSpec, HuberLossSpec, BceLossSpec, CrossEntropyLossSpec, NllLossSpec,
-                           HingeLossSpec, PerceptronLossSpec, MdnNllLossSpec], Field(discriminator="type")]
+                           HingeLossSpec, PerceptronLossSpec, MdnNllLossSpec, GaussianNllLossSpec],
+                     Field(discriminator="type")]
 
 Lr = Annotated[float, Field(gt=0, le=100)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
@@ -684,7 +691,8 @@ class InferenceSpec(Spec):
     kl_weight: float = Field(1.0, ge=0, le=1_000_000)  # beta: loss = mean NLL + beta * KL / N_train
     kl_warmup_epochs: int = Field(0, ge=0, le=100_000)  # beta rises linearly from beta / warmup to beta
     members: int = Field(5, ge=2, le=64)  # ensemble: how many networks
-    noise: Literal["validation", "fixed"] = "validation"  # regression: the homoscedastic noise variance
+    # regression's noise: homoscedastic, fitted on the validation split or fixed; or learned per input (gaussian_nll)
+    noise: Literal["validation", "fixed", "learned"] = "validation"
     noise_sigma: float | None = Field(None, gt=0, le=1e9)  # with noise: fixed, in the target's units
 
     @property
@@ -972,6 +980,12 @@ def _check_output(spec: JobSpec, shape: Shape, info: DatasetInfo) -> list[FieldE
         return []
     if last.type == "mdn":
         return [FieldError("loss.type", "an mdn head needs the mdn_nll loss")]
+    if loss == "gaussian_nll":
+        if info.classes is not None:
+            return [FieldError("loss.type", f"gaussian_nll is for regression; {name} is classification")]
+        if width != 2:
+            return [FieldError(last_path, f"gaussian_nll needs 2 output units (the mean and the noise), got {width}")]
+        return []
     if info.classes is None:
         if loss not in ("mse", "mae", "huber"):
             return [FieldError("loss.type", f"{loss} needs a classification dataset; {name} is regression")]
@@ -1037,6 +1051,11 @@ def _check_inference(spec: JobSpec, task: str) -> list[FieldError]:
         errors += [FieldError(f"model.layers[{i}].type", "a Bayesian layer trains only with inference.method: "
                                                          "variational (add an inference block)") for i in bayes]
     if inference is None:
+        if spec.loss.type == "gaussian_nll":
+            errors.append(FieldError("loss.type", "gaussian_nll learns the noise of a Bayesian regression: add "
+                                                  "inference: {method: ensemble, noise: learned} (or mc_dropout, "
+                                                  "variational); a point estimate with a spread: an mdn head with "
+                                                  "components: 1"))
         return errors
     if inference.method == "variational":
         if not bayes:
@@ -1065,6 +1084,11 @@ def _check_inference(spec: JobSpec, task: str) -> list[FieldError]:
         if limit is not None:
             errors.append(FieldError(limit[0], f"{limit[1]}; an ensemble's members train stacked as one model, "
                                                "so remove it or use method mc_dropout"))
+    if inference.noise == "learned" and spec.loss.type != "gaussian_nll":
+        errors.append(FieldError("inference.noise", "learned noise needs loss.type: gaussian_nll and 2 output units "
+                                                    "(the mean and the noise)"))
+    if inference.noise != "learned" and spec.loss.type == "gaussian_nll":
+        errors.append(FieldError("inference.noise", "gaussian_nll learns the noise: set noise: learned"))
     if inference.noise == "fixed" and inference.noise_sigma is None:
         errors.append(FieldError("inference.noise_sigma", "noise: fixed needs noise_sigma, in the target's units"))
     return errors
