@@ -44,6 +44,21 @@ def test_a_variational_network_trains_on_a_worker_with_its_calibration_measured(
         "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [16.0] * 64}],
         "outputs": [{"name": "entropy"}, {"name": "mutual_information"}]}).json()
     assert [o["name"] for o in v2["outputs"]] == ["entropy", "mutual_information"] and v2["outputs"][0]["data"][0] > 0
+    # more samples per request: whole runs of the graph's 50 draws, pooled
+    rows = [[float(v % 17) for v in range(i, i + 64)] for i in range(20)]
+    few, many = (stack.http.post(f"{stack.url}/api/v1/models/bayes-digits/predict", timeout=10, json={
+        "inputs": rows, "parameters": {"samples": t}}).json() for t in (50, 1000))
+    assert few["samples"] == 50 and many["samples"] == 1000
+    wobble = [abs(a["entropy"] - b["entropy"]) for a, b in zip(few["predictions"], many["predictions"])]
+    assert 0 < max(wobble) < 0.5  # other draws, the same posterior
+    refused = stack.http.post(f"{stack.url}/v2/models/bayes-digits/infer", timeout=10, json={
+        "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [16.0] * 64}],
+        "parameters": {"samples": 70}})
+    assert refused.status_code == 400 and "multiple of 50" in refused.text  # v2 answers every input error 400
+    pooled = stack.http.post(f"{stack.url}/v2/models/bayes-digits/infer", timeout=10, json={
+        "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [16.0] * 64}],
+        "parameters": {"samples": 150}}).json()
+    assert pooled["parameters"] == {"samples": 150} and len(pooled["outputs"]) == 4
 
 
 def test_a_deep_ensemble_trains_on_a_worker_and_answers_its_members_spread(stack):
@@ -73,3 +88,6 @@ def test_a_deep_ensemble_trains_on_a_worker_and_answers_its_members_spread(stack
     again = stack.http.post(f"{stack.url}/api/v1/models/gap-ensemble/predict", timeout=10,
                             json={"inputs": [[0.7], [2.5]]}).json()
     assert again["predictions"] == answer["predictions"]  # no draws: an ensemble answers the same twice
+    refused = stack.http.post(f"{stack.url}/api/v1/models/gap-ensemble/predict", timeout=10,
+                              json={"inputs": [[0.7]], "parameters": {"samples": 10}})
+    assert refused.status_code == 400 and "5 members" in refused.text

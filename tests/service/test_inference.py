@@ -157,3 +157,57 @@ def test_a_number_beyond_float32_is_named_not_turned_into_infinity():
     assert errors_of(record_inputs, {"records": [{"a": 1, "b": -1e300, "c": 3}]}, SIGNATURE, 10) == [
         ("records[0].b", "-1e+300 is beyond float32's range (±3.4e+38)")]
     assert errors_of(record_inputs, {"inputs": [[1, 2, 3], [1, 2, 10**40]]}, SIGNATURE, 10)[0][0] == "inputs[1][2]"
+
+
+def _classifier_run(p: np.ndarray) -> dict[str, np.ndarray]:
+    """What a sampling classifier's graph answers for T samples p (T, N, K)."""
+    mean = p.mean(0)
+    total = -(mean * np.log(mean)).sum(1)
+    expected = -(p * np.log(p)).sum(2).mean(0)
+    return {"label": mean.argmax(1), "probabilities": mean, "entropy": total, "mutual_information": total - expected}
+
+
+def _regression_run(values: np.ndarray, noise: np.ndarray) -> dict[str, np.ndarray]:
+    """What a sampling regression's graph answers for T sampled means (T, N, 1) and noise variances (T, N, 1)."""
+    epistemic = values.var(0)
+    return {"value": values.mean(0), "std": np.sqrt(epistemic + noise.mean(0)), "epistemic_std": np.sqrt(epistemic)}
+
+
+def test_pooled_runs_answer_as_all_their_samples_at_once():
+    """Three runs of 20 samples pooled equal one run of the 60: probabilities, entropy and mutual information; a
+    regression's mean, epistemic std (law of total variance) and predictive std, with a noise learned per row."""
+    from trainq.service.inference import pool
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (60, 5, 3)) + rng.normal(0, 1, (1, 5, 3))
+    p = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)
+    pooled = pool([_classifier_run(p[i:i + 20]) for i in (0, 20, 40)])
+    whole = _classifier_run(p)
+    for name in whole:
+        assert np.allclose(pooled[name], whole[name], atol=1e-5), name
+    assert not np.allclose(_classifier_run(p[:20])["mutual_information"], whole["mutual_information"], atol=1e-3)
+
+    values = rng.normal(0, 1, (60, 4, 1)) * np.array([0.1, 0.5, 1.0, 2.0]).reshape(1, 4, 1) + 3.0
+    noise = rng.uniform(0.01, 0.2, (60, 4, 1))
+    pooled = pool([_regression_run(values[i:i + 20], noise[i:i + 20]) for i in (0, 20, 40)])
+    whole = _regression_run(values, noise)
+    for name in whole:
+        assert np.allclose(pooled[name], whole[name], atol=1e-5), name
+
+
+def test_a_request_asks_for_a_multiple_of_the_samples_a_graph_draws():
+    from trainq.service.inference import sample_runs
+
+    bayes = {**SIGNATURE, "uncertainty": {"method": "variational", "samples": 50}}
+    assert sample_runs({}, bayes) == 1 and sample_runs({"samples": 50}, bayes) == 1
+    assert sample_runs({"samples": 200}, bayes) == 4
+    for asked in (30, 75, 5000, 0, -50, "100", True, 2.5):
+        [(path, message)] = errors_of(sample_runs, {"samples": asked}, bayes)
+        assert path == "parameters.samples" and ("multiple of 50" in message), message
+    [(_, message)] = errors_of(sample_runs, {"samples": 100}, SIGNATURE)
+    assert "draws no samples" in message
+    ensemble = {**SIGNATURE, "uncertainty": {"method": "ensemble", "samples": 5}}
+    [(_, message)] = errors_of(sample_runs, {"samples": 10}, ensemble)
+    assert "5 members" in message
+    [(path, _)] = errors_of(record_inputs, {"inputs": [[1, 2, 3]], "parameters": 5}, SIGNATURE, 10)
+    assert path == "parameters"

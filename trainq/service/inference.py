@@ -80,8 +80,61 @@ class Sessions:
         return version_id in self._cache
 
 
-def run(session, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    return dict(zip(names, session.run(names, {"x": x})))
+def run(session, x: np.ndarray, names: list[str], runs: int = 1) -> dict[str, np.ndarray]:
+    """The graph's outputs for `x`; a sampling graph run `runs` times and its answers pooled (`pool`)."""
+    if runs == 1:
+        return dict(zip(names, session.run(names, {"x": x})))
+    return pool([dict(zip(names, session.run(names, {"x": x}))) for _ in range(runs)])
+
+
+MAX_SAMPLE_RUNS = 20  # a request's samples: at most this many runs of the graph's own draws
+
+
+def sample_runs(parameters: Any, signature: dict, path: str = "parameters.samples") -> int:
+    """How many runs of a sampling graph (each draws the samples it was exported with) give the samples a request
+    asks for in `parameters.samples`; 1 when it asks for none. Only a multiple of the graph's own draws can be
+    pooled exactly, so other counts are refused, saying which to ask for."""
+    asked = parameters.get("samples") if isinstance(parameters, dict) else None
+    if asked is None:
+        return 1
+    uncertainty = signature.get("uncertainty") or {}
+    base = uncertainty.get("samples")
+    if not base or uncertainty.get("method") == "ensemble":
+        what = (f"an ensemble answers with its {base} members" if base else "this model draws no samples")
+        raise InputError([{"path": path, "message": f"{what}; leave samples out"}], 400)
+    if isinstance(asked, bool) or not isinstance(asked, int) or asked < 1:
+        raise InputError([{"path": path, "message": f"{asked!r} is not a number of samples: a whole number, a "
+                                                    f"multiple of {base}"}], 400)
+    if asked % base or asked > base * MAX_SAMPLE_RUNS:
+        raise InputError([{"path": path, "message": f"{asked}: this model draws {base} samples per run and pools "
+                                                    f"whole runs; ask for a multiple of {base} up to "
+                                                    f"{base * MAX_SAMPLE_RUNS}"}], 422)
+    return asked // base
+
+
+def pool(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Pool the answers of runs that each averaged T samples of one posterior into the answer over all of them:
+    probabilities averaged, entropy of the average, mutual information = that entropy minus the mean per-sample
+    entropy (each run's entropy minus its mutual information); a regression's mean averaged, its epistemic variance
+    by the law of total variance, its noise variance (std² - epistemic_std²) averaged."""
+    k = len(parts)
+    out: dict[str, np.ndarray] = {}
+    if "probabilities" in parts[0]:
+        probs = sum(p["probabilities"].astype(np.float64) for p in parts) / k
+        total = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
+        expected = sum(p["entropy"].astype(np.float64) - p["mutual_information"] for p in parts) / k
+        out = {"label": probs.argmax(1).astype(parts[0]["label"].dtype),
+               "probabilities": probs.astype(np.float32), "entropy": total.astype(np.float32),
+               "mutual_information": np.clip(total - expected, 0, None).astype(np.float32)}
+    else:
+        values = np.stack([p["value"].astype(np.float64) for p in parts])
+        epistemic = np.stack([p["epistemic_std"].astype(np.float64) ** 2 for p in parts])
+        noise = np.stack([p["std"].astype(np.float64) ** 2 for p in parts]) - epistemic
+        mean = values.mean(0)
+        spread = epistemic.mean(0) + values.var(0)
+        out = {"value": mean.astype(np.float32), "std": np.sqrt(spread + noise.mean(0).clip(0)).astype(np.float32),
+               "epistemic_std": np.sqrt(spread).astype(np.float32)}
+    return {name: out[name] for name in parts[0]}
 
 
 def _nested_shape(data: Any) -> list[int] | None:
@@ -282,6 +335,8 @@ def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
     if not isinstance(body, dict) or ("records" in body) == ("inputs" in body):
         raise InputError([{"path": "(body)", "message": "send either 'records' (a list of objects, raw features by "
                                                         "name) or 'inputs' (a list of rows)"}], 400)
+    if "parameters" in body and not isinstance(body["parameters"], dict):
+        raise InputError([{"path": "parameters", "message": "must be an object, e.g. {\"samples\": 100}"}], 400)
     declared = signature["inputs"][0]["shape"][1:]
     features = signature.get("features") or []
     key = "records" if "records" in body else "inputs"

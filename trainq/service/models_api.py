@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from trainq.service.auth import audit, principal, require_user
 from trainq.service.context import db, read_connection, services
 from trainq.service.http import body_bytes, fail, fast_json, read_body, read_fast
-from trainq.service.inference import InputError, friendly, record_inputs, run
+from trainq.service.inference import InputError, friendly, record_inputs, run, sample_runs
 from trainq.service import scoring
 from trainq.service.lookups import find_dataset, get_job, visible_datasets
 from trainq.service.registry import (
@@ -212,13 +212,17 @@ def predict(ref: str):
     version = serving(read_connection(), db, parse_ref(ref), p.id, p.is_admin)
     require_ready(version.model, version)
     signature = version.signature
-    x = record_inputs(read_fast(), signature, services().settings.max_predict_rows)
+    body = read_fast()
+    x = record_inputs(body, signature, services().settings.max_predict_rows)
+    runs = sample_runs(body.get("parameters"), signature)
     names = [o["name"] for o in signature["outputs"]]
     results = run(services().models.get(version.version_id, bundle_dir(services().storage, version.version_id)
-                                        / "model.onnx"), x, names)
-    return fast_json({"model": version.model, "version": version.version, "request_id": uuid.uuid4().hex,
-                    "task": signature.get("task"), "predictions": friendly(results, signature),
-                    "took_ms": round((time.perf_counter() - started) * 1000, 3)})
+                                        / "model.onnx"), x, names, runs)
+    answer = {"model": version.model, "version": version.version, "request_id": uuid.uuid4().hex,
+              "task": signature.get("task"), "predictions": friendly(results, signature)}
+    if signature.get("uncertainty"):
+        answer["samples"] = runs * signature["uncertainty"]["samples"]
+    return fast_json({**answer, "took_ms": round((time.perf_counter() - started) * 1000, 3)})
 
 
 @bp.post("/<name>/predict")

@@ -19,7 +19,7 @@ from trainq import __version__
 from trainq.service.auth import principal, require_user
 from trainq.service.context import db, read_connection, services
 from trainq.service.http import ApiError, body_bytes, fail, fast_json, read_fast
-from trainq.service.inference import InputError, run, v2_inputs, v2_outputs
+from trainq.service.inference import InputError, run, sample_runs, v2_inputs, v2_outputs
 from trainq.service.registry import RegistryError, bundle_dir, parse_ref, require_ready, resolve, serving
 from trainq.service.tables import VersionState
 
@@ -147,13 +147,16 @@ def infer(name: str, number: str | None):
     names = [o["name"] for o in signature["outputs"]]
     session = services().models.get(version.version_id, bundle_dir(services().storage, version.version_id)
                                     / "model.onnx")
-    results = run(session, x, names)
+    runs = sample_runs(extra["parameters"], signature)
+    results = run(session, x, names, runs)
     if wanted is not None:
         results = {n: results[n] for n in wanted}
     tensors, blobs = v2_outputs(results, signature, binary_outputs(body, list(results)))
     answer = {"model_name": version.model, "model_version": str(version.version), "outputs": tensors}
     if extra["id"] is not None:
         answer["id"] = extra["id"]
+    if runs > 1:
+        answer["parameters"] = {"samples": runs * signature["uncertainty"]["samples"]}
     if not blobs:
         return fast_json(answer)
     import orjson

@@ -180,10 +180,14 @@ def model_paths(binary: dict, no_content: dict) -> dict:
         {"name": "iris", "job_id": "0" * 32})
     move = body({"type": "object", "required": ["version"], "properties": {"version": {"type": "integer",
                                                                                        "minimum": 1}}}, {"version": 1})
+    samples = {"type": "object", "description": "a sampling Bayesian model: samples (a multiple of the model's own "
+                                                "draws per run) pools that many posterior samples",
+               "properties": {"samples": {"type": "integer", "minimum": 1}}}
     records = body({"type": "object", "properties": {"records": {"type": "array", "items": {"type": "object"}},
-                                                     "inputs": {"type": "array"}}}, EXAMPLE_RECORDS)
+                                                     "inputs": {"type": "array"}, "parameters": samples}},
+                   EXAMPLE_RECORDS)
     infer = body({"type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "id": {"type": "string"}, "parameters": samples,
         "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape", "datatype", "data"],
                                               "properties": {"name": {"type": "string"},
                                                              "shape": {"type": "array", "items": {"type": "integer"}},
