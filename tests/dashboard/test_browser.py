@@ -400,3 +400,22 @@ def test_a_bayesian_regression_run_draws_its_band_and_a_classifier_its_reliabili
     assert sum(counts) == 270
     page.locator("#reliability").scroll_into_view_if_needed()
     snap(page, "bayes-reliability")
+
+
+def test_an_ensemble_with_learned_noise_draws_its_band_and_shows_its_members(page, stack):
+    layers = [{"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"},
+              {"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"}, {"type": "dense", "units": 2}]
+    spec = {"name": "gap-ensemble-learned", "dataset": {"name": "gap_sine", "n_samples": 400, "seed": 0},
+            "model": {"layers": layers}, "loss": {"type": "gaussian_nll"}, "optimizer": {"type": "adam", "lr": 0.005},
+            "training": {"epochs": 40, "batch_size": 32, "seed": 0},
+            "inference": {"method": "ensemble", "members": 4, "noise": "learned"}}
+    job = stack.wait(stack.submit(spec), timeout=120)
+    assert job["status"] == "succeeded", stack.logs()
+    page.goto(f"{stack.url}/jobs/{job['id']}")
+    assert page.locator("#predictive-curve circle.train").count() >= 150
+    low = [float(p.split(",")[1]) for p in page.get_attribute("#predictive-curve polygon.band", "points").split()]
+    assert max(low) - min(low) > 0  # a band, not a line
+    spec_text = page.inner_text("body")
+    assert "inference.members" in spec_text and "inference.samples" not in spec_text
+    page.locator("#predictive-curve").scroll_into_view_if_needed()
+    snap(page, "ensemble-band")
