@@ -52,6 +52,22 @@ def test_a_packed_sweep_gives_every_trial_the_result_it_has_alone(stack):
     assert 'id="job-packed"' in page and "trial 0" in page and "trial 2</a>" not in page
 
 
+def test_asha_prunes_the_same_trials_at_the_same_epochs_packed_and_apart(stack):
+    """Successive halving compares a trial at a rung with those that reached it before: apart, one worker trains
+    the trials one after another; packed, the members reach each rung together and are asked in trial order. Both
+    see the same values in the same order, so the same trials stop at the same epochs."""
+    asha = {"pruner": {"type": "asha", "min_resource": 1, "reduction_factor": 2},
+            "search": {"optimizer.lr": {"log_uniform": [1e-4, 1e-1]}}}
+    packed = stack.sweep_done(stack.start_sweep(sweep("asha-packed", "auto", **asha)))
+    apart = stack.sweep_done(stack.start_sweep(sweep("asha-apart", "off", **asha)))
+    assert packed["counts"] == apart["counts"] and packed["counts"].get("pruned", 0) >= 2, packed["counts"]
+    outcomes = [[(stack.job(t["job_id"])["status"], stack.job(t["job_id"])["epoch"]) for t in s["trials"]]
+                for s in (packed, apart)]
+    assert outcomes[0] == outcomes[1]
+    assert len({stack.job(t["job_id"])["pack_id"] for t in packed["trials"]}) == 1
+    assert packed["best"]["trial"] == apart["best"]["trial"]
+
+
 def test_cancelling_one_packed_trial_stops_it_alone(stack):
     sweep_id = stack.start_sweep(sweep("cancel-one", 4, trials=4, epochs=400))
     state = stack.get(f"/api/v1/sweeps/{sweep_id}")
