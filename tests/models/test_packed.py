@@ -207,7 +207,9 @@ def test_a_members_checkpoint_resumes_in_a_pack_or_alone_and_a_trials_resumes_in
     alone = fit(specs[1], resume=saved[1][3])  # a member's checkpoint is a trial's: the engine resumes it
     assert_same_training(alone, whole[1])
     trial_checkpoints: dict[int, bytes] = {}
-    fit(specs[0], checkpoint_sink=lambda blob, info: trial_checkpoints.__setitem__(info["epoch"], blob))
+    every_epoch = specs[0].model_copy(update={"training": specs[0].training.model_copy(
+        update={"checkpoint_every_seconds": 0})})
+    fit(every_epoch, checkpoint_sink=lambda blob, info: trial_checkpoints.__setitem__(info["epoch"], blob))
     repacked = fit_pack(specs, resumes=[trial_checkpoints[2], saved[1][2]])
     assert_same_training(whole[0].result, repacked[0])
     with pytest.raises(PackError, match="resume from different epochs"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -64,14 +65,40 @@ class EarlyStopping(Callback):
 
 
 class Checkpointer(Callback):
-    """Hand a complete checkpoint to `sink(blob, info)` after every epoch; `info` says whether it is the best."""
+    """Hand a complete checkpoint to `sink(blob, info)` on a clock (`every_seconds` since the last; 0: every epoch),
+    on a new best when the last best one is older than that, after the last epoch or an early stop, and where the run
+    was interrupted, mid-epoch if it was (resumed exactly there). `info` says whether it holds the best epoch.
 
-    def __init__(self, sink, tracker: EarlyStopping):
-        self.sink, self.tracker = sink, tracker
+    Short epochs made a checkpoint per epoch cost more than training: a 600-epoch digits MLP spent a quarter of its
+    time through the service serializing and uploading them."""
+
+    def __init__(self, sink, tracker: EarlyStopping, every_seconds: float = 0.0):
+        self.sink, self.tracker, self.every = sink, tracker, every_seconds
+        self.last = self.last_best = -math.inf  # monotonic times of the last checkpoint, and of the last best one
+        self.saved_step: int | None = None
+
+    def on_train_start(self, state: State) -> None:
+        self.last = self.last_best = time.monotonic()  # a resumed run's checkpoint is where it starts
+        self.saved_step = state.step
 
     def on_epoch_end(self, state: State) -> None:
         if state.stop_reason == "cancelled":
             return
+        now = time.monotonic()
+        final = state.epoch >= state.spec.training.epochs or state.should_stop
+        best = self.tracker.improved and now - self.last_best >= self.every
+        if final or best or now - self.last >= self.every:
+            self._write(state, self.tracker.improved)
+
+    def on_train_end(self, state: State) -> None:
+        if state.stop_reason == "cancelled" and state.step != self.saved_step:  # what the interrupted run did since
+            self._write(state, self.tracker.improved and not state.batch_in_epoch)
+
+    def _write(self, state: State, is_best: bool) -> None:
         blob = dump(state)
-        self.sink(blob, {"epoch": state.epoch, "step": state.step, "is_best": self.tracker.improved,
+        self.sink(blob, {"epoch": state.epoch, "step": state.step, "is_best": is_best,
                          "metric_name": self.tracker.monitor, "metric": state.metrics.get(self.tracker.monitor)})
+        self.last = time.monotonic()
+        if is_best:
+            self.last_best = self.last
+        self.saved_step = state.step

@@ -53,6 +53,8 @@ def dump(state: "State") -> bytes:
     if state.device.type == "cuda":  # dropout and augmentation on a GPU draw from its own generator
         tensors["rng.cuda"] = own.get_state() if own is not None else torch.cuda.get_rng_state(state.device)
     tensors["rng.shuffle"] = state.generator.get_state()
+    if state.batch_in_epoch and state.epoch_rng is not None:  # interrupted part-way: the epoch's permutation
+        tensors["rng.epoch"] = state.epoch_rng
     tensors = {k: v.cpu() for k, v in tensors.items()}
     meta = {
         "format": FORMAT,
@@ -64,6 +66,8 @@ def dump(state: "State") -> bytes:
         "callbacks": {type(cb).__name__: cb.state_dict() for cb in state.callbacks},
         "metrics": state.metrics,
         "history": state.history,
+        "batch_in_epoch": state.batch_in_epoch,  # > 0: saved part-way through epoch `epoch` + 1
+        "epoch_loss": state.epoch_loss,
     }
     return save_tensors(tensors, metadata={"trainq": json.dumps(meta)})
 
@@ -134,6 +138,8 @@ def restore(state: "State", blob: bytes) -> None:
     state.generator.set_state(tensors["rng.shuffle"])
     state.epoch, state.step = meta["epoch"], meta["step"]
     state.metrics, state.history = meta["metrics"], meta["history"]
+    state.batch_in_epoch, state.epoch_loss = meta.get("batch_in_epoch", 0), meta.get("epoch_loss", 0.0)
+    state.epoch_rng = tensors.get("rng.epoch")
     state.best_epoch, state.best_score = state.tracker.best_epoch, state.tracker.best
 
 

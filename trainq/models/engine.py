@@ -100,7 +100,7 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
     tracker = tracker_for(spec, data)
     all_callbacks: list[Callback] = [tracker]
     if checkpoint_sink is not None:
-        all_callbacks.append(Checkpointer(checkpoint_sink, tracker))
+        all_callbacks.append(Checkpointer(checkpoint_sink, tracker, spec.training.checkpoint_every_seconds))
     all_callbacks.extend(callbacks)
     state = State(spec=spec, model=model, optimizer=optimizer, scheduler=build_schedule(spec, optimizer),
                   objective=build_objective(spec, units), data=data, device=device, generator=generator,
@@ -264,6 +264,10 @@ def train_one_epoch(state: State) -> None:
     objective_loss = training_loss(state)
     members = ensemble_members(spec)
     model.train()
+    resumed = state.batch_in_epoch  # batches of this epoch done before an interruption: redraw its permutation
+    if resumed and state.epoch_rng is not None:
+        state.generator.set_state(state.epoch_rng)
+    state.epoch_rng = state.generator.get_state()
     # an ensemble's members each draw their own permutation: (M, n) row indices, a (M, B) batch of them per step
     order = (torch.stack([torch.randperm(n, generator=state.generator) for _ in range(members)]) if members
              else torch.randperm(n, generator=state.generator))
@@ -271,7 +275,9 @@ def train_one_epoch(state: State) -> None:
         order = order.to(state.device)
     losses: list[torch.Tensor] = []  # detached batch losses, still on the device: summed once per interval
     logged = 0  # how many of them the last report covered
-    for start in range(0, n, size):
+    for batch, start in enumerate(range(0, n, size)):
+        if batch < resumed:
+            continue
         idx = order[..., start:start + size]
         batch_rows = idx.shape[-1]
         share = float(members) if members else 1.0  # the loss is the members' mean, each member's gradient its own
@@ -331,6 +337,11 @@ def train_one_epoch(state: State) -> None:
             for cb in state.callbacks:
                 cb.on_log(state, {"train_loss_step": value})
         if state.world == 1 and state.interrupt.is_set():  # replicas stop together, at the epoch's end
+            # stopped part-way: where, for a checkpoint to resume at the next batch
+            state.batch_in_epoch = batch + 1
+            done = torch.stack(losses) * torch.tensor([min(size, n - (resumed + i) * size)
+                                                       for i in range(len(losses))], device=losses[0].device)
+            state.epoch_loss += float(done.sum())
             return
     # the epoch's mean loss per example: batches weighted by their size (the last one may be smaller)
     if state.world > 1:
@@ -338,8 +349,11 @@ def train_one_epoch(state: State) -> None:
         sizes = torch.tensor(shards, dtype=torch.float32, device=state.device)
     else:
         sizes = torch.full((len(losses),), float(size), device=state.device)
-        sizes[-1] = n - size * (len(losses) - 1)
-    epoch_sum = (torch.stack(losses) * sizes).sum()
+        if losses:
+            sizes[-1] = n - size * (resumed + len(losses) - 1)
+    epoch_sum = state.epoch_loss + (  # the batches before an interruption, and since
+        (torch.stack(losses) * sizes).sum() if losses else torch.zeros((), device=state.device))
+    state.batch_in_epoch, state.epoch_loss = 0, 0.0
     if state.world > 1:
         import torch.distributed as dist
 

@@ -11,6 +11,7 @@ from trainq.models.spec import JobSpec, batch_size, plan, spec_rows, stacking_li
 
 # Fields members may differ in (dotted paths; `*` is any list index). Everything else must be equal.
 PACKABLE = ("name", "register_as", "resources.priority", "training.seed", "training.early_stopping",
+            "training.checkpoint_every_seconds", "training.keep_checkpoints", "training.log_every_steps",
             "optimizer.lr", "optimizer.momentum", "optimizer.nesterov", "optimizer.betas", "optimizer.eps",
             "optimizer.alpha", "regularization", "loss.label_smoothing", "schedule.step_size", "schedule.gamma",
             "schedule.min_lr", "schedule.start_factor", "schedule.epochs", "model.layers.*.p", "model.layers.*.std")

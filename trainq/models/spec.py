@@ -663,6 +663,10 @@ class TrainingSpec(Spec):
     early_stopping: EarlyStoppingSpec | None = None
     log_every_steps: int = Field(10, gt=0, le=1_000_000)  # train loss is reported every this many steps
     keep_checkpoints: int = Field(2, ge=1, le=100)  # latest checkpoints kept, besides the best
+    # A checkpoint when this many seconds passed since the last (0: after every epoch); also on a new best when the
+    # last best checkpoint is older than that, after the last epoch or an early stop, and where the run is
+    # interrupted (a cancel, a pruner, a worker's SIGTERM or drain: mid-epoch, resumed exactly at that batch).
+    checkpoint_every_seconds: float = Field(30, ge=0, le=86_400)
     # Each batch is split into this many micro-batches whose gradients add up before one optimizer step: the same
     # effective batch with a fraction of the activation memory (set by the out-of-memory retry, or by hand).
     accumulate_steps: int = Field(1, ge=1, le=1024)

@@ -64,6 +64,11 @@ class State:
     train_model: nn.Module | None = None  # the DistributedDataParallel wrapper when world > 1
     rng: torch.Generator | None = None  # what dropout and noise draw from when not the global generator (a pack member)
     noise_var: float | None = None  # Bayesian regression: the homoscedastic noise variance (target units) last fitted
+    # An epoch interrupted part-way (a drain): the batches it finished, their summed loss (for its train_loss), and
+    # the shuffle generator's state when it began (its permutation); a checkpoint carries them to resume at that batch.
+    batch_in_epoch: int = 0
+    epoch_loss: float = 0.0
+    epoch_rng: torch.Tensor | None = None
 
     def interrupted(self) -> bool:
         """Whether to stop now. With replicas, rank 0 decides (it hears cancels and pruners) and all follow."""

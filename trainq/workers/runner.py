@@ -7,6 +7,7 @@ import math
 import traceback
 from dataclasses import dataclass, field
 
+from trainq.models.checkpoint import read_meta
 from trainq.models.engine import fit, pick_device
 from trainq.models.spec import DatasetInfo, JobSpec
 from trainq.settings import Settings
@@ -135,14 +136,20 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
         torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)  # the engine picks within this share
     downloaded: dict[str, tuple] = {}  # a pack's members share their uploaded dataset: fetched once
     ready = [c for c in claimed if _prepare(client, c, dev, worker, downloaded)]
-    groups: dict[int, list[Claimed]] = {}
+    groups: dict[int | tuple, list[Claimed]] = {}
     for c in ready:  # members resuming from different epochs cannot share a pack: one pack per epoch
-        groups.setdefault(int(c.claim["resume"]["epoch"]) if c.resume else 0, []).append(c)
+        mid_epoch = c.resume is not None and read_meta(c.resume).get("batch_in_epoch")
+        key = ("mid-epoch", id(c)) if mid_epoch else (int(c.claim["resume"]["epoch"]) if c.resume else 0)
+        groups.setdefault(key, []).append(c)  # one interrupted part-way through an epoch resumes alone, there
+    epochs = [e for e in groups if isinstance(e, int)]
     if len(groups) > 1:
         for epoch, group in groups.items():
             for c in group:
-                c.reporter.event(f"resumes from epoch {epoch} while others sent with it resume from "
-                                 f"{', '.join(str(e) for e in groups if e != epoch)}: it trains apart from those")
+                if isinstance(epoch, int) and len(epochs) > 1:
+                    c.reporter.event(f"resumes from epoch {epoch} while others sent with it resume from "
+                                     f"{', '.join(str(e) for e in epochs if e != epoch)}: it trains apart from those")
+                elif not isinstance(epoch, int):
+                    c.reporter.event("resumes part-way through an epoch, where it was interrupted: it trains alone")
     index = {id(c): i for i, c in enumerate(claimed)}
 
     def conclude(c: Claimed) -> None:  # a member's job ends as soon as it does: the others train on meanwhile
@@ -181,8 +188,12 @@ def _prepare(client: ServiceClient, c: Claimed, dev, worker: str, downloaded: di
                 downloaded[key] = read_arrays(client.download(info["url"], token))
             c.arrays = downloaded[key]
         c.resume = client.download(claim["resume"]["url"], token) if claim["resume"] else None
-        c.reporter.event(f"training on {dev} (worker {worker}, attempt {claim['attempt']})"
-                         + (f", resuming after epoch {claim['resume']['epoch']}" if c.resume else ""))
+        where = ""
+        if c.resume:
+            part = read_meta(c.resume).get("batch_in_epoch", 0)
+            where = (f", resuming in epoch {claim['resume']['epoch'] + 1} at batch {part + 1}, where it was "
+                     "interrupted" if part else f", resuming after epoch {claim['resume']['epoch']}")
+        c.reporter.event(f"training on {dev} (worker {worker}, attempt {claim['attempt']}){where}")
         return True
     except Exception as exc:  # noqa: BLE001
         _failed(c, exc)
