@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     broker_visibility_seconds: int = 7 * 24 * 3600  # Redis re-delivers an unacknowledged job after this long
     requeue_after_seconds: float = Field(300.0, gt=0)  # a queued job not claimed this long is sent again
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # checkpoints travel through the API
+    # Where checkpoints, datasets and model bundles live: empty, the data dir's storage/ (file:///path, another
+    # folder); s3://bucket/prefix, an object store several service instances share (credentials: the AWS_* variables
+    # boto3 reads), with s3_endpoint_url for one that is not AWS (MinIO, Ceph, R2, moto)
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
 
     # Celery's own events and remote control (Flower, `celery inspect`): off, so a worker holds two Redis connections
     # and broadcasts nothing while idle; 1 turns them on (task events, worker heartbeats, the pidbox).

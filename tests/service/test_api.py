@@ -288,7 +288,7 @@ def _checkpoint_blob(epochs=1):
     from trainq.models.spec import parse_spec
 
     blobs = []
-    fit(parse_spec(mlp(epochs=epochs)), checkpoint_sink=lambda b, i: blobs.append(b))
+    fit(parse_spec(mlp(epochs=epochs, checkpoint_every_seconds=0)), checkpoint_sink=lambda b, i: blobs.append(b))
     return blobs
 
 

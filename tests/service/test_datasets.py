@@ -43,7 +43,7 @@ def test_csv_upload_is_parsed_listed_and_usable_in_a_spec(client, app):
     d = answer.json
     assert (d["rows"], d["shape"], d["classes"], d["class_names"], d["task"]) == \
         (40, [2], 2, ["no", "yes"], "classification")
-    stored = dataset_path(app.extensions["trainq"].storage, d["id"])
+    stored = dataset_path(app.extensions["trainq"].store, d["id"])
     with np.load(stored, allow_pickle=False) as archive:
         assert archive["x"].shape == (40, 2) and archive["y"].tolist()[:3] == [0, 1, 1]
     assert [x["name"] for x in client.get("/api/v1/datasets").json["datasets"]] == ["people"]

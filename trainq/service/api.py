@@ -28,6 +28,7 @@ from trainq.service.job_reads import (
     send_checkpoint,
 )
 from trainq.service.lookups import find_dataset, get_job, upload_info, visible
+from trainq.service.objects import checkpoint_key
 from trainq.service.tables import FINISHED, ApiToken, AuditEntry, Checkpoint, Event, Job, JobStatus, Metric, User
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -172,7 +173,7 @@ def delete_job(job_id: str):
     audit("delete", f"job:{job_id}", name=job.name)
     session.commit()
     for checkpoint_id in ids:  # files go after the rows are gone, so no row ever points at a missing file
-        jobs.checkpoint_path(services().storage, job_id, checkpoint_id).unlink(missing_ok=True)
+        services().store.delete(checkpoint_key(job_id, checkpoint_id))
     return "", 204
 
 

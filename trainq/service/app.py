@@ -13,6 +13,7 @@ from werkzeug.routing import BaseConverter
 from trainq.service.api import bp as api_bp
 from trainq.service.auth import RateLimiter, TokenCache
 from trainq.service.context import Services
+from trainq.service.objects import open_store
 from trainq.service.dashboard import bp as dashboard_bp
 from trainq.service.dashboard import missing_assets
 from trainq.service.datasets_api import bp as datasets_bp
@@ -74,7 +75,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     reads = make_engine(settings.resolved_database_url, autocommit=True)
     app.extensions["trainq"] = Services(settings, make_sessionmaker(engine), settings.storage_dir.resolve(),
                                         RateLimiter(), make_sessionmaker(reads), reads, TokenCache(),
-                                        Sessions(settings.model_cache, settings.predict_threads))
+                                        Sessions(settings.model_cache, settings.predict_threads),
+                                        open_store(settings.storage_url, settings.s3_endpoint_url,
+                                                   settings.storage_dir.resolve()))
 
     @app.before_request
     def _no_nul_in_the_url():

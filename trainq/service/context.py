@@ -29,6 +29,7 @@ class Services:
     read_engine: Engine | None = None  # that autocommit engine, for plain Core reads (read_connection)
     tokens: object = None  # auth.TokenCache
     models: object = None  # inference.Sessions: onnxruntime sessions of model versions
+    store: object = None  # objects.FileStore | objects.S3Store: checkpoints, datasets, model bundles, batch files
     _celery: object = None
 
     def celery(self):

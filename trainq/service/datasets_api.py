@@ -14,7 +14,8 @@ from trainq.service.context import db, services
 from trainq.service.http import body_bytes, fail
 from trainq.service.lookups import dataset_json, find_dataset, get_dataset, visible_datasets
 from trainq.service.tables import Dataset, Job, JobStatus
-from trainq.service.uploads import UploadError, dataset_path, parse, store
+from trainq.service.objects import StoreError, dataset_key
+from trainq.service.uploads import UploadError, parse, store
 
 bp = Blueprint("datasets_api", __name__, url_prefix="/api/v1/datasets")
 
@@ -58,17 +59,21 @@ def upload():
                   source=parsed.source, size=0, sha256="")
     session.add(row)
     session.flush()
-    path = dataset_path(services().storage, row.id)
-    row.size, row.sha256 = store(parsed, path)
+    objects, key = services().store, dataset_key(row.id)
+    try:
+        row.size, row.sha256 = store(parsed, objects, key)
+    except StoreError as exc:
+        session.rollback()
+        fail(503, "store_unavailable", f"{exc}; upload it again later")
     audit("dataset_upload", f"dataset:{row.id}", name=name, rows=row.rows)
     try:
         session.commit()
     except IntegrityError:  # the same name uploaded twice at once: the second loses, and leaves no file
         session.rollback()
-        path.unlink(missing_ok=True)
+        objects.delete(key)
         fail(409, "exists", f"you have a dataset named {name!r}")
     except Exception:
-        path.unlink(missing_ok=True)
+        objects.delete(key)
         raise
     return jsonify(dataset_json(row)), 201
 
@@ -96,5 +101,5 @@ def delete(dataset_id: str):
     session.delete(d)
     audit("dataset_delete", f"dataset:{dataset_id}", name=d.name)
     session.commit()
-    dataset_path(services().storage, dataset_id).unlink(missing_ok=True)
+    services().store.delete(dataset_key(dataset_id))
     return "", 204

@@ -24,6 +24,24 @@ class ApiError(HTTPException):
         self.body = {"error": error, "message": message, **extra}
 
 
+def send_object(store, key: str, download_name: str, mimetype: str = "application/octet-stream",
+                missing: str = "the file is gone"):
+    """Answer with a stored object: the file itself from a folder, a redirect to a short-lived presigned URL from an
+    object store (the bytes go from the store to the client, not through the service)."""
+    from flask import redirect, send_file
+
+    url = store.presign_get(key, download_name)
+    if url is not None:
+        if not store.exists(key):
+            fail(404, "not_found", missing)
+        return redirect(url, code=302)
+    try:
+        path = store.local(key)
+    except FileNotFoundError:
+        fail(404, "not_found", missing)
+    return send_file(path, mimetype=mimetype, as_attachment=True, download_name=download_name)
+
+
 def fail(code: int, error: str, message: str, **extra: Any) -> NoReturn:
     raise ApiError(code, error, message, **extra)
 

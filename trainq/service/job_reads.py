@@ -6,16 +6,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import request, send_file
+from flask import request
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import aliased
 
 from trainq.models.spec import improves
-from trainq.service import jobs, workers
+from trainq.service import workers
 from trainq.service.auth import principal
 from trainq.service.context import db, read_connection, services
-from trainq.service.http import fail
+from trainq.service.http import fail, send_object
 from trainq.service.lookups import visible
+from trainq.service.objects import checkpoint_key
 from trainq.service.tables import Checkpoint, Event, Job, JobStatus, Metric
 
 STATUSES = {s.value for s in JobStatus}
@@ -217,8 +218,5 @@ def metric_series(job_ids: list[str], names: list[str] | None, after_step: int =
 
 
 def send_checkpoint(ckpt: Checkpoint):
-    path = jobs.checkpoint_path(services().storage, ckpt.job_id, ckpt.id)
-    if not path.is_file():
-        fail(404, "not_found", "the checkpoint file is gone (pruned)")
-    return send_file(path, mimetype="application/octet-stream", as_attachment=True,
-                     download_name=f"{ckpt.job_id}-epoch{ckpt.epoch}.safetensors")
+    return send_object(services().store, checkpoint_key(ckpt.job_id, ckpt.id),
+                       f"{ckpt.job_id}-epoch{ckpt.epoch}.safetensors", missing="the checkpoint file is gone (pruned)")

@@ -10,7 +10,6 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import and_, or_, select, text, update
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from trainq.models.spec import JobSpec, Plan
 from trainq.service.db import utcnow
+from trainq.service.objects import checkpoint_key
 from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, new_id
 from trainq.service.telemetry import LEASES_EXPIRED, METRIC_POINTS
 
@@ -205,27 +205,32 @@ def record_metrics(session: Session, job_id: str, points: Iterable[tuple[str, in
 
 
 def store_checkpoint(session: Session, attempt: Attempt, job: Job, blob: bytes, info: dict[str, Any],
-                     root: Path, keep: int) -> Checkpoint:
-    """Write a checkpoint file, record it, and prune to the best plus the latest `keep`."""
-    ckpt = Checkpoint(job_id=job.id, attempt_id=attempt.id, epoch=int(info["epoch"]), step=int(info["step"]),
-                      metric_name=info.get("metric_name"), metric=info.get("metric"), size=len(blob),
-                      sha256=hashlib.sha256(blob).hexdigest(), is_best=bool(info.get("is_best")))
+                     store, keep: int) -> Checkpoint:
+    """Write a checkpoint that came through the API to the store, record it, and prune to the best plus the latest
+    `keep`."""
+    ckpt = new_checkpoint(attempt, job, info, len(blob), hashlib.sha256(blob).hexdigest())
     session.add(ckpt)
     session.flush()
-    path = checkpoint_path(root, job.id, ckpt.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(blob)
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    store.put(checkpoint_key(job.id, ckpt.id), blob)
+    return record_checkpoint(session, ckpt, store, keep)
+
+
+def new_checkpoint(attempt: Attempt, job: Job, info: dict[str, Any], size: int, digest: str,
+                   checkpoint_id: str | None = None) -> Checkpoint:
+    return Checkpoint(**({"id": checkpoint_id} if checkpoint_id else {}), job_id=job.id, attempt_id=attempt.id,
+                      epoch=int(info["epoch"]), step=int(info["step"]), metric_name=info.get("metric_name"),
+                      metric=info.get("metric"), size=size, sha256=digest, is_best=bool(info.get("is_best")))
+
+
+def record_checkpoint(session: Session, ckpt: Checkpoint, store, keep: int) -> Checkpoint:
+    """A stored checkpoint's row is in the session: make it the only best if it is one, and prune the others."""
+    session.add(ckpt)
+    session.flush()
     if ckpt.is_best:
-        session.execute(update(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.id != ckpt.id)
+        session.execute(update(Checkpoint).where(Checkpoint.job_id == ckpt.job_id, Checkpoint.id != ckpt.id)
                         .values(is_best=False))
-    prune_checkpoints(session, job.id, root, keep)
+    prune_checkpoints(session, ckpt.job_id, store, keep)
     return ckpt
-
-
-def checkpoint_path(root: Path, job_id: str, checkpoint_id: str) -> Path:
-    return root / "checkpoints" / job_id / f"{checkpoint_id}.safetensors"
 
 
 def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
@@ -233,12 +238,12 @@ def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
                            .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1)).first()
 
 
-def prune_checkpoints(session: Session, job_id: str, root: Path, keep: int) -> None:
+def prune_checkpoints(session: Session, job_id: str, store, keep: int) -> None:
     ckpts = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
                             .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())).all()
     for old in [c for c in ckpts[keep:] if not c.is_best]:
         session.delete(old)
-        checkpoint_path(root, job_id, old.id).unlink(missing_ok=True)
+        store.delete(checkpoint_key(job_id, old.id))
 
 
 def finish(session: Session, attempt: Attempt, job: Job, outcome: dict[str, Any]) -> Job:

@@ -10,25 +10,26 @@ import time
 import uuid
 from typing import Any
 
-from flask import Blueprint, jsonify, request, send_file, url_for
+from flask import Blueprint, jsonify, request, url_for
 from sqlalchemy import func, select
 
 from trainq.service.auth import audit, principal, require_user
 from trainq.service.context import db, read_connection, services
-from trainq.service.http import body_bytes, fail, fast_json, read_body, read_fast
+from trainq.service.http import body_bytes, fail, fast_json, read_body, read_fast, send_object
 from trainq.service.inference import InputError, friendly, record_inputs, run, sample_runs
 from trainq.service import scoring
 from trainq.service.lookups import find_dataset, get_job, visible_datasets
+from trainq.service.objects import batch_key, model_key
 from trainq.service.registry import (
     Ref,
     RegistryError,
     aliases_of,
-    bundle_dir,
     delete_model,
     delete_version,
     drop_alias,
     find_model,
     move_alias,
+    onnx_file,
     parse_ref,
     register,
     resolve,
@@ -145,7 +146,7 @@ def put_alias(name: str, alias: str):
     session.commit()
     if version.state == VersionState.ready.value:  # warm: the first prediction through the alias pays no load
         try:
-            services().models.get(version.id, bundle_dir(services().storage, version.id) / "model.onnx")
+            services().models.get(version.id, onnx_file(services().store, version.id))
         except Exception:  # noqa: BLE001 - a warm-up failure shows on the first prediction instead
             pass
     return jsonify({"model": model.name, "alias": alias, "version": version.version, "previous": before})
@@ -163,10 +164,8 @@ def delete_alias(name: str, alias: str):
 
 def forget(version_ids: list[str]) -> None:
     """After the rows are gone: the bundles' files."""
-    import shutil
-
     for vid in version_ids:
-        shutil.rmtree(bundle_dir(services().storage, vid), ignore_errors=True)
+        services().store.delete_prefix(model_key(vid))
 
 
 @bp.delete("/<name>/versions/<number>")
@@ -202,8 +201,8 @@ def download_onnx(name: str, number: str):
     model, version = ready_version(f"{parse_ref(name).name}/versions/{number}")
     audit("download", f"model:{model.name}", version=version.version)
     db().commit()
-    return send_file(bundle_dir(services().storage, version.id) / "model.onnx", mimetype="application/octet-stream",
-                     as_attachment=True, download_name=f"{model.name}-v{version.version}.onnx")
+    return send_object(services().store, model_key(version.id, "model.onnx"), f"{model.name}-v{version.version}.onnx",
+                       missing="the version's model file is gone")
 
 
 def predict(ref: str):
@@ -216,8 +215,8 @@ def predict(ref: str):
     x = record_inputs(body, signature, services().settings.max_predict_rows)
     runs = sample_runs(body.get("parameters"), signature)
     names = [o["name"] for o in signature["outputs"]]
-    results = run(services().models.get(version.version_id, bundle_dir(services().storage, version.version_id)
-                                        / "model.onnx"), x, names, runs)
+    results = run(services().models.get(version.version_id, onnx_file(services().store, version.version_id)),
+                  x, names, runs)
     answer = {"model": version.model, "version": version.version, "request_id": uuid.uuid4().hex,
               "task": signature.get("task"), "predictions": friendly(results, signature)}
     if signature.get("uncertainty"):
@@ -279,14 +278,14 @@ def batch_for(ref: str):
                                           if len(given) == 32 else None)
         if dataset is None:
             fail(404, "not_found", f"no dataset {given!r}", errors=[{"path": "dataset", "message": "no such dataset"}])
-        batch = scoring.create(session, services().storage, model, version, principal().id, dataset=dataset)
+        batch = scoring.create(session, services().store, model, version, principal().id, dataset=dataset)
     else:
         blob = body_bytes()
         if not blob:
             fail(400, "bad_request", "send a CSV (a header naming the model's features) or an NPZ with an array x, or "
                                      "JSON {\"dataset\": NAME}")
         kind = "npz" if blob[:4] == b"PK\x03\x04" else "csv"
-        batch = scoring.create(session, services().storage, model, version, principal().id, upload=(kind, blob))
+        batch = scoring.create(session, services().store, model, version, principal().id, upload=(kind, blob))
     audit("batch", f"model:{model.name}", version=version.version, batch=batch.id)
     session.commit()
     scoring.send_batches(session, services().score)
@@ -304,8 +303,8 @@ def get_batch(name: str, batch_id: str):
 @bp.get("/<name>/batches/<hexid:batch_id>/output")
 def batch_output(name: str, batch_id: str):
     model, version, batch = batch_of(name, batch_id)
-    path = scoring.batch_dir(services().storage, batch.id) / "output.csv"
-    if batch.status != "succeeded" or not path.is_file():
+    if batch.status != "succeeded":
         fail(409, "not_ready", f"batch {batch_id} is {batch.status}" + (f": {batch.error}" if batch.error else ""))
-    return send_file(path, mimetype="text/csv", as_attachment=True,
-                     download_name=f"{model.name}-v{version.version}-{batch.id[:8]}.csv")
+    return send_object(services().store, batch_key(batch.id, "output.csv"),
+                       f"{model.name}-v{version.version}-{batch.id[:8]}.csv", mimetype="text/csv",
+                       missing="the batch's output is gone")

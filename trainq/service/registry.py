@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from trainq.models.spec import MODEL_NAME
 from trainq.service.db import utcnow
 from trainq.service.jobs import hash_token, latest_checkpoint
+from trainq.service.objects import StoreError, model_key
 from trainq.service.tables import Job, JobStatus, Model, ModelAlias, ModelVersion, VersionState
 
 NAME = re.compile(MODEL_NAME.strip("^$"))
@@ -69,8 +70,9 @@ def parse_ref(text: str, where: str = "model") -> Ref:
     return Ref(found["name"], found["alias"], version)
 
 
-def bundle_dir(root: Path, version_id: str) -> Path:
-    return root / "models" / version_id
+def onnx_file(store, version_id: str) -> Path:
+    """A local file holding a version's model.onnx (a copy when it lives in an object store)."""
+    return store.local(model_key(version_id, "model.onnx"))
 
 
 def check_name(name: Any) -> str:
@@ -357,35 +359,39 @@ def live_export(session: Session, version_id: str, token: str) -> ModelVersion:
     return version
 
 
-def store_file(root: Path, version: ModelVersion, name: str, blob: bytes) -> dict[str, Any]:
+def store_file(store, version: ModelVersion, name: str, blob: bytes) -> dict[str, Any]:
     """Write one file of the bundle atomically; a reader never sees half a file."""
     if name not in FILES:
         raise RegistryError(400, "bad_file", f"a bundle holds {', '.join(FILES)}", "name")
-    folder = bundle_dir(root, version.id)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.part"
-    tmp.write_bytes(blob)
-    tmp.replace(folder / name)
+    try:
+        store.put(model_key(version.id, name), blob)
+    except StoreError as exc:
+        raise RegistryError(503, "store_unavailable", f"{exc}; send it again later") from None
     return {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 
-def finish_export(session: Session, root: Path, version: ModelVersion, outcome: dict[str, Any]) -> ModelVersion:
+def finish_export(session: Session, store, version: ModelVersion, outcome: dict[str, Any]) -> ModelVersion:
     """Settle the export: `ready` with its signature once the ONNX file is stored and loads, or `failed`."""
     if outcome.get("state") == VersionState.failed.value:
         version.state, version.error = VersionState.failed.value, str(outcome.get("error") or "export failed")[:5000]
         version.export_token_hash = None
         return version
-    onnx = bundle_dir(root, version.id) / "model.onnx"
     signature = outcome.get("signature")
-    if not onnx.is_file() or not isinstance(signature, dict) or not signature.get("inputs"):
+    try:
+        blob = store.get(model_key(version.id, "model.onnx")) if isinstance(signature, dict) else None
+    except StoreError:
+        blob = None
+    if blob is None or not signature.get("inputs"):
         raise RegistryError(400, "incomplete", "a ready version needs its model.onnx uploaded and a signature")
-    blob = onnx.read_bytes()
     version.onnx_size, version.onnx_sha256 = len(blob), hashlib.sha256(blob).hexdigest()
     version.signature = signature
     bundle = {"model_version": version.version, "spec": version.spec, "signature": signature,
               "preprocessing": outcome.get("preprocessing"), "checked": outcome.get("checked"),
               "job_id": version.job_id, "checkpoint_id": version.checkpoint_id}
-    (bundle_dir(root, version.id) / "bundle.json").write_text(json.dumps(bundle, indent=1))
+    try:
+        store.put(model_key(version.id, "bundle.json"), json.dumps(bundle, indent=1).encode())
+    except StoreError as exc:
+        raise RegistryError(503, "store_unavailable", f"{exc}; send it again later") from None
     version.state, version.ready_at, version.export_token_hash = VersionState.ready.value, utcnow(), None
     return version
 

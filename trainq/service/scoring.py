@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from trainq.service.db import utcnow
+from trainq.service.objects import StoreError, batch_key
 from trainq.service.registry import Fenced, RegistryError, holds, new_claim, require_ready
 from trainq.service.tables import BatchJob, Dataset, Job, Model, ModelVersion
 
@@ -26,11 +26,7 @@ PROBLEMS_KEPT = 1000  # failed rows listed in the batch; more are counted
 PENDING = "trainq_batches"  # in session.info: batches created in this transaction, to send once it commits
 
 
-def batch_dir(root: Path, batch_id: str) -> Path:
-    return root / "batches" / batch_id
-
-
-def create(session: Session, root: Path, model: Model, version: ModelVersion, owner_id: str | None, *,
+def create(session: Session, store, model: Model, version: ModelVersion, owner_id: str | None, *,
            dataset: Dataset | None = None, upload: tuple[str, bytes] | None = None) -> BatchJob:
     """A queued batch of a dataset, or of a file sent with the request (`upload`: its kind, csv or npz, and bytes)."""
     require_ready(model.name, version)
@@ -40,9 +36,10 @@ def create(session: Session, root: Path, model: Model, version: ModelVersion, ow
     session.add(batch)
     session.flush()
     if upload is not None:
-        folder = batch_dir(root, batch.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"input.{upload[0]}").write_bytes(upload[1])
+        try:
+            store.put(batch_key(batch.id, f"input.{upload[0]}"), upload[1])
+        except StoreError as exc:
+            raise RegistryError(503, "store_unavailable", f"{exc}; send it again later") from None
     session.info.setdefault(PENDING, []).append((batch.id, pool))
     return batch
 
@@ -85,7 +82,7 @@ def progress(batch: BatchJob, body: dict[str, Any]) -> None:
             setattr(batch, field, value)
 
 
-def finish(session: Session, root: Path, batch: BatchJob, body: dict[str, Any]) -> BatchJob:
+def finish(session: Session, store, batch: BatchJob, body: dict[str, Any]) -> BatchJob:
     progress(batch, body)
     problems = body.get("problems") or []
     if not isinstance(problems, list):
@@ -95,20 +92,19 @@ def finish(session: Session, root: Path, batch: BatchJob, body: dict[str, Any]) 
     if body.get("status") == "failed":
         batch.status, batch.error = "failed", str(body.get("error") or "scoring failed")[:5000]
     else:
-        output = batch_dir(root, batch.id) / "output.csv"
-        if not output.is_file():
+        size = store.size(batch_key(batch.id, "output.csv"))
+        if size is None:
             raise RegistryError(400, "incomplete", "a succeeded batch needs its output uploaded first")
-        batch.status, batch.output_size = "succeeded", output.stat().st_size
+        batch.status, batch.output_size = "succeeded", size
     batch.finished_at, batch.token_hash = utcnow(), None
     return batch
 
 
-def store_output(root: Path, batch: BatchJob, blob: bytes) -> dict[str, Any]:
-    folder = batch_dir(root, batch.id)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".output.part"
-    tmp.write_bytes(blob)
-    tmp.replace(folder / "output.csv")
+def store_output(store, batch: BatchJob, blob: bytes) -> dict[str, Any]:
+    try:
+        store.put(batch_key(batch.id, "output.csv"), blob)
+    except StoreError as exc:
+        raise RegistryError(503, "store_unavailable", f"{exc}; send it again later") from None
     return {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainq.service.objects import dataset_key
+
 MAX_CLASSES = 1000
 
 
@@ -154,15 +156,12 @@ def _npz(raw: bytes, task: str | None) -> Parsed:
     return Parsed(x, y, None, None, None, "npz")
 
 
-def store(parsed: Parsed, path: Path) -> tuple[int, str]:
-    """Write the arrays as an .npz readable without pickle, atomically; return (size, sha256)."""
+def store(parsed: Parsed, objects, key: str) -> tuple[int, str]:
+    """Write the arrays as an .npz readable without pickle to the object store (atomically); return (size, sha256)."""
     buffer = io.BytesIO()
     np.savez(buffer, x=parsed.x, y=parsed.y)
     blob = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
+    objects.put(key, blob)
     return len(blob), hashlib.sha256(blob).hexdigest()
 
 
@@ -171,5 +170,6 @@ def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return archive["x"], archive["y"]
 
 
-def dataset_path(root: Path, dataset_id: str) -> Path:
-    return root / "datasets" / f"{dataset_id}.npz"
+def dataset_path(objects, dataset_id: str) -> Path:
+    """A local file holding the uploaded dataset (FileNotFoundError if it is gone)."""
+    return objects.local(dataset_key(dataset_id))

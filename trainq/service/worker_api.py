@@ -7,6 +7,7 @@ attempt token in `X-Trainq-Attempt-Token`. A write from an attempt that is no lo
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from datetime import timedelta
 
@@ -16,9 +17,11 @@ from sqlalchemy import select, update
 from trainq.models.checkpoint import read_meta
 from trainq.service import jobs, registry, scoring, sweeps, workers
 from trainq.service.context import db, services
-from trainq.service.http import body_bytes, fail, read_body
+from trainq.service.http import body_bytes, fail, read_body, send_object
 from trainq.service.job_reads import send_checkpoint
-from trainq.service.tables import FINISHED, BatchJob, Checkpoint, Dataset, Job, ModelVersion, Sweep, VersionState
+from trainq.service.objects import StoreError, batch_key, checkpoint_key, dataset_key, model_key, sha256
+from trainq.service.tables import (FINISHED, BatchJob, Checkpoint, Dataset, Job, ModelVersion, Sweep, VersionState,
+                                   new_id)
 
 bp = Blueprint("worker_api", __name__, url_prefix="/api/v1/worker")
 
@@ -101,15 +104,18 @@ def claim_one(job_id: str, worker: str, kind, gpus) -> tuple[int, dict]:
         return 409, {"error": "not_claimable", "message": str(exc)}
     session.commit()
     settings = services().settings
+    store = services().store
     resume = None
-    if c.resume is not None:
+    if c.resume is not None:  # from the object store itself when there is one, else through the service
         resume = {"checkpoint_id": c.resume.id, "epoch": c.resume.epoch,
-                  "url": url_for("worker_api.resume_checkpoint", attempt_id=c.attempt.id)}
+                  "url": store.presign_get(checkpoint_key(c.job.id, c.resume.id))
+                  or url_for("worker_api.resume_checkpoint", attempt_id=c.attempt.id)}
     dataset = None
     if c.job.dataset_id is not None:
         d = db().get(Dataset, c.job.dataset_id)
         dataset = {"id": d.id, "shape": d.shape, "classes": d.classes, "rows": d.rows,
-                   "url": url_for("worker_api.attempt_dataset", attempt_id=c.attempt.id)}
+                   "url": store.presign_get(dataset_key(d.id))
+                   or url_for("worker_api.attempt_dataset", attempt_id=c.attempt.id)}
     prune = None
     if c.job.sweep_id is not None:
         sweep = db().get(Sweep, c.job.sweep_id)
@@ -120,7 +126,7 @@ def claim_one(job_id: str, worker: str, kind, gpus) -> tuple[int, dict]:
     return 200, {"job_id": job_id, "attempt_id": c.attempt.id, "attempt": c.attempt.number, "token": c.token,
                  "spec": c.job.spec, "lease_seconds": settings.lease_seconds,
                  "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume, "dataset": dataset,
-                 "prune": prune}
+                 "prune": prune, "direct_checkpoints": store.direct}
 
 
 @bp.post("/attempts/<hexid:attempt_id>/heartbeat")
@@ -198,7 +204,57 @@ def upload_checkpoint(attempt_id: str):
         fail(400, "bad_request", "metric must be a number")
     keep = int(job.spec.get("training", {}).get("keep_checkpoints", 2))
     session = db()
-    ckpt = jobs.store_checkpoint(session, attempt, job, blob, info, services().storage, keep)
+    try:
+        ckpt = jobs.store_checkpoint(session, attempt, job, blob, info, services().store, keep)
+    except StoreError as exc:
+        session.rollback()
+        fail(503, "store_unavailable", f"{exc}; send it again later")
+    session.commit()
+    return jsonify({"id": ckpt.id}), 201
+
+
+@bp.post("/attempts/<hexid:attempt_id>/checkpoints/presign")
+def presign_checkpoint(attempt_id: str):
+    """Where to PUT a checkpoint straight into the object store: a new checkpoint id and a presigned URL for its key
+    (404 when the service keeps files itself: upload through POST .../checkpoints instead)."""
+    _, job = live(attempt_id)
+    store = services().store
+    if not store.direct:
+        fail(404, "not_found", "this service stores files itself: POST the checkpoint to .../checkpoints")
+    checkpoint_id = new_id()
+    return jsonify({"id": checkpoint_id, "url": store.presign_put(checkpoint_key(job.id, checkpoint_id))}), 201
+
+
+@bp.post("/attempts/<hexid:attempt_id>/checkpoints/record")
+def record_checkpoint(attempt_id: str):
+    """Record a checkpoint the worker PUT into the object store: read back, it must have the size and sha256 the
+    worker says and a trainq checkpoint's header, or nothing is recorded (an upload that failed or was cut off)."""
+    body = read_body()
+    attempt, job = live(attempt_id)
+    if not isinstance(body, dict) or not re.fullmatch(r"[0-9a-f]{32}", str(body.get("id", ""))):
+        fail(400, "bad_request", "id: the checkpoint id that .../checkpoints/presign gave")
+    store, key = services().store, checkpoint_key(job.id, body["id"])
+    try:
+        blob = store.get(key)
+    except StoreError as exc:
+        fail(422, "not_stored", f"checkpoint {body['id']} is not in the store ({exc}): upload it again")
+    if len(blob) != body.get("size") or sha256(blob) != body.get("sha256"):
+        store.delete(key)
+        fail(422, "not_stored", f"checkpoint {body['id']} in the store has {len(blob)} bytes and another sha256 than "
+                                "the worker sent: upload it again")
+    try:
+        meta = read_meta(blob)
+    except ValueError as exc:
+        store.delete(key)
+        fail(400, "bad_checkpoint", str(exc))
+    metric = body.get("metric")
+    info = {"epoch": meta["epoch"], "step": meta["step"], "is_best": bool(body.get("is_best")),
+            "metric_name": body.get("metric_name") if isinstance(body.get("metric_name"), str) else None,
+            "metric": float(metric) if isinstance(metric, (int, float)) and not isinstance(metric, bool) else None}
+    keep = int(job.spec.get("training", {}).get("keep_checkpoints", 2))
+    session = db()
+    ckpt = jobs.record_checkpoint(session, jobs.new_checkpoint(attempt, job, info, len(blob), sha256(blob),
+                                                               body["id"]), store, keep)
     session.commit()
     return jsonify({"id": ckpt.id}), 201
 
@@ -214,15 +270,11 @@ def resume_checkpoint(attempt_id: str):
 
 @bp.get("/attempts/<hexid:attempt_id>/dataset")
 def attempt_dataset(attempt_id: str):
-    from flask import send_file
-
-    from trainq.service.uploads import dataset_path
-
     _, job = live(attempt_id)
-    path = dataset_path(services().storage, job.dataset_id) if job.dataset_id else None
-    if path is None or not path.is_file():
-        fail(404, "not_found", "the job uses no uploaded dataset, or it is gone")
-    return send_file(path, mimetype="application/octet-stream")
+    if not job.dataset_id:
+        fail(404, "not_found", "the job uses no uploaded dataset")
+    return send_object(services().store, dataset_key(job.dataset_id), f"{job.dataset_id}.npz",
+                       missing="the job's uploaded dataset is gone")
 
 
 @bp.post("/attempts/<hexid:attempt_id>/release")
@@ -433,15 +485,10 @@ def export_checkpoint(version_id: str):
 
 @bp.get("/exports/<hexid:version_id>/dataset")
 def export_dataset(version_id: str):
-    from flask import send_file
-
-    from trainq.service.uploads import dataset_path
-
     d = dataset_for(live_export(version_id))
-    path = dataset_path(services().storage, d.id) if d is not None else None
-    if path is None or not path.is_file():
+    if d is None:
         fail(404, "not_found", "the version's job used no uploaded dataset, or it is gone")
-    return send_file(path, mimetype="application/octet-stream")
+    return send_object(services().store, dataset_key(d.id), f"{d.id}.npz", missing="the version's dataset is gone")
 
 
 @bp.post("/exports/<hexid:version_id>/verifying")
@@ -458,7 +505,7 @@ def export_file(version_id: str, name: str):
     blob = body_bytes()
     version = live_export(version_id)
     try:
-        stored = registry.store_file(services().storage, version, name, blob)
+        stored = registry.store_file(services().store, version, name, blob)
     except registry.RegistryError as exc:
         fail(exc.status, exc.code, str(exc))
     return jsonify(stored), 201
@@ -472,7 +519,7 @@ def export_finish(version_id: str):
     if not isinstance(body, dict) or body.get("state") not in (VersionState.ready.value, VersionState.failed.value):
         fail(400, "bad_request", "state must be ready or failed")
     try:
-        version = registry.finish_export(session, services().storage, version, body)
+        version = registry.finish_export(session, services().store, version, body)
     except registry.RegistryError as exc:
         fail(exc.status, exc.code, str(exc))
     session.commit()
@@ -513,27 +560,17 @@ def claim_batch(batch_id: str):
 
 @bp.get("/batches/<hexid:batch_id>/model")
 def batch_model(batch_id: str):
-    from flask import send_file
-
     batch = live_batch(batch_id)
-    return send_file(registry.bundle_dir(services().storage, batch.version_id) / "model.onnx",
-                     mimetype="application/octet-stream")
+    return send_object(services().store, model_key(batch.version_id, "model.onnx"), "model.onnx",
+                       missing="the batch's model file is gone")
 
 
 @bp.get("/batches/<hexid:batch_id>/input")
 def batch_input(batch_id: str):
-    from flask import send_file
-
-    from trainq.service.uploads import dataset_path
-
     batch = live_batch(batch_id)
-    if batch.source == "dataset":
-        path = dataset_path(services().storage, batch.dataset_id)
-    else:
-        path = scoring.batch_dir(services().storage, batch.id) / f"input.{batch.source}"
-    if not path.is_file():
-        fail(404, "not_found", "the batch's input is gone")
-    return send_file(path, mimetype="application/octet-stream")
+    key = (dataset_key(batch.dataset_id) if batch.source == "dataset"
+           else batch_key(batch.id, f"input.{batch.source}"))
+    return send_object(services().store, key, key.rsplit("/", 1)[-1], missing="the batch's input is gone")
 
 
 @bp.post("/batches/<hexid:batch_id>/progress")
@@ -552,7 +589,7 @@ def batch_progress(batch_id: str):
 @bp.put("/batches/<hexid:batch_id>/output")
 def batch_upload(batch_id: str):
     blob = body_bytes()
-    return jsonify(scoring.store_output(services().storage, live_batch(batch_id), blob)), 201
+    return jsonify(scoring.store_output(services().store, live_batch(batch_id), blob)), 201
 
 
 @bp.post("/batches/<hexid:batch_id>/finish")
@@ -563,7 +600,7 @@ def batch_finish(batch_id: str):
     if not isinstance(body, dict) or body.get("status") not in ("succeeded", "failed"):
         fail(400, "bad_request", "status must be succeeded or failed")
     try:
-        batch = scoring.finish(session, services().storage, batch, body)
+        batch = scoring.finish(session, services().store, batch, body)
     except registry.RegistryError as exc:
         fail(exc.status, exc.code, str(exc))
     session.commit()

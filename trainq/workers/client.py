@@ -28,6 +28,7 @@ class ServiceClient:
         self.base = base_url.rstrip("/")
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {worker_token}"
+        self.store = requests.Session()  # presigned object-store URLs: they carry their own signature, not our token
         self.retry_for, self.timeout = retry_for, timeout  # seconds
 
     def call(self, method: str, path: str, *, retry_for: float | None = None, attempt_token: str | None = None,
@@ -38,18 +39,23 @@ class ServiceClient:
         headers = kwargs.pop("headers", {})
         if attempt_token:
             headers["X-Trainq-Attempt-Token"] = attempt_token
+        presigned = path.startswith(("http://", "https://"))  # an object store's URL, signed for this one request
+        http, url = (self.store, path) if presigned else (self.http, self.base + path)
+        if presigned:
+            headers.pop("X-Trainq-Attempt-Token", None)
         delay = 0.1
         while True:
             try:
-                response = self.http.request(method, self.base + path, headers=headers, timeout=self.timeout, **kwargs)
+                response = http.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
                 if response.status_code < 500 and response.status_code != 429:
                     break
                 problem = f"HTTP {response.status_code}"
             except requests.RequestException as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+            shown = path.split("?", 1)[0]  # never a presigned URL's signature in a log
             if time.monotonic() + delay > deadline:
-                raise ConnectionError(f"{method} {path} failed for {patience:.0f}s: {problem}")
-            log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
+                raise ConnectionError(f"{method} {shown} failed for {patience:.0f}s: {problem}")
+            log.warning("%s %s: %s; retrying in %.1fs", method, shown, problem, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
         if response.status_code == 409:
@@ -63,6 +69,7 @@ class ServiceClient:
                          json={"worker": worker, "kind": kind, "gpus": gpus}).json()
 
     def download(self, path: str, attempt_token: str) -> bytes:
+        """A file through the service (a path) or straight from the object store (a presigned URL)."""
         return self.call("GET", path, attempt_token=attempt_token).content
 
 

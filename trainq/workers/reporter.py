@@ -29,6 +29,7 @@ class Reporter:
         self.fenced = False
         self.draining = False  # the worker is shutting down: stop and hand the job back
         self.prune: dict | None = None  # a sweep trial with a pruner: {"metric": name, "url": where to ask}
+        self.direct = False  # checkpoints go straight into the service's object store (presigned PUT), then recorded
         self.pruned = False
         self.epoch = 0
         self._lock = threading.Lock()
@@ -152,17 +153,36 @@ class Reporter:
         try:
             while checkpoints:
                 blob, info = checkpoints[0]
-                params = {"is_best": "1" if info.get("is_best") else "0", "metric_name": info.get("metric_name") or ""}
-                if info.get("metric") is not None:
-                    params["metric"] = repr(float(info["metric"]))
-                self.client.call("POST", f"{base}/checkpoints", data=blob, params=params, attempt_token=self.token,
-                                 retry_for=retry_for, headers={"Content-Type": "application/octet-stream"})
+                if self.direct:
+                    self._put_and_record(base, blob, info, retry_for)
+                else:
+                    params = {"is_best": "1" if info.get("is_best") else "0",
+                              "metric_name": info.get("metric_name") or ""}
+                    if info.get("metric") is not None:
+                        params["metric"] = repr(float(info["metric"]))
+                    self.client.call("POST", f"{base}/checkpoints", data=blob, params=params,
+                                     attempt_token=self.token, retry_for=retry_for,
+                                     headers={"Content-Type": "application/octet-stream"})
                 checkpoints.pop(0)
         except Fenced:
             self._fence()
         except Exception as exc:  # noqa: BLE001 - keep it; the next flush sends it
             log.warning("checkpoint upload failed, keeping it for later: %s", exc)
             self.give_back([], [], checkpoints)
+
+    def _put_and_record(self, base: str, blob: bytes, info: dict, retry_for: float) -> None:
+        """PUT a checkpoint into the object store at a presigned URL the service hands out, then have the service
+        record it (it reads it back and checks size and sha256: a cut-off upload is never recorded)."""
+        import hashlib
+
+        target = self.client.call("POST", f"{base}/checkpoints/presign", attempt_token=self.token,
+                                  retry_for=retry_for).json()
+        self.client.call("PUT", target["url"], data=blob, retry_for=retry_for)
+        metric = info.get("metric")
+        self.client.call("POST", f"{base}/checkpoints/record", attempt_token=self.token, retry_for=retry_for, json={
+            "id": target["id"], "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
+            "is_best": bool(info.get("is_best")), "metric_name": info.get("metric_name"),
+            "metric": float(metric) if metric is not None else None})
 
     def should_prune(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Ask the sweep's pruner, at the end of an epoch, whether this trial stops here. Synchronous on purpose:

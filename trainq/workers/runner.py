@@ -119,6 +119,7 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
                                        flush_seconds=settings.metrics_flush_seconds)) for claim in claims]
     for c in claimed:
         c.reporter.prune = c.claim.get("prune")
+        c.reporter.direct = bool(c.claim.get("direct_checkpoints"))
     pack_reporter = None
     if len(claimed) == 1:
         claimed[0].reporter.start()
