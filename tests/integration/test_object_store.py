@@ -124,6 +124,19 @@ def test_what_one_instance_records_the_other_serves_and_a_worker_of_either_resum
     latest = [c for c in b.get(f"/api/v1/jobs/{job_id}/checkpoints")["checkpoints"] if c["is_latest"]]
     assert latest and latest[0]["epoch"] == EPOCHS
 
+    # Registered through A, exported by a worker into the bucket, answered by B from it.
+    from tests.integration.test_models import wait_ready
+
+    registered = a.http.post(f"{a.url}/api/v1/models", json={"name": "pairs", "job_id": job_id}, timeout=10)
+    assert registered.status_code == 201, registered.text
+    version = wait_ready(b, "pairs/versions/1")
+    assert version["state"] == "ready", version
+    assert {k.rsplit("/", 1)[-1] for k in keys(client, "runs/models/")} >= {"model.onnx", "bundle.json"}
+    answer = b.http.post(f"{b.url}/api/v1/models/pairs/predict", json={"records": [{"x1": 6, "x2": 1}]}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in ("yes", "no"), answer.text
+    onnx = a.http.get(f"{a.url}/api/v1/models/pairs/versions/1/onnx", timeout=30)
+    assert onnx.status_code == 200 and hashlib.sha256(onnx.content).hexdigest() == version["onnx_sha256"]
+
 
 def test_a_checkpoint_cut_off_or_changed_on_its_way_is_never_recorded(two_instances):
     a, b, client, _ = two_instances
