@@ -17,7 +17,7 @@ from trainq.service.objects import open_store
 from trainq.service.dashboard import bp as dashboard_bp
 from trainq.service.dashboard import missing_assets
 from trainq.service.datasets_api import bp as datasets_bp
-from trainq.service.db import make_engine, make_sessionmaker
+from trainq.service.db import heartbeat_engine, make_engine, make_sessionmaker
 from trainq.service.http import fail
 from trainq.service.inference import Sessions
 from trainq.service.models_api import bp as models_bp
@@ -77,7 +77,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                                         RateLimiter(), make_sessionmaker(reads), reads, TokenCache(),
                                         Sessions(settings.model_cache, settings.predict_threads),
                                         open_store(settings.storage_url, settings.s3_endpoint_url,
-                                                   settings.storage_dir.resolve()))
+                                                   settings.storage_dir.resolve()),
+                                        heartbeat_engine(settings.resolved_database_url))
 
     @app.before_request
     def _no_nul_in_the_url():

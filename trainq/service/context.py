@@ -30,6 +30,7 @@ class Services:
     tokens: object = None  # auth.TokenCache
     models: object = None  # inference.Sessions: onnxruntime sessions of model versions
     store: object = None  # objects.FileStore | objects.S3Store: checkpoints, datasets, model bundles, batch files
+    beats: Engine | None = None  # PostgreSQL: autocommit, synchronous_commit off, for one-statement heartbeats
     _celery: object = None
 
     def celery(self):

@@ -48,11 +48,15 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def make_engine(url: str, autocommit: bool = False) -> Engine:
+def make_engine(url: str, autocommit: bool = False, relaxed: bool = False) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and foreign keys so threads can share it. An autocommit
     engine (for plain reads: no BEGIN and ROLLBACK) has a pool of its own whose connections are set so once, not on
-    every checkout as `execution_options(isolation_level=...)` does."""
-    options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    every checkout as `execution_options(isolation_level=...)` does. A `relaxed` one (PostgreSQL, autocommit) does not
+    wait for its commits to reach the disk (synchronous_commit off): for heartbeats, whose loss in a database crash
+    costs a lease extension, never a fenced write (the server still never applies a statement twice or half)."""
+    options: dict = {"isolation_level": "AUTOCOMMIT"} if autocommit or relaxed else {}
+    if relaxed and not url.startswith("sqlite"):
+        options["connect_args"] = {"options": "-c synchronous_commit=off"}
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 
@@ -69,6 +73,11 @@ def make_engine(url: str, autocommit: bool = False) -> Engine:
     # No pre-ping: it costs a round trip on every checkout (a third of a job read). Connections are recycled
     # hourly, and one that a database restart broke is invalidated on its first error (the pool then reconnects).
     return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600, **options)
+
+
+def heartbeat_engine(url: str) -> Engine | None:
+    """The engine of the one-statement heartbeat paths, on PostgreSQL; None elsewhere (they take the ORM path)."""
+    return None if url.startswith("sqlite") else make_engine(url, relaxed=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from trainq.models.spec import JobSpec, Plan
-from trainq.service.db import utcnow
+from trainq.service.db import UTCDateTime, utcnow
 from trainq.service.objects import checkpoint_key
 from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, new_id
 from trainq.service.telemetry import LEASES_EXPIRED, METRIC_POINTS
@@ -176,6 +176,23 @@ def heartbeat(session: Session, attempt: Attempt, lease: timedelta, epoch: int |
     if done.rowcount != 1:
         raise Fenced("the lease was lost")
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == attempt.job_id)))
+
+
+# One statement, one round trip, in autocommit: the lease of a live attempt extended and its job's cancel flag read.
+# 500 workers' job heartbeats every 2 s are a quarter of the service's requests; the ORM path (attempt, job, update,
+# cancel flag, commit) took five round trips. No row: not live, or no such attempt (the ORM path tells which).
+QUICK_BEAT = text(
+    "UPDATE jobs SET lease_expires_at = :until, epoch = COALESCE(CAST(:epoch AS integer), jobs.epoch) "
+    "FROM attempts a WHERE a.id = :attempt AND a.token_hash = :hash AND a.status = 'running' "
+    "AND jobs.id = a.job_id AND jobs.current_attempt_id = a.id AND jobs.status = 'running' "
+    "RETURNING jobs.cancel_requested").bindparams(bindparam("until", type_=UTCDateTime))
+
+
+def quick_heartbeat(conn, attempt_id: str, token: str, lease: timedelta, epoch: int | None) -> bool | None:
+    """Extend a live attempt's lease in one statement; whether a cancel was asked, or None if it is not live."""
+    row = conn.execute(QUICK_BEAT, {"until": utcnow() + lease, "epoch": epoch, "attempt": attempt_id,
+                                    "hash": hash_token(token)}).first()
+    return None if row is None else bool(row[0])
 
 
 def record_metrics(session: Session, job_id: str, points: Iterable[tuple[str, int, int, float]]) -> int:

@@ -132,8 +132,16 @@ def claim_one(job_id: str, worker: str, kind, gpus) -> tuple[int, dict]:
 @bp.post("/attempts/<hexid:attempt_id>/heartbeat")
 def heartbeat(attempt_id: str):
     body = read_body() if request.content_length else {}
-    attempt, _ = live(attempt_id)
     epoch = body.get("epoch") if isinstance(body, dict) else None
+    epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch < 2**31 else None
+    beats = services().beats
+    if beats is not None:  # PostgreSQL: one statement; only an attempt that is not live takes the ORM path
+        with beats.connect() as conn:
+            cancel = jobs.quick_heartbeat(conn, attempt_id, request.headers.get("X-Trainq-Attempt-Token", ""),
+                                          lease(), epoch)
+        if cancel is not None:
+            return jsonify({"cancel": cancel})
+    attempt, _ = live(attempt_id)
     session = db()
     cancel = jobs.heartbeat(session, attempt, lease(), epoch if isinstance(epoch, int) else None)
     session.commit()
@@ -421,6 +429,12 @@ def worker_info(body) -> dict:
 def worker_heartbeat(name: str):
     """A worker's main process says it is alive; the answer tells it whether to drain."""
     info = worker_info(read_body())
+    beats = services().beats
+    if beats is not None:  # PostgreSQL: one statement for a worker already registered under this pid
+        with beats.connect() as conn:
+            drain = workers.quick_heartbeat(conn, name[:255], info["pid"])
+        if drain is not None:
+            return jsonify({"drain": drain})
     session = db()
     drain = workers.heartbeat(session, name[:255], info)
     session.commit()

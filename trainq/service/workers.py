@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
-from trainq.service.db import utcnow
+from trainq.service.db import UTCDateTime, utcnow
 from trainq.service.tables import Attempt, Job, JobStatus, Worker
 
 KINDS = ("cpu", "gpu")
@@ -45,6 +45,19 @@ def heartbeat(session: Session, name: str, info: dict[str, Any], now: datetime |
     if worker.drain_requested:
         worker.state = "draining"
     return worker.drain_requested
+
+
+QUICK_BEAT = text(
+    "UPDATE workers SET last_seen_at = :now, state = CASE WHEN drain_requested THEN 'draining' ELSE state END "
+    "WHERE name = :name AND pid = :pid AND state <> 'stopped' RETURNING drain_requested"
+).bindparams(bindparam("now", type_=UTCDateTime))
+
+
+def quick_heartbeat(conn, name: str, pid: int) -> bool | None:
+    """A known, running worker process is alive: one statement (whether it is asked to drain); None when it is new
+    or restarted (register it through `heartbeat`)."""
+    row = conn.execute(QUICK_BEAT, {"now": utcnow(), "name": name, "pid": pid}).first()
+    return None if row is None else bool(row[0])
 
 
 def stopped(session: Session, name: str) -> None:
