@@ -146,7 +146,7 @@ def service_and_database_pids(service_pid: int) -> list[int]:
 
 
 async def simulate(url: str, workers: int, streaming: int, points: int, finishing: float, warmup: float,
-                   seconds: float, connections: int) -> dict:
+                   seconds: float, connections: int, period: float = 2.0) -> dict:
     host, port = url.split("//")[1].split(":")
     pool = Pool(host, int(port), connections)
     rec = Recorder()
@@ -248,7 +248,6 @@ async def simulate(url: str, workers: int, streaming: int, points: int, finishin
         return go
 
     rng = random.Random(0)
-    period = 2.0
     t = start
     while t < end:
         for i, name in enumerate(names):  # spread over the period, as independent workers would be
@@ -301,15 +300,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--connections", type=int, default=48)
+    parser.add_argument("--heartbeat", type=float, default=2.0,
+                        help="seconds between a worker's heartbeats (and its job's); the lease is 15 of them")
     args = parser.parse_args()
 
-    with running_stack(workers=0, TRAINQ_LEASE_SECONDS="30", TRAINQ_REQUEUE_AFTER_SECONDS="3600") as stack:
+    with running_stack(workers=0, TRAINQ_LEASE_SECONDS=str(max(30.0, 15 * args.heartbeat)),
+                       TRAINQ_HEARTBEAT_SECONDS=str(args.heartbeat), TRAINQ_REQUEUE_AFTER_SECONDS="3600") as stack:
         os.environ["SIM_ADMIN_TOKEN"] = stack.http.headers["Authorization"].split()[1]
         service_pid = stack.procs["service"].pid
         pids = service_and_database_pids(service_pid)
         CPU_PROBE = lambda: cpu_seconds(pids)  # noqa: E731
         result = asyncio.run(simulate(stack.url, args.workers, args.streaming, args.points, args.finishing,
-                                      args.warmup, args.seconds, args.connections))
+                                      args.warmup, args.seconds, args.connections, args.heartbeat))
         database = stack.env["TRAINQ_DATABASE_URL"].replace("postgresql+psycopg", "postgresql")
         with psycopg.connect(database) as conn:
             stored = dict(conn.execute("SELECT job_id, count(*) FROM metrics GROUP BY job_id").fetchall())
@@ -334,8 +336,9 @@ def report(args, result: dict, stored: dict, expired: int, states: dict) -> None
         checks.append(ok)
         print(f"{name:<52} {value:<28} {'PASS' if ok else 'FAIL'}")
 
-    print(f"\n{args.workers} simulated workers, {args.streaming} streaming {args.points} points/s, "
-          f"{args.finishing} jobs/s finishing; {args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up")
+    print(f"\n{args.workers} simulated workers (heartbeats every {args.heartbeat:g} s), {args.streaming} streaming "
+          f"{args.points} points/s, {args.finishing} jobs/s finishing; {args.seconds:.0f} s measured after "
+          f"{args.warmup:.0f} s warm-up")
     bounds = {"worker heartbeat": 0.25, "job heartbeat": 0.25, "metrics": 0.5, "finish": 0.5, "submit+claim": 0.5}
     for kind, bound in bounds.items():
         values = rec.latency.get(kind, [])
