@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["engine_speed.py", "service_overhead.py", "queue_latency.py", "api_throughput.py", "metric_ingestion.py",
-           "scale.py", "dashboard.py", "predict.py", "packed.py", "packed_sweep.py"]
+           "scale.py", "dashboard.py", "predict.py", "packed.py", "packed_sweep.py", "scale_sim.py"]
 
 
 def main() -> None:
