@@ -136,6 +136,20 @@ def test_what_one_instance_records_the_other_serves_and_a_worker_of_either_resum
     assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in ("yes", "no"), answer.text
     onnx = a.http.get(f"{a.url}/api/v1/models/pairs/versions/1/onnx", timeout=30)
     assert onnx.status_code == 200 and hashlib.sha256(onnx.content).hexdigest() == version["onnx_sha256"]
+    # the export worker PUT the bundle into its claim's staging place; the fenced finish moved it into the bundle
+    assert keys(client, "runs/staging/") == []
+
+    # A batch scored through B (the worker GETs model and dataset and PUTs its output in the store), read through A.
+    from tests.integration.test_models import wait_batch
+
+    batch = b.http.post(f"{b.url}/api/v1/models/pairs/batch", json={"dataset": "pairs"}, timeout=10)
+    assert batch.status_code == 202, batch.text
+    done = wait_batch(a, batch.headers["Location"].replace(b.url, ""))
+    assert done["status"] == "succeeded" and done["done"] == 600, done
+    output = a.http.get(a.url + done["output_url"], timeout=30).text.splitlines()
+    assert len(output) == 601 and output[0].startswith("row,")
+    assert keys(client, "runs/staging/") == [] and keys(client, f"runs/batches/{done['id']}/") == [
+        f"runs/batches/{done['id']}/output.csv"]
 
 
 def test_a_checkpoint_cut_off_or_changed_on_its_way_is_never_recorded(two_instances):

@@ -69,6 +69,15 @@ class FileStore:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
+    def move(self, source: str, target: str) -> bool:
+        """Put the object at `source` under `target` (replacing it) and remove `source`; False if there is none."""
+        path = self.path(source)
+        if not path.is_file():
+            return False
+        self.path(target).parent.mkdir(parents=True, exist_ok=True)
+        path.replace(self.path(target))
+        return True
+
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
 
@@ -148,6 +157,20 @@ class S3Store:
             log.warning("could not delete %s from %s", key, self.url, exc_info=True)
         (self.cache / key).unlink(missing_ok=True)
 
+    def move(self, source: str, target: str) -> bool:
+        """Copy `source` to `target` inside the store (no bytes through the service) and delete `source`; False if
+        there is no `source`."""
+        if not self.exists(source):
+            return False
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(target),
+                                    CopySource={"Bucket": self.bucket, "Key": self._key(source)})
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{source}: could not be copied to {target} in {self.url}: {exc}") from exc
+        self.delete(source)
+        (self.cache / target).unlink(missing_ok=True)
+        return True
+
     def delete_prefix(self, prefix: str) -> None:
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
@@ -214,3 +237,10 @@ def model_key(version_id: str, name: str = "") -> str:
 
 def batch_key(batch_id: str, name: str = "") -> str:
     return f"batches/{batch_id}/{name}" if name else f"batches/{batch_id}"
+
+
+def staging_key(kind: str, owner_id: str, token: str, name: str) -> str:
+    """Where a claimed piece of work (an export, a batch) PUTs a file straight into the store: a place of that claim
+    alone (named by its token's hash), moved into place at the claim's fenced finish. A claim that was fenced by a
+    later one can still PUT with its URL, but only into its own staging place, which nothing ever moves."""
+    return f"staging/{kind}/{owner_id}/{hashlib.sha256(token.encode()).hexdigest()[:24]}/{name}"

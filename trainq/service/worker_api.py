@@ -19,7 +19,8 @@ from trainq.service import jobs, registry, scoring, sweeps, workers
 from trainq.service.context import db, services
 from trainq.service.http import body_bytes, fail, read_body, send_object
 from trainq.service.job_reads import send_checkpoint
-from trainq.service.objects import StoreError, batch_key, checkpoint_key, dataset_key, model_key, sha256
+from trainq.service.objects import (StoreError, batch_key, checkpoint_key, dataset_key, model_key, sha256,
+                                    staging_key)
 from trainq.service.tables import (FINISHED, BatchJob, Checkpoint, Dataset, Job, ModelVersion, Sweep, VersionState,
                                    new_id)
 
@@ -480,12 +481,18 @@ def claim_export(version_id: str):
         fail(409, "gone", "the version's checkpoint is gone")
     d = dataset_for(version)
     session.commit()
+    store = services().store
     dataset = None if d is None else {
         "shape": d.shape, "classes": d.classes, "rows": d.rows, "columns": d.columns, "class_names": d.class_names,
-        "url": url_for("worker_api.export_dataset", version_id=version.id)}
+        "url": store.presign_get(dataset_key(d.id)) or url_for("worker_api.export_dataset", version_id=version.id)}
+    # With an object store the worker moves the bytes itself: the checkpoint from a presigned GET, the bundle's files
+    # by presigned PUTs into this claim's staging place (moved into the bundle at the finish, which is fenced).
+    files = {name: store.presign_put(staging_key("exports", version.id, token, name))
+             for name in registry.FILES} if store.direct else None
     return jsonify({"version_id": version.id, "version": version.version, "token": token, "spec": version.spec,
-                    "checkpoint_url": url_for("worker_api.export_checkpoint", version_id=version.id),
-                    "dataset": dataset})
+                    "checkpoint_url": store.presign_get(checkpoint_key(checkpoint.job_id, checkpoint.id))
+                    or url_for("worker_api.export_checkpoint", version_id=version.id),
+                    "dataset": dataset, "files": files})
 
 
 @bp.get("/exports/<hexid:version_id>/checkpoint")
@@ -532,8 +539,15 @@ def export_finish(version_id: str):
     version = live_export(version_id)
     if not isinstance(body, dict) or body.get("state") not in (VersionState.ready.value, VersionState.failed.value):
         fail(400, "bad_request", "state must be ready or failed")
+    store = services().store
     try:
-        version = registry.finish_export(session, services().store, version, body)
+        if store.direct and body.get("state") == VersionState.ready.value:  # files PUT into this claim's staging
+            token = request.headers.get("X-Trainq-Attempt-Token", "")
+            for name in registry.FILES:
+                store.move(staging_key("exports", version.id, token, name), model_key(version.id, name))
+        version = registry.finish_export(session, store, version, body)
+    except StoreError as exc:
+        fail(503, "store_unavailable", f"{exc}; finish again later")
     except registry.RegistryError as exc:
         fail(exc.status, exc.code, str(exc))
     session.commit()
@@ -566,10 +580,15 @@ def claim_batch(batch_id: str):
         session.commit()
         fail(409, "gone", "the batch's dataset is gone")
     session.commit()
+    store = services().store
+    source = dataset_key(batch.dataset_id) if batch.source == "dataset" else batch_key(batch.id, f"input.{batch.source}")
     return jsonify({"batch_id": batch.id, "token": token, "source": batch.source, "signature": version.signature,
                     "columns": dataset.columns if dataset else None,
-                    "model_url": url_for("worker_api.batch_model", batch_id=batch.id),
-                    "input_url": url_for("worker_api.batch_input", batch_id=batch.id)})
+                    "model_url": store.presign_get(model_key(batch.version_id, "model.onnx"))
+                    or url_for("worker_api.batch_model", batch_id=batch.id),
+                    "input_url": store.presign_get(source) or url_for("worker_api.batch_input", batch_id=batch.id),
+                    "output_url": store.presign_put(staging_key("batches", batch.id, token, "output.csv"))
+                    if store.direct else None})
 
 
 @bp.get("/batches/<hexid:batch_id>/model")
@@ -613,8 +632,14 @@ def batch_finish(batch_id: str):
     batch = live_batch(batch_id)
     if not isinstance(body, dict) or body.get("status") not in ("succeeded", "failed"):
         fail(400, "bad_request", "status must be succeeded or failed")
+    store = services().store
     try:
-        batch = scoring.finish(session, services().store, batch, body)
+        if store.direct and body.get("status") == "succeeded":  # the output PUT into this claim's staging place
+            store.move(staging_key("batches", batch.id, request.headers.get("X-Trainq-Attempt-Token", ""),
+                                   "output.csv"), batch_key(batch.id, "output.csv"))
+        batch = scoring.finish(session, store, batch, body)
+    except StoreError as exc:
+        fail(503, "store_unavailable", f"{exc}; finish again later")
     except registry.RegistryError as exc:
         fail(exc.status, exc.code, str(exc))
     session.commit()
