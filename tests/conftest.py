@@ -6,6 +6,8 @@ Environment: TRAINQ_TEST_PG (default postgresql+psycopg://postgres@127.0.0.1:543
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import os
 import uuid
 
@@ -88,6 +90,17 @@ class TokenClient(FlaskClient):
         return super().open(*args, headers=headers, **kwargs)
 
 
+class JoinedEngine:
+    """Stands for an engine whose every connection is the test's one (inside its outer transaction)."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    @contextmanager
+    def connect(self):
+        yield self.connection
+
+
 @pytest.fixture()
 def app(settings):
     """The app, its sessions joined to one outer transaction that is rolled back after the test."""
@@ -100,6 +113,9 @@ def app(settings):
     app.extensions["trainq"].read_sessions = None  # reads, too, inside the test's transaction
     app.extensions["trainq"].read_engine.dispose()
     app.extensions["trainq"].read_engine = None
+    if app.extensions["trainq"].beats is not None:  # the one-statement heartbeats, too
+        app.extensions["trainq"].beats.dispose()
+        app.extensions["trainq"].beats = JoinedEngine(connection)
     app.test_client_class = TokenClient
     yield app
     outer.rollback()

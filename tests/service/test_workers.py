@@ -184,3 +184,41 @@ def test_the_queue_lists_jobs_in_order_with_the_positions_a_job_read_gives(clien
         assert client.get(f"/api/v1/jobs/{job['id']}").get_json()["queue_position"] == job["position"]
     page = client.get(f"/jobs/{later['id']}")  # the dashboard's run page reads the job the same way
     assert page.status_code == 200 and b"no worker online for pool cpu" in page.data
+
+
+def test_heartbeats_are_one_statement_each_on_postgresql_and_fenced_ones_still_answer_409(app, client,
+                                                                                          worker_headers):
+    """A registered worker's heartbeat and a live attempt's are one UPDATE ... RETURNING each on the heartbeat engine
+    (no ORM session, no transaction); a stale attempt falls to the ORM path and is told it is fenced."""
+    from sqlalchemy import event
+
+    from tests.service.test_api import attempt_headers, claim, submit
+
+    services = app.extensions["trainq"]
+    assert services.beats is not None  # these tests run on PostgreSQL
+    beat(app, "cpu@quick", worker_headers)  # registers (ORM path)
+    job = submit(client, mlp())
+    claimed = claim(client, job["id"], worker_headers, worker="cpu@quick").json
+    connection = services.beats.connection  # the test's one connection: every statement of the app goes through it
+    seen = []
+
+    def record(conn, cursor, statement, *rest):
+        seen.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        assert beat(app, "cpu@quick", worker_headers).get_json() == {"drain": False}
+        url = f"/api/v1/worker/attempts/{claimed['attempt_id']}/heartbeat"
+        answer = client.post(url, json={"epoch": 3}, headers=attempt_headers(worker_headers, claimed))
+        assert answer.status_code == 200 and answer.get_json() == {"cancel": False}
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    assert len(seen) == 2 and all(s.lstrip().startswith("UPDATE") and "RETURNING" in s for s in seen), seen
+    assert client.get(f"/api/v1/jobs/{job['id']}").get_json()["epoch"] == 3
+    finished = client.post(f"/api/v1/worker/attempts/{claimed['attempt_id']}/finish", headers=attempt_headers(
+        worker_headers, claimed), json={"status": "succeeded", "stop_reason": "completed", "epoch": 3, "metrics": {}})
+    assert finished.status_code == 200, finished.get_json()
+    stale = client.post(url, json={}, headers=attempt_headers(worker_headers, claimed))
+    assert stale.status_code == 409  # no longer live: the one statement matched nothing, the ORM path says why
+    wrong = client.post(url, json={}, headers={**worker_headers, "X-Trainq-Attempt-Token": "not-the-token"})
+    assert wrong.status_code == 404

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from trainq.models.spec import JobSpec, Plan
 from trainq.service.db import UTCDateTime, utcnow
 from trainq.service.objects import checkpoint_key
-from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, new_id
+from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, Worker, new_id
 from trainq.service.telemetry import LEASES_EXPIRED, METRIC_POINTS
 
 # Sends a job id to its pool's queue (with `members`, a pack's ids in one message); False if the broker did not take it
@@ -275,6 +275,7 @@ def finish(session: Session, attempt: Attempt, job: Job, outcome: dict[str, Any]
     if done.rowcount != 1:
         raise Fenced("the lease was lost before the attempt finished")
     attempt.status, attempt.ended_at = "ended", now
+    session.execute(update(Worker).where(Worker.name == attempt.worker).values(jobs_done=Worker.jobs_done + 1))
     reason = outcome.get("stop_reason")
     add_event(session, job.id, f"{status} ({reason}) after {outcome.get('epoch', job.epoch)} epochs",
               level="error" if status == JobStatus.failed.value else "info")

@@ -238,6 +238,7 @@ class Worker(Base):
     gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # GPUs it trains one job on
     state: Mapped[str] = mapped_column(String(16), default="online")  # online | draining | stopped
     drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # its attempts that ended
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from trainq.service.db import UTCDateTime, utcnow
-from trainq.service.tables import Attempt, Job, JobStatus, Worker
+from trainq.service.tables import Job, JobStatus, Worker
 
 KINDS = ("cpu", "gpu")
 
@@ -108,16 +108,13 @@ def list_workers(session: Session, lost: timedelta, include_stopped: bool = Fals
         query = query.where((Worker.state != "stopped") | (Worker.last_seen_at > now - timedelta(hours=1)))
     workers = session.scalars(query).all()
     running: dict[str, list] = {}
-    done: dict[str, int] = {}
     if workers:
         # The columns a listing shows, as plain rows: at thousands of workers, loading every running job's ORM
         # object (spec and all) and naming every worker in an IN list was most of a poll's time.
         for job in session.execute(select(Job.id, Job.name, Job.epoch, Job.max_epochs, Job.owner_id, Job.worker)
                                    .where(Job.status == JobStatus.running.value)):
             running.setdefault(job.worker, []).append(job)
-        done = dict(session.execute(select(Attempt.worker, func.count()).where(Attempt.status == "ended")
-                                    .group_by(Attempt.worker)).all())
-    return [WorkerView(w, state_of(w, now, lost), running.get(w.name, []), done.get(w.name, 0)) for w in workers]
+    return [WorkerView(w, state_of(w, now, lost), running.get(w.name, []), w.jobs_done) for w in workers]
 
 
 def pools(session: Session, views: list[WorkerView]) -> dict[str, dict[str, int]]:
