@@ -92,9 +92,10 @@ def build(spec: JobSpec, *, device: str | torch.device | None = None, callbacks:
     channels_last = (spec.training.channels_last if isinstance(spec.training.channels_last, bool)
                      else data.train.x.dim() == 4)
     if channels_last and data.train.x.dim() == 4:
-        model = model.to(memory_format=torch.channels_last)
-        if members:
+        if members:  # stacked kernels are 5-D (member first): the ensemble lays out its inputs NHWC itself
             model.channels_last = True
+        else:
+            model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.training.seed)
     tracker = tracker_for(spec, data)
