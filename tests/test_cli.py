@@ -60,3 +60,18 @@ def test_gpu_workers_are_refused_where_torch_has_no_cuda_build(nvidia_smi, monke
     assert answer.exit_code == 2 and "--gpus none: no GPU to start a worker for" in answer.output
     answer = runner.invoke(main, ["up", "--gpus", "0"])  # asked for by name: refused before anything starts
     assert answer.exit_code == 2 and "--gpus 0: this torch" in answer.output
+
+
+def test_the_command_line_finds_the_service_on_the_port_it_was_started_on(monkeypatch):
+    """TRAINQ_PORT=8765 trainq up, then trainq submit in the same shell: the client goes to 8765, unless
+    TRAINQ_SERVICE_URL names another place."""
+    from trainq.settings import Settings
+
+    monkeypatch.delenv("TRAINQ_SERVICE_URL", raising=False)
+    monkeypatch.setenv("TRAINQ_PORT", "8765")
+    assert Settings().service_url == "http://127.0.0.1:8765"
+    monkeypatch.setenv("TRAINQ_SERVICE_URL", "http://trainq.internal:80")
+    assert Settings().service_url == "http://trainq.internal:80"
+    monkeypatch.delenv("TRAINQ_PORT")
+    monkeypatch.delenv("TRAINQ_SERVICE_URL")
+    assert Settings().service_url == "http://127.0.0.1:8000"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     model_cache: int = Field(16, ge=1)  # onnxruntime sessions of model versions kept in each service process
     max_predict_rows: int = Field(10_000, gt=0)  # rows in one prediction request
     predict_threads: int = Field(0, ge=0)  # onnxruntime's threads per prediction (0: its default, every core)
+
+    @model_validator(mode="after")
+    def _service_on_its_port(self):
+        # TRAINQ_PORT=8765 trainq up, then trainq submit in the same shell: the service is where the port says, unless
+        # TRAINQ_SERVICE_URL says otherwise.
+        if "service_url" not in self.model_fields_set and "port" in self.model_fields_set:
+            self.service_url = f"http://127.0.0.1:{self.port}"
+        return self
 
     @property
     def storage_dir(self) -> Path:
