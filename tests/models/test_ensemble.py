@@ -50,6 +50,7 @@ def test_the_dry_run_counts_every_member_and_the_spec_shows_members_not_samples(
     rows = {path for path, _, _ in spec_rows(parse_spec(ensemble(4)))}
     assert "inference.members" in rows and "inference.samples" not in rows and "inference.val_samples" not in rows
     assert "ensemble" in unpackable(parse_spec(ensemble()))  # a sweep never packs an ensemble with other trials
+    assert four.as_dict()["members"] == 4 and one.as_dict()["members"] == 0
 
 
 def test_each_member_trains_as_the_network_alone_with_its_seed_and_the_ensemble_answers_their_mixture():

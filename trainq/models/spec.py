@@ -880,6 +880,7 @@ class Plan:
     memory_bytes: int = 0
     flops_per_example: int = 0  # multiply-adds of one forward pass (a conv's weights count once per output pixel)
     warnings: list[dict[str, str]] = field(default_factory=list)  # valid, but likely not what the user wants
+    members: int = 0  # an ensemble's networks, all counted in params, memory and flops (0: one network)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -891,6 +892,7 @@ class Plan:
             "memory_bytes": self.memory_bytes,
             "flops_per_example": self.flops_per_example,
             "warnings": self.warnings,
+            "members": self.members,
         }
 
 
@@ -937,6 +939,7 @@ def plan(spec: JobSpec) -> Plan:
         shape = out
     result.output_shape = list(shape)
     copies = ensemble_members(spec)
+    result.members = copies
     if copies:  # an ensemble stacks `members` copies of the network: each counts, in parameters and work
         for layer_plan in result.layers:
             layer_plan.params *= copies

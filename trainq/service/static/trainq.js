@@ -345,7 +345,8 @@ function pageRun() {
       body.append(el("tr", {}, el("td", {text: layer.index}), el("td", {text: layer.type}),
         el("td", {text: JSON.stringify(layer.output_shape)}), el("td", {text: layer.params.toLocaleString()})));
     }
-    show("model-totals", `${plan.params.toLocaleString()} parameters · about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train · ${plan.task}`);
+    const ensemble = plan.members ? ` · an ensemble of ${plan.members} networks, all counted` : "";
+    show("model-totals", `${plan.params.toLocaleString()} parameters · about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train · ${plan.task}${ensemble}`);
     if (plan.task === "regression") {  // no classes, no confusion matrix; its metric chart is R²
       document.getElementById("confusion-section").hidden = true;
       document.getElementById("metric-caption").textContent = "R² per epoch";
@@ -555,7 +556,7 @@ function pageSubmit() {
       el("td", {text: JSON.stringify(layer.output_shape)}), el("td", {text: layer.params.toLocaleString()})));
     const totals = document.getElementById("plan-totals");
     totals.className = "";
-    totals.textContent = `${plan.task}: ${plan.params.toLocaleString()} parameters, about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train, ${plan.flops_per_example.toLocaleString()} multiply-adds per example`;
+    totals.textContent = `${plan.task}: ${plan.params.toLocaleString()} parameters, about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train, ${plan.flops_per_example.toLocaleString()} multiply-adds per example${plan.members ? ` (an ensemble of ${plan.members} networks, all counted)` : ""}`;
     const warnings = document.getElementById("plan-warnings");
     warnings.textContent = "";
     for (const w of plan.warnings || []) warnings.append(el("li", {"data-path": w.path}, el("code", {text: w.path}), " ", w.message));
