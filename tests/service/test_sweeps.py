@@ -147,3 +147,51 @@ def test_the_largest_seed_a_sweep_accepts_starts_its_trials(client):
     assert answer.status_code == 201, answer.get_json()
     assert len(answer.get_json()["trials"]) == 2
     assert client.post("/api/v1/sweeps", json=sweep(seed=2**31)).status_code == 422
+
+
+def test_a_requests_storage_gives_the_pruners_decisions_of_the_plain_storage(make_database):
+    """A pack's prune asks share one RequestStorage (the study read once, writes through): over eight rungs of
+    successive halving with 32 trials, and trials pruned between rungs as their finishes tell Optuna, its decisions
+    are the plain RDB storage's one for one; and it reads the trials once a request, not once a decision."""
+    import random
+
+    import optuna
+
+    from trainq.service.sweeps import RequestStorage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = optuna.storages.RDBStorage(make_database())
+    for name in ("plain", "request"):
+        study = optuna.create_study(study_name=name, storage=storage)
+        for _ in range(32):
+            study.ask().suggest_float("lr", 1e-4, 1e-1, log=True)
+    decided, reads = {}, []
+    for name in ("plain", "request"):
+        values, out = random.Random(7), []
+        for step in range(1, 9):
+            store = storage
+            if name == "request":
+                store = RequestStorage(storage)
+                inner_get_all = store._inner.get_all_trials
+                store._inner = type("Counting", (), {"__getattr__": lambda self, attr: getattr(storage, attr),
+                                                      "get_all_trials": lambda self, *a, **k: reads.append(1)
+                                                      or inner_get_all(*a, **k)})()
+            study = optuna.load_study(study_name=name, storage=store,
+                                      pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
+            pruned = []
+            for number in range(32):
+                value = values.random()
+                trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+                if study._storage.get_trial(trial_id).state != optuna.trial.TrialState.RUNNING:
+                    continue
+                trial = optuna.trial.Trial(study, trial_id)
+                trial.report(value, step)
+                out.append((step, number, bool(trial.should_prune())))
+                if out[-1][2]:
+                    pruned.append(trial_id)
+            for trial_id in pruned:
+                storage.set_trial_state_values(trial_id, optuna.trial.TrialState.PRUNED)
+        decided[name] = out
+    assert decided["request"] == decided["plain"]
+    assert 20 < sum(p for *_, p in decided["plain"]) < len(decided["plain"])  # it did prune, not everything
+    assert len(reads) == 8  # one read of the study's trials per request (rung), not one per decision
