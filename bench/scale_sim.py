@@ -146,7 +146,7 @@ def service_and_database_pids(service_pid: int) -> list[int]:
 
 
 async def simulate(url: str, workers: int, streaming: int, points: int, finishing: float, warmup: float,
-                   seconds: float, connections: int, period: float = 2.0) -> dict:
+                   seconds: float, connections: int, period: float, cpu) -> dict:
     host, port = url.split("//")[1].split(":")
     pool = Pool(host, int(port), connections)
     rec = Recorder()
@@ -277,9 +277,9 @@ async def simulate(url: str, workers: int, streaming: int, points: int, finishin
     rec.measuring = True
     measured_from = time.monotonic()
     result = {"recorder": rec, "measured_from": measured_from}
-    result["cpu_start"] = CPU_PROBE() if CPU_PROBE else None
+    result["cpu_start"] = cpu()
     await asyncio.sleep(max(0.0, end - time.monotonic()))
-    result["cpu_end"] = CPU_PROBE() if CPU_PROBE else None
+    result["cpu_end"] = cpu()
     result["measured_seconds"] = time.monotonic() - measured_from
     rec.measuring = False
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -287,11 +287,7 @@ async def simulate(url: str, workers: int, streaming: int, points: int, finishin
     return result
 
 
-CPU_PROBE = None
-
-
 def main() -> None:
-    global CPU_PROBE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=500)
     parser.add_argument("--streaming", type=int, default=50)
@@ -309,9 +305,9 @@ def main() -> None:
         os.environ["SIM_ADMIN_TOKEN"] = stack.http.headers["Authorization"].split()[1]
         service_pid = stack.procs["service"].pid
         pids = service_and_database_pids(service_pid)
-        CPU_PROBE = lambda: cpu_seconds(pids)  # noqa: E731
         result = asyncio.run(simulate(stack.url, args.workers, args.streaming, args.points, args.finishing,
-                                      args.warmup, args.seconds, args.connections, args.heartbeat))
+                                      args.warmup, args.seconds, args.connections, args.heartbeat,
+                                      lambda: cpu_seconds(pids)))
         database = stack.env["TRAINQ_DATABASE_URL"].replace("postgresql+psycopg", "postgresql")
         with psycopg.connect(database) as conn:
             stored = dict(conn.execute("SELECT job_id, count(*) FROM metrics GROUP BY job_id").fetchall())

@@ -104,6 +104,24 @@ def test_the_session_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
     assert "a" in cache and "c" in cache and "b" not in cache and cache.loads == 3
 
 
+def test_a_versions_file_is_fetched_only_on_a_cache_miss_and_a_missing_one_is_a_409(tmp_path, monkeypatch):
+    """The session cache is asked first: the model file (a local copy of an object-store one) is looked up only when
+    the session is not cached; a ready version whose file is gone answers 409 saying so, not a 500."""
+    from trainq.service.objects import FileStore, model_key
+    from trainq.service.registry import RegistryError, session_for
+
+    store, cache, opened = FileStore(tmp_path), Sessions(), []
+    monkeypatch.setattr(cache, "_load", lambda path: opened.append(path) or object())
+    with pytest.raises(RegistryError) as gone:
+        session_for(cache, store, "a" * 32)
+    assert gone.value.status == 409 and "gone" in str(gone.value) and opened == []
+    store.put(model_key("b" * 32, "model.onnx"), b"onnx")
+    first = session_for(cache, store, "b" * 32)
+    store.delete(model_key("b" * 32, "model.onnx"))
+    assert session_for(cache, store, "b" * 32) is first  # cached: the file is not looked at again
+    assert opened == [tmp_path / "models" / ("b" * 32) / "model.onnx"]
+
+
 def _near_misses():
     """Requests one mistake away from good ones, and arbitrary JSON: each either checks out or is an InputError."""
     from hypothesis import strategies as st

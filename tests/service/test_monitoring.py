@@ -88,7 +88,7 @@ def test_a_metrics_token_keeps_metrics_to_whoever_holds_it(settings):
     assert "trainq_jobs" in client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).get_data(as_text=True)
 
 
-def test_liveness_asks_nothing_and_readiness_asks_the_database_and_the_broker(settings):
+def test_liveness_asks_nothing_and_readiness_asks_the_database_the_broker_and_the_store(settings):
     client = create_app(settings).test_client()
     assert client.get("/api/v1/health/live").get_json() == {"status": "live"}
     ready = client.get("/api/v1/health/ready")
@@ -100,5 +100,10 @@ def test_liveness_asks_nothing_and_readiness_asks_the_database_and_the_broker(se
     no_database = create_app(settings.model_copy(update={"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/x"}))
     answer = no_database.test_client().get("/api/v1/health/ready")
     assert answer.status_code == 503 and "database" in answer.get_json()
+    no_bucket = create_app(settings.model_copy(update={"storage_url": "s3://trainq-nowhere/x",
+                                                       "s3_endpoint_url": "http://127.0.0.1:1"}))
+    answer = no_bucket.test_client().get("/api/v1/health/ready")
+    assert answer.status_code == 503 and "trainq-nowhere" in answer.get_json()["storage"]
+    assert answer.get_json().keys() == {"status", "storage"}  # database and broker answer
     scrape = no_database.test_client().get("/metrics")  # a failed scrape, never a 500 nor a wrong figure
     assert scrape.status_code == 503 and "health/ready" in scrape.get_json()["message"]

@@ -372,7 +372,8 @@ def live():
 
 @bp.get("/health/ready")
 def ready():
-    """Readiness: the database and the broker answer, so jobs can be taken and sent (503 names what does not)."""
+    """Readiness: the database, the broker and the file store answer, so jobs can be taken and sent and their files
+    kept (503 names what does not)."""
     problems = {}
     try:
         db().execute(text("SELECT 1"))
@@ -381,9 +382,12 @@ def ready():
     broker = services().broker_problem()
     if broker:
         problems["broker"] = broker
+    storage = services().store.problem()
+    if storage:
+        problems["storage"] = storage
     if problems:
         return jsonify({"status": "unavailable", **problems}), 503
-    return jsonify({"status": "ready", "database": "ok", "broker": "ok"})
+    return jsonify({"status": "ready", "database": "ok", "broker": "ok", "storage": "ok"})
 
 
 @bp.get("/openapi.json")

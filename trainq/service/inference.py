@@ -13,7 +13,7 @@ import math
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,13 +51,15 @@ class Sessions:
         self._lock = threading.Lock()
         self.loads = 0  # sessions created: a test and the bench read it
 
-    def get(self, version_id: str, path: Path):
+    def get(self, version_id: str, path: Path | Callable[[], Path]):
+        """The version's session; on a miss it is loaded from `path` (or from what `path()` gives: a local copy of a
+        file in an object store is fetched only then)."""
         with self._lock:
             found = self._cache.get(version_id)
             if found is not None:
                 self._cache.move_to_end(version_id)
                 return found
-        session = self._load(path)
+        session = self._load(path() if callable(path) else path)
         with self._lock:
             self._cache[version_id] = session
             self._cache.move_to_end(version_id)

@@ -226,15 +226,14 @@ def store_checkpoint(session: Session, attempt: Attempt, job: Job, blob: bytes, 
     """Write a checkpoint that came through the API to the store, record it, and prune to the best plus the latest
     `keep`."""
     ckpt = new_checkpoint(attempt, job, info, len(blob), hashlib.sha256(blob).hexdigest())
-    session.add(ckpt)
-    session.flush()
     store.put(checkpoint_key(job.id, ckpt.id), blob)
     return record_checkpoint(session, ckpt, store, keep)
 
 
 def new_checkpoint(attempt: Attempt, job: Job, info: dict[str, Any], size: int, digest: str,
                    checkpoint_id: str | None = None) -> Checkpoint:
-    return Checkpoint(**({"id": checkpoint_id} if checkpoint_id else {}), job_id=job.id, attempt_id=attempt.id,
+    """A checkpoint's row (not yet added), its id known before the file is stored under it."""
+    return Checkpoint(id=checkpoint_id or new_id(), job_id=job.id, attempt_id=attempt.id,
                       epoch=int(info["epoch"]), step=int(info["step"]), metric_name=info.get("metric_name"),
                       metric=info.get("metric"), size=size, sha256=digest, is_best=bool(info.get("is_best")))
 

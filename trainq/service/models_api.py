@@ -29,13 +29,13 @@ from trainq.service.registry import (
     drop_alias,
     find_model,
     move_alias,
-    onnx_file,
     parse_ref,
     register,
     resolve,
     send_exports,
     require_ready,
     serving,
+    session_for,
     version_json,
 )
 from trainq.service.tables import BatchJob, Dataset, Model, ModelVersion, VersionState
@@ -146,7 +146,7 @@ def put_alias(name: str, alias: str):
     session.commit()
     if version.state == VersionState.ready.value:  # warm: the first prediction through the alias pays no load
         try:
-            services().models.get(version.id, onnx_file(services().store, version.id))
+            session_for(services().models, services().store, version.id)
         except Exception:  # noqa: BLE001 - a warm-up failure shows on the first prediction instead
             pass
     return jsonify({"model": model.name, "alias": alias, "version": version.version, "previous": before})
@@ -215,8 +215,7 @@ def predict(ref: str):
     x = record_inputs(body, signature, services().settings.max_predict_rows)
     runs = sample_runs(body.get("parameters"), signature)
     names = [o["name"] for o in signature["outputs"]]
-    results = run(services().models.get(version.version_id, onnx_file(services().store, version.version_id)),
-                  x, names, runs)
+    results = run(session_for(services().models, services().store, version.version_id), x, names, runs)
     answer = {"model": version.model, "version": version.version, "request_id": uuid.uuid4().hex,
               "task": signature.get("task"), "predictions": friendly(results, signature)}
     if signature.get("uncertainty"):

@@ -20,7 +20,7 @@ from trainq.service.auth import principal, require_user
 from trainq.service.context import db, read_connection, services
 from trainq.service.http import ApiError, body_bytes, fail, fast_json, read_fast
 from trainq.service.inference import InputError, run, sample_runs, v2_inputs, v2_outputs
-from trainq.service.registry import RegistryError, onnx_file, parse_ref, require_ready, resolve, serving
+from trainq.service.registry import RegistryError, parse_ref, require_ready, resolve, serving, session_for
 from trainq.service.tables import VersionState
 
 bp = Blueprint("oip", __name__, url_prefix="/v2")
@@ -145,7 +145,7 @@ def infer(name: str, number: str | None):
     body, binary = read_request()
     x, wanted, extra = v2_inputs(body, signature, services().settings.max_predict_rows, binary)
     names = [o["name"] for o in signature["outputs"]]
-    session = services().models.get(version.version_id, onnx_file(services().store, version.version_id))
+    session = session_for(services().models, services().store, version.version_id)
     runs = sample_runs(extra["parameters"], signature)
     results = run(session, x, names, runs)
     if wanted is not None:

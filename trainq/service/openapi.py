@@ -139,7 +139,7 @@ def document() -> dict:
             "/api/v1/health": {"get": _op("Health", {"200": _object(), "503": _object()}, public=True)},
             "/api/v1/health/live": {"get": _op("Liveness: the process answers (no database asked)",
                                                {"200": _object()}, public=True)},
-            "/api/v1/health/ready": {"get": _op("Readiness: the database and the broker answer",
+            "/api/v1/health/ready": {"get": _op("Readiness: the database, the broker and the file store answer",
                                                 {"200": _object(), "503": _object()}, public=True)},
             "/metrics": {"get": _op("Prometheus metrics, text format (a bearer token when TRAINQ_METRICS_TOKEN is set)",
                                     {"200": {"description": "OK", "content": {"text/plain": {"schema": {

@@ -75,6 +75,16 @@ def onnx_file(store, version_id: str) -> Path:
     return store.local(model_key(version_id, "model.onnx"))
 
 
+def session_for(models, store, version_id: str):
+    """The version's onnxruntime session: from the process's cache, else loaded from its model.onnx (fetched only
+    then); 409 if a ready version's file is gone from storage."""
+    try:
+        return models.get(version_id, lambda: onnx_file(store, version_id))
+    except FileNotFoundError:
+        raise RegistryError(409, "gone", "the version's model.onnx is gone from storage: register its job again "
+                                         "for a new version") from None
+
+
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise RegistryError(422, "validation", "a model name is 1 to 64 letters, digits, '.', '_' or '-', starting "

@@ -144,7 +144,7 @@ def heartbeat(attempt_id: str):
             return jsonify({"cancel": cancel})
     attempt, _ = live(attempt_id)
     session = db()
-    cancel = jobs.heartbeat(session, attempt, lease(), epoch if isinstance(epoch, int) else None)
+    cancel = jobs.heartbeat(session, attempt, lease(), epoch)
     session.commit()
     return jsonify({"cancel": cancel})
 
@@ -247,7 +247,8 @@ def record_checkpoint(attempt_id: str):
         blob = store.get(key)
     except StoreError as exc:
         fail(422, "not_stored", f"checkpoint {body['id']} is not in the store ({exc}): upload it again")
-    if len(blob) != body.get("size") or sha256(blob) != body.get("sha256"):
+    digest = sha256(blob)
+    if len(blob) != body.get("size") or digest != body.get("sha256"):
         store.delete(key)
         fail(422, "not_stored", f"checkpoint {body['id']} in the store has {len(blob)} bytes and another sha256 than "
                                 "the worker sent: upload it again")
@@ -262,8 +263,8 @@ def record_checkpoint(attempt_id: str):
             "metric": float(metric) if isinstance(metric, (int, float)) and not isinstance(metric, bool) else None}
     keep = int(job.spec.get("training", {}).get("keep_checkpoints", 2))
     session = db()
-    ckpt = jobs.record_checkpoint(session, jobs.new_checkpoint(attempt, job, info, len(blob), sha256(blob),
-                                                               body["id"]), store, keep)
+    ckpt = jobs.record_checkpoint(session, jobs.new_checkpoint(attempt, job, info, len(blob), digest, body["id"]),
+                                  store, keep)
     session.commit()
     return jsonify({"id": ckpt.id}), 201
 

@@ -84,6 +84,7 @@ class Claimed:
     spec: JobSpec | None = None
     arrays: tuple | None = None
     resume: bytes | None = None
+    resume_batch: int = 0  # > 0: the checkpoint was written part-way through its next epoch, after this many batches
     outcome: dict = field(default_factory=dict)
 
 
@@ -139,8 +140,7 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
     ready = [c for c in claimed if _prepare(client, c, dev, worker, downloaded)]
     groups: dict[int | tuple, list[Claimed]] = {}
     for c in ready:  # members resuming from different epochs cannot share a pack: one pack per epoch
-        mid_epoch = c.resume is not None and read_meta(c.resume).get("batch_in_epoch")
-        key = ("mid-epoch", id(c)) if mid_epoch else (int(c.claim["resume"]["epoch"]) if c.resume else 0)
+        key = ("mid-epoch", id(c)) if c.resume_batch else (int(c.claim["resume"]["epoch"]) if c.resume else 0)
         groups.setdefault(key, []).append(c)  # one interrupted part-way through an epoch resumes alone, there
     epochs = [e for e in groups if isinstance(e, int)]
     if len(groups) > 1:
@@ -191,9 +191,9 @@ def _prepare(client: ServiceClient, c: Claimed, dev, worker: str, downloaded: di
         c.resume = client.download(claim["resume"]["url"], token) if claim["resume"] else None
         where = ""
         if c.resume:
-            part = read_meta(c.resume).get("batch_in_epoch", 0)
-            where = (f", resuming in epoch {claim['resume']['epoch'] + 1} at batch {part + 1}, where it was "
-                     "interrupted" if part else f", resuming after epoch {claim['resume']['epoch']}")
+            c.resume_batch = read_meta(c.resume).get("batch_in_epoch", 0)
+            where = (f", resuming in epoch {claim['resume']['epoch'] + 1} at batch {c.resume_batch + 1}, where it "
+                     "was interrupted" if c.resume_batch else f", resuming after epoch {claim['resume']['epoch']}")
         c.reporter.event(f"training on {dev} (worker {worker}, attempt {claim['attempt']}){where}")
         return True
     except Exception as exc:  # noqa: BLE001
