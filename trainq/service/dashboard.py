@@ -147,8 +147,11 @@ def run(job_id: str):
     if job.get("pack_id"):
         packed_with = db().execute(select(Job.id, Job.trial).where(Job.pack_id == job["pack_id"], Job.id != job_id)
                                    .order_by(Job.trial)).all()
+    # A finished regression run is known from its final metrics, so its page is right before any script runs (the
+    # script learns the task of a running one from its plan)
+    regression = "test_r2" in (job.get("metrics") or {})
     return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]), packed_with=packed_with,
-                           curve=curve_svg((job.get("metrics") or {}).get("test_predictive_curve")))
+                           regression=regression, curve=curve_svg((job.get("metrics") or {}).get("test_predictive_curve")))
 
 
 def curve_svg(curve: dict | None, width: float = 480, height: float = 240) -> dict | None:
