@@ -165,7 +165,7 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
     values = torch.cat([pos, neg]).double()
     ranks = torch.argsort(torch.argsort(values)).double() + 1  # 1-based; tied values get their average rank next
     unique, inverse = torch.unique(values, return_inverse=True)
-    sums = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, ranks)
+    sums = torch.zeros(len(unique), dtype=torch.float64, device=values.device).index_add_(0, inverse, ranks)
     counts = torch.bincount(inverse, minlength=len(unique)).double()
     ranks = (sums / counts)[inverse]
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
@@ -216,7 +216,7 @@ def fit_noise(mean: torch.Tensor, epistemic_var: torch.Tensor, y: torch.Tensor) 
     """The homoscedastic noise variance that maximizes the Gaussian likelihood of held-out targets, given the
     model's epistemic variance per row (a search over a log grid: the likelihood is one-dimensional and smooth)."""
     scale = float(((y - mean) ** 2).mean().clamp_min(EPS))
-    grid = torch.logspace(-6, 1, 281, dtype=torch.float64) * scale
+    grid = torch.logspace(-6, 1, 281, dtype=torch.float64, device=mean.device) * scale
     var = epistemic_var.double().view(1, -1) + grid.view(-1, 1)
     nll = (torch.log(var) + (y - mean).double().view(1, -1) ** 2 / var).mean(1)
     return float(grid[int(nll.argmin())])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -196,8 +197,31 @@ def fit(spec: JobSpec, *, device: str | torch.device | None = None, callbacks: S
         torch.set_num_threads(previous)
 
 
-def _fit(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interrupt, arrays, rank: int = 0,
-         world: int = 1) -> Result:
+@contextmanager
+def fp32_numerics(spec: JobSpec, device) -> Any:
+    """`precision: fp32` on a GPU computes convolutions in fp32 too: torch lets cuDNN round their inputs to TF32 (a
+    10-bit mantissa) by default. Measured on an H200: packed CNN trials drifted 1.8e-3 from the same trials alone in
+    three epochs with it, 1e-6 without. (Matrix products are fp32 already: torch's matmul default is "highest".)"""
+    kind = device.type if isinstance(device, torch.device) else pick_device(device).type
+    if kind != "cuda" or spec.training.precision != "fp32":
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
+def _fit(spec: JobSpec, *, device, **kwargs) -> Result:
+    """One run (or one replica of a data-parallel run), under the numerics its precision asks for."""
+    with fp32_numerics(spec, device):
+        return _train(spec, device=device, **kwargs)
+
+
+def _train(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interrupt, arrays, rank: int = 0,
+           world: int = 1) -> Result:
     started = time.perf_counter()
     state = build(spec, device=device, callbacks=callbacks, checkpoint_sink=checkpoint_sink, resume=resume,
                   arrays=arrays)
