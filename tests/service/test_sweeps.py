@@ -195,3 +195,56 @@ def test_a_requests_storage_gives_the_pruners_decisions_of_the_plain_storage(mak
     assert decided["request"] == decided["plain"]
     assert 20 < sum(p for *_, p in decided["plain"]) < len(decided["plain"])  # it did prune, not everything
     assert len(reads) == 8  # one read of the study's trials per request (rung), not one per decision
+
+
+def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain_storage_samples(make_database):
+    """`settle` tells finished trials and asks new ones through one RequestStorage per call. Over six calls of TPE
+    (whose samples depend on every told value and every running trial) and an enqueued grid point (an ask that
+    takes a waiting trial), the parameters asked are the plain storage's, and the study in the database ends the same:
+    states, values, parameters. And a call reads the trials once, not once per tell and ask."""
+    import random
+
+    import optuna
+
+    from trainq.service.sweeps import RequestStorage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = optuna.storages.RDBStorage(make_database())
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "width": optuna.distributions.IntDistribution(8, 128)}
+    asked, reads = {}, []
+    for name in ("plain", "request"):
+        optuna.create_study(study_name=name, storage=storage)
+        values, out, running = random.Random(3), [], []
+        for call in range(6):
+            store = storage
+            if name == "request":
+                store = RequestStorage(storage)
+                inner_get_all = store._inner.get_all_trials
+                store._inner = type("Counting", (), {"__getattr__": lambda self, attr: getattr(storage, attr),
+                                                      "get_all_trials": lambda self, *a, **k: reads.append(1)
+                                                      or inner_get_all(*a, **k)})()
+            study = optuna.load_study(study_name=name, storage=store,
+                                      sampler=optuna.samplers.TPESampler(seed=call, n_startup_trials=4))
+            for number in running[:3]:  # trials ended since the last call: told, one of them pruned
+                if number % 4 == 1:
+                    study.tell(number, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(number, values.random())
+            running = running[3:]
+            if call == 3:
+                study.enqueue_trial({"lr": 0.01, "width": 64})
+            for _ in range(4):
+                trial = study.ask(space)
+                running.append(trial.number)
+                out.append((trial.number, trial.params))
+        asked[name] = out
+    assert asked["request"] == asked["plain"]
+    assert {"lr": 0.01, "width": 64} in [params for _, params in asked["plain"]]
+    assert len({params["lr"] for _, params in asked["plain"]}) == len(asked["plain"])  # sampled, never repeated
+
+    def ended(name: str) -> list:
+        study = optuna.load_study(study_name=name, storage=storage)
+        return [(t.number, t.state, t.values, t.params) for t in study.get_trials()]
+    assert ended("request") == ended("plain")
+    assert len(reads) == 6  # one read of the study's trials per call
