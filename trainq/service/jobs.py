@@ -172,10 +172,11 @@ def heartbeat(session: Session, attempt: Attempt, lease: timedelta, epoch: int |
     if epoch is not None:
         values["epoch"] = epoch
     done = session.execute(update(Job).where(Job.id == attempt.job_id, Job.current_attempt_id == attempt.id,
-                                             Job.status == JobStatus.running.value).values(**values))
-    if done.rowcount != 1:
+                                             Job.status == JobStatus.running.value).values(**values)
+                           .returning(Job.cancel_requested)).first()
+    if done is None:
         raise Fenced("the lease was lost")
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == attempt.job_id)))
+    return bool(done[0])
 
 
 # One statement, one round trip, in autocommit: the lease of a live attempt extended and its job's cancel flag read.
