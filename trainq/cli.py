@@ -119,7 +119,7 @@ def up(port: int | None, host: str | None, data_dir: str | None, worker_count: i
                    "-H 'Content-Type: application/yaml' --data-binary @examples/digits-mlp.yaml\n")
     else:
         click.echo("the service did not start; see the log above", err=True)
-    _supervise(children)
+    _supervise(children, last=children[0])
 
 
 def _trainq_command() -> str:
@@ -179,18 +179,20 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bo
     return False
 
 
-def _supervise(children: list[subprocess.Popen], until: str = "any") -> None:
+def _supervise(children: list[subprocess.Popen], until: str = "any", last: subprocess.Popen | None = None) -> None:
     """Wait on child processes, passing SIGTERM/SIGINT on; stop them all when one ends (until="any") or when all
-    have ended (until="all": GPU workers, each of which may be drained on its own)."""
+    have ended (until="all": GPU workers, each of which may be drained on its own). `last` (the service) is stopped
+    after the others, so a worker stopping can still tell it so (a `docker stop` signals this process alone)."""
     def stop(*_):
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        for group in ([c for c in children if c is not last], [last] if last is not None else []):
+            for child in group:
+                if child.poll() is None:
+                    child.terminate()
+            for child in group:
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)

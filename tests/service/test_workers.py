@@ -222,3 +222,20 @@ def test_heartbeats_are_one_statement_each_on_postgresql_and_fenced_ones_still_a
     assert stale.status_code == 409  # no longer live: the one statement matched nothing, the ORM path says why
     wrong = client.post(url, json={}, headers={**worker_headers, "X-Trainq-Attempt-Token": "not-the-token"})
     assert wrong.status_code == 404
+
+
+def test_a_worker_says_in_a_few_words_why_the_service_could_not_be_reached(caplog):
+    """When the service is gone (a `trainq up` stopped with Ctrl-C stops it with its workers), the worker's retries
+    and its last error name the cause and where, not urllib3's nested exceptions and the URL three times over."""
+    from tests.integration.stack import free_port
+    from trainq.workers.client import ServiceClient
+
+    port = free_port()  # nothing listens there
+    client = ServiceClient(f"http://127.0.0.1:{port}", "token", timeout=1)
+    with caplog.at_level("WARNING", logger="trainq.workers.client"), pytest.raises(ConnectionError) as failed:
+        client.call("POST", "/api/v1/worker/workers/w@h/stopped", retry_for=0.25)
+    assert str(failed.value).endswith(f"failed for 0s: connection refused by 127.0.0.1:{port}"), failed.value
+    retries = [r.getMessage() for r in caplog.records]
+    assert retries and all(m.endswith("s") and f"connection refused by 127.0.0.1:{port}; retrying in" in m
+                           for m in retries), retries
+    assert not any("HTTPConnectionPool" in m or "NewConnectionError" in m for m in [*retries, str(failed.value)])

@@ -51,7 +51,7 @@ class ServiceClient:
                     break
                 problem = f"HTTP {response.status_code}"
             except requests.RequestException as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = _problem(exc, url)
             shown = path.split("?", 1)[0]  # never a presigned URL's signature in a log
             if time.monotonic() + delay > deadline:
                 raise ConnectionError(f"{method} {shown} failed for {patience:.0f}s: {problem}")
@@ -103,3 +103,19 @@ def run_claimed(client: ServiceClient, base: str, work, failed) -> dict | str:
     except Fenced:
         return "fenced"
     return outcome
+
+
+def _problem(exc: requests.RequestException, url: str) -> str:
+    """A failed request's cause in a few words: urllib3's own message repeats the URL and nests three exceptions."""
+    from urllib.parse import urlsplit
+
+    where, text = urlsplit(url).netloc, str(exc)
+    if isinstance(exc, requests.Timeout):
+        return f"no answer from {where} in time ({type(exc).__name__})"
+    if isinstance(exc, requests.ConnectionError):
+        for marker, said in (("Connection refused", "connection refused"), ("Connection reset", "connection reset"),
+                             ("Connection aborted", "connection closed"), ("Failed to resolve", "unknown host"),
+                             ("Name or service not known", "unknown host")):
+            if marker in text:
+                return f"{said} by {where}" if said != "unknown host" else f"{said} {where}"
+    return f"{type(exc).__name__}: {text}"
