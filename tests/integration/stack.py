@@ -108,6 +108,18 @@ class Stack:
                 proc.wait()
 
     def close(self) -> None:
+        """Stop the workers (all at once), then the services: a worker stopping tells the service, and with the
+        service gone first it retried for seconds (a stack's teardown took 4.5 s, 2.4 s this way)."""
+        workers = [(name, self.procs.pop(name)) for name in list(self.procs) if not name.startswith("service")]
+        for _, proc in workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in workers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         for name in list(self.procs):
             self.stop(name)
 
