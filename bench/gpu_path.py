@@ -20,7 +20,6 @@ Nothing here runs in the tests (CI has no GPU); run it where one is:
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 import traceback
@@ -30,6 +29,7 @@ import common  # noqa: F401 - puts the repository on sys.path
 import torch
 
 from bench.engine_speed import CNN, MLP
+from tests.specs import with_
 from trainq.models.engine import autocast_dtype, fit, pick_device
 from trainq.models.packed import fit_pack
 from trainq.models.spec import parse_spec
@@ -43,17 +43,6 @@ def check(name: str, ok: bool, figures: str) -> None:
         FAILED.append(name)
 
 
-def spec_of(raw: dict, **changes) -> dict:
-    out = copy.deepcopy(raw)
-    for path, value in changes.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return out
-
-
 def largest_gap(a: list[dict], b: list[dict], keys=("train_loss", "val_loss")) -> float:
     return max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in keys)
 
@@ -64,7 +53,7 @@ def precision(device: str) -> None:
     start = time.perf_counter()
     gpu = fit(spec, device=device)
     gpu_seconds = time.perf_counter() - start
-    cpu = fit(parse_spec(spec_of(MLP, **{"training.precision": "fp32"})), device="cpu")
+    cpu = fit(parse_spec(with_(MLP, **{"training.precision": "fp32"})), device="cpu")
     acc, reference = gpu.metrics["test_accuracy"], cpu.metrics["test_accuracy"]
     check("precision auto", chosen == torch.bfloat16 and acc >= reference - 0.03 and acc >= 0.9,
           f"autocast {chosen}, test accuracy {acc:.4f} on {device} against {reference:.4f} in fp32 on the CPU "
@@ -72,7 +61,7 @@ def precision(device: str) -> None:
 
 
 def resume(device: str) -> None:
-    raw = spec_of(MLP, **{"training.epochs": 6, "training.batch_size": 32, "training.precision": "fp32",
+    raw = with_(MLP, **{"training.epochs": 6, "training.batch_size": 32, "training.precision": "fp32",
                           "training.checkpoint_every_seconds": 0, "regularization": {"l2": 1e-4},
                           "schedule": {"type": "cosine"}})
     raw["model"]["layers"].insert(2, {"type": "dropout", "p": 0.2})
@@ -89,16 +78,16 @@ def resume(device: str) -> None:
 def members(raw: dict, n: int, optimizer: dict) -> list:
     out = []
     for i in range(n):
-        spec = spec_of(raw, optimizer={**optimizer, "lr": optimizer["lr"] * (1 + i)},
+        spec = with_(raw, optimizer={**optimizer, "lr": optimizer["lr"] * (1 + i)},
                        **{"training.seed": i, "training.precision": "fp32"})
         out.append(parse_spec(spec))
     return out
 
 
 def packed(device: str) -> None:
-    mlp = spec_of(MLP, **{"training.epochs": 5})
+    mlp = with_(MLP, **{"training.epochs": 5})
     mlp["model"]["layers"].insert(2, {"type": "dropout", "p": 0.2})
-    cnn = spec_of(CNN, **{"training.epochs": 3, "dataset.n_samples": 1200})
+    cnn = with_(CNN, **{"training.epochs": 3, "dataset.n_samples": 1200})
     cnn["model"]["layers"][0]["bias"] = False  # batch norm removes it: its gradient would be rounding noise that
     cnn["model"]["layers"].insert(1, {"type": "batchnorm"})  # Adam scales up, different in any two ways of summing
     for name, raw, optimizer in (("MLP, dropout, SGD momentum", mlp, {"type": "momentum", "lr": 0.02, "momentum": 0.9}),
@@ -112,7 +101,7 @@ def packed(device: str) -> None:
 
 
 def ensemble(device: str) -> None:
-    raw = spec_of({}, **{"name": "gap-sine-ensemble", "dataset": {"name": "gap_sine", "n_samples": 1000,
+    raw = with_({}, **{"name": "gap-sine-ensemble", "dataset": {"name": "gap_sine", "n_samples": 1000,
                                                                    "noise": 0.1, "seed": 0},
                          "loss": {"type": "mse"}, "optimizer": {"type": "adam", "lr": 0.01},
                          "training": {"epochs": 100, "batch_size": 32, "seed": 0},
@@ -147,7 +136,7 @@ def export(device: str) -> None:
     from trainq.models.export import export_onnx, state_from_checkpoint
 
     blobs = []
-    fit(parse_spec(spec_of(MLP, **{"training.epochs": 5})), device=device,
+    fit(parse_spec(with_(MLP, **{"training.epochs": 5})), device=device,
         checkpoint_sink=lambda blob, info: blobs.append(blob))
     state = state_from_checkpoint(blobs[-1])
     with tempfile.TemporaryDirectory() as folder:

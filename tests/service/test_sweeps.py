@@ -149,6 +149,18 @@ def test_the_largest_seed_a_sweep_accepts_starts_its_trials(client):
     assert client.post("/api/v1/sweeps", json=sweep(seed=2**31)).status_code == 422
 
 
+def counting_reads(storage, reads: list):
+    """`storage`, with each read of a study's trials noted in `reads`."""
+    class Counting:
+        def __getattr__(self, attr):
+            return getattr(storage, attr)
+
+        def get_all_trials(self, *args, **kwargs):
+            reads.append(1)
+            return storage.get_all_trials(*args, **kwargs)
+    return Counting()
+
+
 def test_a_requests_storage_gives_the_pruners_decisions_of_the_plain_storage(make_database):
     """A pack's prune asks share one RequestStorage (the study read once, writes through): over eight rungs of
     successive halving with 32 trials, and trials pruned between rungs as their finishes tell Optuna, its decisions
@@ -171,11 +183,7 @@ def test_a_requests_storage_gives_the_pruners_decisions_of_the_plain_storage(mak
         for step in range(1, 9):
             store = storage
             if name == "request":
-                store = RequestStorage(storage)
-                inner_get_all = store._inner.get_all_trials
-                store._inner = type("Counting", (), {"__getattr__": lambda self, attr: getattr(storage, attr),
-                                                      "get_all_trials": lambda self, *a, **k: reads.append(1)
-                                                      or inner_get_all(*a, **k)})()
+                store = RequestStorage(counting_reads(storage, reads))
             study = optuna.load_study(study_name=name, storage=store,
                                       pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
             pruned = []
@@ -219,11 +227,7 @@ def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain
         for call in range(6):
             store = storage
             if name == "request":
-                store = RequestStorage(storage)
-                inner_get_all = store._inner.get_all_trials
-                store._inner = type("Counting", (), {"__getattr__": lambda self, attr: getattr(storage, attr),
-                                                      "get_all_trials": lambda self, *a, **k: reads.append(1)
-                                                      or inner_get_all(*a, **k)})()
+                store = RequestStorage(counting_reads(storage, reads))
             study = optuna.load_study(study_name=name, storage=store,
                                       sampler=optuna.samplers.TPESampler(seed=call, n_startup_trials=4))
             for number in running[:3]:  # trials ended since the last call: told, one of them pruned
