@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import and_, bindparam, or_, select, text, update
+from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from trainq.models.spec import JobSpec, Plan
@@ -198,28 +198,99 @@ def quick_heartbeat(conn, attempt_id: str, token: str, lease: timedelta, epoch: 
 
 def record_metrics(session: Session, job_id: str, points: Iterable[tuple[str, int, int, float]]) -> int:
     """Insert metric points; a point already stored for (job, name, step) is kept, so retries never duplicate."""
-    points = list(points)
-    if not points:
+    return record_points(session, [(job_id, *point) for point in points])
+
+
+def record_points(session: Session, rows: list[tuple[str, str, int, int, float]]) -> int:
+    """Insert (job_id, name, step, epoch, value) points of one job or many in one statement, each job's epoch
+    raised to its newest point's; a point already stored for (job, name, step) is kept."""
+    if not rows:
         return 0
-    names, steps, epochs, values = (list(column) for column in zip(*points))
+    job_ids, names, steps, epochs, values = (list(column) for column in zip(*rows))
     if session.get_bind().dialect.name == "postgresql":
-        # One statement for the whole batch: the arrays travel as four parameters and the server unnests them,
+        # One statement for the whole batch: the arrays travel as five parameters and the server unnests them,
         # several times faster than one INSERT per row (executemany).
         stored = session.execute(text(
             "INSERT INTO metrics (job_id, name, step, epoch, value) "
-            "SELECT :job_id, * FROM unnest(CAST(:names AS varchar[]), CAST(:steps AS bigint[]), "
+            "SELECT * FROM unnest(CAST(:job_ids AS varchar[]), CAST(:names AS varchar[]), CAST(:steps AS bigint[]), "
             "CAST(:epochs AS integer[]), CAST(:values AS double precision[])) "
             "ON CONFLICT (job_id, name, step) DO NOTHING"),
-            {"job_id": job_id, "names": names, "steps": steps, "epochs": epochs, "values": values}).rowcount
+            {"job_ids": job_ids, "names": names, "steps": steps, "epochs": epochs, "values": values}).rowcount
     else:
         from sqlalchemy.dialects.sqlite import insert
 
-        rows = [{"job_id": job_id, "name": n, "step": s, "epoch": e, "value": v} for n, s, e, v in points]
         stored = session.execute(  # the table's Core insert: its result tells how many rows were new
-            insert(Metric.__table__).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]), rows).rowcount
-    session.execute(update(Job).where(Job.id == job_id, Job.epoch < max(epochs)).values(epoch=max(epochs)))
+            insert(Metric.__table__).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]),
+            [{"job_id": j, "name": n, "step": s, "epoch": e, "value": v} for j, n, s, e, v in rows]).rowcount
+    newest: dict[str, int] = {}
+    for job_id, epoch in zip(job_ids, epochs):
+        newest[job_id] = max(epoch, newest.get(job_id, epoch))
+    jobs_table = Job.__table__
+    raise_epoch = update(jobs_table).where(jobs_table.c.id == bindparam("b_id"),
+                                           jobs_table.c.epoch < bindparam("b_epoch"))
+    session.execute(raise_epoch.values(epoch=bindparam("b_epoch")),
+                    [{"b_id": job_id, "b_epoch": epoch} for job_id, epoch in newest.items()])
+    for job_id in newest:  # a job this session holds reads its epoch afresh (the statement above is Core's)
+        held = session.identity_map.get(session.identity_key(Job, job_id))
+        if held is not None:
+            session.expire(held, ["epoch"])
     METRIC_POINTS.inc(max(0, stored or 0))  # new rows only: a retried batch is not counted twice
-    return len(points)
+    return len(rows)
+
+
+@dataclass
+class Report:
+    """One attempt's entry in a worker's batch: its heartbeat (beat, epoch), metric points and events."""
+    attempt_id: str
+    token: str
+    beat: bool
+    epoch: int | None
+    points: list[tuple[str, int, int, float]]
+    events: list[tuple[str, str]]  # (message, level)
+
+
+def report_many(session: Session, reports: list[Report], lease: timedelta) -> list[dict[str, Any]]:
+    """A pack's report round, many attempts' heartbeats, points and events, in a few statements instead of a
+    savepoint and seven statements each (6 ms a member here): the attempts checked in one query, each beat one
+    fenced UPDATE, every point in one INSERT, every event in one. Each answer: {cancel} for a beat, {} without one,
+    {fenced: True} for an attempt no longer live, {error: not_found} for an unknown one or a wrong token; those
+    change nothing."""
+    jobs_table = Job.__table__
+    rows = {row.id: row for row in session.execute(
+        select(Attempt.id, Attempt.token_hash, Attempt.status, Attempt.job_id, Job.current_attempt_id,
+               Job.status.label("job_status")).join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.id.in_({r.attempt_id for r in reports})))}
+    until, answers, live = utcnow() + lease, [], []
+    for r in reports:
+        row = rows.get(r.attempt_id)
+        if row is None or not secrets.compare_digest(row.token_hash, hash_token(r.token)):
+            answers.append({"error": "not_found"})
+            continue
+        if row.current_attempt_id != row.id or row.job_status != JobStatus.running.value or row.status != "running":
+            answers.append({"fenced": True})
+            continue
+        answer: dict[str, Any] = {}
+        if r.beat:
+            values: dict[str, Any] = {"lease_expires_at": until}
+            if r.epoch is not None:
+                values["epoch"] = r.epoch
+            beat = session.execute(update(jobs_table).where(
+                jobs_table.c.id == row.job_id, jobs_table.c.current_attempt_id == row.id,
+                jobs_table.c.status == JobStatus.running.value).values(**values)
+                .returning(jobs_table.c.cancel_requested)).first()
+            if beat is None:  # fenced between the check and the beat
+                answers.append({"fenced": True})
+                continue
+            answer["cancel"] = bool(beat[0])
+        answers.append(answer)
+        live.append((row.job_id, r))
+    record_points(session, [(job_id, *point) for job_id, r in live for point in r.points])
+    now = utcnow()
+    events = [{"job_id": job_id, "created_at": now, "source": "worker", "level": level, "message": message}
+              for job_id, r in live for message, level in r.events]
+    if events:
+        session.execute(insert(Event.__table__), events)
+    return answers
 
 
 def store_checkpoint(session: Session, attempt: Attempt, job: Job, blob: bytes, info: dict[str, Any],

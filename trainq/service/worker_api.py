@@ -348,14 +348,15 @@ def batch():
     """Many attempts' reports in one request (a pack's members, from one worker): each entry names an attempt and
     its token, and carries any of heartbeat {epoch}, points, events, prune {epoch, value} and finish {outcome}. One
     transaction for all; an entry whose attempt is no longer live answers fenced and changes nothing. Finishing
-    trials settles their sweep once, not once per trial."""
+    trials settles their sweep once, not once per trial. A report round (beats, points and events only, the
+    common case) is stored in a few statements for all its entries (jobs.report_many)."""
     body = read_body()
     entries = body.get("attempts") if isinstance(body, dict) else None
     if not isinstance(entries, list) or not entries or len(entries) > 256:
         fail(400, "bad_request", "attempts: a list of 1 to 256 entries",
              errors=[{"path": "attempts", "message": "a list of 1 to 256 entries"}])
     session, settings = db(), services().settings
-    answers, settled, studies = [], set(), {}
+    checked = []  # every entry checked before any is stored: a malformed one is a 400 that changes nothing
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("attempt_id"), str) \
                 or not isinstance(entry.get("token"), str):
@@ -366,6 +367,17 @@ def batch():
         if finish is not None and (not isinstance(finish, dict) or finish.get("status") not in FINISHED):
             fail(400, "bad_request", f"attempts[{i}].finish.status must be one of {list(FINISHED)}",
                  errors=[{"path": f"attempts[{i}].finish.status", "message": f"one of {list(FINISHED)}"}])
+        checked.append((entry, points, finish))
+    if all(finish is None and "prune" not in entry for entry, _, finish in checked):  # a report round
+        reports = [jobs.Report(entry["attempt_id"], entry["token"], isinstance(entry.get("heartbeat"), dict),
+                               _beat_epoch(entry.get("heartbeat")), points, event_rows(entry.get("events")))
+                   for entry, points, _ in checked]
+        answers = [{"attempt_id": entry["attempt_id"], **answer}
+                   for (entry, _, _), answer in zip(checked, jobs.report_many(session, reports, lease()))]
+        session.commit()
+        return jsonify({"attempts": answers})
+    answers, settled, studies = [], set(), {}
+    for entry, points, finish in checked:
         answer: dict = {"attempt_id": entry["attempt_id"]}
         answers.append(answer)
         try:
@@ -407,6 +419,11 @@ def batch():
             registry.send_exports(session, services().export)
             jobs.enqueue_all(session, created, services().enqueue)
     return jsonify({"attempts": answers})
+
+
+def _beat_epoch(beat) -> int | None:
+    epoch = beat.get("epoch") if isinstance(beat, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def worker_info(body) -> dict:
