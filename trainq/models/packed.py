@@ -556,51 +556,44 @@ def fit_pack(specs: Sequence[JobSpec], *, device: str | torch.device | None = No
         torch.set_num_threads(threads or (max(1, previous) if _pack_flops(specs) >= PARALLEL_STEP_FLOPS else 1))
     try:
         with fp32_numerics(specs[0], device):
-            return _fit_pack(specs, device, callbacks, arrays, resumes, interrupts, checkpoint_sinks,
-                             checkpoint_seconds, on_epoch, on_done, on_validated, started)
+            pack = build_pack(specs, device=device, callbacks=callbacks, arrays=arrays, resumes=resumes)
+            now = time.monotonic()
+            for i, member in enumerate(pack.members):
+                if interrupts is not None:
+                    member.interrupt = member.state.interrupt = interrupts[i]
+                member.sink = checkpoint_sinks[i] if checkpoint_sinks else None
+                member.saved_at = now
+            setup = time.perf_counter() - started
+            for member in pack.members:
+                for cb in member.state.callbacks:
+                    cb.on_train_start(member.state)
+            epochs = specs[0].training.epochs
+            while pack.epoch < epochs and _live_slots(pack):
+                train_epoch(pack)
+                pack.epoch += 1
+                _validate(pack)
+                if on_validated is not None:
+                    on_validated(pack)
+                for row in _live_slots(pack):
+                    _end_epoch(pack, row, epochs, checkpoint_seconds)
+                pack.history.append(len(_live_slots(pack)))
+                for i, member in enumerate(pack.members):
+                    if not member.live and member.result is None:
+                        _done(pack, i, started, setup, on_done)
+                if on_epoch is not None:
+                    on_epoch(pack)
+                live = _live_slots(pack)
+                if live and len(live) < len(pack.slots) / 2:
+                    _compact(pack)
+            for row, m in enumerate(pack.slots):
+                if pack.members[m].live:
+                    _sync(pack, row)
+            for i, member in enumerate(pack.members):
+                if member.result is None:
+                    _done(pack, i, started, setup, on_done)
+            return pack.members
     finally:
         torch.set_num_threads(previous)
-
-
-def _fit_pack(specs, device, callbacks, arrays, resumes, interrupts, checkpoint_sinks, checkpoint_seconds, on_epoch,
-              on_done, on_validated, started: float) -> list[Member]:
-    """fit_pack's run, under the numerics the members' precision asks for."""
-    pack = build_pack(specs, device=device, callbacks=callbacks, arrays=arrays, resumes=resumes)
-    now = time.monotonic()
-    for i, member in enumerate(pack.members):
-        if interrupts is not None:
-            member.interrupt = member.state.interrupt = interrupts[i]
-        member.sink = checkpoint_sinks[i] if checkpoint_sinks else None
-        member.saved_at = now
-    setup = time.perf_counter() - started
-    for member in pack.members:
-        for cb in member.state.callbacks:
-            cb.on_train_start(member.state)
-    epochs = specs[0].training.epochs
-    while pack.epoch < epochs and _live_slots(pack):
-        train_epoch(pack)
-        pack.epoch += 1
-        _validate(pack)
-        if on_validated is not None:
-            on_validated(pack)
-        for row in _live_slots(pack):
-            _end_epoch(pack, row, epochs, checkpoint_seconds)
-        pack.history.append(len(_live_slots(pack)))
-        for i, member in enumerate(pack.members):
-            if not member.live and member.result is None:
-                _done(pack, i, started, setup, on_done)
-        if on_epoch is not None:
-            on_epoch(pack)
-        live = _live_slots(pack)
-        if live and len(live) < len(pack.slots) / 2:
-            _compact(pack)
-    for row, m in enumerate(pack.slots):
-        if pack.members[m].live:
-            _sync(pack, row)
-    for i, member in enumerate(pack.members):
-        if member.result is None:
-            _done(pack, i, started, setup, on_done)
-    return pack.members
 
 
 def _done(pack: Pack, i: int, started: float, setup: float, on_done) -> None:
