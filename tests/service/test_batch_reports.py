@@ -45,8 +45,8 @@ def test_each_members_points_events_and_beat_are_stored_and_answered_in_order(cl
                            events=[{"message": "epoch 1 done"}, {"message": "slow", "level": "warning"}]),
                      entry(b, heartbeat={"epoch": 1}, points=points[b["job_id"]]),
                      entry(c, points=points[c["job_id"]], events=[{"message": "no beat this time"}]))
-    assert answers == [{"attempt_id": a["attempt_id"], "cancel": False}, {"attempt_id": b["attempt_id"], "cancel": True},
-                       {"attempt_id": c["attempt_id"]}]
+    assert answers == [{"attempt_id": a["attempt_id"], "cancel": False},
+                       {"attempt_id": b["attempt_id"], "cancel": True}, {"attempt_id": c["attempt_id"]}]
     for i, m in enumerate((a, b, c)):
         assert series(client, m["job_id"]) == {"train_loss": [(1, 0.5 + i), (2, 0.4 + i)], "val_loss": [(1, 0.6 + i)]}
         assert client.get(f"/api/v1/jobs/{m['job_id']}").json["epoch"] == 2  # the points' epoch (and a's beat)
@@ -90,3 +90,17 @@ def test_a_finish_in_a_batch_ends_its_job_beside_reports_of_the_others(client, w
     # its attempt is no longer live: a later report of it is fenced
     assert report(client, worker_headers, entry(a, points=[["train_loss", 2, 2, 0.1]])) == [
         {"attempt_id": a["attempt_id"], "fenced": True}]
+
+
+def test_a_beat_with_an_epoch_no_column_holds_still_extends_the_lease_and_is_no_server_error(client, worker_headers):
+    """An epoch past a 32-bit integer (or a boolean) is not stored, as on the single heartbeat route; the beat
+    counts."""
+    a, b = members(client, worker_headers, 2)
+    report(client, worker_headers, entry(a, heartbeat={"epoch": 4}), entry(b, heartbeat={"epoch": 4}))
+    answers = report(client, worker_headers, entry(a, heartbeat={"epoch": 2**40}), entry(b, heartbeat={"epoch": True}))
+    assert answers == [{"attempt_id": m["attempt_id"], "cancel": False} for m in (a, b)]
+    assert [client.get(f"/api/v1/jobs/{m['job_id']}").json["epoch"] for m in (a, b)] == [4, 4]
+    # and beside a finish (the entry-by-entry path) likewise
+    answers = report(client, worker_headers, entry(a, heartbeat={"epoch": 2**40}),
+                     entry(b, finish={"status": "failed"}))
+    assert answers[0] == {"attempt_id": a["attempt_id"], "cancel": False} and answers[1]["status"] == "failed"

@@ -168,15 +168,22 @@ def live_attempt(session: Session, attempt_id: str, token: str) -> tuple[Attempt
 
 def heartbeat(session: Session, attempt: Attempt, lease: timedelta, epoch: int | None) -> bool:
     """Extend the lease; return whether a cancel was requested."""
-    values: dict[str, Any] = {"lease_expires_at": utcnow() + lease}
+    cancel = extend_lease(session, attempt.job_id, attempt.id, utcnow() + lease, epoch)
+    if cancel is None:
+        raise Fenced("the lease was lost")
+    return cancel
+
+
+def extend_lease(session: Session, job_id: str, attempt_id: str, until: datetime, epoch: int | None) -> bool | None:
+    """One fenced UPDATE: the lease (and the epoch reached) of the job's live attempt; the job's cancel flag, or None
+    when this attempt is no longer the job's live one."""
+    values: dict[str, Any] = {"lease_expires_at": until}
     if epoch is not None:
         values["epoch"] = epoch
-    done = session.execute(update(Job).where(Job.id == attempt.job_id, Job.current_attempt_id == attempt.id,
-                                             Job.status == JobStatus.running.value).values(**values)
-                           .returning(Job.cancel_requested)).first()
-    if done is None:
-        raise Fenced("the lease was lost")
-    return bool(done[0])
+    row = session.execute(update(Job).where(Job.id == job_id, Job.current_attempt_id == attempt_id,
+                                            Job.status == JobStatus.running.value).values(**values)
+                          .returning(Job.cancel_requested)).first()
+    return None if row is None else bool(row[0])
 
 
 # One statement, one round trip, in autocommit: the lease of a live attempt extended and its job's cancel flag read.
@@ -255,7 +262,6 @@ def report_many(session: Session, reports: list[Report], lease: timedelta) -> li
     fenced UPDATE, every point in one INSERT, every event in one. Each answer: {cancel} for a beat, {} without one,
     {fenced: True} for an attempt no longer live, {error: not_found} for an unknown one or a wrong token; those
     change nothing."""
-    jobs_table = Job.__table__
     rows = {row.id: row for row in session.execute(
         select(Attempt.id, Attempt.token_hash, Attempt.status, Attempt.job_id, Job.current_attempt_id,
                Job.status.label("job_status")).join(Job, Job.id == Attempt.job_id)
@@ -271,17 +277,11 @@ def report_many(session: Session, reports: list[Report], lease: timedelta) -> li
             continue
         answer: dict[str, Any] = {}
         if r.beat:
-            values: dict[str, Any] = {"lease_expires_at": until}
-            if r.epoch is not None:
-                values["epoch"] = r.epoch
-            beat = session.execute(update(jobs_table).where(
-                jobs_table.c.id == row.job_id, jobs_table.c.current_attempt_id == row.id,
-                jobs_table.c.status == JobStatus.running.value).values(**values)
-                .returning(jobs_table.c.cancel_requested)).first()
-            if beat is None:  # fenced between the check and the beat
+            cancel = extend_lease(session, row.job_id, row.id, until, r.epoch)
+            if cancel is None:  # fenced between the check and the beat
                 answers.append({"fenced": True})
                 continue
-            answer["cancel"] = bool(beat[0])
+            answer["cancel"] = cancel
         answers.append(answer)
         live.append((row.job_id, r))
     record_points(session, [(job_id, *point) for job_id, r in live for point in r.points])

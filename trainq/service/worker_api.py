@@ -133,8 +133,7 @@ def claim_one(job_id: str, worker: str, kind, gpus) -> tuple[int, dict]:
 @bp.post("/attempts/<hexid:attempt_id>/heartbeat")
 def heartbeat(attempt_id: str):
     body = read_body() if request.content_length else {}
-    epoch = body.get("epoch") if isinstance(body, dict) else None
-    epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch < 2**31 else None
+    epoch = beat_epoch(body)
     beats = services().beats
     if beats is not None:  # PostgreSQL: one statement; only an attempt that is not live takes the ORM path
         with beats.connect() as conn:
@@ -370,7 +369,7 @@ def batch():
         checked.append((entry, points, finish))
     if all(finish is None and "prune" not in entry for entry, _, finish in checked):  # a report round
         reports = [jobs.Report(entry["attempt_id"], entry["token"], isinstance(entry.get("heartbeat"), dict),
-                               _beat_epoch(entry.get("heartbeat")), points, event_rows(entry.get("events")))
+                               beat_epoch(entry.get("heartbeat")), points, event_rows(entry.get("events")))
                    for entry, points, _ in checked]
         answers = [{"attempt_id": entry["attempt_id"], **answer}
                    for (entry, _, _), answer in zip(checked, jobs.report_many(session, reports, lease()))]
@@ -385,9 +384,7 @@ def batch():
                 attempt, job = jobs.live_attempt(session, entry["attempt_id"], entry["token"])
                 beat = entry.get("heartbeat")
                 if isinstance(beat, dict):
-                    epoch = beat.get("epoch")
-                    answer["cancel"] = jobs.heartbeat(session, attempt, lease(),
-                                                      epoch if isinstance(epoch, int) else None)
+                    answer["cancel"] = jobs.heartbeat(session, attempt, lease(), beat_epoch(beat))
                 if points:
                     jobs.record_metrics(session, job.id, points)
                 for message, level in event_rows(entry.get("events")):
@@ -421,9 +418,10 @@ def batch():
     return jsonify({"attempts": answers})
 
 
-def _beat_epoch(beat) -> int | None:
+def beat_epoch(beat) -> int | None:
+    """The epoch a heartbeat reports, when it is one an epoch column holds; else none (the beat still counts)."""
     epoch = beat.get("epoch") if isinstance(beat, dict) else None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch < 2**31 else None
 
 
 def worker_info(body) -> dict:
