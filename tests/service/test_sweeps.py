@@ -161,10 +161,18 @@ def counting_reads(storage, reads: list):
     return Counting()
 
 
+def counting_commits(storage, commits: list) -> None:
+    """Note each transaction `storage` commits in `commits`."""
+    import sqlalchemy
+
+    sqlalchemy.event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+
+
 def test_a_requests_storage_gives_the_pruners_decisions_of_the_plain_storage(make_database):
-    """A pack's prune asks share one RequestStorage (the study read once, writes through): over eight rungs of
-    successive halving with 32 trials, and trials pruned between rungs as their finishes tell Optuna, its decisions
-    are the plain RDB storage's one for one; and it reads the trials once a request, not once a decision."""
+    """A pack's prune asks share one RequestStorage (the study read once, its writes stored together at the end):
+    over eight rungs of successive halving with 32 trials, and trials pruned between rungs as their finishes tell
+    Optuna, its decisions are the plain RDB storage's one for one and the database holds the same reported values
+    and rung marks afterwards; and it reads the trials once a request, not once a decision, and commits once."""
     import random
 
     import optuna
@@ -173,6 +181,8 @@ def test_a_requests_storage_gives_the_pruners_decisions_of_the_plain_storage(mak
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = optuna.storages.RDBStorage(make_database())
+    commits: list = []
+    counting_commits(storage, commits)
     for name in ("plain", "request"):
         study = optuna.create_study(study_name=name, storage=storage)
         for _ in range(32):
@@ -187,6 +197,7 @@ def test_a_requests_storage_gives_the_pruners_decisions_of_the_plain_storage(mak
             study = optuna.load_study(study_name=name, storage=store,
                                       pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
             pruned = []
+            commits.clear()
             for number in range(32):
                 value = values.random()
                 trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
@@ -197,12 +208,23 @@ def test_a_requests_storage_gives_the_pruners_decisions_of_the_plain_storage(mak
                 out.append((step, number, bool(trial.should_prune())))
                 if out[-1][2]:
                     pruned.append(trial_id)
+            if name == "request":
+                store.flush()
+                assert len(commits) == 2  # the read of its trials, and one transaction for every value and mark
+            else:  # a transaction a write: at least one a decision
+                assert len(commits) >= sum(at == step for at, *_ in out) > 1
             for trial_id in pruned:
                 storage.set_trial_state_values(trial_id, optuna.trial.TrialState.PRUNED)
         decided[name] = out
     assert decided["request"] == decided["plain"]
     assert 20 < sum(p for *_, p in decided["plain"]) < len(decided["plain"])  # it did prune, not everything
     assert len(reads) == 8  # one read of the study's trials per request (rung), not one per decision
+
+    def stored(name: str) -> list:
+        study = optuna.load_study(study_name=name, storage=storage)
+        return [(t.number, t.state, t.intermediate_values, t.system_attrs) for t in study.get_trials()]
+    assert stored("request") == stored("plain")
+    assert any(t[3] for t in stored("plain"))  # the rung marks are there to compare
 
 
 def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain_storage_samples(make_database):
@@ -242,6 +264,8 @@ def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain
                 trial = study.ask(space)
                 running.append(trial.number)
                 out.append((trial.number, trial.params))
+            if name == "request":
+                store.flush()
         asked[name] = out
     assert asked["request"] == asked["plain"]
     assert {"lr": 0.01, "width": 64} in [params for _, params in asked["plain"]]

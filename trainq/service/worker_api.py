@@ -407,6 +407,7 @@ def batch():
             answer["error"] = "not_found"
         except (jobs.Fenced, registry.Fenced):
             answer["fenced"] = True
+    sweeps.flush(studies)
     session.commit()
     if settled:
         registry.send_exports(session, services().export)
