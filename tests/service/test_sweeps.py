@@ -276,3 +276,30 @@ def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain
         return [(t.number, t.state, t.values, t.params) for t in study.get_trials()]
     assert ended("request") == ended("plain")
     assert len(reads) == 6  # one read of the study's trials per call
+
+
+def test_a_requests_writes_to_a_trial_another_process_ended_are_dropped_and_the_rest_stored(make_database):
+    """A trial can end (its job finished, told by `settle`) while a pack's asks for it are being decided: the batch
+    is then refused as a whole, and stored one write at a time, without the ended trial's (Optuna refuses writes to
+    a finished trial), never failing the request."""
+    import optuna
+
+    from trainq.service.sweeps import RequestStorage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = optuna.storages.RDBStorage(make_database())
+    study = optuna.create_study(study_name="s", storage=storage)
+    for _ in range(3):
+        study.ask()
+    store = RequestStorage(storage)
+    kept = optuna.load_study(study_name="s", storage=store)
+    ids = [t._trial_id for t in kept.get_trials(deepcopy=False)]
+    for n, trial_id in enumerate(ids):
+        store.set_trial_intermediate_value(trial_id, 3, 0.5 + n)
+        store.set_trial_system_attr(trial_id, "completed_rung_0", 0.5 + n)
+    storage.set_trial_state_values(ids[1], optuna.trial.TrialState.PRUNED)  # another process, meanwhile
+    store.flush()
+    after = optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert [t.intermediate_values for t in after] == [{3: 0.5}, {}, {3: 2.5}]
+    assert [t.system_attrs.get("completed_rung_0") for t in after] == [0.5, None, 2.5]
+    assert after[1].state == optuna.trial.TrialState.PRUNED

@@ -155,6 +155,14 @@ def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> Claim
     return Claim(job, attempt, token, resume)
 
 
+def load_attempts(session: Session, attempt_ids: list[str]) -> list:
+    """Load these attempts and their jobs in two queries, so that `live_attempt` finds them in the session instead
+    of querying twice per attempt (a pack's 32 members asking the pruner at once). The caller keeps the returned
+    list while it works: the session holds what it loaded only as long as something refers to it."""
+    attempts = session.scalars(select(Attempt).where(Attempt.id.in_(set(attempt_ids)))).all()
+    return [*attempts, *session.scalars(select(Job).where(Job.id.in_({a.job_id for a in attempts}))).all()]
+
+
 def live_attempt(session: Session, attempt_id: str, token: str) -> tuple[Attempt, Job]:
     """Return the attempt and its job if this attempt is the job's live one; raise Fenced otherwise."""
     attempt = session.get(Attempt, attempt_id)

@@ -80,14 +80,18 @@ def claim_many():
                                                                                "message": "1 to 256 job ids"}])
     worker = str(body.get("worker", "unknown"))[:255]
     answers = []
-    for job_id in ids:
-        status, answer = claim_one(job_id, worker, body.get("kind"), body.get("gpus"))
+    session = db()
+    held = session.scalars(select(Job).where(Job.id.in_(set(ids)))).all()  # noqa: F841 - one query, kept mapped
+    for job_id in ids:  # one transaction for all (a claim that fails is undone alone): one commit, not one each
+        status, answer = claim_one(job_id, worker, body.get("kind"), body.get("gpus"), commit=False)
         answers.append(answer if status == 200 else {"job_id": job_id, **answer})
+    session.commit()
     return jsonify({"claims": answers})
 
 
-def claim_one(job_id: str, worker: str, kind, gpus) -> tuple[int, dict]:
-    """Claim a job: (200, what the worker needs to run it) or (4xx, {error, message})."""
+def claim_one(job_id: str, worker: str, kind, gpus, commit: bool = True) -> tuple[int, dict]:
+    """Claim a job: (200, what the worker needs to run it) or (4xx, {error, message}). Committed, unless the
+    caller commits (the claim is then its own savepoint: a refused one changes nothing of the others)."""
     session = db()
     wanted, spec = session.execute(select(Job.device, Job.spec).where(Job.id == job_id)).first() or (None, {})
     if kind in workers.KINDS and wanted in workers.KINDS and wanted != kind:
@@ -97,13 +101,14 @@ def claim_one(job_id: str, worker: str, kind, gpus) -> tuple[int, dict]:
     if isinstance(gpus, int) and needs > 1 and gpus < needs:
         return 409, {"error": "wrong_device", "message": f"job {job_id} needs {needs} GPUs; {worker} has {gpus}"}
     try:
-        c = jobs.claim(session, job_id, worker, lease())
+        with session.begin_nested():
+            c = jobs.claim(session, job_id, worker, lease())
     except LookupError:
         return 404, {"error": "not_found", "message": f"no job {job_id}"}
     except jobs.Conflict as exc:
-        session.rollback()
         return 409, {"error": "not_claimable", "message": str(exc)}
-    session.commit()
+    if commit:
+        session.commit()
     settings = services().settings
     store = services().store
     resume = None
@@ -376,6 +381,7 @@ def batch():
         session.commit()
         return jsonify({"attempts": answers})
     answers, settled, studies = [], set(), {}
+    held = jobs.load_attempts(session, [entry["attempt_id"] for entry, _, _ in checked])  # noqa: F841 - kept mapped
     for entry, points, finish in checked:
         answer: dict = {"attempt_id": entry["attempt_id"]}
         answers.append(answer)
