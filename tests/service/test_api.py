@@ -311,6 +311,40 @@ def test_checkpoints_upload_list_download_and_prune(client, worker_headers):
     assert resume.data == blobs[2]
 
 
+def test_a_claim_of_many_jobs_resumes_each_from_its_own_latest_checkpoint(client, app, worker_headers):
+    """One request claims a pack's jobs whose leases expired: each gets a new attempt (the old one fenced) and
+    resumes from its own latest checkpoint (the furthest epoch), one that saved none from the start; a job that
+    another worker holds is refused alone."""
+    ids = [submit(client)["id"] for _ in range(4)]
+    first = client.post("/api/v1/worker/claims", json={"job_ids": ids[:3], "worker": "w1"}, headers=worker_headers)
+    old = first.json["claims"]
+    assert [c["attempt"] for c in old] == [1, 1, 1] and all(c["resume"] is None for c in old)
+    blobs = _checkpoint_blob(epochs=3)
+    for c, saved in zip(old, (blobs, blobs[:1], [])):
+        for blob in saved:
+            answer = client.post(f"/api/v1/worker/attempts/{c['attempt_id']}/checkpoints", data=blob,
+                                 headers=attempt_headers(worker_headers, c))
+            assert answer.status_code == 201
+    assert claim(client, ids[3], worker_headers, "w9").status_code == 200  # held, its lease running
+    session = app.extensions["trainq"].sessions()
+    session.execute(Job.__table__.update().where(Job.id.in_(ids[:3]))
+                    .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    again = client.post("/api/v1/worker/claims", json={"job_ids": ids, "worker": "w2"}, headers=worker_headers)
+    new = again.json["claims"]
+    assert [c.get("attempt") for c in new] == [2, 2, 2, None]
+    assert [c["resume"] and c["resume"]["epoch"] for c in new[:3]] == [3, 1, None]
+    assert new[3]["error"] == "not_claimable" and new[3]["job_id"] == ids[3]
+    resumed = client.get(f"/api/v1/worker/attempts/{new[0]['attempt_id']}/resume",
+                         headers=attempt_headers(worker_headers, new[0]))
+    assert resumed.data == blobs[2]
+    stale = client.post(f"/api/v1/worker/attempts/{old[0]['attempt_id']}/heartbeat", json={},
+                        headers=attempt_headers(worker_headers, old[0]))
+    assert stale.status_code == 409
+    events = [e["message"] for e in client.get(f"/api/v1/jobs/{ids[1]}/events").json["events"]]
+    assert "attempt 2 claimed by w2, resuming from epoch 1" in events
+
+
 def test_a_pickle_is_refused_as_a_checkpoint_and_stores_nothing(client, worker_headers, tmp_path):
     import os
     import pickle

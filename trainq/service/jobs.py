@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import and_, bindparam, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from trainq.models.spec import JobSpec, Plan
@@ -123,36 +123,49 @@ class Claim:
     resume: Checkpoint | None
 
 
-def claim(session: Session, job_id: str, worker: str, lease: timedelta) -> Claim:
-    """Take a job that is queued, or whose lease expired; hand out a fresh attempt token."""
+def claim(session: Session, job_ids: list[str], worker: str, lease: timedelta) -> dict[str, Claim | Exception]:
+    """Take jobs that are queued, or whose lease expired; hand each a fresh attempt and token. Per job: its Claim, a
+    LookupError (no such job) or a Conflict (not claimable now: it changes nothing). Each claim is one fenced
+    UPDATE; the rest is a few statements for all of them (a pack's 32 members were 250 statements one by one)."""
     now = utcnow()
-    job = session.get(Job, job_id)
-    if job is None:
-        raise LookupError(job_id)
-    attempt_id = new_id()
-    token = secrets.token_urlsafe(32)
+    found = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(set(job_ids))))}
     claimable = or_(
         and_(Job.status == JobStatus.queued.value, Job.cancel_requested.is_(False)),
         and_(Job.status == JobStatus.running.value, Job.lease_expires_at < now, Job.cancel_requested.is_(False)),
     )
-    won = session.execute(update(Job).where(Job.id == job_id, claimable).values(
-        status=JobStatus.running.value, current_attempt_id=attempt_id, lease_expires_at=now + lease,
-        worker=worker, attempts=Job.attempts + 1, started_at=Job.started_at if job.started_at else now,
-    ).execution_options(synchronize_session=False))
-    if won.rowcount != 1:
-        raise Conflict(f"job {job_id} is {job.status} and held by another attempt" if job.status == "running"
-                       else f"job {job_id} is {job.status}")
-    session.refresh(job)
-    previous = session.scalars(select(Attempt).where(Attempt.job_id == job_id, Attempt.status == "running")).all()
-    for old in previous:
+    out: dict[str, Claim | Exception] = {}
+    won: list[tuple[Job, str, str, int]] = []
+    for job_id in dict.fromkeys(job_ids):
+        job = found.get(job_id)
+        if job is None:
+            out[job_id] = LookupError(job_id)
+            continue
+        attempt_id, token = new_id(), secrets.token_urlsafe(32)
+        number = session.execute(update(Job).where(Job.id == job_id, claimable).values(
+            status=JobStatus.running.value, current_attempt_id=attempt_id, lease_expires_at=now + lease,
+            worker=worker, attempts=Job.attempts + 1, started_at=Job.started_at if job.started_at else now,
+        ).returning(Job.attempts).execution_options(synchronize_session=False)).scalar()
+        if number is None:
+            out[job_id] = Conflict(f"job {job_id} is {job.status} and held by another attempt"
+                                   if job.status == "running" else f"job {job_id} is {job.status}")
+            continue
+        won.append((job, attempt_id, token, number))
+    if not won:
+        return out
+    ids = [job.id for job, *_ in won]
+    session.scalars(select(Job).where(Job.id.in_(ids)).execution_options(populate_existing=True)).all()
+    for old in session.scalars(select(Attempt).where(Attempt.job_id.in_(ids), Attempt.status == "running")):
         old.status, old.ended_at = "lost", now
-    attempt = Attempt(id=attempt_id, job_id=job_id, number=job.attempts, token_hash=hash_token(token), worker=worker)
-    session.add(attempt)
-    resume = latest_checkpoint(session, job_id)
-    add_event(session, job_id, f"attempt {attempt.number} claimed by {worker}"
-              + (f", resuming from epoch {resume.epoch}" if resume else ""))
+    resumes = latest_checkpoints(session, ids)
+    for job, attempt_id, token, number in won:
+        attempt = Attempt(id=attempt_id, job_id=job.id, number=number, token_hash=hash_token(token), worker=worker)
+        session.add(attempt)
+        resume = resumes.get(job.id)
+        add_event(session, job.id, f"attempt {number} claimed by {worker}"
+                  + (f", resuming from epoch {resume.epoch}" if resume else ""))
+        out[job.id] = Claim(job, attempt, token, resume)
     session.flush()
-    return Claim(job, attempt, token, resume)
+    return out
 
 
 def load_attempts(session: Session, attempt_ids: list[str]) -> list:
@@ -330,8 +343,16 @@ def record_checkpoint(session: Session, ckpt: Checkpoint, store, keep: int) -> C
 
 
 def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
-    return session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
-                           .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1)).first()
+    return latest_checkpoints(session, [job_id]).get(job_id)
+
+
+def latest_checkpoints(session: Session, job_ids: list[str]) -> dict[str, Checkpoint]:
+    """Each job's latest checkpoint (the furthest step; the newest of a step), for those that have one: one query."""
+    newest = func.row_number().over(partition_by=Checkpoint.job_id,
+                                    order_by=(Checkpoint.step.desc(), Checkpoint.created_at.desc()))
+    ranked = select(Checkpoint.id, newest.label("rank")).where(Checkpoint.job_id.in_(set(job_ids))).subquery()
+    return {c.job_id: c for c in session.scalars(select(Checkpoint).join(ranked, ranked.c.id == Checkpoint.id)
+                                                 .where(ranked.c.rank == 1))}
 
 
 def prune_checkpoints(session: Session, job_id: str, store, keep: int) -> None:

@@ -62,7 +62,7 @@ def claim(job_id: str):
     worker = str(body.get("worker", "unknown"))[:255] if isinstance(body, dict) else "unknown"
     kind = body.get("kind") if isinstance(body, dict) else None
     gpus = body.get("gpus") if isinstance(body, dict) else None
-    status, answer = claim_one(job_id, worker, kind, gpus)
+    status, answer = claim_jobs([job_id], worker, kind, gpus)[0]
     if status != 200:
         fail(status, answer["error"], answer["message"])
     return jsonify(answer)
@@ -79,36 +79,41 @@ def claim_many():
         fail(400, "bad_request", "job_ids: a list of 1 to 256 job ids", errors=[{"path": "job_ids",
                                                                                "message": "1 to 256 job ids"}])
     worker = str(body.get("worker", "unknown"))[:255]
-    answers = []
-    session = db()
-    held = session.scalars(select(Job).where(Job.id.in_(set(ids)))).all()  # noqa: F841 - one query, kept mapped
-    for job_id in ids:  # one transaction for all (a claim that fails is undone alone): one commit, not one each
-        status, answer = claim_one(job_id, worker, body.get("kind"), body.get("gpus"), commit=False)
-        answers.append(answer if status == 200 else {"job_id": job_id, **answer})
-    session.commit()
+    answers = [answer if status == 200 else {"job_id": job_id, **answer}
+               for job_id, (status, answer) in zip(ids, claim_jobs(ids, worker, body.get("kind"), body.get("gpus")))]
     return jsonify({"claims": answers})
 
 
-def claim_one(job_id: str, worker: str, kind, gpus, commit: bool = True) -> tuple[int, dict]:
-    """Claim a job: (200, what the worker needs to run it) or (4xx, {error, message}). Committed, unless the
-    caller commits (the claim is then its own savepoint: a refused one changes nothing of the others)."""
+def claim_jobs(job_ids: list[str], worker: str, kind, gpus) -> list[tuple[int, dict]]:
+    """Claim jobs in one transaction: per job (200, what the worker needs to run it) or (4xx, {error, message})."""
     session = db()
-    wanted, spec = session.execute(select(Job.device, Job.spec).where(Job.id == job_id)).first() or (None, {})
-    if kind in workers.KINDS and wanted in workers.KINDS and wanted != kind:
-        return 409, {"error": "wrong_device",
-                     "message": f"job {job_id} needs a {wanted.upper()} worker; {worker} is a {kind.upper()} worker"}
-    needs = int(spec.get("resources", {}).get("gpus", 1))
-    if isinstance(gpus, int) and needs > 1 and gpus < needs:
-        return 409, {"error": "wrong_device", "message": f"job {job_id} needs {needs} GPUs; {worker} has {gpus}"}
-    try:
-        with session.begin_nested():
-            c = jobs.claim(session, job_id, worker, lease())
-    except LookupError:
-        return 404, {"error": "not_found", "message": f"no job {job_id}"}
-    except jobs.Conflict as exc:
-        return 409, {"error": "not_claimable", "message": str(exc)}
-    if commit:
-        session.commit()
+    refused: dict[str, tuple[int, dict]] = {}
+    for job_id, wanted, spec in session.execute(select(Job.id, Job.device, Job.spec).where(Job.id.in_(set(job_ids)))):
+        needs = int(spec.get("resources", {}).get("gpus", 1))
+        if kind in workers.KINDS and wanted in workers.KINDS and wanted != kind:
+            refused[job_id] = 409, {"error": "wrong_device", "message": f"job {job_id} needs a {wanted.upper()} "
+                                                                        f"worker; {worker} is a {kind.upper()} worker"}
+        elif isinstance(gpus, int) and needs > 1 and gpus < needs:
+            refused[job_id] = 409, {"error": "wrong_device",
+                                    "message": f"job {job_id} needs {needs} GPUs; {worker} has {gpus}"}
+    claimed = jobs.claim(session, [i for i in job_ids if i not in refused], worker, lease())
+    session.commit()
+    answers = []
+    for job_id in job_ids:
+        c = claimed.get(job_id)
+        if job_id in refused:
+            answers.append(refused[job_id])
+        elif isinstance(c, LookupError):
+            answers.append((404, {"error": "not_found", "message": f"no job {job_id}"}))
+        elif isinstance(c, jobs.Conflict):
+            answers.append((409, {"error": "not_claimable", "message": str(c)}))
+        else:
+            answers.append((200, claim_answer(c)))
+    return answers
+
+
+def claim_answer(c: jobs.Claim) -> dict:
+    """What a worker needs to run a job it claimed."""
     settings = services().settings
     store = services().store
     resume = None
@@ -129,10 +134,10 @@ def claim_one(job_id: str, worker: str, kind, gpus, commit: bool = True) -> tupl
             prune = {"metric": sweep.spec.get("metric", "val_loss"), "url": url_for("worker_api.prune_check",
                                                                                    attempt_id=c.attempt.id),
                      "epochs": sweeps.decision_epochs(sweep)}
-    return 200, {"job_id": job_id, "attempt_id": c.attempt.id, "attempt": c.attempt.number, "token": c.token,
-                 "spec": c.job.spec, "lease_seconds": settings.lease_seconds,
-                 "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume, "dataset": dataset,
-                 "prune": prune, "direct_checkpoints": store.direct}
+    return {"job_id": c.job.id, "attempt_id": c.attempt.id, "attempt": c.attempt.number, "token": c.token,
+            "spec": c.job.spec, "lease_seconds": settings.lease_seconds,
+            "heartbeat_seconds": settings.heartbeat_seconds, "resume": resume, "dataset": dataset,
+            "prune": prune, "direct_checkpoints": store.direct}
 
 
 @bp.post("/attempts/<hexid:attempt_id>/heartbeat")
