@@ -48,13 +48,27 @@ def add_event(session: Session, job_id: str, message: str, *, source: str = "ser
 
 def submit(session: Session, spec: JobSpec, plan: Plan, owner_id: str | None = None,
            dataset_id: str | None = None) -> Job:
-    job = Job(owner_id=owner_id, dataset_id=dataset_id, name=spec.name, spec=spec.model_dump(mode="json"),
-              enqueued_at=utcnow(), pool=spec.resources.pool, device=spec.resources.device,
-              priority=spec.resources.priority, params=plan.params, max_epochs=spec.training.epochs)
-    session.add(job)
-    session.flush()
-    add_event(session, job.id, f"submitted to pool {job.pool} ({plan.params} parameters)")
+    job = new_job(spec, plan, owner_id, dataset_id)
+    submit_many(session, [job])
     return job
+
+
+def new_job(spec: JobSpec, plan: Plan, owner_id: str | None = None, dataset_id: str | None = None,
+            **fields: Any) -> Job:
+    """A job as submitted (its id given), for `submit_many` to store."""
+    return Job(id=new_id(), owner_id=owner_id, dataset_id=dataset_id, name=spec.name,
+               spec=spec.model_dump(mode="json"), enqueued_at=utcnow(), pool=spec.resources.pool,
+               device=spec.resources.device, priority=spec.resources.priority, params=plan.params,
+               max_epochs=spec.training.epochs, **fields)
+
+
+def submit_many(session: Session, made: list[Job]) -> None:
+    """Store new jobs in one INSERT, then their first events (an event's row needs its job's, and the session does
+    not order the two tables' rows by itself: the jobs are flushed first)."""
+    session.add_all(made)
+    session.flush()
+    for job in made:
+        add_event(session, job.id, f"submitted to pool {job.pool} ({job.params} parameters)")
 
 
 def mark_enqueued(session: Session, job: Job, enqueue: Enqueue, pack: list[Job] | None = None) -> bool:

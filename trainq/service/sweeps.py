@@ -367,6 +367,7 @@ def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
     active = sum(job.status in ACTIVE for job in trials)
     created: list[Job] = []
     specs: dict[str, JobSpec] = {}
+    asked: dict[str, dict[str, Any]] = {}
     grid = spec.grid() if spec.method == "grid" else None
     while active < spec.parallel and sweep.launched < sweep.budget:
         number = sweep.launched
@@ -374,13 +375,19 @@ def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
         if grid is not None:
             study.enqueue_trial(grid[number], skip_if_exists=False)
         trial = study.ask(distributions(spec))
-        job, job_spec = _trial_job(session, sweep, spec, trial.number, trial.params)
+        job, job_spec = _trial_job(session, sweep, trial.number, trial.params)
         created.append(job)
-        specs[job.id] = job_spec
+        specs[job.id], asked[job.id] = job_spec, trial.params
         sweep.launched += 1
         active += 1
     study._storage.flush()
-    pack_trials(session, spec, created, specs)
+    packed = pack_trials(spec, created, specs)
+    jobs.submit_many(session, created)  # one INSERT for the trials launched together, not one each
+    for job in created:
+        jobs.add_event(session, job.id, f"trial {job.trial} of sweep {sweep.name}: "
+                       + ", ".join(f"{k}={v}" for k, v in asked[job.id].items()))
+        if job.id in packed:
+            jobs.add_event(session, job.id, packed[job.id])
     if sweep.launched >= sweep.budget and active == 0:
         sweep.status, sweep.finished_at = "succeeded" if sweep.best_job_id else "failed", utcnow()
         log.info("sweep %s ended: best %s = %s", sweep.id, sweep.best_job_id, sweep.best_value)
@@ -390,16 +397,18 @@ def settle(session: Session, settings: Settings, sweep_id: str) -> list[Job]:
     return created
 
 
-def pack_trials(session: Session, spec: SweepSpec, created: list[Job], specs: dict[str, JobSpec]) -> None:
+def pack_trials(spec: SweepSpec, created: list[Job], specs: dict[str, JobSpec]) -> dict[str, str]:
     """Group trials launched together whose specs differ only in packable fields into packs (one pack_id each),
     as large as `pack` allows: auto packs where packing was measured to pay (trainq.models.packing), a number at
-    most that many, off none. A pack's trials are sent to one worker at once and train as one model."""
+    most that many, off none. A pack's trials are sent to one worker at once and train as one model. Return each
+    packed trial's event saying so."""
     if spec.pack == "off" or len(created) < 2:
-        return
+        return {}
     groups: dict[str, list[Job]] = {}
     for job in created:
         if unpackable(specs[job.id]) is None:
             groups.setdefault(pack_key(specs[job.id]), []).append(job)
+    said: dict[str, str] = {}
     for members in groups.values():
         first = specs[members[0].id]
         device = "cuda" if first.resources.device == "gpu" else "cpu"  # any: a CPU worker may take it
@@ -412,12 +421,12 @@ def pack_trials(session: Session, spec: SweepSpec, created: list[Job], specs: di
             numbers = ", ".join(str(j.trial) for j in chunk)
             for job in chunk:
                 job.pack_id = pack_id
-                jobs.add_event(session, job.id, f"packed with trials {numbers}: they train together as one model, "
-                                                "each as it would alone")
+                said[job.id] = f"packed with trials {numbers}: they train together as one model, each as it would alone"
+    return said
 
 
-def _trial_job(session: Session, sweep: Sweep, spec: SweepSpec, number: int, params: dict[str, Any]
-               ) -> tuple[Job, JobSpec]:
+def _trial_job(session: Session, sweep: Sweep, number: int, params: dict[str, Any]) -> tuple[Job, JobSpec]:
+    """Trial `number` as a job, not yet stored (settle stores the trials it launches together)."""
     document = apply(sweep.base, params)
     document["name"] = f"{sweep.name} · trial {number}"[:200]
     document.pop("register_as", None)  # each trial is not a model: the sweep registers its best (register_best)
@@ -426,10 +435,8 @@ def _trial_job(session: Session, sweep: Sweep, spec: SweepSpec, number: int, par
     if job_spec.dataset.name == "upload":
         dataset_id = session.scalar(select(Dataset.id).where(Dataset.owner_id == sweep.owner_id,
                                                              Dataset.name == job_spec.dataset.upload))
-    job = jobs.submit(session, job_spec, plan(job_spec), owner_id=sweep.owner_id, dataset_id=dataset_id)
-    job.sweep_id, job.trial = sweep.id, number
-    jobs.add_event(session, job.id, f"trial {number} of sweep {sweep.name}: "
-                   + ", ".join(f"{k}={v}" for k, v in params.items()))
+    job = jobs.new_job(job_spec, plan(job_spec), owner_id=sweep.owner_id, dataset_id=dataset_id,
+                       sweep_id=sweep.id, trial=number)
     return job, job_spec
 
 
