@@ -231,7 +231,8 @@ def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain
     """`settle` tells finished trials and asks new ones through one RequestStorage per call. Over six calls of TPE
     (whose samples depend on every told value and every running trial) and an enqueued grid point (an ask that
     takes a waiting trial), the parameters asked are the plain storage's, and the study in the database ends the same:
-    states, values, parameters. And a call reads the trials once, not once per tell and ask."""
+    states, values, parameters. And a call reads the trials once, not once per tell and ask, and stores its tells
+    and parameters in one transaction."""
     import random
 
     import optuna
@@ -242,11 +243,13 @@ def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain
     storage = optuna.storages.RDBStorage(make_database())
     space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
              "width": optuna.distributions.IntDistribution(8, 128)}
-    asked, reads = {}, []
+    asked, reads, commits = {}, [], []
+    counting_commits(storage, commits)
     for name in ("plain", "request"):
         optuna.create_study(study_name=name, storage=storage)
         values, out, running = random.Random(3), [], []
         for call in range(6):
+            commits.clear()
             store = storage
             if name == "request":
                 store = RequestStorage(counting_reads(storage, reads))
@@ -266,6 +269,9 @@ def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain
                 out.append((trial.number, trial.params))
             if name == "request":
                 store.flush()
+                # a transaction per new trial (Optuna numbers them under a lock), the study's load and read, one for
+                # the tells, values and parameters together (and the enqueued point's two): not one per write
+                assert len(commits) <= 4 + 4 + (2 if call == 3 else 0)
         asked[name] = out
     assert asked["request"] == asked["plain"]
     assert {"lr": 0.01, "width": 64} in [params for _, params in asked["plain"]]
@@ -281,7 +287,7 @@ def test_settles_tells_and_asks_through_a_requests_storage_sample_what_the_plain
 def test_a_requests_writes_to_a_trial_another_process_ended_are_dropped_and_the_rest_stored(make_database):
     """A trial can end (its job finished, told by `settle`) while a pack's asks for it are being decided: the batch
     is then refused as a whole, and stored one write at a time, without the ended trial's (Optuna refuses writes to
-    a finished trial), never failing the request."""
+    a finished trial, a tell included: it stays as the other process left it), never failing the request."""
     import optuna
 
     from trainq.service.sweeps import RequestStorage
@@ -297,9 +303,11 @@ def test_a_requests_writes_to_a_trial_another_process_ended_are_dropped_and_the_
     for n, trial_id in enumerate(ids):
         store.set_trial_intermediate_value(trial_id, 3, 0.5 + n)
         store.set_trial_system_attr(trial_id, "completed_rung_0", 0.5 + n)
+    store.set_trial_state_values(ids[1], optuna.trial.TrialState.COMPLETE, [0.25])  # a tell, kept for the flush
+    store.set_trial_state_values(ids[2], optuna.trial.TrialState.COMPLETE, [0.75])
     storage.set_trial_state_values(ids[1], optuna.trial.TrialState.PRUNED)  # another process, meanwhile
     store.flush()
     after = optuna.load_study(study_name="s", storage=storage).get_trials()
     assert [t.intermediate_values for t in after] == [{3: 0.5}, {}, {3: 2.5}]
     assert [t.system_attrs.get("completed_rung_0") for t in after] == [0.5, None, 2.5]
-    assert after[1].state == optuna.trial.TrialState.PRUNED
+    assert [(t.state.name, t.values) for t in after] == [("RUNNING", None), ("PRUNED", None), ("COMPLETE", [0.75])]

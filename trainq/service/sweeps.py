@@ -132,19 +132,28 @@ class RequestStorage:
         if not pending:
             return
         inner = self._inner
-        helpers = [getattr(inner, f"_{method}_without_commit", None) for method, _ in pending]
+        helpers = [method == "set_trial_state_values" or getattr(inner, f"_{method}_without_commit", None)
+                   for method, _ in pending]
         if hasattr(inner, "scoped_session") and all(helpers):  # Optuna's RDB storage
             from optuna.storages._rdb.storage import _create_scoped_session
 
             try:
                 with _create_scoped_session(inner.scoped_session) as session:
-                    rest = _store_together(session, pending)
+                    rest = _store_together(session, [p for p in pending if p[0] != "set_trial_state_values"])
                     for method, args in rest:
                         getattr(inner, f"_{method}_without_commit")(session, *args)
+                    _end_together(inner, session, [args for method, args in pending
+                                                   if method == "set_trial_state_values"])
                 return
             except (sqlalchemy.exc.IntegrityError, optuna.exceptions.UpdateFinishedTrialError) as exc:
                 log.info("%d Optuna writes stored one by one (%s)", len(pending), type(exc).__name__)
         for method, args in pending:  # what each write alone does (the batch was refused as a whole)
+            if method == "set_trial_state_values":
+                try:
+                    inner.set_trial_state_values(*args)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # ended by another process meanwhile: it stays as that one left it
+                continue
             if method == "set_trial_attr":
                 model, *args = args
                 method = "set_trial_system_attr" if model is _rdb_models().TrialSystemAttributeModel \
@@ -235,9 +244,15 @@ class RequestStorage:
             kept._distributions[name] = distribution
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
-        self.flush()  # what the trial reported before it ends
-        changed = self._inner.set_trial_state_values(trial_id, state, values)
         kept = self._by_id.get(trial_id)
+        if state.is_finished() and kept is not None and kept.state == TrialState.RUNNING:
+            # a tell: kept for the flush too (callers ignore the answer; a trial another process ended meanwhile
+            # stays as that one left it, which is what the write alone would do: refused)
+            self._pending.append(("set_trial_state_values", (trial_id, state, values)))
+            changed = True
+        else:
+            self.flush()
+            changed = self._inner.set_trial_state_values(trial_id, state, values)
         if kept is None:
             return changed
         if not changed:  # another process moved it first (a waiting trial taken): what the database says now
@@ -269,6 +284,23 @@ def _rdb_models():
     from optuna.storages._rdb import models
 
     return models
+
+
+def _end_together(inner, session, ends: list[tuple]) -> None:
+    """Tells (trial id, finished state, values) in one transaction: the trials read and locked in one query, each
+    then changed as Optuna's own set_trial_state_values does (its values, its state, its completion time)."""
+    if not ends:
+        return
+    models = _rdb_models()
+    trials = {t.trial_id: t for t in session.query(models.TrialModel).filter(
+        models.TrialModel.trial_id.in_({trial_id for trial_id, _, _ in ends})).with_for_update()}
+    for trial_id, state, values in ends:
+        trial = trials.get(trial_id)
+        if trial is None or trial.state.is_finished():
+            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} ended meanwhile")
+        for objective, value in enumerate(values or []):
+            inner._set_trial_value_without_commit(session, trial, objective, value)
+        trial.state, trial.datetime_complete = state, datetime.now()
 
 
 def _store_together(session, pending: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
