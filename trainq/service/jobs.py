@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from trainq.models.spec import JobSpec, Plan
 from trainq.service.db import UTCDateTime, utcnow
 from trainq.service.objects import checkpoint_key
-from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, Worker, new_id
+from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, Sweep, Worker, new_id
 from trainq.service.telemetry import LEASES_EXPIRED, METRIC_POINTS
 
 # Sends a job id to its pool's queue (with `members`, a pack's ids in one message); False if the broker did not take it
@@ -183,11 +183,14 @@ def claim(session: Session, job_ids: list[str], worker: str, lease: timedelta) -
 
 
 def load_attempts(session: Session, attempt_ids: list[str]) -> list:
-    """Load these attempts and their jobs in two queries, so that `live_attempt` finds them in the session instead
-    of querying twice per attempt (a pack's 32 members asking the pruner at once). The caller keeps the returned
-    list while it works: the session holds what it loaded only as long as something refers to it."""
+    """Load these attempts, their jobs and their jobs' sweeps in three queries, so that `live_attempt` and the
+    sweep's pruner find them in the session instead of querying three times per attempt (a pack's 32 members
+    asking the pruner at once). The caller keeps the returned list while it works: the session holds what it loaded
+    only as long as something refers to it."""
     attempts = session.scalars(select(Attempt).where(Attempt.id.in_(set(attempt_ids)))).all()
-    return [*attempts, *session.scalars(select(Job).where(Job.id.in_({a.job_id for a in attempts}))).all()]
+    held = session.scalars(select(Job).where(Job.id.in_({a.job_id for a in attempts}))).all()
+    sweeps = session.scalars(select(Sweep).where(Sweep.id.in_({j.sweep_id for j in held if j.sweep_id}))).all()
+    return [*attempts, *held, *sweeps]
 
 
 def live_attempt(session: Session, attempt_id: str, token: str) -> tuple[Attempt, Job]:

@@ -142,7 +142,7 @@ class RequestStorage:
                     rest = _store_together(session, [p for p in pending if p[0] != "set_trial_state_values"])
                     for method, args in rest:
                         getattr(inner, f"_{method}_without_commit")(session, *args)
-                    _end_together(inner, session, [args for method, args in pending
+                    _end_together(session, [args for method, args in pending
                                                    if method == "set_trial_state_values"])
                 return
             except (sqlalchemy.exc.IntegrityError, optuna.exceptions.UpdateFinishedTrialError) as exc:
@@ -286,20 +286,30 @@ def _rdb_models():
     return models
 
 
-def _end_together(inner, session, ends: list[tuple]) -> None:
-    """Tells (trial id, finished state, values) in one transaction: the trials read and locked in one query, each
-    then changed as Optuna's own set_trial_state_values does (its values, its state, its completion time)."""
+def _end_together(session, ends: list[tuple]) -> None:
+    """Tells (trial id, finished state, values) in one transaction: the trials and their values read in two
+    queries (the trials locked), each then changed as Optuna's own set_trial_state_values does (its values, its
+    state, its completion time)."""
     if not ends:
         return
     models = _rdb_models()
+    ids = {trial_id for trial_id, _, _ in ends}
     trials = {t.trial_id: t for t in session.query(models.TrialModel).filter(
-        models.TrialModel.trial_id.in_({trial_id for trial_id, _, _ in ends})).with_for_update()}
+        models.TrialModel.trial_id.in_(ids)).with_for_update()}
+    stored = {(v.trial_id, v.objective): v for v in session.query(models.TrialValueModel).filter(
+        models.TrialValueModel.trial_id.in_(ids))}
     for trial_id, state, values in ends:
         trial = trials.get(trial_id)
         if trial is None or trial.state.is_finished():
             raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} ended meanwhile")
         for objective, value in enumerate(values or []):
-            inner._set_trial_value_without_commit(session, trial, objective, value)
+            number, kind = models.TrialValueModel.value_to_stored_repr(value)
+            row = stored.get((trial_id, objective))
+            if row is None:
+                session.add(models.TrialValueModel(trial_id=trial_id, objective=objective, value=number,
+                                                   value_type=kind))
+            else:
+                row.value, row.value_type = number, kind
         trial.state, trial.datetime_complete = state, datetime.now()
 
 
