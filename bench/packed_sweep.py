@@ -3,8 +3,9 @@ the way a user would: Optuna's ask/tell driving a plain PyTorch loop in one proc
 
 All three search the same space with the same sampler seed (trial n gets the same learning rate in each), prune with
 successive halving (reduction factor 3, first rung 30 / 9 = 3 epochs) and train the digits MLP 64-64-10 of
-engine_speed.py (batch 64, Adam, 30 epochs). The service runs on PostgreSQL and Redis with two CPU workers (one per
-core). Timed from the submit to the sweep's end as the service records it (the Optuna loop: from its first line to
+engine_speed.py (batch 64, Adam, 30 epochs). The service runs on PostgreSQL and Redis with two CPU workers, each
+given its share of the cores (one of two here: TRAINQ_CPU_THREADS; an unpacked trial of this MLP runs on one thread
+either way, the engine's choice for a step this small). Timed from the submit to the sweep's end as the service records it (the Optuna loop: from its first line to
 its last trial); each kind of sweep runs --repeats times, alternating, and its fastest counts (the machine is shared
 and noisy).
 
@@ -27,6 +28,8 @@ from bench.common import best_of, row
 from bench.engine_speed import MLP
 
 EPOCHS = 30
+WORKERS = 2
+CORES_PER_WORKER = max(1, (os.cpu_count() or 1) // WORKERS)
 
 
 def sweep_body(name: str, trials: int, pack) -> dict:
@@ -61,7 +64,7 @@ def training_alone(state: dict) -> tuple[float, float]:
     from trainq.models.packed import fit_pack
     from trainq.models.spec import parse_spec
 
-    torch.set_num_threads(os.cpu_count() or 1)  # a worker's share, as `trainq worker` sets it (each run picks within)
+    torch.set_num_threads(CORES_PER_WORKER)  # a worker's share, as the service's workers have it
 
     ran = [(parse_spec({**t["spec"], "training": {**t["spec"]["training"], "epochs": t["epochs"]}}), t["epochs"])
            for t in state["trials"]]
@@ -136,7 +139,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="sweeps of each kind, alternating; the fastest counts")
     args = parser.parse_args()
     runs: dict[str, list[tuple[float, dict]]] = {"auto": [], "off": []}
-    with running_stack(workers=2) as stack:
+    # Two workers on two cores: each worker's share is one core (TRAINQ_CPU_THREADS; `trainq worker` alone would
+    # take every core for each, and the two would fight the service and PostgreSQL for them).
+    with running_stack(workers=WORKERS, TRAINQ_CPU_THREADS=str(CORES_PER_WORKER)) as stack:
         through_service(stack, 2, "off")  # warm up both workers' processes and the service's Optuna storage
         for _ in range(args.repeats):
             for pack in runs:
