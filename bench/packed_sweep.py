@@ -5,9 +5,9 @@ All three search the same space with the same sampler seed (trial n gets the sam
 successive halving (reduction factor 3, first rung 30 / 9 = 3 epochs) and train the digits MLP 64-64-10 of
 engine_speed.py (batch 64, Adam, 30 epochs). The service runs on PostgreSQL and Redis with two CPU workers, each
 given its share of the cores (one of two here: TRAINQ_CPU_THREADS; an unpacked trial of this MLP runs on one thread
-either way, the engine's choice for a step this small). Timed from the submit to the sweep's end as the service records it (the Optuna loop: from its first line to
-its last trial); each kind of sweep runs --repeats times, alternating, and its fastest counts (the machine is shared
-and noisy).
+either way, the engine's choice for a step this small). Timed from the submit to the sweep's end as the service
+records it (the Optuna loop: from its first line to its last trial); each kind of sweep runs --repeats times,
+alternating, and its fastest counts (the machine is shared and noisy).
 
     python bench/packed_sweep.py [--trials 32] [--repeats 3]
 """
