@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
@@ -13,12 +14,20 @@ if str(ROOT) not in sys.path:
 
 
 def best_of(fn, repeats: int = 3) -> float:
-    """The fastest of several runs, in seconds: the least disturbed by a shared, noisy machine."""
+    """The fastest of several runs, in seconds: the least disturbed by a shared, noisy machine. As `timeit` does,
+    the garbage collector is off while a run is timed (after a collection): a full pass over torch's objects costs
+    about 0.2 s here and landed in one side or the other at random (trainq's worker freezes those objects, so its
+    jobs do not pay it either)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        finally:
+            gc.enable()
     return min(times)
 
 
