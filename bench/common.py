@@ -18,17 +18,24 @@ def best_of(fn, repeats: int = 3) -> float:
     the garbage collector is off while a run is timed (after a collection): a full pass over torch's objects costs
     about 0.2 s here and landed in one side or the other at random (trainq's worker freezes those objects, so its
     jobs do not pay it either)."""
-    times = []
+    return best_of_each([fn], repeats)[0]
+
+
+def best_of_each(fns: list, repeats: int = 3) -> list[float]:
+    """The fastest of several runs of each function, the functions taking turns (a baseline and what is measured
+    against it: a slow spell of the machine falls on both, not on all the runs of one)."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        gc.collect()
-        gc.disable()
-        try:
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        finally:
-            gc.enable()
-    return min(times)
+        for fn, taken in zip(fns, times):
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter()
+                fn()
+                taken.append(time.perf_counter() - start)
+            finally:
+                gc.enable()
+    return [min(taken) for taken in times]
 
 
 def percentile(values: list[float], q: float) -> float:

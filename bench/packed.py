@@ -2,10 +2,11 @@
 
 Members differ in learning rate and seed (as a sweep's trials do). Prints, for the digits MLP 64-64-10 (batch 64,
 Adam, 30 epochs) at N = 8 and N = 32, and for the small CNN of engine_speed.py at N = 8: the sequential time, the
-packed time (best of `--repeats`), their ratio against the target, and whether `pack: auto` would pack it (it packs
-only where packing was measured to pay: see trainq.models.packing.worth_packing), and the crossover rows: where
-packing stops paying on this CPU for wider MLPs and CNNs, and that `auto` does not pack there. Also checks the members' final test
-losses against the sequential runs' (they train the same trials; the difference is float rounding).
+packed time (best of `--repeats`, the two taking turns), their ratio against the target, and whether `pack: auto`
+would pack it (it packs only where packing was measured to pay: see trainq.models.packing.worth_packing), and the
+crossover rows: where packing stops paying on this CPU for wider MLPs and CNNs, and that `auto` does not pack there.
+Also checks the members' final test losses against the sequential runs' (they train the same trials; the difference
+is float rounding).
 
     python bench/packed.py [--device cuda] [--repeats 2]
 """
@@ -18,7 +19,7 @@ import copy
 import common  # noqa: F401 - puts the repository on sys.path
 import torch
 
-from bench.common import best_of, row
+from bench.common import best_of_each, row
 from bench.engine_speed import CNN, MLP
 from trainq.models.engine import fit
 from trainq.models.packed import fit_pack
@@ -51,8 +52,7 @@ def measure(name: str, raw: dict, n: int, target: float | None, device: str, rep
         packed_members[:] = fit_pack(specs, device=device)
 
     sequential(), packed()  # warm-up: lazy imports, allocator, (CUDA context and kernels)
-    seq = best_of(sequential, repeats)
-    pk = best_of(packed, repeats)
+    seq, pk = best_of_each([sequential, packed], repeats)
     if torch.cuda.is_available() and device.startswith("cuda"):
         torch.cuda.synchronize()
     gap = max(abs(a.metrics["test_loss"] - m.result.metrics["test_loss"])
@@ -85,8 +85,8 @@ def crossover(device: str) -> None:
         raw["training"]["epochs"] = 3
         specs = trials(raw, 4)
         fit(specs[0], device=device), fit_pack(specs[:2], device=device)
-        seq = best_of(lambda: [fit(spec, device=device) for spec in specs], 1)
-        pk = best_of(lambda: fit_pack(specs, device=device), 1)
+        seq, pk = best_of_each([lambda: [fit(spec, device=device) for spec in specs],
+                                lambda: fit_pack(specs, device=device)], 1)
         auto = worth_packing(specs[0], device)
         ok = "" if auto or pk / seq > 0.9 else " (auto leaves a gain unused)"
         bad = " FAIL: auto packs where packing is slower" if auto and pk / seq > 1.0 else ""

@@ -24,7 +24,7 @@ from datetime import datetime
 import common  # noqa: F401 - puts the repository on sys.path
 from stack import running_stack
 
-from bench.common import best_of, row
+from bench.common import best_of_each, row
 from bench.engine_speed import MLP
 
 EPOCHS = 30
@@ -81,8 +81,8 @@ def training_alone(state: dict) -> tuple[float, float]:
             s.clear()
         fit_pack(full, interrupts=stops, on_validated=stop_at_their_epochs)
     packed()  # warm-up
-    alone = best_of(lambda: [fit(spec) for spec, _ in ran], 2)
-    return alone / 2, best_of(packed, 2)
+    alone, together = best_of_each([lambda: [fit(spec) for spec, _ in ran], packed], 2)
+    return alone / 2, together
 
 
 def optuna_loop(trials: int) -> tuple[float, dict]:

@@ -229,7 +229,7 @@ def _member_losses(specs: list[JobSpec], states: list[State], out: torch.Tensor,
     """(N,) mean loss per member over its batch; members not in `live` get 0 (they take no gradient)."""
     loss = specs[0].loss
     if loss.type == "cross_entropy" and loss.class_weights is None:
-        logp = torch.log_softmax(out, dim=-1)
+        logp = out - out.logsumexp(-1, keepdim=True)  # log_softmax: its CPU kernel is 3x slower over 10 classes
         nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
         values = nll
         if any(s.loss.label_smoothing for s in specs):  # as F.cross_entropy: (1 - e) nll + e * mean_k(-log p_k)
