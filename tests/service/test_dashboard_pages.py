@@ -82,3 +82,19 @@ def test_the_runs_page_adds_columns_for_a_final_metric_and_chosen_hyperparameter
     row = row[:row.index("</tr>")]
     cells = [part.split("</td>")[0] for part in row.split('<td class="extra">')[1:]]
     assert cells == ["0.9125", "0.0030", "64", ""]  # an unknown column is empty, not an error
+
+
+def test_a_browser_gets_a_page_for_a_missing_run_and_a_client_the_apis_json(client):
+    """A mistyped or stale dashboard link answered the API's JSON in the browser; it is a page with a way back now,
+    while the API (and anything not asking for HTML first) keeps its JSON."""
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    missing = "0" * 32
+    page = client.get(f"/jobs/{missing}", headers=browser)
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert "404 · Not Found" in text and f"no job {missing}" in text and 'href="/"' in text
+    assert client.get("/no/such/page", headers=browser).status_code == 404
+    assert "404 · Not Found" in client.get("/no/such/page", headers=browser).get_data(as_text=True)
+    api = client.get(f"/api/v1/jobs/{missing}", headers=browser)
+    assert api.status_code == 404 and api.json["error"] == "not_found"
+    assert client.get(f"/jobs/{missing}", headers={"Accept": "*/*"}).json["error"] == "not_found"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, jsonify, render_template, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
@@ -15,7 +15,7 @@ from trainq.service.auth import RateLimiter, TokenCache
 from trainq.service.context import Services
 from trainq.service.objects import open_store
 from trainq.service.dashboard import bp as dashboard_bp
-from trainq.service.dashboard import missing_assets
+from trainq.service.dashboard import missing_assets, wants_page
 from trainq.service.datasets_api import bp as datasets_bp
 from trainq.service.db import heartbeat_engine, make_engine, make_sessionmaker
 from trainq.service.http import fail
@@ -100,6 +100,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         body = getattr(exc, "body", None) or {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}
+        if wants_page():  # a person at the dashboard: a page with a way back, not the API's JSON
+            return render_template("error.html", code=exc.code, name=exc.name, message=body["message"]), exc.code
         response = jsonify(body)
         response.status_code = exc.code or 500
         for key, value in (getattr(exc, "extra_headers", None) or {}).items():

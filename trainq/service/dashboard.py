@@ -30,6 +30,16 @@ def signed_in():
     return None
 
 
+NOT_PAGES = ("/api/", "/v2/", "/metrics", "/assets/", "/static/")
+
+
+def wants_page() -> bool:
+    """A browser asking for a page (a GET preferring HTML, outside the API): an error then answers with a page that
+    says what went wrong and links back, not the API's JSON (a mistyped or stale dashboard link showed that)."""
+    return (request.method == "GET" and not request.path.startswith(NOT_PAGES)
+            and request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html")
+
+
 @bp.app_context_processor
 def _template_helpers():
     return {"csrf_token": csrf_token, "me": principal, "missing_assets": missing_assets}
