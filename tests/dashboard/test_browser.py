@@ -419,3 +419,21 @@ def test_an_ensemble_with_learned_noise_draws_its_band_and_shows_its_members(pag
     assert "inference.members" in spec_text and "inference.samples" not in spec_text
     page.locator("#predictive-curve").scroll_into_view_if_needed()
     snap(page, "ensemble-band")
+
+
+def test_a_pruned_run_page_offers_no_cancel(page, stack):
+    """The page's script knew succeeded, failed and cancelled as the end of a run, not pruned: a sweep's pruned
+    trial showed a Cancel button (and its page polled on). The states now come from the service."""
+    job = stack.submit(with_(mlp(epochs=5), name="pruned-by-hand", resources={"pool": "nobody-serves-this"}))
+    worker = {"Authorization": "Bearer integration-token"}
+    claim = stack.http.post(f"{stack.url}/api/v1/worker/jobs/{job}/claim", json={"worker": "by-hand"},
+                            headers=worker, timeout=10).json()
+    ended = stack.http.post(f"{stack.url}/api/v1/worker/attempts/{claim['attempt_id']}/finish",
+                            json={"status": "pruned", "stop_reason": "pruned", "epoch": 1, "metrics": {}},
+                            headers={**worker, "X-Trainq-Attempt-Token": claim["token"]}, timeout=10)
+    assert ended.status_code == 200, ended.text
+    page.goto(f"{stack.url}/jobs/{job}")
+    page.locator("#job-status.pruned").wait_for()
+    page.wait_for_timeout(1500)  # a poll of the page's own
+    assert page.locator("#cancel").is_hidden()
+    assert page.get_attribute("body", "data-finished").split() == ["succeeded", "failed", "cancelled", "pruned"]

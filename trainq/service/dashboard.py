@@ -13,7 +13,7 @@ from trainq.service.auth import check_csrf, csrf_token, limit, principal, user_f
 from trainq.service.context import db, services
 from trainq.service.job_reads import STATUSES, change_cursor, filtered_jobs, jobs_page_json, read_job
 from trainq.service.lookups import get_job, get_sweep, visible
-from trainq.service.tables import Job, User
+from trainq.service.tables import FINISHED, Job, User
 
 bp = Blueprint("dashboard", __name__)
 OPEN_PAGES = {"dashboard.login", "dashboard.login_form", "dashboard.asset", "dashboard.favicon", "static"}
@@ -42,7 +42,7 @@ def wants_page() -> bool:
 
 @bp.app_context_processor
 def _template_helpers():
-    return {"csrf_token": csrf_token, "me": principal, "missing_assets": missing_assets}
+    return {"csrf_token": csrf_token, "me": principal, "missing_assets": missing_assets, "finished_states": FINISHED}
 
 
 def safe_next(target: str | None) -> str:
