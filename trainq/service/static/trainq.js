@@ -135,13 +135,16 @@ class LineChart {
     if (this.plot) { this.plot.setData(data); return; }
     this.target.textContent = "";
     const width = Math.max(320, this.target.clientWidth || 480);
+    // A series of one or two values draws its dots (a line needs two points: a run stopped after its first epoch
+    // had blank loss and accuracy charts)
+    const sparse = (u, si) => { let n = 0; for (const v of u.data[si]) if (v != null && ++n > 2) return false; return true; };
     // Without the cursor on the chart, the legend shows each series' latest value rather than "--"
     const latest = u => { if (u.cursor.idx === null || u.cursor.idx === undefined) u.setLegend({idx: u.data[0].length - 1}); };
     this.plot = new uPlot({
       width, height: 240, plugins: [...this.plugins, {hooks: {ready: [latest], setData: [latest], setCursor: [latest]}}],
       scales: {x: {time: false}, ...(this.log ? {y: {distr: 3}} : {})},
       axes: [{label: this.xLabel, incrs: INTEGER_STEPS}, {size: 60, values: (u, splits) => splits.map(v => v === null ? "" : tickLabel(v))}],
-      series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: colour(i), width: 1.5, spanGaps: true, points: {show: false}, ...((this.styles || {})[n] || {})}))],
+      series: [{label: this.xLabel}, ...this.names.map((n, i) => ({label: n, stroke: colour(i), width: 1.5, spanGaps: true, points: {show: sparse}, ...((this.styles || {})[n] || {})}))],
     }, data, this.target);
   }
   count(name) { return this.points[name] ? this.points[name].size : 0; }
