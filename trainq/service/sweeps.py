@@ -517,7 +517,7 @@ def should_prune(session: Session, settings: Settings, job: Job, epoch: int, val
         return False
     if studies is not None and sweep.id in studies:
         study = studies[sweep.id]
-    elif studies is not None:  # several asks in one request: the study's trials read once (RequestStorage)
+    elif studies is not None:  # the study's trials read once for the request's asks (RequestStorage)
         study = studies[sweep.id] = load_study(settings, sweep, store=RequestStorage(storage(settings)))
     else:
         study = load_study(settings, sweep)

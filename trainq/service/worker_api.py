@@ -344,8 +344,9 @@ def prune_check(attempt_id: str):
         fail(400, "bad_request", "epoch (an integer) and value (a number) are required")
     if job.sweep_id is None or not math.isfinite(value):
         return jsonify({"prune": False})
-    session = db()
-    prune = sweeps.should_prune(session, services().settings, job, epoch, value)
+    session, studies = db(), {}
+    prune = sweeps.should_prune(session, services().settings, job, epoch, value, studies)
+    sweeps.flush(studies)  # its reported value and rung mark in one transaction
     if prune:
         jobs.add_event(session, job.id, f"pruned at epoch {epoch} ({value:.4g}): the sweep's pruner stops it")
         session.commit()
