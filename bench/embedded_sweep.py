@@ -23,21 +23,18 @@ import common  # noqa: F401 - puts the repository on sys.path
 import requests
 
 from bench.packed_sweep import sweep_body
+from tests.integration.stack import wait_until
 
 TOKEN = "embedded-sweep-bench"
 
 
-def wait_healthy(url: str, proc: subprocess.Popen) -> None:
-    for _ in range(240):
-        if proc.poll() is not None:
-            sys.exit(f"trainq up exited with {proc.returncode}")
-        try:
-            if requests.get(f"{url}/api/v1/health", timeout=1).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    sys.exit("trainq up did not become healthy in 2 minutes")
+def healthy(url: str, proc: subprocess.Popen) -> bool:
+    if proc.poll() is not None:
+        sys.exit(f"trainq up exited with {proc.returncode}")
+    try:
+        return requests.get(f"{url}/api/v1/health", timeout=1).ok
+    except requests.RequestException:
+        return False
 
 
 def run_sweep(http: requests.Session, url: str, body: dict) -> tuple[float, dict]:
@@ -71,8 +68,11 @@ def main() -> None:
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {TOKEN}"
     try:
-        wait_healthy(url, proc)
+        wait_until(lambda: healthy(url, proc), 120, "trainq up answering")
         results = {}
+        warm = sweep_body("warm-up", 2, "off")  # the worker's first job pays its process start and imports
+        warm["base"]["resources"] = {"pool": args.device, "device": args.device}
+        run_sweep(http, url, warm)
         for pack in ("auto", "off"):
             body = sweep_body(f"embedded-{pack}", args.trials, pack)
             body["base"]["resources"] = {"pool": args.device, "device": args.device}
