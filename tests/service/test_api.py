@@ -330,9 +330,11 @@ def test_a_claim_of_many_jobs_resumes_each_from_its_own_latest_checkpoint(client
     session.execute(Job.__table__.update().where(Job.id.in_(ids[:3]))
                     .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     session.commit()
-    again = client.post("/api/v1/worker/claims", json={"job_ids": ids, "worker": "w2"}, headers=worker_headers)
+    again = client.post("/api/v1/worker/claims", json={"job_ids": ids + ids[:1], "worker": "w2"},
+                        headers=worker_headers)
     new = again.json["claims"]
-    assert [c.get("attempt") for c in new] == [2, 2, 2, None]
+    assert [c.get("attempt") for c in new] == [2, 2, 2, None, None]
+    assert new[4]["error"] == "not_claimable" and "twice" in new[4]["message"]  # one claim a job, never two tokens
     assert [c["resume"] and c["resume"]["epoch"] for c in new[:3]] == [3, 1, None]
     assert new[3]["error"] == "not_claimable" and new[3]["job_id"] == ids[3]
     resumed = client.get(f"/api/v1/worker/attempts/{new[0]['attempt_id']}/resume",

@@ -98,9 +98,13 @@ def claim_jobs(job_ids: list[str], worker: str, kind, gpus) -> list[tuple[int, d
                                     "message": f"job {job_id} needs {needs} GPUs; {worker} has {gpus}"}
     claimed = jobs.claim(session, [i for i in job_ids if i not in refused], worker, lease())
     session.commit()
-    answers = []
+    answers, seen = [], set()
     for job_id in job_ids:
         c = claimed.get(job_id)
+        if job_id in seen:  # one claim a job: the same id again is refused, as a second request would be
+            answers.append((409, {"error": "not_claimable", "message": f"job {job_id} is named twice in this claim"}))
+            continue
+        seen.add(job_id)
         if job_id in refused:
             answers.append(refused[job_id])
         elif isinstance(c, LookupError):
