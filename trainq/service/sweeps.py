@@ -120,7 +120,7 @@ class RequestStorage:
         self._trials: dict[int, list[optuna.trial.FrozenTrial]] = {}
         self._by_id: dict[int, optuna.trial.FrozenTrial] = {}
         self._directions: dict[int, list] = {}
-        self._pending: list[tuple[str, tuple]] = []  # (the storage's method, its arguments after the session)
+        self._pending: list[tuple[str, tuple]] = []  # (the storage's write method, its arguments)
 
     def __getattr__(self, name: str):
         if not name.startswith("_"):
@@ -133,36 +133,23 @@ class RequestStorage:
         if not pending:
             return
         inner = self._inner
-        helpers = [method == "set_trial_state_values" or getattr(inner, f"_{method}_without_commit", None)
-                   for method, _ in pending]
-        if hasattr(inner, "scoped_session") and all(helpers):  # Optuna's RDB storage
+        engine = getattr(inner, "engine", None)  # Optuna's RDB storage (or what wraps it) on a database we upsert on
+        if engine is not None and engine.dialect.name in ("postgresql", "sqlite"):
             from optuna.storages._rdb.storage import _create_scoped_session
 
             try:
                 with _create_scoped_session(inner.scoped_session) as session:
-                    rest = _store_together(session, [p for p in pending if p[0] != "set_trial_state_values"])
-                    for method, args in rest:
-                        getattr(inner, f"_{method}_without_commit")(session, *args)
-                    _end_together(session, [args for method, args in pending
-                                                   if method == "set_trial_state_values"])
+                    for args in _store_together(session, pending):  # the parameters are left to Optuna's helper
+                        inner._set_trial_param_without_commit(session, *args)
+                    _end_together(session, [args for method, args in pending if method == "set_trial_state_values"])
                 return
             except (sqlalchemy.exc.IntegrityError, optuna.exceptions.UpdateFinishedTrialError) as exc:
                 log.info("%d Optuna writes stored one by one (%s)", len(pending), type(exc).__name__)
         for method, args in pending:  # what each write alone does (the batch was refused as a whole)
-            if method == "set_trial_state_values":
-                try:
-                    inner.set_trial_state_values(*args)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    pass  # ended by another process meanwhile: it stays as that one left it
-                continue
-            if method == "set_trial_attr":
-                model, *args = args
-                method = "set_trial_system_attr" if model is _rdb_models().TrialSystemAttributeModel \
-                    else "set_trial_user_attr"
             try:
                 getattr(inner, method)(*args)
             except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another process ended the trial meanwhile: what it reported no longer decides anything
+                pass  # another process ended the trial meanwhile: it stays as that one left it
 
     def _defer(self, trial_id: int, method: str, *args) -> bool:
         """Keep a write for `flush` when this storage keeps its trial (else the caller writes it through now)."""
@@ -214,13 +201,13 @@ class RequestStorage:
             self._by_id[trial_id].intermediate_values[step] = value
 
     def set_trial_system_attr(self, trial_id: int, key: str, value) -> None:
-        if not self._defer(trial_id, "set_trial_attr", _rdb_models().TrialSystemAttributeModel, trial_id, key, value):
+        if not self._defer(trial_id, "set_trial_system_attr", trial_id, key, value):
             self._inner.set_trial_system_attr(trial_id, key, value)
         if trial_id in self._by_id:
             self._by_id[trial_id]._system_attrs[key] = value
 
     def set_trial_user_attr(self, trial_id: int, key: str, value) -> None:
-        if not self._defer(trial_id, "set_trial_attr", _rdb_models().TrialUserAttributeModel, trial_id, key, value):
+        if not self._defer(trial_id, "set_trial_user_attr", trial_id, key, value):
             self._inner.set_trial_user_attr(trial_id, key, value)
         if trial_id in self._by_id:
             self._by_id[trial_id]._user_attrs[key] = value
@@ -314,26 +301,27 @@ def _end_together(session, ends: list[tuple]) -> None:
         trial.state, trial.datetime_complete = state, datetime.now()
 
 
-def _store_together(session, pending: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+def _store_together(session, pending: list[tuple[str, tuple]]) -> list[tuple]:
     """Store the reported values and attributes among `pending` in one upsert each, their trials' states checked in
-    one query (what Optuna's own writes check one write at a time, in three or four queries each); return the writes
-    left to the storage's own helpers (parameters, and everything on a database without upserts)."""
+    one query (what Optuna's own writes check one write at a time, in three or four queries each); return the
+    parameters' arguments, left to Optuna's own helper (it checks each against the study's earlier distributions)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    upsert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(session.get_bind().dialect.name)
-    if upsert is None:
-        return pending
-    models, values, attrs, rest = _rdb_models(), {}, {}, []
+    upsert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
+    models = _rdb_models()
+    attr_models = {"set_trial_system_attr": models.TrialSystemAttributeModel,
+                   "set_trial_user_attr": models.TrialUserAttributeModel}
+    values, attrs, params = {}, {}, []
     for method, args in pending:  # the last write of a key wins, as one after another
         if method == "set_trial_intermediate_value":
             values[args[:2]] = args[2]
-        elif method == "set_trial_attr":
-            attrs[args[:3]] = args[3]
-        else:
-            rest.append((method, args))
+        elif method in attr_models:
+            attrs[(attr_models[method], *args[:2])] = args[2]
+        elif method == "set_trial_param":
+            params.append(args)
     trials = {trial_id for trial_id, _ in values} | {trial_id for _, trial_id, _ in attrs}
     if not trials:
-        return rest
+        return params
     states = dict(session.execute(select(models.TrialModel.trial_id, models.TrialModel.state)
                                   .where(models.TrialModel.trial_id.in_(trials))).all())
     if len(states) < len(trials) or any(state.is_finished() for state in states.values()):
@@ -354,7 +342,7 @@ def _store_together(session, pending: list[tuple[str, tuple]]) -> list[tuple[str
         statement = upsert(model).values(rows)
         session.execute(statement.on_conflict_do_update(index_elements=[model.trial_id, model.key],
                                                         set_={"value_json": statement.excluded.value_json}))
-    return rest
+    return params
 
 
 def create(session: Session, settings: Settings, spec: SweepSpec, base: dict, owner_id: str | None) -> Sweep:

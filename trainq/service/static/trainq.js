@@ -4,8 +4,8 @@
 
 const CSRF = document.body.dataset.csrf;
 const IS_ADMIN = document.body.dataset.admin === "1";
-// The states a job ends in, as the service lists them (pruned was missing here: a pruned run's page offered Cancel)
-const FINISHED = (document.body.dataset.finished || "succeeded failed cancelled pruned").split(" ");
+// The states a job ends in, as the service lists them (base.html; a list of its own here lacked "pruned")
+const FINISHED = document.body.dataset.finished.split(" ");
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f", "#a16207",
                 "#475569"];
 
