@@ -1,0 +1,221 @@
+"""What a file is, read from its first bytes, and tables read from it with pyarrow.
+
+A table is read in record batches, so a file larger than memory can be profiled or scanned with a bounded budget.
+Every problem is a DataError whose message names the row, column or file at fault and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Iterator
+
+TABLES = ("csv", "tsv", "parquet", "jsonl")
+FORMATS = TABLES + ("npz", "zip", "tar")
+SNIFF_BYTES = 64 * 1024  # how much of a file `sniff` needs
+BLOCK_BYTES = 4 << 20  # CSV and JSON Lines are parsed this much at a time
+
+
+class DataError(ValueError):
+    """The data cannot be used as it is; the message says where (row, column, file) and how to fix it."""
+
+
+def sniff(head: bytes) -> str:
+    """The format of a file from its first bytes (SNIFF_BYTES of them, or all of a smaller file)."""
+    if head[:4] == b"PAR1":
+        return "parquet"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"  # an NPZ is a zip of .npy files: `zip_kind` tells them apart
+    if head[:2] == b"\x1f\x8b" or head[257:262] == b"ustar":
+        return "tar"
+    if not head.strip():
+        raise DataError("the file is empty; upload a CSV, TSV, Parquet, JSON Lines, NPZ file or a zip/tar of images")
+    if b"\x00" in head:
+        raise DataError("not a format trainq reads (binary data that is not Parquet, NPZ, zip or tar); upload a CSV, "
+                        "TSV, Parquet, JSON Lines, NPZ file or a zip/tar of class folders of images")
+    text = head.decode("utf-8-sig", errors="replace").lstrip()
+    if text.startswith("{"):
+        return "jsonl"
+    if text.startswith("["):
+        raise DataError("a JSON array is not read; write one JSON object per line (JSON Lines)")
+    first = text.split("\n", 1)[0]
+    return "tsv" if first.count("\t") > first.count(",") else "csv"
+
+
+def sniff_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return sniff(f.read(SNIFF_BYTES))
+
+
+def zip_kind(path: Path) -> str:
+    """npz for a zip of .npy arrays, else zip (an archive of images)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"not a readable zip file: {exc}") from None
+    return "npz" if names and all(n.endswith(".npy") for n in names) else "zip"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _csv_options(fmt: str, types: dict | None):
+    import pyarrow.csv as pcsv
+
+    parse = pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True)
+    convert = pcsv.ConvertOptions(strings_can_be_null=True, column_types=types or {})
+    return pcsv.ReadOptions(block_size=BLOCK_BYTES), parse, convert
+
+
+_COLUMN_NUMBER = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
+
+
+RESTART = None  # what `batches` yields when what it yielded so far is to be forgotten: it starts again
+
+
+def _csv_batches(source, fmt: str) -> Iterator:
+    """A CSV's record batches, streamed. pyarrow's streaming reader takes each column's type from the first block
+    and fails on a later value that does not fit it ('x' in a column of numbers); the file is then read again from
+    the start with that column as text (as reading the whole file at once would type it), after a RESTART."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    types: dict[str, object] = {}
+    while True:
+        read, parse, convert = _csv_options(fmt, types)
+        if hasattr(source, "seek"):
+            source.seek(0)
+        try:
+            reader = pcsv.open_csv(source, read_options=read, parse_options=parse, convert_options=convert)
+            names = reader.schema.names
+            for batch in reader:
+                yield batch
+            return
+        except pa.ArrowInvalid as exc:
+            found = _COLUMN_NUMBER.search(str(exc))
+            if found is None or names[int(found.group(1))] in types:
+                raise _csv_error(exc, source) from None
+            types[names[int(found.group(1))]] = pa.string()
+            yield RESTART
+
+
+def _csv_error(exc: Exception, source) -> DataError:
+    """pyarrow's parse error as a DataError naming the line (the header is line 1)."""
+    message = str(exc)
+    ragged = re.search(r"Expected (\d+) columns, got (\d+): (.*)", message, re.S)
+    if ragged is not None:
+        text = ragged.group(3).strip()
+        line = _line_of(source, text[:200])
+        where = f"line {line}" if line else "a row"
+        return DataError(f"{where}: {ragged.group(2)} fields, the header has {ragged.group(1)} ({text[:80]!r}); "
+                         "quote fields that hold the delimiter, or fix the row")
+    if "Empty CSV file" in message:
+        return DataError("the file is empty; a CSV needs a header row and data rows")
+    return DataError(f"not a readable CSV: {message[:300]}")
+
+
+def _line_of(source, text: str) -> int | None:
+    """The 1-based line number of the first line that begins with `text`, for an error message."""
+    if not text:
+        return None
+    probe = text[:60].encode()
+    if hasattr(source, "seek"):
+        source.seek(0)
+        return next((n for n, line in enumerate(iter(source.readline, b""), 1) if line.startswith(probe)), None)
+    with open(source, "rb") as f:
+        return next((n for n, line in enumerate(f, 1) if line.startswith(probe)), None)
+
+
+def _json_batches(source) -> Iterator:
+    import pyarrow as pa
+    import pyarrow.json as pjson
+
+    try:
+        reader = pjson.open_json(source, read_options=pjson.ReadOptions(block_size=BLOCK_BYTES))
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        message = str(exc)
+        changed = re.search(r"Column\((/[^)]*)\) changed from (\w+) to (\w+) in row (\d+)", message)
+        if changed is not None:
+            raise DataError(f"row {int(changed.group(4)) + 1}, field {changed.group(1)[1:]!r}: {changed.group(3)} "
+                            f"where earlier rows have {changed.group(2)}; give a field one type in every row "
+                            "(quote the numbers to read it as text)") from None
+        raise DataError(f"not readable JSON Lines: {message[:300]}; write one JSON object per line") from None
+
+
+def _parquet_batches(source, budget_bytes: int | None) -> Iterator:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable Parquet file: {str(exc)[:300]}") from None
+    meta = file.metadata
+    if budget_bytes is not None:
+        for g in range(meta.num_row_groups):
+            size = meta.row_group(g).total_byte_size
+            if size > budget_bytes:
+                raise DataError(f"row group {g} holds {size / 2**20:.0f} MiB uncompressed, more than the memory "
+                                f"budget of {budget_bytes / 2**20:.0f} MiB (TRAINQ_DATA_MEMORY_MB); write the file "
+                                "with smaller row groups (pyarrow: row_group_size=100_000)")
+    try:
+        yield from file.iter_batches(batch_size=65_536)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"the Parquet file could not be read: {str(exc)[:300]}") from None
+
+
+def batches(source, fmt: str, budget_bytes: int | None = None) -> Iterator:
+    """The record batches of a table file (a path or a binary file object), streamed; checked to be flat. A
+    RESTART among them means: forget the batches so far, they come again with a column typed otherwise."""
+    if fmt not in TABLES:
+        raise ValueError(f"{fmt} is not a table format")
+    source = str(source) if isinstance(source, Path) else source
+    it = (_csv_batches(source, fmt) if fmt in ("csv", "tsv") else _json_batches(source) if fmt == "jsonl"
+          else _parquet_batches(source, budget_bytes))
+    checked = False
+    for batch in it:
+        if batch is RESTART:
+            yield RESTART
+            continue
+        if not checked:
+            check_schema(batch.schema, fmt)
+            checked = True
+        yield batch
+    if not checked and fmt not in ("csv", "tsv"):  # a CSV of a header alone: its consumer says what is missing
+        raise DataError("the file holds no rows")
+
+
+def check_schema(schema, fmt: str) -> None:
+    """Refuse what trainq cannot train on as a column: nested values, repeated or empty names."""
+    import pyarrow as pa
+
+    names = schema.names
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"the column name {twice[0]!r} appears twice; give every column its own name")
+    for i, f in enumerate(schema):
+        if not f.name.strip():
+            raise DataError(f"column {i + 1} has no name; name every column in the header")
+        if pa.types.is_nested(f.type):
+            what = "objects or lists" if fmt == "jsonl" else f"nested values ({f.type})"
+            raise DataError(f"column {f.name!r} holds {what}; trainq reads flat columns of numbers and text: "
+                            "flatten it into columns of its own before uploading")
+
+
+def read_table(source, fmt: str, budget_bytes: int | None = None):
+    """A whole table file as one pyarrow Table."""
+    import pyarrow as pa
+
+    parts: list = []
+    for batch in batches(source, fmt, budget_bytes):
+        parts = [] if batch is RESTART else parts + [batch]
+    if not parts:
+        raise DataError("the file holds no rows; a CSV needs a header row and data rows")
+    return pa.Table.from_batches(parts).combine_chunks()
