@@ -50,7 +50,10 @@ class Settings(BaseSettings):
     cookie_secure: bool = False  # set behind TLS so the session cookie is never sent in clear
     login_per_minute: int = Field(10, gt=0)  # sign-in attempts per client address and user name
     submit_per_minute: int = Field(600, gt=0)  # job submissions per user (per service process)
-    max_dataset_rows: int = Field(1_000_000, gt=0)  # an uploaded dataset with more rows is refused
+    max_dataset_rows: int = Field(0, ge=0)  # an uploaded dataset with more rows is refused (0: no limit)
+    data_memory_mb: int = Field(1024, gt=0)  # a worker's budget for one dataset in memory; larger ones stream
+    max_archive_mb: int = Field(20 * 1024, gt=0)  # an archive of images inflating past this is refused
+    max_image_pixels: int = Field(40_000_000, gt=0)  # an image with more pixels (from its header) is refused
     max_params: int = Field(50_000_000, gt=0)  # a larger model is refused at submission
     max_memory_bytes: int = Field(16 * 1024**3, gt=0)  # so is a larger memory estimate
     model_cache: int = Field(16, ge=1)  # onnxruntime sessions of model versions kept in each service process

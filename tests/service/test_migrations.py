@@ -10,7 +10,7 @@ from sqlalchemy import inspect
 from trainq.service.db import Base, make_engine
 from trainq.service.migrate import downgrade, upgrade
 
-TABLES = {"alembic_version", "jobs", "attempts", "metrics", "checkpoints", "events", "users", "api_tokens", "audit_log", "datasets", "workers", "sweeps", "models", "model_versions", "model_aliases", "batch_jobs"}
+TABLES = {"alembic_version", "jobs", "attempts", "metrics", "checkpoints", "events", "users", "api_tokens", "audit_log", "datasets", "dataset_uploads", "workers", "sweeps", "models", "model_versions", "model_aliases", "batch_jobs"}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from trainq.models.spec import MODEL_NAME, FieldError, JobSpec, Spec, SpecError, message_of, parse_spec
+from trainq.models.spec import MODEL_NAME, FieldError, JobSpec, Spec, SpecError, message_of, parse_spec, pinned
 
 PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*$")
 MAXIMIZE = ("accuracy", "r2", "f1", "precision", "recall")
@@ -191,7 +191,7 @@ def parse_sweep(data: Any, uploads=None) -> tuple[SweepSpec, dict]:
         base_spec: JobSpec = parse_spec(sweep.base, uploads=uploads)
     except SpecError as exc:
         raise SpecError([FieldError(f"base.{e.path}" if e.path else "base", e.message) for e in exc.errors]) from None
-    base = base_spec.model_dump(mode="json")
+    base = pinned(base_spec)  # every trial on the same dataset version
     errors: list[FieldError] = []
     for path, dist in sweep.search.items():
         where = f"search.{path}"

@@ -27,7 +27,7 @@ from trainq.service.job_reads import (
     read_job,
     send_checkpoint,
 )
-from trainq.service.lookups import find_dataset, get_job, upload_info, visible
+from trainq.service.lookups import get_job, upload_info, visible
 from trainq.service.objects import checkpoint_key
 from trainq.service.tables import FINISHED, ApiToken, AuditEntry, Checkpoint, Event, Job, JobStatus, Metric, User
 
@@ -86,9 +86,7 @@ def submit_job():
     p = principal()
     limit(f"submit:{p.id}", services().settings.submit_per_minute)
     session = db()
-    dataset = None
-    if spec.dataset.name == "upload":
-        dataset = find_dataset(spec.dataset.upload).id
+    dataset = spec.dataset.uploaded.id if spec.dataset.uploaded is not None else None
     job = jobs.submit(session, spec, job_plan, owner_id=p.id, dataset_id=dataset)
     audit("submit", f"job:{job.id}", name=job.name)
     session.commit()  # before the broker has the id: a worker must find the job when it claims it

@@ -17,14 +17,14 @@ from trainq.service.context import db, read_connection, services
 from trainq.service.http import fail, send_object
 from trainq.service.lookups import visible
 from trainq.service.objects import checkpoint_key
-from trainq.service.tables import Checkpoint, Event, Job, JobStatus, Metric
+from trainq.service.tables import Checkpoint, Dataset, Event, Job, JobStatus, Metric
 
 STATUSES = {s.value for s in JobStatus}
 CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")  # what change_cursor writes; 18 digits stay below 2**63
 
 JOB_FIELDS = ("id", "name", "sweep_id", "status", "pool", "device", "priority", "params", "created_at", "started_at",
               "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason",
-              "cancel_requested", "metrics", "error", "spec", "trial", "pack_id")  # what job_json reads: the job read selects only these
+              "cancel_requested", "metrics", "error", "spec", "trial", "pack_id", "dataset_id")  # what job_json reads: the job read selects only these
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -55,6 +55,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "metrics": job.metrics or {},
         "error": job.error,
         "spec": job.spec,
+        "dataset_id": job.dataset_id,
     }
 
 
@@ -175,6 +176,11 @@ def read_job(job_id: str) -> dict[str, Any]:
     if row is None:
         fail(404, "not_found", f"no job {job_id}")
     body = job_json(row)
+    if row.dataset_id is not None:  # the uploaded dataset version it trains on, by content
+        d = read_connection().execute(select(Dataset.name, Dataset.version, Dataset.sha256, Dataset.kind).where(
+            Dataset.id == row.dataset_id)).first()
+        body["dataset"] = {"id": row.dataset_id, "name": d.name, "version": d.version, "ref": f"{d.name}@{d.version}",
+                           "sha256": d.sha256, "kind": d.kind}
     if row.status == JobStatus.queued.value:
         body["queue_position"] = row.ahead + 1
         body["waiting_reason"] = workers.waiting_reason(db, row, lost_after())

@@ -7,9 +7,10 @@ import re
 
 from sqlalchemy import select
 
-from trainq.models.spec import DatasetInfo
+from trainq.models.spec import UPLOAD_REF, Uploaded
 from trainq.service.auth import principal
 from trainq.service.context import db
+from trainq.service.datasets import uploaded, version_of
 from trainq.service.http import fail
 from trainq.service.tables import Dataset, Job, Sweep
 
@@ -29,9 +30,10 @@ def get_job(job_id: str) -> Job:
 
 
 def dataset_json(d: Dataset) -> dict:
-    return {"id": d.id, "name": d.name, "rows": d.rows, "shape": d.shape, "classes": d.classes,
-            "class_names": d.class_names, "columns": d.columns, "source": d.source, "size": d.size,
-            "sha256": d.sha256, "task": "regression" if d.classes is None else "classification",
+    return {"id": d.id, "name": d.name, "version": d.version, "ref": d.ref, "kind": d.kind, "rows": d.rows,
+            "shape": d.shape, "classes": d.classes, "class_names": d.class_names, "columns": d.columns,
+            "target": d.target, "source": d.source, "size": d.size, "sha256": d.sha256,
+            "task": "regression" if d.classes is None else "classification", "profile": d.profile,
             "created_at": d.created_at.isoformat()}
 
 
@@ -41,24 +43,27 @@ def visible_datasets():
     return query if p.is_admin else query.where(Dataset.owner_id == p.id)
 
 
-def find_dataset(name: str) -> Dataset | None:
-    """The caller's dataset of this name (an admin may also name any dataset by its id)."""
+def find_dataset(ref: str) -> Dataset | None:
+    """The caller's dataset version by NAME (the latest version), NAME@VERSION, or (an admin) its id."""
     p = principal()
-    own = db().scalar(select(Dataset).where(Dataset.owner_id == p.id, Dataset.name == name))
-    if own is None and p.is_admin and re.fullmatch("[0-9a-f]{32}", name):
-        own = db().get(Dataset, name)
+    own = version_of(db(), p.id, ref)
+    if own is None and p.is_admin and re.fullmatch("[0-9a-f]{32}", ref):
+        own = db().get(Dataset, ref)
     return own
 
 
-def upload_info(name: str) -> DatasetInfo | None:
-    d = find_dataset(name)
-    return None if d is None else DatasetInfo(tuple(d.shape), d.classes, d.rows)
+def upload_info(ref: str) -> Uploaded | None:
+    d = find_dataset(ref)
+    return None if d is None else uploaded(d)
 
 
-def get_dataset(dataset_id: str) -> Dataset:
-    d = db().scalar(visible_datasets().where(Dataset.id == dataset_id))
+def get_dataset(ref: str) -> Dataset:
+    """A dataset version by id, NAME@VERSION or NAME (its latest); 404 if the caller has none such."""
+    d = db().scalar(visible_datasets().where(Dataset.id == ref)) if re.fullmatch("[0-9a-f]{32}", ref) else None
     if d is None:
-        fail(404, "not_found", f"no dataset {dataset_id}")
+        d = find_dataset(ref) if re.fullmatch(UPLOAD_REF, ref) else None
+    if d is None:
+        fail(404, "not_found", f"no dataset {ref}; `trainq dataset list` shows yours")
     return d
 
 

@@ -46,6 +46,14 @@ class FileStore:
         tmp.write_bytes(data)
         tmp.replace(path)  # atomic: a reader never sees half a file
 
+    def put_file(self, key: str, source: Path) -> None:
+        """Store a local file's bytes under `key` without holding them in memory."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        shutil.copyfile(source, tmp)
+        tmp.replace(path)
+
     def get(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
@@ -80,6 +88,12 @@ class FileStore:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys under a folder, sorted."""
+        folder = self.path(prefix)
+        return sorted(str(p.relative_to(self.root)) for p in folder.iterdir() if p.is_file()) if folder.is_dir() \
+            else []
 
     def presign_put(self, key: str) -> str | None:
         return None
@@ -119,6 +133,13 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001 - botocore's errors, all of them a failed write
             raise StoreError(f"{key}: could not be written to {self.url}: {exc}") from exc
 
+    def put_file(self, key: str, source: Path) -> None:
+        """Store a local file in parts (boto3's managed multipart transfer): memory stays bounded."""
+        try:
+            self.client.upload_file(str(source), self.bucket, self._key(key))
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{key}: could not be written to {self.url}: {exc}") from exc
+
     def get(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
@@ -131,13 +152,13 @@ class S3Store:
         path = self.cache / key
         if path.is_file():
             return path
-        try:
-            data = self.get(key)
-        except StoreError as exc:
-            raise FileNotFoundError(str(exc)) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-            tmp.write(data)
+            try:
+                self.client.download_fileobj(self.bucket, self._key(key), tmp)  # in parts: memory stays bounded
+            except Exception as exc:  # noqa: BLE001 - a missing key or a store that fails: no local copy
+                Path(tmp.name).unlink(missing_ok=True)
+                raise FileNotFoundError(f"{key}: {exc}") from None
         Path(tmp.name).replace(path)
         return path
 
@@ -183,6 +204,49 @@ class S3Store:
             log.warning("could not delete %s/ from %s", prefix, self.url, exc_info=True)
         shutil.rmtree(self.cache / prefix, ignore_errors=True)
 
+    # A file in parts (a dataset upload): S3's multipart upload, the parts PUT by the client through presigned URLs
+    # or through the service; S3 keeps them until the upload completes or is aborted.
+
+    def start_parts(self, key: str) -> str:
+        try:
+            return self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))["UploadId"]
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{key}: could not start an upload in parts at {self.url}: {exc}") from exc
+
+    def put_part(self, key: str, upload_id: str, number: int, source: Path) -> None:
+        try:
+            with open(source, "rb") as body:
+                self.client.upload_part(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+                                        PartNumber=number, Body=body)
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{key}: part {number} could not be written to {self.url}: {exc}") from exc
+
+    def presign_part(self, key: str, upload_id: str, number: int) -> str:
+        return self.client.generate_presigned_url(
+            "upload_part", Params={"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
+                                   "PartNumber": number}, ExpiresIn=PRESIGN_SECONDS)
+
+    def finish_parts(self, key: str, upload_id: str) -> int:
+        """Join the parts S3 holds, in order; the number of parts."""
+        try:
+            parts = []
+            for page in self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=self._key(key),
+                                                                          UploadId=upload_id):
+                parts += [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in page.get("Parts", [])]
+            if parts:
+                self.client.complete_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+                                                      MultipartUpload={"Parts": sorted(parts, key=lambda p:
+                                                                                       p["PartNumber"])})
+            return len(parts)
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{key}: the upload's parts could not be joined at {self.url}: {exc}") from exc
+
+    def abort_parts(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+        except Exception:  # noqa: BLE001 - parts left behind are garbage, not a failure of what aborted them
+            log.warning("could not abort the upload of %s at %s", key, self.url, exc_info=True)
+
     def presign_put(self, key: str) -> str:
         return self.client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
                                                   ExpiresIn=PRESIGN_SECONDS)
@@ -227,8 +291,13 @@ def checkpoint_key(job_id: str, checkpoint_id: str) -> str:
     return f"checkpoints/{job_id}/{checkpoint_id}.safetensors"
 
 
-def dataset_key(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}.npz"
+def dataset_key(dataset_id: str, ext: str = "npz") -> str:
+    return f"datasets/{dataset_id}.{ext}"
+
+
+def upload_key(upload_id: str, part: int | None = None) -> str:
+    """A dataset upload in parts: each part, or (no part) the assembled file, before it becomes a version."""
+    return f"uploads/{upload_id}/{'data' if part is None else f'part-{part:05d}'}"
 
 
 def model_key(version_id: str, name: str = "") -> str:

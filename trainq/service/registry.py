@@ -212,7 +212,8 @@ def register(session: Session, name: str, job: Job, owner_id: str | None, by: st
             model = session.scalar(select(Model).where(Model.owner_id == owner_id, Model.name == name))
     number = session.execute(update(Model).where(Model.id == model.id).values(latest=Model.latest + 1)
                              .returning(Model.latest)).scalar_one()
-    version = ModelVersion(model_id=model.id, version=number, job_id=job.id, checkpoint_id=checkpoint.id,
+    version = ModelVersion(model_id=model.id, version=number, job_id=job.id, dataset_id=job.dataset_id,
+                           checkpoint_id=checkpoint.id,
                            state=VersionState.exporting.value, spec=job.spec, metrics=job.metrics or {},
                            created_by=by)
     session.add(version)

@@ -27,7 +27,8 @@ from trainq.models.spec import JobSpec, parse_spec, plan
 from trainq.models.sweep import Choice, SweepSpec, apply
 from trainq.service import jobs, registry
 from trainq.service.db import utcnow
-from trainq.service.tables import FINISHED, Dataset, Job, JobStatus, Metric, Sweep, new_id
+from trainq.service.datasets import resolver
+from trainq.service.tables import FINISHED, Job, JobStatus, Metric, Sweep, new_id
 from trainq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -461,23 +462,11 @@ def _trial_job(session: Session, sweep: Sweep, number: int, params: dict[str, An
     document = apply(sweep.base, params)
     document["name"] = f"{sweep.name} · trial {number}"[:200]
     document.pop("register_as", None)  # each trial is not a model: the sweep registers its best (register_best)
-    job_spec = parse_spec(document, uploads=_uploads(session, sweep))
-    dataset_id = None
-    if job_spec.dataset.name == "upload":
-        dataset_id = session.scalar(select(Dataset.id).where(Dataset.owner_id == sweep.owner_id,
-                                                             Dataset.name == job_spec.dataset.upload))
+    job_spec = parse_spec(document, uploads=resolver(session, sweep.owner_id))
+    dataset_id = job_spec.dataset.uploaded.id if job_spec.dataset.uploaded is not None else None
     job = jobs.new_job(job_spec, plan(job_spec), owner_id=sweep.owner_id, dataset_id=dataset_id,
                        sweep_id=sweep.id, trial=number)
     return job, job_spec
-
-
-def _uploads(session: Session, sweep: Sweep):
-    from trainq.models.spec import DatasetInfo
-
-    def resolve(name: str):
-        d = session.scalar(select(Dataset).where(Dataset.owner_id == sweep.owner_id, Dataset.name == name))
-        return DatasetInfo(tuple(d.shape), d.classes, d.rows) if d else None
-    return resolve
 
 
 def decision_epochs(sweep: Sweep) -> list[int] | None:

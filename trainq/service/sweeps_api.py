@@ -84,12 +84,12 @@ def train_best(sweep_id: str):
     if isinstance(body, dict) and "epochs" in body:
         document["training"] = {**document["training"], "epochs": body["epochs"]}
     try:
-        spec = parse_spec(document)
+        spec = parse_spec(document, uploads=upload_info)
     except SpecError as exc:
         invalid(exc.errors)
     session = db()
     job = jobs.submit(session, spec, plan(spec), owner_id=principal().id,
-                      dataset_id=db().get(Job, sweep.best_job_id).dataset_id)
+                      dataset_id=spec.dataset.uploaded.id if spec.dataset.uploaded is not None else None)
     audit("submit", f"job:{job.id}", name=job.name, sweep=sweep.id)
     session.commit()
     jobs.enqueue_all(session, [job], services().enqueue)

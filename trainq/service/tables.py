@@ -81,24 +81,55 @@ class AuditEntry(Base):
 
 
 class Dataset(Base):
-    """An uploaded dataset, stored as numeric arrays x and y in an .npz file (no pickle) under the storage root."""
+    """One version of an uploaded dataset: immutable once stored. Its file lives in storage as uploaded (a table, an
+    archive of images) or, for NPZ arrays, as an .npz read without pickle; `profile` says what it holds."""
 
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
     name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    kind: Mapped[str] = mapped_column(String(8), default="arrays", server_default="arrays")  # arrays | table | images
     rows: Mapped[int] = mapped_column(BigInteger)
-    shape: Mapped[list[int]] = mapped_column(JSONType)  # of one example
+    shape: Mapped[list[int]] = mapped_column(JSONType)  # arrays: one example's; tables: [columns]; images: []
     classes: Mapped[int | None] = mapped_column(Integer)  # None for regression
     class_names: Mapped[list[str] | None] = mapped_column(JSONType)
-    columns: Mapped[list[str] | None] = mapped_column(JSONType)  # CSV feature columns, in order
-    source: Mapped[str] = mapped_column(String(8))  # csv | npz
+    columns: Mapped[list[str] | None] = mapped_column(JSONType)  # a table's columns, in order
+    source: Mapped[str] = mapped_column(String(8))  # the uploaded format: csv | tsv | parquet | jsonl | npz | zip | tar
+    target: Mapped[str | None] = mapped_column(String(256))  # a table's target column, as profiled
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # tables and images (see trainq.data.profile)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+    __table_args__ = (UniqueConstraint("owner_id", "name", "version"),)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def key(self) -> str:
+        """Where its file lives in storage."""
+        from trainq.service.objects import dataset_key
+
+        return dataset_key(self.id, "npz" if self.kind == "arrays" else self.source)
+
+
+class DatasetUpload(Base):
+    """A dataset upload in parts, under way: the parts live in storage (uploads/<id>/...) until it completes into a
+    version or is abandoned."""
+
+    __tablename__ = "dataset_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(256))
+    task: Mapped[str | None] = mapped_column(String(16))
+    multipart_id: Mapped[str | None] = mapped_column(String(1024))  # an object store's multipart upload
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Sweep(Base):
@@ -273,6 +304,8 @@ class ModelVersion(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    # the dataset version its job trained on: kept when the job is deleted, and a dataset version in use stays
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
     checkpoint_id: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), default=VersionState.exporting.value)
     error: Mapped[str | None] = mapped_column(Text)

@@ -1,175 +1,160 @@
-"""Uploaded datasets: CSV with a target column, or NPZ with arrays x and y, parsed without pickle.
-
-Whatever is uploaded is turned into two numeric arrays and stored as an .npz that np.load reads with
-allow_pickle=False. A file that does not parse gets a 4xx naming the row and column at fault, and nothing
-is stored.
+"""An uploaded file becomes a dataset version: its format read from its first bytes, its content checked and profiled
+in a streamed pass (bounded memory), then stored as it came (a table, an archive of images) or, for NPZ, as numeric
+arrays x and y that np.load reads without pickle. Nothing is stored for a file that does not parse; the error names
+the row, column or file at fault.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import math
+import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from trainq.service.objects import dataset_key
+from trainq.data.archive import Limits
+from trainq.data.formats import TABLES, DataError, batches, sniff_file, zip_kind
+from trainq.data.images import profile_images
+from trainq.data.profile import MAX_CLASSES, class_order, profile_table
 
-MAX_CLASSES = 1000
-
-
-class UploadError(ValueError):
-    """The file is not a dataset trainq can use; the message says where and why."""
+UploadError = DataError  # the name the blueprints catch
 
 
 @dataclass
-class Parsed:
-    x: np.ndarray  # float32, (N, F) or (N, C, H, W)
-    y: np.ndarray  # int64 class indexes, or float32 targets
+class Examined:
+    """What an upload holds, ready to become a dataset version's row and stored file."""
+
+    kind: str  # arrays | table | images
+    source: str  # the format as uploaded
+    rows: int
+    shape: list[int]
     classes: int | None
     class_names: list[str] | None
-    columns: list[str] | None
-    source: str
+    columns: list[str] | None = None
+    target: str | None = None
+    profile: dict[str, Any] | None = None
+    stored: Path | None = None  # the file to store (the upload itself, or the re-written NPZ)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def parse(raw: bytes, *, target: str | None, task: str | None, max_rows: int) -> Parsed:
-    """Parse an upload by its content: a zip archive is NPZ, anything else is CSV."""
-    parsed = _npz(raw, task) if raw[:4] == b"PK\x03\x04" else _csv(raw, target, task)
-    if len(parsed.x) > max_rows:
-        raise UploadError(f"{len(parsed.x)} rows, more than the limit of {max_rows}")
-    return parsed
+@dataclass(frozen=True)
+class Received:
+    path: Path
+    size: int
+    sha256: str
+
+
+def receive(stream: BinaryIO, folder: Path) -> Received:
+    """Copy a stream into a temporary file under `folder`, hashing it on the way: memory stays bounded."""
+    return receive_all([stream], folder)
+
+
+def receive_all(streams, folder: Path) -> Received:
+    """receive() of several streams one after the other (an upload's parts, in order), as one file. A stream that
+    breaks off (a client gone midway) leaves no file behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="upload-", delete=False) as out:
+        try:
+            for stream in streams:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            Path(out.name).unlink(missing_ok=True)
+            raise
+    return Received(Path(out.name), size, digest.hexdigest())
+
+
+def examine(path: Path, *, target: str | None, task: str | None, max_rows: int, limits: Limits,
+            max_pixels: int, budget_bytes: int | None = None) -> Examined:
+    """Read an uploaded file by its content and profile it; DataError says what is wrong and where."""
+    fmt = sniff_file(path)
+    if fmt == "zip" and zip_kind(path) == "npz":
+        return _npz(path, task, max_rows)
+    if fmt in ("zip", "tar"):
+        if task == "regression":
+            raise DataError("an archive of images is classified by its folders; leave task out")
+        profile = profile_images(path, fmt, limits, target, max_pixels)
+        if max_rows and profile["rows"] > max_rows:
+            raise DataError(f"{profile['rows']} images, more than the limit of {max_rows} (TRAINQ_MAX_DATASET_ROWS)")
+        names = list(profile["target"]["classes"])
+        return Examined("images", fmt, profile["rows"], [], len(names), names, profile=profile, stored=path)
+    assert fmt in TABLES
+    profile = profile_table(batches(path, fmt, budget_bytes), fmt, target, task, max_rows or None)
+    goal = profile["target"]
+    names = list(goal["classes"]) if goal["task"] == "classification" else None
+    columns = [c["name"] for c in profile["columns"]]
+    return Examined("table", fmt, profile["rows"], [len(columns) - 1], len(names) if names else None, names,
+                    columns=columns, target=goal["name"], profile=profile, stored=path)
 
 
 def _enough(rows: int) -> None:
     if rows < 8:
-        raise UploadError(f"{rows} rows: at least 8 are needed to split train, validation and test")
+        raise DataError(f"{rows} rows: at least 8 are needed to split train, validation and test")
 
 
-def _classes(labels: list[str] | np.ndarray) -> tuple[np.ndarray, list[str]]:
-    names = sorted(set(map(str, labels)), key=lambda v: (len(v), v) if v.lstrip("-").isdigit() else (math.inf, v))
+def _classes(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    names = class_order(map(str, labels.tolist()))
     if len(names) > MAX_CLASSES:
-        raise UploadError(f"{len(names)} classes, more than {MAX_CLASSES}; upload it as regression (task=regression)")
+        raise DataError(f"{len(names)} classes, more than {MAX_CLASSES}; upload it as regression (task=regression)")
     if len(names) < 2:
-        raise UploadError("classification needs at least two classes in the target")
+        raise DataError("classification needs at least two classes in the target")
     index = {name: i for i, name in enumerate(names)}
-    return np.array([index[str(v)] for v in labels], dtype=np.int64), names
+    return np.array([index[str(v)] for v in labels.tolist()], dtype=np.int64), names
 
 
-def _csv(raw: bytes, target: str | None, task: str | None) -> Parsed:
+def _npz(path: Path, task: str | None, max_rows: int) -> Examined:
+    """Arrays x (N x features, N x T x F sequences, or N x C x H x W images) and y, checked and re-written with
+    only those two arrays as float32 (labels as int64)."""
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UploadError(f"not UTF-8 text (byte {exc.start}); upload CSV in UTF-8 or an NPZ file") from None
-    rows = list(csv.reader(io.StringIO(text)))
-    rows = [r for r in rows if r]
-    if len(rows) < 2:
-        raise UploadError("a CSV needs a header row and data rows")
-    header = [h.strip() for h in rows[0]]
-    if len(set(header)) != len(header):
-        raise UploadError("the header repeats a column name")
-    column = target if target is not None else header[-1]
-    if column not in header:
-        raise UploadError(f"no column named {column!r} for the target; the columns are {header[:20]}")
-    t = header.index(column)
-    features, labels = [], []
-    for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise UploadError(f"row {number}: {len(row)} fields, the header has {len(header)}")
-        values = []
-        for j, cell in enumerate(row):
-            if j == t:
-                continue
-            try:
-                value = float(cell)
-            except ValueError:
-                raise UploadError(f"row {number}, column {header[j]!r}: {cell[:40]!r} is not a number") from None
-            if not math.isfinite(value):
-                raise UploadError(f"row {number}, column {header[j]!r}: {cell[:40]!r} is not finite")
-            values.append(value)
-        features.append(values)
-        labels.append(row[t].strip())
-    x = np.asarray(features, dtype=np.float32)
-    _enough(len(x))
-    if task is None:
-        task = "classification" if all(v.lstrip("-").isdigit() or not _is_number(v) for v in labels) \
-            and len(set(labels)) <= 50 else "regression"
-    columns = [h for j, h in enumerate(header) if j != t]
-    if task == "classification":
-        y, names = _classes(labels)
-        return Parsed(x, y, len(names), names, columns, "csv")
-    try:
-        y = np.asarray([float(v) for v in labels], dtype=np.float32)
-    except ValueError:
-        raise UploadError(f"column {column!r} must hold numbers for regression") from None
-    if not np.isfinite(y).all():
-        raise UploadError(f"column {column!r} holds a value that is not finite")
-    return Parsed(x, y, None, None, columns, "csv")
-
-
-def _is_number(value: str) -> bool:
-    try:
-        float(value)
-        return True
-    except ValueError:
-        return False
-
-
-def _npz(raw: bytes, task: str | None) -> Parsed:
-    try:
-        archive = np.load(io.BytesIO(raw), allow_pickle=False)
+        archive = np.load(path, allow_pickle=False)
         names = set(archive.files)
         if not {"x", "y"} <= names:
-            raise UploadError(f"an NPZ needs arrays named x and y; it has {sorted(names)[:10]}")
+            raise DataError(f"an NPZ needs arrays named x and y; it has {sorted(names)[:10]}")
         x, y = archive["x"], archive["y"]
-    except UploadError:
+    except DataError:
         raise
     except ValueError as exc:  # raised for object arrays, which only a pickle could hold
         if "pickle" in str(exc).lower():
-            raise UploadError("the file holds Python objects (a pickle); only numeric arrays are accepted") from None
-        raise UploadError(f"not a readable NPZ file: {str(exc)[:200]}") from None
+            raise DataError("the file holds Python objects (a pickle); only numeric arrays are accepted") from None
+        raise DataError(f"not a readable NPZ file: {str(exc)[:200]}") from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise UploadError(f"not a readable NPZ file: {str(exc)[:200]}") from None
+        raise DataError(f"not a readable NPZ file: {str(exc)[:200]}") from None
     _enough(len(x))
+    if max_rows and len(x) > max_rows:
+        raise DataError(f"{len(x)} rows, more than the limit of {max_rows} (TRAINQ_MAX_DATASET_ROWS)")
     if x.dtype.kind not in "fiub" or y.dtype.kind not in "fiub":
-        raise UploadError("x and y must be numeric arrays")
+        raise DataError("x and y must be numeric arrays")
     if x.ndim not in (2, 4):
-        raise UploadError(f"x must be N x features or N x C x H x W, got {x.ndim} dimensions")
+        raise DataError(f"x must be N x features or N x C x H x W, got {x.ndim} dimensions")
     if y.ndim != 1 or len(y) != len(x):
-        raise UploadError(f"y must be one value per row of x: x has {len(x)} rows, y has shape {list(y.shape)}")
+        raise DataError(f"y must be one value per row of x: x has {len(x)} rows, y has shape {list(y.shape)}")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
-        raise UploadError("x holds a value that is not finite")
+        raise DataError("x holds a value that is not finite")
     if task is None:
         task = "classification" if y.dtype.kind in "iub" else "regression"
+    names: list[str] | None = None
     if task == "classification":
         if y.dtype.kind == "f" and not np.equal(np.mod(y, 1), 0).all():
-            raise UploadError("classification labels in y must be whole numbers")
-        labels, names = _classes(y.astype(np.int64))
-        return Parsed(x, labels, len(names), names, None, "npz")
-    y = y.astype(np.float32)
-    if not np.isfinite(y).all():
-        raise UploadError("y holds a value that is not finite")
-    return Parsed(x, y, None, None, None, "npz")
+            raise DataError("classification labels in y must be whole numbers")
+        y, names = _classes(y.astype(np.int64))
+    else:
+        y = y.astype(np.float32)
+        if not np.isfinite(y).all():
+            raise DataError("y holds a value that is not finite")
+    out = path.with_name(path.name + ".npz")
+    with open(out, "wb") as f:
+        np.savez(f, x=x, y=y)
+    return Examined("arrays", "npz", len(x), list(x.shape[1:]), len(names) if names else None, names, stored=out)
 
 
-def store(parsed: Parsed, objects, key: str) -> tuple[int, str]:
-    """Write the arrays as an .npz readable without pickle to the object store (atomically); return (size, sha256)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, x=parsed.x, y=parsed.y)
-    blob = buffer.getvalue()
-    objects.put(key, blob)
-    return len(blob), hashlib.sha256(blob).hexdigest()
-
-
-def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return archive["x"], archive["y"]
-
-
-def dataset_path(objects, dataset_id: str) -> Path:
-    """A local file holding the uploaded dataset (FileNotFoundError if it is gone)."""
-    return objects.local(dataset_key(dataset_id))
+def discard(*paths: Path | None) -> None:
+    for path in paths:
+        if path is not None:
+            Path(path).unlink(missing_ok=True)

@@ -17,9 +17,10 @@ from sqlalchemy import select, update
 from trainq.models.checkpoint import read_meta
 from trainq.service import jobs, registry, scoring, sweeps, workers
 from trainq.service.context import db, services
+from trainq.service.datasets import claim_json
 from trainq.service.http import body_bytes, fail, read_body, send_object
 from trainq.service.job_reads import send_checkpoint
-from trainq.service.objects import (StoreError, batch_key, checkpoint_key, dataset_key, model_key, sha256,
+from trainq.service.objects import (StoreError, batch_key, checkpoint_key, model_key, sha256,
                                     staging_key)
 from trainq.service.tables import (FINISHED, BatchJob, Checkpoint, Dataset, Job, ModelVersion, Sweep, VersionState,
                                    new_id)
@@ -128,8 +129,7 @@ def claim_answer(c: jobs.Claim) -> dict:
     dataset = None
     if c.job.dataset_id is not None:
         d = db().get(Dataset, c.job.dataset_id)
-        dataset = {"id": d.id, "shape": d.shape, "classes": d.classes, "rows": d.rows,
-                   "url": store.presign_get(dataset_key(d.id))
+        dataset = {**claim_json(d), "url": store.presign_get(d.key)
                    or url_for("worker_api.attempt_dataset", attempt_id=c.attempt.id)}
     prune = None
     if c.job.sweep_id is not None:
@@ -296,8 +296,8 @@ def attempt_dataset(attempt_id: str):
     _, job = live(attempt_id)
     if not job.dataset_id:
         fail(404, "not_found", "the job uses no uploaded dataset")
-    return send_object(services().store, dataset_key(job.dataset_id), f"{job.dataset_id}.npz",
-                       missing="the job's uploaded dataset is gone")
+    d = db().get(Dataset, job.dataset_id)
+    return send_object(services().store, d.key, d.key.rsplit("/", 1)[-1], missing="the job's uploaded dataset is gone")
 
 
 @bp.post("/attempts/<hexid:attempt_id>/release")
@@ -496,8 +496,7 @@ def live_export(version_id: str) -> ModelVersion:
 
 
 def dataset_for(version: ModelVersion) -> Dataset | None:
-    job = db().get(Job, version.job_id) if version.job_id else None
-    return db().get(Dataset, job.dataset_id) if job is not None and job.dataset_id else None
+    return db().get(Dataset, version.dataset_id) if version.dataset_id else None
 
 
 @bp.post("/exports/<hexid:version_id>/claim")
@@ -516,8 +515,7 @@ def claim_export(version_id: str):
     session.commit()
     store = services().store
     dataset = None if d is None else {
-        "shape": d.shape, "classes": d.classes, "rows": d.rows, "columns": d.columns, "class_names": d.class_names,
-        "url": store.presign_get(dataset_key(d.id)) or url_for("worker_api.export_dataset", version_id=version.id)}
+        **claim_json(d), "url": store.presign_get(d.key) or url_for("worker_api.export_dataset", version_id=version.id)}
     # With an object store the worker moves the bytes itself: the checkpoint from a presigned GET, the bundle's files
     # by presigned PUTs into this claim's staging place (moved into the bundle at the finish, which is fenced).
     files = {name: store.presign_put(staging_key("exports", version.id, token, name))
@@ -542,7 +540,7 @@ def export_dataset(version_id: str):
     d = dataset_for(live_export(version_id))
     if d is None:
         fail(404, "not_found", "the version's job used no uploaded dataset, or it is gone")
-    return send_object(services().store, dataset_key(d.id), f"{d.id}.npz", missing="the version's dataset is gone")
+    return send_object(services().store, d.key, d.key.rsplit("/", 1)[-1], missing="the version's dataset is gone")
 
 
 @bp.post("/exports/<hexid:version_id>/verifying")
@@ -614,9 +612,10 @@ def claim_batch(batch_id: str):
         fail(409, "gone", "the batch's dataset is gone")
     session.commit()
     store = services().store
-    source = dataset_key(batch.dataset_id) if batch.source == "dataset" else batch_key(batch.id, f"input.{batch.source}")
+    source = dataset.key if batch.source == "dataset" else batch_key(batch.id, f"input.{batch.source}")
     return jsonify({"batch_id": batch.id, "token": token, "source": batch.source, "signature": version.signature,
                     "columns": dataset.columns if dataset else None,
+                    "dataset": claim_json(dataset) if batch.source == "dataset" else None,
                     "model_url": store.presign_get(model_key(batch.version_id, "model.onnx"))
                     or url_for("worker_api.batch_model", batch_id=batch.id),
                     "input_url": store.presign_get(source) or url_for("worker_api.batch_input", batch_id=batch.id),
@@ -634,7 +633,7 @@ def batch_model(batch_id: str):
 @bp.get("/batches/<hexid:batch_id>/input")
 def batch_input(batch_id: str):
     batch = live_batch(batch_id)
-    key = (dataset_key(batch.dataset_id) if batch.source == "dataset"
+    key = (db().get(Dataset, batch.dataset_id).key if batch.source == "dataset"
            else batch_key(batch.id, f"input.{batch.source}"))
     return send_object(services().store, key, key.rsplit("/", 1)[-1], missing="the batch's input is gone")
 
