@@ -384,17 +384,17 @@ class _Client:
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
-    def call(self, method: str, path: str, **kwargs) -> dict:
+    def call(self, method: str, path: str, timeout: float = 30, **kwargs) -> dict:
         import requests
 
         try:
-            answer = self.http.request(method, self.base + path, timeout=30, **kwargs)
+            answer = self.http.request(method, self.base + path, timeout=timeout, **kwargs)
         except requests.ConnectionError:
             raise click.ClickException(
                 f"cannot reach the trainq service at {self.base}. Start it with `trainq up` (or `make up`), or point "
                 "--url or TRAINQ_SERVICE_URL at where it runs") from None
         except requests.Timeout:
-            raise click.ClickException(f"the trainq service at {self.base} did not answer in 30 s") from None
+            raise click.ClickException(f"the trainq service at {self.base} did not answer in {timeout:.0f} s") from None
         return self.checked(answer)
 
     def download(self, path: str) -> bytes:
@@ -436,6 +436,14 @@ def _table(rows: list[list], headers: list[str]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _size(size: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
 
 
 def _duration(seconds: float) -> str:
@@ -800,28 +808,49 @@ def _export_checkpoint(blob: bytes, checkpoint: str, onnx_path: str, data: str |
     except ValueError as exc:
         raise click.ClickException(f"{checkpoint}: {exc}")
     spec = JobSpec.model_validate(meta["spec"])
-    arrays = info = None
+    arrays = uploaded = None
     if spec.dataset.name == "upload":
         if data is None:
             raise click.UsageError(f"the run trained on the uploaded dataset {spec.dataset.upload!r}: give its file "
                                    "with --data, so its preprocessing can be fitted again")
-        from trainq.service.uploads import UploadError, parse
-
-        try:
-            parsed = parse(Path(data).read_bytes(), target=target, task=None, max_rows=10**8)
-        except UploadError as exc:
-            raise click.ClickException(f"{data}: {exc}")
-        info = DatasetInfo(tuple(parsed.x.shape[1:]), parsed.classes, len(parsed.x))
-        arrays = (parsed.x, parsed.y)
-    state = state_from_checkpoint(blob, arrays, info)
+        arrays, uploaded = _local_upload(spec, Path(data), target)
+    state = state_from_checkpoint(blob, arrays, uploaded)
     try:
         done = export_onnx(state, onnx_path, arrays)
     except ExportError as exc:
         Path(onnx_path).unlink(missing_ok=True)
         raise click.ClickException(str(exc))
-    click.echo(f"wrote {done.path} (epoch {meta['epoch']} of {spec.name!r}): input x {done.inputs['x']['shape']} "
-               f"float32 (raw features), outputs {', '.join(done.outputs)}")
+    shown = (f"input x {done.inputs['x']['shape']} float32 (raw features)" if "x" in done.inputs else
+             f"inputs {', '.join(done.inputs)} (raw columns)")
+    click.echo(f"wrote {done.path} (epoch {meta['epoch']} of {spec.name!r}): {shown}, outputs {', '.join(done.outputs)}")
     click.echo("checked against torch: " + ", ".join(f"batch {n}: max |diff| {d:.2g}" for n, d in done.checked.items()))
+
+
+def _local_upload(spec, path: Path, target: str | None):
+    """A local copy of an uploaded dataset, read as the worker reads it: (data for the engine, Uploaded)."""
+    from trainq.data.archive import Limits
+    from trainq.models.spec import Uploaded, split_ref
+    from trainq.service.uploads import UploadError, discard, examine, receive
+    from trainq.settings import Settings
+    from trainq.workers.data import source
+
+    settings = Settings()
+    with open(path, "rb") as f:
+        received = receive(f, settings.data_dir / "tmp")
+    found = None
+    try:
+        found = examine(received.path, target=target, task=None, max_rows=0, limits=Limits(),
+                        max_pixels=settings.max_image_pixels)
+        name, version = split_ref(spec.dataset.upload)
+        uploaded = Uploaded(name, version or 1, found.kind, found.rows, found.classes,
+                            tuple(found.class_names) if found.class_names else None,
+                            tuple(found.shape) if found.kind == "arrays" else None, found.profile, received.sha256)
+        spec.dataset.resolve(uploaded)
+        return source(spec.dataset, found.stored, settings), uploaded
+    except UploadError as exc:
+        raise click.ClickException(f"{path}: {exc}")
+    finally:
+        discard(received.path, found.stored if found is not None else None)
 
 
 def _ref(text: str) -> str:
@@ -920,6 +949,140 @@ def model_alias(name: str, alias: str, version: int, url: str | None, token: str
     moved = _Client(url, token).call("PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version})
     was = f" (was {moved['previous']})" if moved["previous"] else ""
     click.echo(f"{name}@{alias} -> version {moved['version']}{was}")
+
+
+@main.group()
+def dataset() -> None:
+    """Uploaded datasets: upload a file of any size as the next version of a name, list, show, delete."""
+
+
+SMALL_UPLOAD = 8 * 2**20  # a file up to this size goes up in one request; a larger one in parts
+
+
+@dataset.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The dataset's name; each upload is its next version.")
+@click.option("--target", default=None, help="A table's column to predict (default: the last one).")
+@click.option("--task", type=click.Choice(["classification", "regression"]), default=None,
+              help="Default: read from the target's values.")
+@URL
+@TOKEN
+def dataset_upload(path: Path, name: str, target: str | None, task: str | None, url: str | None,
+                   token: str | None) -> None:
+    """Upload PATH (CSV, TSV, Parquet, JSON Lines, NPZ, or a zip/tar of class folders of images) as the next version
+    of NAME. A large file goes up in parts, straight into the object store where the service uses one, so neither
+    end holds more than a part in memory."""
+    client = _Client(url, token)
+    params = {"name": name, **({"target": target} if target else {}), **({"task": task} if task else {})}
+    size = path.stat().st_size
+    started = time.monotonic()
+    if size <= SMALL_UPLOAD:
+        with open(path, "rb") as f:
+            found = client.call("POST", "/api/v1/datasets", params=params, data=f,
+                                headers={"Content-Type": "application/octet-stream"})
+    else:
+        found = _upload_in_parts(client, path, params, size)
+    _show_dataset(found)
+    click.echo(f"{'already there as' if found.get('existing') else 'uploaded'} {found['ref']} "
+               f"({_size(size)} in {_duration(time.monotonic() - started)})", err=True)
+
+
+def _upload_in_parts(client: "_Client", path: Path, params: dict, size: int) -> dict:
+    import requests
+
+    up = client.call("POST", "/api/v1/datasets/uploads", params=params)
+    base = f"/api/v1/datasets/uploads/{up['id']}"
+    count = -(-size // up["part_bytes"])
+    if count > up["max_parts"]:
+        raise click.ClickException(f"{path} would take {count} parts of {up['part_bytes'] // 2**20} MiB, more than "
+                                   f"{up['max_parts']}")
+    try:
+        with open(path, "rb") as f:
+            for number in range(1, count + 1):
+                part = f.read(up["part_bytes"])
+                if up["direct"]:  # straight into the object store
+                    target = client.call("POST", f"{base}/parts/{number}/url")["url"]
+                    answer = requests.put(target, data=part, timeout=600)
+                    if not answer.ok:
+                        raise click.ClickException(f"the object store refused part {number}: HTTP "
+                                                   f"{answer.status_code} {answer.text[:200]}")
+                else:
+                    client.call("PUT", f"{base}/parts/{number}", data=part,
+                                headers={"Content-Type": "application/octet-stream"})
+                click.echo(f"\rpart {number}/{count} sent", nl=number == count, err=True)
+        return client.call("POST", f"{base}/complete", timeout=3600)
+    except BaseException:
+        try:
+            client.http.delete(client.base + base, timeout=30)
+        except requests.RequestException:
+            pass
+        raise
+
+
+def _show_dataset(d: dict) -> None:
+    """A version's profile, as a user reads it before training on it."""
+    p = d.get("profile") or {}
+    click.echo(f"{d['ref']}: {d['kind']} ({d['source']}), {d['rows']:,} rows, {d['task']}"
+               + (f" of {d['target']!r}" if d.get("target") else ""))
+    if d["kind"] == "table":
+        _table([[c["name"] + (" (target)" if c["name"] == d.get("target") else ""), c["type"], c["missing"],
+                 f"{c['distinct']}{'+' if c['many_values'] else ''}", ", ".join(map(str, c["examples"][:3])),
+                 c.get("note", "")] for c in p.get("columns", [])],
+               ["COLUMN", "TYPE", "MISSING", "DISTINCT", "VALUES", "NOTE"])
+    if d["kind"] == "images":
+        click.echo(f"sizes: {', '.join(f'{k} ({v})' for k, v in p['sizes'].items())}; {p['channels']['colour']} in "
+                   f"colour, {p['channels']['grey']} grey; {p['unreadable_count']} files left out")
+        for u in p["unreadable"][:5]:
+            click.echo(f"  left out {u['file']}: {u['reason']}")
+    classes = (p.get("target") or {}).get("classes")
+    if classes:
+        click.echo("classes: " + ", ".join(f"{k} ({v})" for k, v in list(classes.items())[:20])
+                   + (" ..." if len(classes) > 20 else ""))
+    for note in p.get("notes", []):
+        click.echo(f"note: {note}")
+
+
+@dataset.command("list")
+@click.option("--name", default=None, help="Only the versions of this name.")
+@URL
+@TOKEN
+def dataset_list(name: str | None, url: str | None, token: str | None) -> None:
+    """Your datasets, every version, the latest first."""
+    found = _Client(url, token).call("GET", "/api/v1/datasets", params={"name": name} if name else None)["datasets"]
+    if not found:
+        click.echo("no datasets yet: `trainq dataset upload FILE --name NAME` uploads one", err=True)
+        return
+    _table([[d["name"], d["version"], d["kind"], d["source"], f"{d['rows']:,}", d["task"], d.get("target") or "-",
+             _size(d["size"]), d["created_at"][:19].replace("T", " ")] for d in found],
+           ["NAME", "VERSION", "KIND", "FORMAT", "ROWS", "TASK", "TARGET", "SIZE", "UPLOADED"])
+
+
+@dataset.command("show")
+@click.argument("ref")
+@URL
+@TOKEN
+def dataset_show(ref: str, url: str | None, token: str | None) -> None:
+    """One version (NAME for the latest, NAME@VERSION): its profile, and the runs and models trained on it."""
+    found = _Client(url, token).call("GET", f"/api/v1/datasets/{ref}")
+    _show_dataset(found)
+    click.echo(f"sha256 {found['sha256']}")
+    for j in found["used_by"]["jobs"]:
+        click.echo(f"used by run {j['id']} ({j['name']}, {j['status']})")
+    for m in found["used_by"]["models"]:
+        click.echo(f"used by model {m['model']} version {m['version']}")
+
+
+@dataset.command("delete")
+@click.argument("ref")
+@URL
+@TOKEN
+def dataset_delete(ref: str, url: str | None, token: str | None) -> None:
+    """Delete one version (NAME@VERSION); refused while a run or a model names it."""
+    client = _Client(url, token)
+    answer = client.http.delete(f"{client.base}/api/v1/datasets/{ref}", timeout=30)
+    if answer.status_code != 204:
+        client.checked(answer)
+    click.echo(f"deleted {ref}", err=True)
 
 
 PREDICT_CHUNK = 5000  # rows a request

@@ -15,7 +15,7 @@ from tests.specs import mlp, with_
 from trainq.models.datasets import raw, split_indices
 from trainq.models.engine import build
 from trainq.models.export import raw_rows
-from trainq.models.spec import DatasetInfo, parse_spec
+from trainq.models.spec import Uploaded, parse_spec
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +177,7 @@ def test_a_csv_with_named_columns_predicts_from_records_by_name(stack):
 
     names = upload.json()["class_names"]
     labels = np.array([names.index("big" if t else "small") for t in y])
-    ds = parse_spec(spec, uploads=lambda name: DatasetInfo((3,), 2, 240)).dataset
+    ds = parse_spec(spec, uploads=lambda name: Uploaded("plants", 1, "arrays", 240, 2, shape=(3,))).dataset
     test = split_indices(240, ds.val_fraction, ds.test_fraction, ds.seed)[2]
     records = [dict(zip(["length", "width", "height"], map(float, row))) for row in x[test]]
     answer = stack.http.post(f"{stack.url}/api/v1/models/plants/predict", json={"records": records}, timeout=10)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainq.models.datasets import load, raw, split_indices
-from trainq.models.spec import DatasetInfo, DatasetSpec
+from trainq.models.spec import DatasetSpec, Uploaded
 
 
 def test_zscore_uses_training_statistics_only():
@@ -79,7 +79,7 @@ def test_images_that_are_not_whole_bytes_and_tables_stay_float32():
     images = np.random.default_rng(0).uniform(0, 1, (40, 1, 8, 8)).astype(np.float32)
     labels = np.arange(40) % 2
     spec = DatasetSpec(name="upload", upload="u")
-    spec._info = DatasetInfo((1, 8, 8), 2)
+    spec.resolve(Uploaded("u", 1, "arrays", 40, 2, shape=(1, 8, 8)))
     data = load(spec, (images, labels))
     assert data.train.x.dtype == torch.float32 and data.train.shift is None
     assert torch.equal(data.train.features(), data.train.x)

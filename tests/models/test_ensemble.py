@@ -194,7 +194,7 @@ def test_learned_noise_follows_the_data_and_the_exported_model_answers_it(tmp_pa
     import onnxruntime as ort
 
     from trainq.models.export import export_onnx
-    from trainq.models.spec import DatasetInfo
+    from trainq.models.spec import Uploaded
 
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (2000, 1)).astype(np.float32)
@@ -206,7 +206,7 @@ def test_learned_noise_follows_the_data_and_the_exported_model_answers_it(tmp_pa
         "loss": {"type": "gaussian_nll"}, "optimizer": {"type": "adam", "lr": 0.003},
         "training": {"epochs": 60, "batch_size": 64, "seed": 0},
         "inference": {"method": method, "members": 3, "samples": 30, "noise": "learned"}}
-    parsed = parse_spec(spec, uploads=lambda name: DatasetInfo((1,), None))
+    parsed = parse_spec(spec, uploads=lambda name: Uploaded("hetero", 1, "arrays", 2000, None, shape=(1,)))
     blobs = []
     m = fit(parsed, device="cpu", arrays=(x, y), checkpoint_sink=lambda blob, info: blobs.append(blob)).metrics
     assert 0.90 <= m["test_coverage95"] <= 0.99 and 0.6 <= m["test_coverage68"] <= 0.76, m

@@ -101,7 +101,7 @@ def test_the_graphs_preprocessing_is_the_engines_bit_for_bit():
     import torch
 
     from trainq.models.export import Predictor
-    from trainq.models.spec import DatasetInfo
+    from trainq.models.spec import Uploaded
 
     rng = np.random.default_rng(0)
     floats = (rng.normal(3.0, 2.0, (300, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 300))
@@ -111,7 +111,7 @@ def test_the_graphs_preprocessing_is_the_engines_bit_for_bit():
                                                "model.layers": CNN["model.layers"][:-1] + [{"type": "dense",
                                                                                             "units": 3}]}), floats)]
     for spec, arrays in cases:
-        parsed = parse_spec(spec, uploads=lambda name: DatasetInfo((1, 8, 8), 3, 300))
+        parsed = parse_spec(spec, uploads=lambda name: Uploaded("imgs", 1, "arrays", 300, 3, shape=(1, 8, 8)))
         state = build(parsed, device="cpu", arrays=arrays)
         predictor = Predictor(state.model, state.data.preprocessing, state)
         got = predictor.features(torch.from_numpy(raw_rows(state, "test", arrays)))

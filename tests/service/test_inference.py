@@ -25,12 +25,13 @@ def errors_of(call, *args) -> list[tuple[str, str]]:
 
 def test_v2_tensors_flat_or_nested_become_float32_rows():
     flat = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6.5]}]}
-    x, wanted, extra = v2_inputs(flat, SIGNATURE, 100)
+    feeds, wanted, extra = v2_inputs(flat, SIGNATURE, 100)
+    x = feeds["x"]
     assert x.dtype == np.float32 and x.tolist() == [[1, 2, 3], [4, 5, 6.5]] and wanted is None
     nested = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT32", "data": [[1, 2, 3], [4, 5, 6]]}],
               "outputs": [{"name": "label"}], "id": "7", "parameters": {"samples": 4}}
-    x, wanted, extra = v2_inputs(nested, SIGNATURE, 100)
-    assert x.shape == (2, 3) and wanted == ["label"] and extra == {"id": "7", "parameters": {"samples": 4}}
+    feeds, wanted, extra = v2_inputs(nested, SIGNATURE, 100)
+    assert feeds["x"].shape == (2, 3) and wanted == ["label"] and extra == {"id": "7", "parameters": {"samples": 4}}
 
 
 def test_every_v2_mistake_is_listed_with_its_path():
@@ -59,7 +60,7 @@ def test_every_v2_mistake_is_listed_with_its_path():
 
 
 def test_records_by_name_in_the_models_order_and_every_mistake_at_once():
-    x = record_inputs({"records": [{"c": 3, "a": 1, "b": 2}, {"a": 4.5, "b": 5, "c": 6}]}, SIGNATURE, 10)
+    x = record_inputs({"records": [{"c": 3, "a": 1, "b": 2}, {"a": 4.5, "b": 5, "c": 6}]}, SIGNATURE, 10)["x"]
     assert x.tolist() == [[1, 2, 3], [4.5, 5, 6]]
     body = {"records": [{"a": 1, "b": "2", "c": 3}, {"a": 1, "c": None}, {"a": 1, "b": 2, "c": 3, "d": 4}, 7]}
     assert errors_of(record_inputs, body, SIGNATURE, 10) == [
@@ -67,7 +68,7 @@ def test_records_by_name_in_the_models_order_and_every_mistake_at_once():
         ("records[1].c", "null where a number goes"),
         ("records[2].d", "is not a feature of this model; its features are a, b, c"),
         ("records[3]", "must be an object of feature name -> number")]
-    assert record_inputs({"inputs": [[1, 2, 3]]}, SIGNATURE, 10).tolist() == [[1, 2, 3]]
+    assert record_inputs({"inputs": [[1, 2, 3]]}, SIGNATURE, 10)["x"].tolist() == [[1, 2, 3]]
     assert "rows must each have shape [3]" in errors_of(record_inputs, {"inputs": [[1, 2]]}, SIGNATURE, 10)[0][1]
     assert errors_of(record_inputs, {"records": [{}] * 11}, SIGNATURE, 10)[0][0] == "records"
     assert errors_of(record_inputs, {"records": [], "inputs": []}, SIGNATURE, 10)[0][0] == "(body)"
@@ -163,7 +164,7 @@ def test_any_request_is_checked_or_refused_with_paths_never_crashes():
             except InputError as exc:
                 assert exc.errors and all(e["path"] and e["message"] for e in exc.errors)
             else:
-                x = out[0] if isinstance(out, tuple) else out
+                x = (out[0] if isinstance(out, tuple) else out)["x"]
                 assert x.dtype == np.float32 and x.shape[1:] == (3,) and np.isfinite(x).all()
 
     check()
@@ -229,3 +230,47 @@ def test_a_request_asks_for_a_multiple_of_the_samples_a_graph_draws():
     assert "5 members" in message
     [(path, _)] = errors_of(record_inputs, {"inputs": [[1, 2, 3]], "parameters": 5}, SIGNATURE, 10)
     assert path == "parameters"
+
+
+TABLE = {"inputs": [{"name": "plan", "datatype": "BYTES", "shape": [-1, 1]},
+                    {"name": "tenure", "datatype": "FP32", "shape": [-1, 1]},
+                    {"name": "zip", "datatype": "FP32", "shape": [-1, 1]}],
+         "features": ["plan", "tenure", "zip"], "ignored_columns": ["id", "churned"],
+         "columns": [{"name": "plan", "kind": "category", "required": False, "categories": ["pro", "free"]},
+                     {"name": "tenure", "kind": "number", "required": False},
+                     {"name": "zip", "kind": "number", "required": True}],
+         "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}], "class_names": ["no", "yes"]}
+
+
+def test_a_table_models_records_take_raw_values_by_column_in_any_order():
+    feeds = record_inputs({"records": [{"zip": 10, "plan": "pro", "tenure": 3, "id": "C1", "churned": "no"},
+                                       {"tenure": None, "zip": 11.5},
+                                       {"plan": 7, "tenure": True, "zip": 12}]}, TABLE, 10)
+    assert feeds["plan"].tolist() == [["pro"], [""], ["7"]]  # missing: "" (the graph fills it); numbers as text
+    assert feeds["plan"].dtype == object and feeds["tenure"].dtype == np.float32
+    assert feeds["tenure"][0, 0] == 3 and math.isnan(feeds["tenure"][1, 0]) and feeds["tenure"][2, 0] == 1
+    found = errors_of(record_inputs, {"records": [{"plan": "pro", "tenure": "long", "zip": None, "tenur": 1},
+                                                  {"plan": {"a": 1}, "zip": 1e39}]}, TABLE, 10)
+    assert found == [("records[0].tenure", "a string where a number goes ('long'; a number's missing value is null)"),
+                     ("records[0].zip", "is required: rows without it were dropped in training (missing: drop_row)"),
+                     ("records[0].tenur", "is not a column of this model; did you mean 'tenure'?"),
+                     ("records[1].plan", "an object where a category's value (text or a number) goes"),
+                     ("records[1].zip", "1e+39 is beyond float32's range (±3.4e+38)")]
+    assert "send 'records'" in errors_of(record_inputs, {"inputs": [[1, 2, 3]]}, TABLE, 10)[0][1]
+
+
+def test_a_table_models_v2_tensors_are_one_per_column_bytes_for_categories():
+    body = {"inputs": [{"name": "zip", "shape": [2], "datatype": "INT64", "data": [1, 2]},
+                       {"name": "plan", "shape": [2, 1], "datatype": "BYTES", "data": ["pro", "free"]}]}
+    feeds, _, _ = v2_inputs(body, TABLE, 10)
+    assert feeds["plan"].tolist() == [["pro"], ["free"]] and feeds["zip"].tolist() == [[1], [2]]
+    assert np.isnan(feeds["tenure"]).all()  # a column not sent: missing in every row
+    blob = b"".join(len(v).to_bytes(4, "little") + v for v in (b"pro", b"caf\xc3\xa9"))  # tritonclient's binary BYTES
+    binary = {"inputs": [{"name": "plan", "shape": [2, 1], "datatype": "BYTES",
+                          "parameters": {"binary_data_size": len(blob)}},
+                         {"name": "zip", "shape": [2, 1], "datatype": "FP32", "data": [1, 2]}]}
+    feeds, _, _ = v2_inputs(binary, TABLE, 10, {0: blob})
+    assert feeds["plan"].tolist() == [["pro"], ["caf\u00e9"]]
+    wrong = {"inputs": [{"name": "plan", "shape": [2], "datatype": "FP32", "data": [1, 2]},
+                        {"name": "zip", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    assert [p for p, _ in errors_of(v2_inputs, wrong, TABLE, 10)] == ["inputs[0].datatype", "inputs[1].shape"]

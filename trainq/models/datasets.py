@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from trainq.models.spec import LOGIC_GATES, SHAPE_CLASSES, DatasetSpec
+from trainq.models.spec import LOGIC_GATES, SHAPE_CLASSES, DatasetSpec, class_names_of, planned_codec, table_target
 
 
 @dataclass
@@ -53,6 +53,11 @@ class Split:
         """The whole split as preprocessed float32 features (a copy when stored as uint8)."""
         return self.decode(self.x)
 
+    def chunks(self, size: int):
+        """The stored rows in order, `size` at a time (a streamed split reads them from disk the same way)."""
+        for start in range(0, len(self.x), size):
+            yield self.x[start:start + size]
+
 
 @dataclass
 class Preprocessing:
@@ -65,10 +70,12 @@ class Preprocessing:
     image: bool  # (N, C, H, W) inputs: shift and div are per channel
     y_mean: float = 0.0  # regression: the target is y_mean + y_std * the model's standardized answer
     y_std: float = 1.0
+    table: dict | None = None  # an uploaded table's codec (trainq.data.codec), fitted: raw columns in, shift 0, div 1
 
     def as_dict(self) -> dict:
         return {"shift": self.shift, "div": self.div, "one_hot": {str(k): v for k, v in self.one_hot.items()},
-                "image": self.image, "y_mean": self.y_mean, "y_std": self.y_std}
+                "image": self.image, "y_mean": self.y_mean, "y_std": self.y_std,
+                **({"table": self.table} if self.table is not None else {})}
 
 
 @dataclass
@@ -218,7 +225,8 @@ def raw(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) 
     elif name == "spirals":
         x, y = _spirals(n, spec.classes, spec.noise, np.random.default_rng(seed))
     elif name == "shapes":
-        x, y = _shapes(n, spec.image_size, spec.channels, spec.classes, spec.noise, np.random.default_rng(seed))
+        x, y = _shapes(n, spec.image_size or 16, spec.channels or 1, spec.classes, spec.noise,
+                       np.random.default_rng(seed))
     elif name == "inverse_sine":
         x, y = _inverse_sine(n, spec.noise, np.random.default_rng(seed))
     elif name == "gap_sine":
@@ -235,8 +243,11 @@ def raw(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) 
 
 
 def class_names(spec: DatasetSpec) -> list[str]:
-    """Names of a built-in dataset's classes, in label order (an upload's come from its file)."""
+    """Names of a dataset's classes, in label order (an upload's from its profile)."""
     from sklearn import datasets as sk
+
+    if spec.uploaded is not None and class_names_of(spec):
+        return class_names_of(spec)
 
     loaders = {"iris": sk.load_iris, "wine": sk.load_wine, "breast_cancer": sk.load_breast_cancer}
     if spec.name in loaders:
@@ -269,8 +280,83 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
-def load(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> Data:
-    """Load, split and preprocess a dataset; statistics come from the training split only."""
+def table_rows(spec: DatasetSpec, table):
+    """The rows of an uploaded table a run uses (a target, and a value in each drop_row column), and their targets:
+    class indexes in the profile's order, or floats."""
+    from trainq.data.codec import numbers, required_rows, strings
+
+    summary = table_target(spec)
+    target = table.column(summary["name"])
+    keep = required_rows(planned_codec(spec), table)
+    if summary["task"] == "classification":
+        labels = strings(target)
+        keep &= labels != ""
+        index = {name: i for i, name in enumerate(summary["classes"])}
+        y = np.array([index.get(v, -1) for v in labels[keep]], dtype=np.int64)
+        if (y < 0).any():
+            unknown = sorted({v for v in labels[keep] if v not in index})[:5]
+            raise ValueError(f"target values {unknown} are not among the profiled classes")
+    else:
+        values = numbers(target)
+        keep &= ~np.isnan(values)
+        y = values[keep].astype(np.float32)
+    return table.filter(keep), y
+
+
+def load_table(spec: DatasetSpec, table) -> Data:
+    """An uploaded table: its codec fitted on the training split (fills, scales, vocabularies), every split encoded
+    with it. The fitted codec is the run's preprocessing, written into the exported graph."""
+    from trainq.data.codec import encode, fit
+
+    table, y = table_rows(spec, table)
+    train, val, test = split_indices(table.num_rows, spec.val_fraction, spec.test_fraction, spec.seed)
+    codec = fit(planned_codec(spec), table, train)
+    x = encode(codec, table)
+    classes = spec.info().classes
+    y_mean, y_std = 0.0, 1.0
+    if classes is None:
+        y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
+        y = ((y - y_mean) / y_std).reshape(-1, 1).astype(np.float32)
+
+    def part(idx: np.ndarray) -> Split:
+        return Split(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
+
+    width = x.shape[1]
+    fitted = Preprocessing([0.0] * width, [1.0] * width, {}, False, y_mean, y_std, codec.as_dict())
+    return Data(part(train), part(val), part(test), classes, y_mean, y_std, fitted)
+
+
+def load_streamed(spec: DatasetSpec, source) -> Data:
+    """A table streamed from shards (trainq.models.streams): its codec was fitted on the training rows as the shards
+    were written; regression targets are standardized by the training targets' mean and spread."""
+    from trainq.models.streams import ShardedSplit, regression_scale
+
+    manifest = source.manifest
+    classes = spec.info().classes
+    y_mean, y_std = regression_scale(manifest) if classes is None else (0.0, 1.0)
+    width = manifest.width
+    fitted = Preprocessing([0.0] * width, [1.0] * width, {}, False, y_mean, y_std, manifest.codec)
+    return Data(*(ShardedSplit(manifest, name, y_mean, y_std) for name in ("train", "val", "test")), classes,
+                y_mean, y_std, fitted)
+
+
+def streamed(source) -> bool:
+    """Whether an upload's data comes as shards to stream (trainq.models.streams.Streamed)."""
+    return hasattr(source, "manifest")
+
+
+def is_table(source) -> bool:
+    """Whether an upload's data was handed over as a pyarrow Table (rather than arrays)."""
+    return hasattr(source, "column_names")
+
+
+def load(spec: DatasetSpec, arrays=None) -> Data:
+    """Load, split and preprocess a dataset; statistics come from the training split only. `arrays` is an upload's
+    data: (x, y) arrays (an NPZ, or images already decoded), or a pyarrow Table."""
+    if streamed(arrays):
+        return load_streamed(spec, arrays)
+    if is_table(arrays):
+        return load_table(spec, arrays)
     x, y = raw(spec, arrays)
     train, val, test = splits(spec, len(x))
 

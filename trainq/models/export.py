@@ -25,9 +25,10 @@ from torch import nn
 
 from trainq import __version__
 from trainq.models.bayes import BayesModule
-from trainq.models.datasets import Preprocessing, class_names, feature_names, raw, splits
+from trainq.models.datasets import (Preprocessing, class_names, feature_names, is_table, raw, split_indices, splits,
+                                    streamed, table_rows)
 from trainq.models.losses import gaussian_split, mdn_split
-from trainq.models.spec import DatasetInfo, JobSpec
+from trainq.models.spec import JobSpec, Uploaded, target_of
 from trainq.models.state import State
 
 BATCHES = (1, 7, 256)  # the batch sizes a file is checked at: one row, an odd few, a full batch
@@ -172,12 +173,83 @@ class ExportError(RuntimeError):
     """The ONNX file disagrees with torch, or could not be made; nothing is handed over."""
 
 
-def raw_rows(state: State, which: str, arrays: tuple | None = None) -> np.ndarray:
-    """The raw (unpreprocessed) features of a split, as the model's users will send them."""
+Rows = np.ndarray | dict  # raw rows: one array (N, ...) , or an uploaded table's columns by name, each (N, 1)
+
+
+def raw_rows(state: State, which: str, arrays=None) -> Rows:
+    """The raw (unpreprocessed) features of a split, as the model's users will send them: an array, or for an
+    uploaded table its raw columns (numbers with NaN for missing, text)."""
     spec = state.spec.dataset
+    if streamed(arrays):
+        return streamed_rows(state, which, arrays)
+    if is_table(arrays):
+        from trainq.data.codec import Codec, feeds_of
+
+        table, _ = table_rows(spec, arrays)
+        parts = dict(zip(("train", "val", "test"), split_indices(table.num_rows, spec.val_fraction,
+                                                                  spec.test_fraction, spec.seed)))
+        return feeds_of(Codec.from_dict(state.data.preprocessing.table), table.take(parts[which]))
     x, _ = raw(spec, arrays)
     train, val, test = splits(spec, len(x))
     return x[{"train": train, "val": val, "test": test}[which]].astype(np.float32)
+
+
+STREAMED_ROWS = 4096  # raw rows of a streamed table's split read to check and describe its export
+
+
+def streamed_rows(state: State, which: str, source) -> dict:
+    """The first STREAMED_ROWS raw rows of a streamed table's split, read from its file front to back, as the shards
+    assigned them (a hash of each row's index, or the split column)."""
+    import pyarrow as pa
+
+    from trainq.data.codec import Codec, feeds_of
+    from trainq.data.formats import RESTART, batches
+    from trainq.data.shards import SPLITS, kept_rows, splits_of
+
+    spec = state.spec.dataset
+    codec = Codec.from_dict(state.data.preprocessing.table)
+    classes = state.data.classes and class_names(spec)
+    wanted, parts, start, got = SPLITS.index(which), [], 0, 0
+    for batch in batches(source.raw, source.fmt):
+        if batch is RESTART:
+            parts, start, got = [], 0, 0
+            continue
+        table = pa.Table.from_batches([batch])
+        keep = kept_rows(table, codec, target_of(spec), classes)
+        split = splits_of(batch, start, spec.seed, spec.val_fraction, spec.test_fraction, spec.split_column)
+        start += batch.num_rows
+        chosen = np.flatnonzero(keep & (split == wanted))[:STREAMED_ROWS - got]
+        if len(chosen):
+            parts.append(table.take(chosen))
+            got += len(chosen)
+        if got >= STREAMED_ROWS:
+            break
+    return feeds_of(codec, pa.concat_tables(parts)) if parts else {f.name: np.empty((0, 1)) for f in codec.features}
+
+
+def count(rows: Rows) -> int:
+    return len(next(iter(rows.values()))) if isinstance(rows, dict) else len(rows)
+
+
+def resized(rows: Rows, size: int) -> Rows:
+    """`size` rows, repeating the given ones as needed (np.resize)."""
+    if isinstance(rows, dict):
+        return {name: np.resize(column, (size, 1)) for name, column in rows.items()}
+    return np.resize(rows, (size, *rows.shape[1:])).astype(np.float32)
+
+
+def encoded(state: State, rows: Rows) -> torch.Tensor:
+    """Raw rows as the Predictor's input: an uploaded table's columns through its fitted codec, else as they are."""
+    if isinstance(rows, dict):
+        from trainq.data.codec import Codec, encode_feeds
+
+        return torch.from_numpy(encode_feeds(Codec.from_dict(state.data.preprocessing.table), rows))
+    return torch.from_numpy(rows)
+
+
+def feeds(rows: Rows) -> dict[str, np.ndarray]:
+    """Raw rows as the exported graph's inputs."""
+    return rows if isinstance(rows, dict) else {"x": rows}
 
 
 SAMPLED_TOLERANCE = 0.1  # a sampling classifier's mean probabilities against torch's own Monte Carlo mean
@@ -198,33 +270,37 @@ def export_onnx(state: State, path: str | Path, arrays: tuple | None = None, *, 
     if prep is None:
         raise ExportError("the run's data carries no preprocessing record")
     rows = raw_rows(state, "val" if len(state.data.val) else "test", arrays)
-    if not len(rows):
+    if not count(rows):
         raise ExportError("no validation or test rows to check the file with")
     inference = state.spec.inference
     if inference is None:
         predictor = Predictor(state.model, prep, state).cpu().eval().modes()
         _write(state, predictor, path, rows, meta, written)
-        checked = _check_exact(predictor, path, rows)
+        checked = _check_exact(predictor, path, rows, state)
     elif inference.method == "ensemble":  # deterministic: the mixture of the members, checked exactly
         predictor = Predictor(state.model, prep, state, inference.members, _noise(state)).cpu().eval()
         _write(state, predictor, path, rows, {"trainq_samples": str(inference.members),
                                               "trainq_noise_var": repr(predictor.noise_var), **(meta or {})}, written)
-        checked = _check_exact(predictor, path, rows)
+        checked = _check_exact(predictor, path, rows, state)
     else:
         import tempfile
 
         twin = Predictor(state.model, prep, state).cpu().eval().modes()
         with tempfile.TemporaryDirectory(prefix="trainq-twin-") as folder:
             _write(state, twin, Path(folder) / "twin.onnx", rows, None, lambda: None)
-            _check_exact(twin, Path(folder) / "twin.onnx", rows)
+            _check_exact(twin, Path(folder) / "twin.onnx", rows, state)
         noise = _noise(state)
         predictor = Predictor(state.model, prep, state, inference.samples, noise).cpu().eval().modes()
         _write(state, predictor, path, rows, {"trainq_samples": str(inference.samples),
                                               "trainq_noise_var": repr(noise), **(meta or {})}, written)
-        checked = _check_sampled(predictor, path, rows)
+        checked = _check_sampled(predictor, path, rows, state)
         twin.modes()  # the run's own modules back to their posterior means / dropout off
-    shape = [-1, *rows.shape[1:]]
-    return Exported(path, {"x": {"dtype": "float32", "shape": shape}}, predictor.output_names(), checked)
+    if isinstance(rows, dict):
+        inputs = {name: {"dtype": "float32" if column.dtype != object else "string", "shape": [-1, 1]}
+                  for name, column in rows.items()}
+    else:
+        inputs = {"x": {"dtype": "float32", "shape": [-1, *rows.shape[1:]]}}
+    return Exported(path, inputs, predictor.output_names(), checked)
 
 
 def _noise(state: State) -> float:
@@ -236,11 +312,11 @@ def _noise(state: State) -> float:
     return noise_variance(state)
 
 
-def _write(state: State, predictor: Predictor, path: Path, rows: np.ndarray, meta: dict[str, str] | None,
+def _write(state: State, predictor: Predictor, path: Path, rows: Rows, meta: dict[str, str] | None,
            written) -> None:
     import onnx
 
-    sample = torch.from_numpy(np.resize(rows, (7, *rows.shape[1:])))  # any batch size but 1 (it would be fixed)
+    sample = encoded(state, resized(rows, 7))  # any batch size but 1 (it would be fixed)
     names = predictor.output_names()
     # "torchvision is not installed", optimizer passes, deprecations: nothing a user acts on
     quiet = {name: logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")}
@@ -259,6 +335,10 @@ def _write(state: State, predictor: Predictor, path: Path, rows: np.ndarray, met
         for name, log in quiet.items():
             log.setLevel(levels[name])
     model = onnx.load(str(path))
+    if state.data.preprocessing.table is not None:  # an uploaded table: its raw columns in, the codec in the graph
+        from trainq.data.codec import Codec, graft
+
+        model = graft(model, Codec.from_dict(state.data.preprocessing.table))
     meta = {"trainq_version": __version__, "trainq_spec": json.dumps(state.spec.model_dump(mode="json")),
             "trainq_preprocessing": json.dumps(state.data.preprocessing.as_dict()),
             "trainq_outputs": json.dumps(names), **(meta or {})}
@@ -269,17 +349,17 @@ def _write(state: State, predictor: Predictor, path: Path, rows: np.ndarray, met
     written()
 
 
-def _runs(predictor: Predictor, path: Path, rows: np.ndarray):
+def _runs(predictor: Predictor, path: Path, rows: Rows, state: State):
     """(batch size, torch's answers, onnxruntime's answers) at each size checked."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = predictor.output_names()
     for size in BATCHES:
-        batch = np.resize(rows, (size, *rows.shape[1:])).astype(np.float32)
+        batch = resized(rows, size)
         with torch.no_grad():
-            expected = [t.numpy() for t in predictor(torch.from_numpy(batch))]
-        got = session.run(names, {"x": batch})
+            expected = [t.numpy() for t in predictor(encoded(state, batch))]
+        got = session.run(names, feeds(batch))
         for name, want, have in zip(names, expected, got):
             if want.shape != have.shape:
                 raise ExportError(f"{name} at batch size {size}: onnxruntime gives shape {have.shape}, "
@@ -287,9 +367,9 @@ def _runs(predictor: Predictor, path: Path, rows: np.ndarray):
         yield size, dict(zip(names, expected)), dict(zip(names, got))
 
 
-def _check_exact(predictor: Predictor, path: Path, rows: np.ndarray) -> dict[int, float]:
+def _check_exact(predictor: Predictor, path: Path, rows: Rows, state: State) -> dict[int, float]:
     checked = {}
-    for size, expected, got in _runs(predictor, path, rows):
+    for size, expected, got in _runs(predictor, path, rows, state):
         worst = 0.0
         for name, want in expected.items():
             have = got[name]
@@ -302,13 +382,13 @@ def _check_exact(predictor: Predictor, path: Path, rows: np.ndarray) -> dict[int
     return checked
 
 
-def _check_sampled(predictor: Predictor, path: Path, rows: np.ndarray) -> dict[int, float]:
+def _check_sampled(predictor: Predictor, path: Path, rows: Rows, state: State) -> dict[int, float]:
     """Both draw their own samples, so their means differ by Monte Carlo error: on the full batch, the mean absolute
     difference must stay within SAMPLED_TOLERANCE of a probability (classification), or within four standard errors
     of the difference of two T-sample means (regression: 4 sqrt(2/T) times the epistemic std); every answer must be
     finite."""
     checked = {}
-    for size, expected, got in _runs(predictor, path, rows):
+    for size, expected, got in _runs(predictor, path, rows, state):
         if not all(np.isfinite(v).all() for v in got.values()):
             raise ExportError(f"the sampling graph gives a value that is not finite at batch size {size}")
         if "probabilities" in got:
@@ -324,16 +404,17 @@ def _check_sampled(predictor: Predictor, path: Path, rows: np.ndarray) -> dict[i
     return checked
 
 
-def state_from_checkpoint(blob: bytes, arrays: tuple | None = None, info: DatasetInfo | None = None) -> State:
+def state_from_checkpoint(blob: bytes, arrays=None, uploaded: Uploaded | None = None) -> State:
     """A run's model on the CPU as the run ended: its best epoch's weights when early stopping restored them, so the
-    answers are those its test metrics were computed from. For a run on an uploaded dataset, `arrays` (x, y) and its
-    `info` refit the preprocessing on the same training split."""
+    answers are those its test metrics were computed from. For a run on an uploaded dataset, its data (`arrays`:
+    x and y, or a table) and what the service knows of it (`uploaded`) refit the preprocessing on the same training
+    split."""
     from trainq.models.checkpoint import read_meta
     from trainq.models.engine import build
 
     spec = JobSpec.model_validate(read_meta(blob)["spec"])
-    if info is not None:
-        spec.dataset._info = info
+    if uploaded is not None:
+        spec.dataset.resolve(uploaded)
     state = build(spec, device="cpu", resume=blob, arrays=arrays)
     tracker = state.tracker
     if getattr(tracker, "restore_best", False) and tracker.best_weights is not None:
@@ -344,19 +425,39 @@ def state_from_checkpoint(blob: bytes, arrays: tuple | None = None, info: Datase
 DATATYPES = {"float32": "FP32", "int64": "INT64"}  # numpy's names -> the Open Inference Protocol's
 
 
-def signature(state: State, arrays: tuple | None = None, columns: list[str] | None = None,
+def signature(state: State, arrays=None, columns: list[str] | None = None,
               names: list[str] | None = None) -> dict[str, Any]:
-    """What the model takes and gives, for a registry and for the v2 protocol's metadata: the one input tensor `x`
-    (raw features; -1 for the batch), the names of its features (a CSV's columns, a built-in table's own names, else
-    f0, f1, ...) with the range
-    each took in the training split, the outputs with datatype and shape, and the class names."""
+    """What the model takes and gives, for a registry and for the v2 protocol's metadata: its inputs (the one tensor
+    `x` of raw features, -1 for the batch; or an uploaded table's raw columns, one input each, `columns` saying their
+    kinds and vocabularies), the names of its features (a table's columns, a built-in table's own names, else f0,
+    f1, ...) with the range each took in the training split, the outputs with datatype and shape, the class names,
+    and for uploaded images how an image file becomes a row (`image`: size, resize, channels)."""
     train = raw_rows(state, "train", arrays)
-    shape = [-1, *train.shape[1:]]
-    if train.ndim == 2:
+    extra: dict[str, Any] = {}
+    if isinstance(train, dict):  # an uploaded table: one input per raw column, named as the column
+        from trainq.data.codec import Codec
+
+        codec = Codec.from_dict(state.data.preprocessing.table)
+        inputs = [{"name": f.name, "datatype": "FP32" if f.kind == "number" else "BYTES", "shape": [-1, 1]}
+                  for f in codec.features]
+        features = [f.name for f in codec.features]
+        ranges = {name: [float(np.nanmin(column)), float(np.nanmax(column))] for name, column in train.items()
+                  if column.dtype != object and not np.isnan(column).all()}
+        extra["columns"] = codec.columns()
+        profile = state.spec.dataset.uploaded.profile  # the table's other columns: sent along, they are ignored
+        extra["ignored_columns"] = [c["name"] for c in profile["columns"] if c["name"] not in features]
+    elif train.ndim == 2:
+        inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, *train.shape[1:]]}]
         columns = columns or feature_names(state.spec.dataset)
         features = columns if columns and len(columns) == train.shape[1] else [f"f{i}" for i in range(train.shape[1])]
         ranges = {name: [float(lo), float(hi)] for name, lo, hi in zip(features, train.min(0), train.max(0))}
     else:  # images: one range per channel
+        inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, *train.shape[1:]]}]
+        if state.spec.dataset.table_kind() == "images":  # how an image file becomes a row of x
+            from trainq.models.spec import image_target
+
+            target = image_target(state.spec.dataset)
+            extra["image"] = {"size": list(target.size), "resize": target.resize, "channels": target.channels}
         features = []
         flat = train.reshape(len(train), train.shape[1], -1)
         ranges = {f"channel{c}": [float(flat[:, c].min()), float(flat[:, c].max())] for c in range(train.shape[1])}
@@ -377,6 +478,6 @@ def signature(state: State, arrays: tuple | None = None, columns: list[str] | No
         else:
             outputs.append({"name": name, "datatype": "FP32", "shape": [-1, 1]})
     task = "classification" if classes is not None else ("mixture" if k is not None else "regression")
-    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape}], "features": features, "ranges": ranges,
+    return {"inputs": inputs, "features": features, "ranges": ranges,
             "outputs": outputs, "task": task, "class_names": labels,
-            "uncertainty": {"method": inference.method, "samples": inference.draws} if inference else None}
+            "uncertainty": {"method": inference.method, "samples": inference.draws} if inference else None, **extra}

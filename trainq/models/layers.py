@@ -210,13 +210,36 @@ def init_lecun(w: torch.Tensor, spec) -> None:
         nn.init.uniform_(w, -bound, bound)
 
 
+class EmbedColumns(nn.Module):
+    """An uploaded table's embedded categories: each such input column holds a vocabulary index, replaced in place
+    by its learned vector; the other columns pass through."""
+
+    def __init__(self, embeddings: tuple[tuple[int, int, int], ...]):
+        super().__init__()
+        self.columns = [column for column, _, _ in embeddings]
+        self.tables = nn.ModuleList(nn.Embedding(rows, dim) for _, rows, dim in embeddings)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts, start = [], 0
+        for column, table in zip(self.columns, self.tables):
+            parts += [x[:, start:column], table(x[:, column].long())]
+            start = column + 1
+        parts.append(x[:, start:])
+        return torch.cat(parts, dim=1)
+
+
 def build_model(spec: JobSpec, shape: Shape | None = None) -> nn.Sequential:
     """Build the spec's layers in order, initialized by the spec's scheme (biases start at zero).
 
-    `shape` is one example's shape as loaded (one-hot codes can widen it past what the spec alone tells).
+    `shape` is one example's shape as loaded (one-hot codes can widen it past what the spec alone tells). An uploaded
+    table's embedded categories come first, as an EmbedColumns module.
     """
     shape = tuple(shape) if shape is not None else input_shape(spec)
     modules = []
+    embeddings = spec.dataset.info().embeddings if spec.dataset.name == "upload" else ()
+    if embeddings:
+        modules.append(EmbedColumns(embeddings))
+        shape = input_shape(spec)
     for layer in spec.model.layers:
         modules.append(LAYERS[layer.type](layer, shape))
         shape = layer.output_shape(shape)

@@ -1,9 +1,10 @@
 """Predictions in the service, with onnxruntime (never torch): sessions kept in an LRU, inputs checked against a
 version's signature with every error listed at once, by the field's path.
 
-Two ways in: the Open Inference Protocol's tensors (`inputs[i]` with name, shape, datatype, data) and records of
-raw features by name (`records[i].column`). Both end as one float32 array `x` for the graph, whose preprocessing
-is inside it.
+Three ways in: the Open Inference Protocol's tensors (`inputs[i]` with name, shape, datatype, data), records of
+raw features by name (`records[i].column`), and image files (PNG, JPEG) for a model trained on uploaded images. Each
+ends as the graph's feeds, whose preprocessing is inside it: one float32 array `x`, or for a model trained on an
+uploaded table one input per raw column (floats with NaN for a missing number, text for a category).
 """
 
 from __future__ import annotations
@@ -82,11 +83,203 @@ class Sessions:
         return version_id in self._cache
 
 
-def run(session, x: np.ndarray, names: list[str], runs: int = 1) -> dict[str, np.ndarray]:
-    """The graph's outputs for `x`; a sampling graph run `runs` times and its answers pooled (`pool`)."""
+Feeds = dict[str, np.ndarray]
+
+
+def run(session, feeds: Feeds, names: list[str], runs: int = 1) -> dict[str, np.ndarray]:
+    """The graph's outputs for its inputs; a sampling graph run `runs` times and its answers pooled (`pool`)."""
     if runs == 1:
-        return dict(zip(names, session.run(names, {"x": x})))
-    return pool([dict(zip(names, session.run(names, {"x": x}))) for _ in range(runs)])
+        return dict(zip(names, session.run(names, feeds)))
+    return pool([dict(zip(names, session.run(names, feeds))) for _ in range(runs)])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# An uploaded table's raw columns
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def table_model(signature: dict) -> bool:
+    """Whether the model takes an uploaded table's raw columns (one input each) rather than one tensor x."""
+    return "columns" in signature
+
+
+def cell(column: dict, value: Any, path: str, errors: Errors) -> Any:
+    """One raw value for a column: a float (NaN when missing) for a number, its text ("" when missing) for a
+    category; a missing value where the column was required in training (drop_row) is an error."""
+    from trainq.data.profile import label
+
+    if value is None:
+        if column["required"]:
+            errors.add(path, "is required: rows without it were dropped in training (missing: drop_row)")
+        return math.nan if column["kind"] == "number" else ""
+    if column["kind"] == "number":
+        if isinstance(value, bool):
+            return float(value)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if abs(value) > FLOAT32_MAX:
+                errors.add(path, f"{value:.3g} is beyond float32's range (±{FLOAT32_MAX:.3g})")
+                return math.nan
+            return float(value)
+        if isinstance(value, float):
+            return math.nan  # NaN stands for a missing value, as it did in the table
+        errors.add(path, f"{json_type(value)} where a number goes" + (
+            f" ({value[:40]!r}; a number's missing value is null)" if isinstance(value, str) else ""))
+        return math.nan
+    if isinstance(value, (dict, list)):
+        errors.add(path, f"{json_type(value)} where a category's value (text or a number) goes")
+        return ""
+    return label(value)
+
+
+def unknown_key(name: str, signature: dict) -> str | None:
+    """Why a record's key is not a model input; None for a column the table had that the model does not use (its
+    target, an identifier), which may be sent and is ignored."""
+    import difflib
+
+    if name in signature.get("ignored_columns", ()):
+        return None
+    near = difflib.get_close_matches(name, signature["features"], n=1, cutoff=0.7)
+    return ("is not a column of this model" + (f"; did you mean {near[0]!r}?" if near else
+                                                 f"; its columns are {', '.join(signature['features'][:20])}"))
+
+
+def table_records(rows: list, signature: dict, errors: Errors) -> Feeds:
+    """Records of raw values by column name as the graph's feeds: a missing key or null is a missing value (filled
+    as in training), keys in any order, the target and other unused columns of the table ignored."""
+    columns = signature["columns"]
+    values = {c["name"]: [] for c in columns}
+    for i, record in enumerate(rows):
+        if not isinstance(record, dict):
+            errors.add(f"records[{i}]", "must be an object of column name -> value")
+            for c in columns:
+                values[c["name"]].append(math.nan if c["kind"] == "number" else "")
+            continue
+        for c in columns:
+            values[c["name"]].append(cell(c, record.get(c["name"]), f"records[{i}].{c['name']}", errors))
+        for name in record:
+            if name not in values:
+                problem = unknown_key(name, signature)
+                if problem:
+                    errors.add(f"records[{i}].{name}", problem)
+    return column_feeds(columns, values)
+
+
+def column_feeds(columns: list[dict], values: dict[str, list]) -> Feeds:
+    """Checked raw values by column as the graph's inputs, each (N, 1)."""
+    return {c["name"]: np.asarray(values[c["name"]], dtype=np.float32 if c["kind"] == "number" else object
+                                  ).reshape(-1, 1) for c in columns}
+
+
+def _bytes_elements(blob: bytes, count: int, path: str, errors: Errors) -> list[str] | None:
+    """A BYTES tensor in the binary data extension: each element its 4-byte little-endian length, then its bytes."""
+    out, at = [], 0
+    while at < len(blob) and len(out) <= count:
+        if at + 4 > len(blob):
+            break
+        size = int.from_bytes(blob[at:at + 4], "little")
+        if at + 4 + size > len(blob):
+            break
+        out.append(blob[at + 4:at + 4 + size].decode("utf-8", errors="replace"))
+        at += 4 + size
+    if at != len(blob) or len(out) != count:
+        errors.add(f"{path}.parameters.binary_data_size", f"not {count} length-prefixed BYTES elements")
+        return None
+    return out
+
+
+def table_tensors(inputs: list, signature: dict, max_rows: int, binary: dict[int, bytes] | None,
+                  errors: Errors) -> Feeds:
+    """The v2 protocol's tensors for a table model: one per raw column, named as the column, shape [N] or [N, 1];
+    BYTES (text) for a category, a numeric datatype for a number. A column not sent is missing in every row."""
+    columns = {c["name"]: c for c in signature["columns"]}
+    got: dict[str, list] = {}
+    rows = None
+    for i, tensor in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(tensor, dict):
+            errors.add(where, "must be an object with name, shape, datatype and data")
+            continue
+        name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+        column = columns.get(name)
+        if column is None:
+            problem = unknown_key(str(name), signature)
+            if problem:
+                errors.add(f"{where}.name", f"{name!r} {problem}")
+            continue
+        if not (isinstance(shape, list) and len(shape) in (1, 2) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                        and d >= 0 for d in shape)
+                and (len(shape) == 1 or shape[1] == 1)):
+            errors.add(f"{where}.shape", "must be [N] or [N, 1]: one value per row")
+            continue
+        if rows is not None and shape[0] != rows:
+            errors.add(f"{where}.shape", f"{shape[0]} rows; the inputs before it have {rows}")
+            continue
+        rows = shape[0]
+        if rows > max_rows:
+            errors.add(f"{where}.shape", f"{rows} rows, over the limit of {max_rows} a request "
+                                         "(TRAINQ_MAX_PREDICT_ROWS)")
+            continue
+        wanted = "BYTES" if column["kind"] == "category" else "a numeric datatype (FP32)"
+        if (column["kind"] == "category") != (datatype == "BYTES") or (datatype != "BYTES" and datatype not in NUMERIC):
+            errors.add(f"{where}.datatype", f"{datatype!r}; column {name!r} takes {wanted}")
+            continue
+        blob = binary.get(i) if binary else None
+        if datatype == "BYTES":
+            data = _bytes_elements(blob, rows, where, errors) if blob is not None else tensor.get("data")
+            if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
+                data = data[0]
+        elif blob is not None:
+            flat = _binary(blob, datatype, rows, where, errors, missing=True)
+            data = None if flat is None else flat.tolist()
+        else:
+            data = tensor.get("data")
+            if isinstance(data, list) and data and isinstance(data[0], list):
+                data = [v for row in data for v in (row if isinstance(row, list) else [row])]
+        if not isinstance(data, list) or len(data) != rows:
+            if data is not None:
+                errors.add(f"{where}.data", f"must hold {rows} values, one per row")
+            continue
+        got[name] = [cell(column, v, f"{where}.data[{k}]", errors) for k, v in enumerate(data)]
+    if errors:
+        return {}
+    if not got:
+        errors.add("inputs", "no column of this model was sent; its columns are " + ", ".join(columns))
+    for name, c in columns.items():
+        if name not in got and c["required"]:
+            errors.add("inputs", f"column {name!r} is required: rows without it were dropped in training")
+    missing = {"number": math.nan, "category": ""}
+    values = {name: got.get(name) or [missing[c["kind"]]] * (rows or 0) for name, c in columns.items()}
+    return column_feeds(signature["columns"], values)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------------------
+
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg"}
+
+
+def image_inputs(blobs: list[tuple[str, bytes]], signature: dict, max_rows: int, max_pixels: int) -> Feeds:
+    """Image files (name, bytes) as `x`: each decoded and resized as the model's training images were."""
+    from trainq.data.formats import DataError
+    from trainq.data.images import Target, decode
+
+    spec = signature.get("image")
+    if spec is None:
+        raise InputError([{"path": "(body)", "message": "this model was not trained on image files; send JSON "
+                                                        "records or inputs"}], 415)
+    if len(blobs) > max_rows:
+        raise InputError([{"path": "(body)", "message": f"{len(blobs)} images, over the limit of {max_rows} a "
+                                                        "request (TRAINQ_MAX_PREDICT_ROWS)"}])
+    errors, rows = Errors(), []
+    target = Target(tuple(spec["size"]), spec["resize"], spec["channels"])
+    for name, blob in blobs:
+        try:
+            rows.append(decode(blob, target, max_pixels))
+        except DataError as exc:
+            errors.add(name, str(exc))
+    errors.check()
+    return {"x": np.stack(rows).astype(np.float32)}
 
 
 MAX_SAMPLE_RUNS = 20  # a request's samples: at most this many runs of the graph's own draws
@@ -197,15 +390,17 @@ def values_of(data: Any, path: str, errors: Errors, integer: bool = False) -> np
     return None if flat is None else numbers(flat, path, errors, integer)
 
 
-def _binary(blob: bytes, datatype: str, count: int, path: str, errors: Errors) -> np.ndarray | None:
-    """A tensor sent in the binary data extension: little-endian values, as many as the shape says."""
+def _binary(blob: bytes, datatype: str, count: int, path: str, errors: Errors,
+            missing: bool = False) -> np.ndarray | None:
+    """A tensor sent in the binary data extension: little-endian values, as many as the shape says (`missing`: NaN
+    stands for a missing value, as in a table's number column)."""
     dtype = np.dtype(NUMERIC[datatype]).newbyteorder("<")
     if len(blob) != count * dtype.itemsize:
         errors.add(f"{path}.parameters.binary_data_size", f"{len(blob)} bytes; shape and {datatype} need "
                                                          f"{count * dtype.itemsize}")
         return None
     array = np.frombuffer(blob, dtype=dtype).astype(np.float64)
-    if not np.isfinite(array).all():
+    if not missing and not np.isfinite(array).all():
         errors.add(f"{path}.data", "NaN and Infinity are not accepted")
         return None
     return array
@@ -252,8 +447,9 @@ def json_type(v: Any) -> str:
 
 
 def v2_inputs(body: Any, signature: dict, max_rows: int, binary: dict[int, bytes] | None = None
-              ) -> tuple[np.ndarray, list[str] | None, dict]:
-    """An Open Inference Protocol request as `x`, the outputs asked for (None: all), and its id and parameters.
+              ) -> tuple[Feeds, list[str] | None, dict]:
+    """An Open Inference Protocol request as the graph's feeds, the outputs asked for (None: all), and its id and
+    parameters.
     `binary`: input index -> its bytes, for tensors sent in the binary data extension."""
     errors = Errors()
     if not isinstance(body, dict):
@@ -262,9 +458,14 @@ def v2_inputs(body: Any, signature: dict, max_rows: int, binary: dict[int, bytes
     want = declared["shape"][1:]
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise InputError([{"path": "inputs", "message": f"must be a list holding one tensor named "
-                                                        f"{declared['name']!r} of shape {declared['shape']}"}], 400)
+        what = (f"one tensor per column ({', '.join(i['name'] for i in signature['inputs'][:8])}"
+                f"{', ...' if len(signature['inputs']) > 8 else ''})" if table_model(signature) else
+                f"one tensor named {declared['name']!r} of shape {declared['shape']}")
+        raise InputError([{"path": "inputs", "message": f"must be a list holding {what}"}], 400)
     x = None
+    if table_model(signature):
+        feeds = table_tensors(inputs, signature, max_rows, binary, errors)
+        inputs = []
     for i, tensor in enumerate(inputs):
         where = f"inputs[{i}]"
         if not isinstance(tensor, dict):
@@ -328,11 +529,14 @@ def v2_inputs(body: Any, signature: dict, max_rows: int, binary: dict[int, bytes
     if "parameters" in body and not isinstance(body["parameters"], dict):
         errors.add("parameters", "must be an object")
     errors.check()
-    return x, wanted, {"id": body.get("id"), "parameters": body.get("parameters") or {}}
+    if not table_model(signature):
+        feeds = {"x": x}
+    return feeds, wanted, {"id": body.get("id"), "parameters": body.get("parameters") or {}}
 
 
-def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
-    """`{"records": [{"column": value}]}` or `{"inputs": [[...], ...]}` as `x`, every mistake listed."""
+def record_inputs(body: Any, signature: dict, max_rows: int) -> Feeds:
+    """`{"records": [{"column": value}]}` or `{"inputs": [[...], ...]}` as the graph's feeds, every mistake
+    listed."""
     errors = Errors()
     if not isinstance(body, dict) or ("records" in body) == ("inputs" in body):
         raise InputError([{"path": "(body)", "message": "send either 'records' (a list of objects, raw features by "
@@ -348,6 +552,14 @@ def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
     if len(rows) > max_rows:
         raise InputError([{"path": key, "message": f"{len(rows)} rows, over the limit of {max_rows} a request "
                                                    "(TRAINQ_MAX_PREDICT_ROWS); send them in several requests"}])
+    if table_model(signature):
+        if key != "records":
+            raise InputError([{"path": "inputs", "message": "this model takes its table's raw columns by name: send "
+                                                            "'records', e.g. [{" + ", ".join(
+                                                                f'"{c}": ...' for c in features[:3]) + "}]"}], 400)
+        feeds = table_records(rows, signature, errors)
+        errors.check()
+        return feeds
     if key == "records":
         if not features:
             raise InputError([{"path": "records", "message": "this model takes images, not named features: send "
@@ -371,7 +583,7 @@ def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
                                                        + ", ".join(features))
         x = as_float32(x, "records", errors, lambda k: f"records[{k // len(features)}].{features[k % len(features)]}")
         errors.check()
-        return x
+        return {"x": x}
     shape = _nested_shape(rows)
     if shape is None or shape[1:] != declared:
         raise InputError([{"path": "inputs", "message": f"rows must each have shape {declared}"
@@ -383,7 +595,7 @@ def record_inputs(body: Any, signature: dict, max_rows: int) -> np.ndarray:
     width = int(np.prod(declared))
     values = as_float32(values, "inputs", errors, lambda k: f"inputs[{k // width}][{k % width}]")
     errors.check()
-    return values.reshape([len(rows), *declared])
+    return {"x": values.reshape([len(rows), *declared])}
 
 
 def v2_outputs(results: dict[str, np.ndarray], signature: dict, binary: set[str] = frozenset()

@@ -16,7 +16,9 @@ from sqlalchemy import func, select
 from trainq.service.auth import audit, principal, require_user
 from trainq.service.context import db, read_connection, services
 from trainq.service.http import body_bytes, fail, fast_json, read_body, read_fast, send_object
-from trainq.service.inference import InputError, friendly, record_inputs, run, sample_runs
+from trainq.service.inference import (IMAGE_TYPES, InputError, friendly, image_inputs, record_inputs, run,
+                                     sample_runs)
+from trainq.data.formats import DataError, sniff
 from trainq.service import scoring
 from trainq.service.lookups import find_dataset, get_job, visible_datasets
 from trainq.service.objects import batch_key, model_key
@@ -211,16 +213,35 @@ def predict(ref: str):
     version = serving(read_connection(), db, parse_ref(ref), p.id, p.is_admin)
     require_ready(version.model, version)
     signature = version.signature
-    body = read_fast()
-    x = record_inputs(body, signature, services().settings.max_predict_rows)
+    settings = services().settings
+    images = sent_images()
+    if images is not None:
+        body: dict = {}
+        feeds = image_inputs(images, signature, settings.max_predict_rows, settings.max_image_pixels)
+    else:
+        body = read_fast()
+        feeds = record_inputs(body, signature, settings.max_predict_rows)
     runs = sample_runs(body.get("parameters"), signature)
     names = [o["name"] for o in signature["outputs"]]
-    results = run(session_for(services().models, services().store, version.version_id), x, names, runs)
+    results = run(session_for(services().models, services().store, version.version_id), feeds, names, runs)
     answer = {"model": version.model, "version": version.version, "request_id": uuid.uuid4().hex,
               "task": signature.get("task"), "predictions": friendly(results, signature)}
     if signature.get("uncertainty"):
         answer["samples"] = runs * signature["uncertainty"]["samples"]
     return fast_json({**answer, "took_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+
+def sent_images() -> list[tuple[str, bytes]] | None:
+    """Image files of a prediction request: an image body (Content-Type image/png or image/jpeg), or the files of a
+    multipart form; None for a JSON request."""
+    if request.mimetype in IMAGE_TYPES:
+        return [("(body)", body_bytes())]
+    if request.mimetype == "multipart/form-data":
+        files = [(f"{field}:{f.filename or ''}", f.read()) for field, f in request.files.items(multi=True)]
+        if not files:
+            fail(400, "bad_request", "a multipart prediction request carries image files (curl -F img=@cat.png)")
+        return files
+    return None
 
 
 @bp.post("/<name>/predict")
@@ -283,7 +304,11 @@ def batch_for(ref: str):
         if not blob:
             fail(400, "bad_request", "send a CSV (a header naming the model's features) or an NPZ with an array x, or "
                                      "JSON {\"dataset\": NAME}")
-        kind = "npz" if blob[:4] == b"PK\x03\x04" else "csv"
+        try:
+            kind = sniff(blob[:65536])
+        except DataError as exc:
+            fail(422, "bad_input", str(exc), errors=[{"path": "(body)", "message": str(exc)}])
+        kind = "npz" if kind == "zip" else kind
         batch = scoring.create(session, services().store, model, version, principal().id, upload=(kind, blob))
     audit("batch", f"model:{model.name}", version=version.version, batch=batch.id)
     session.commit()

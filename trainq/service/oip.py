@@ -143,11 +143,11 @@ def infer(name: str, number: str | None):
     require_ready(version.model, version)
     signature = version.signature
     body, binary = read_request()
-    x, wanted, extra = v2_inputs(body, signature, services().settings.max_predict_rows, binary)
+    feeds, wanted, extra = v2_inputs(body, signature, services().settings.max_predict_rows, binary)
     names = [o["name"] for o in signature["outputs"]]
     session = session_for(services().models, services().store, version.version_id)
     runs = sample_runs(extra["parameters"], signature)
-    results = run(session, x, names, runs)
+    results = run(session, feeds, names, runs)
     if wanted is not None:
         results = {n: results[n] for n in wanted}
     tensors, blobs = v2_outputs(results, signature, binary_outputs(body, list(results)))

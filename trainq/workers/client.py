@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -71,6 +73,21 @@ class ServiceClient:
     def download(self, path: str, attempt_token: str) -> bytes:
         """A file through the service (a path) or straight from the object store (a presigned URL)."""
         return self.call("GET", path, attempt_token=attempt_token).content
+
+    def download_to(self, path: str, attempt_token: str, target: Path) -> Path:
+        """download() into a local file, streamed (a dataset can be larger than memory); atomic."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        response = self.call("GET", path, attempt_token=attempt_token, stream=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in response.iter_content(1 << 20):
+                    out.write(chunk)
+            tmp.replace(target)
+        finally:
+            response.close()
+            tmp.unlink(missing_ok=True)
+        return target
 
 
 def _body(response: requests.Response) -> Any:

@@ -17,7 +17,7 @@ def run_export(version_id: str, settings: Settings) -> str:
     """Export one version; return what happened (skipped, ready, failed, fenced)."""
     client = ServiceClient(settings.service_url, settings.worker_token)
     base = f"/api/v1/worker/exports/{version_id}"
-    outcome = run_claimed(client, base, lambda claim, token: export(client, claim, base, token),
+    outcome = run_claimed(client, base, lambda claim, token: export(client, claim, base, token, settings),
                           lambda exc: {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
     return outcome if isinstance(outcome, str) else outcome["state"]
 
@@ -33,21 +33,25 @@ def upload(client: ServiceClient, claim: dict, base: str, token: str, name: str,
                     headers={"Content-Type": "application/octet-stream"})
 
 
-def export(client: ServiceClient, claim: dict, base: str, token: str) -> dict:
+def export(client: ServiceClient, claim: dict, base: str, token: str, settings: Settings) -> dict:
     from safetensors.torch import save as save_tensors
 
     from trainq.models.export import ExportError, export_onnx, signature, state_from_checkpoint
-    from trainq.models.spec import DatasetInfo
-    from trainq.workers.runner import read_arrays
+    from trainq.models.spec import JobSpec
+    from trainq.workers.data import local_file, source, uploaded_of
 
     blob = client.download(claim["checkpoint_url"], token)
-    arrays = info = columns = names = None
+    arrays = uploaded = columns = names = None
     if claim.get("dataset"):
         d = claim["dataset"]
-        arrays = read_arrays(client.download(d["url"], token))
-        info = DatasetInfo(tuple(d["shape"]), d["classes"], d["rows"])
-        columns, names = d.get("columns"), d.get("class_names")
-    state = state_from_checkpoint(blob, arrays, info)
+        uploaded = uploaded_of(d)
+        spec = JobSpec.model_validate(claim["spec"])
+        spec.dataset.resolve(uploaded)
+        path = local_file(d, lambda target: client.download_to(d["url"], token, target), settings)
+        arrays = source(spec.dataset, path, settings, placement=spec.training.data_placement)
+        columns = d.get("columns")
+        names = d.get("class_names") if d["kind"] == "arrays" else None  # a table's: by the spec's target
+    state = state_from_checkpoint(blob, arrays, uploaded)
     with tempfile.TemporaryDirectory(prefix="trainq-export-") as folder:
         path = Path(folder) / "model.onnx"
         try:

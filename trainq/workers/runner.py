@@ -9,22 +9,19 @@ from dataclasses import dataclass, field
 
 from trainq.models.checkpoint import read_meta
 from trainq.models.engine import fit, pick_device
-from trainq.models.spec import DatasetInfo, JobSpec
+from trainq.models.spec import JobSpec, image_target
 from trainq.settings import Settings
 from trainq.workers.client import Fenced, Refused, ServiceClient
+from trainq.workers.data import local_file, source, uploaded_of
 from trainq.workers.reporter import PackReporter, Reporter, ReportingCallback
 
 log = logging.getLogger(__name__)
 
 
-def read_arrays(blob: bytes):
-    """An uploaded dataset's arrays, from the .npz the service stored; never unpickled."""
-    import io
+def torch_threads() -> int:
+    import torch
 
-    import numpy as np
-
-    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
-        return archive["x"], archive["y"]
+    return torch.get_num_threads()
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -137,7 +134,7 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
 
         torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)  # the engine picks within this share
     downloaded: dict[str, tuple] = {}  # a pack's members share their uploaded dataset: fetched once
-    ready = [c for c in claimed if _prepare(client, c, dev, worker, downloaded)]
+    ready = [c for c in claimed if _prepare(client, c, dev, worker, downloaded, settings)]
     groups: dict[int | tuple, list[Claimed]] = {}
     for c in ready:  # members resuming from different epochs cannot share a pack: one pack per epoch
         key = ("mid-epoch", id(c)) if c.resume_batch else (int(c.claim["resume"]["epoch"]) if c.resume else 0)
@@ -175,18 +172,22 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
     return ", ".join(ended.get(i, "unreported") for i in range(len(claimed)))
 
 
-def _prepare(client: ServiceClient, c: Claimed, dev, worker: str, downloaded: dict[str, tuple]) -> bool:
+def _prepare(client: ServiceClient, c: Claimed, dev, worker: str, downloaded: dict[str, tuple],
+             settings: Settings) -> bool:
     """Read the claimed job's spec, dataset (once per dataset for all the jobs claimed together) and checkpoint;
     False (and a failed outcome) if that fails."""
     claim, token = c.claim, c.claim["token"]
     try:
         c.spec = JobSpec.model_validate(claim["spec"])
         if claim.get("dataset"):
-            info = claim["dataset"]
-            c.spec.dataset._info = DatasetInfo(tuple(info["shape"]), info["classes"], info["rows"])
-            key = info.get("id") or info["url"]
+            d = claim["dataset"]
+            ds = c.spec.dataset
+            ds.resolve(uploaded_of(d))
+            key = (d["id"], str(image_target(ds)) if d["kind"] == "images" else c.spec.training.data_placement)
             if key not in downloaded:
-                downloaded[key] = read_arrays(client.download(info["url"], token))
+                path = local_file(d, lambda target: client.download_to(d["url"], token, target), settings)
+                downloaded[key] = source(ds, path, settings, c.reporter.event, threads=torch_threads(),
+                                         placement=c.spec.training.data_placement)
             c.arrays = downloaded[key]
         c.resume = client.download(claim["resume"]["url"], token) if claim["resume"] else None
         where = ""

@@ -39,8 +39,11 @@ def score(client: ServiceClient, claim: dict, base: str, token: str) -> dict:
     import onnxruntime as ort
 
     signature = claim["signature"]
-    rows, numbers, carried, problems, bad = read_input(client.download(claim["input_url"], token), claim["source"],
-                                                       signature, claim.get("columns"))
+    blob = client.download(claim["input_url"], token)
+    if "columns" in signature:  # a model of an uploaded table: raw columns in, by name
+        rows, numbers, carried, problems, bad = read_table_input(blob, signature)
+    else:
+        rows, numbers, carried, problems, bad = read_input(blob, claim["source"], signature, claim.get("columns"))
     client.call("POST", f"{base}/progress", json={"rows": len(numbers) + bad, "done": 0, "bad_rows": bad},
                 attempt_token=token)
     with tempfile.TemporaryDirectory(prefix="trainq-score-") as folder:
@@ -50,14 +53,16 @@ def score(client: ServiceClient, claim: dict, base: str, token: str) -> dict:
     names = [o["name"] for o in signature["outputs"]]
     classes = signature.get("class_names")
     header, lines = answer_columns(names, signature, classes), []
-    for start in range(0, len(rows), CHUNK):
-        results = dict(zip(names, session.run(names, {"x": rows[start:start + CHUNK]}), strict=True))
+    for start in range(0, count(rows), CHUNK):
+        feeds = ({name: column[start:start + CHUNK] for name, column in rows.items()} if isinstance(rows, dict)
+                 else {"x": rows[start:start + CHUNK]})
+        results = dict(zip(names, session.run(names, feeds), strict=True))
         lines += answer_rows(results, classes)
-        client.call("POST", f"{base}/progress", json={"done": min(start + CHUNK, len(rows)) + bad},
+        client.call("POST", f"{base}/progress", json={"done": min(start + CHUNK, count(rows)) + bad},
                     attempt_token=token)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["row", *carried[0], *header])
+    writer.writerow(["row", *carried[0], *header])  # the input's own columns, in its order, then the answers
     for number, kept, answer in zip(numbers, carried[1], lines, strict=True):
         writer.writerow([number, *kept, *answer])
     if claim.get("output_url"):  # straight into the object store, this claim's staging place
@@ -67,6 +72,107 @@ def score(client: ServiceClient, claim: dict, base: str, token: str) -> dict:
                     headers={"Content-Type": "text/csv"})
     return {"status": "succeeded", "rows": len(numbers) + bad, "done": len(numbers) + bad, "bad_rows": bad,
             "problems": problems}
+
+
+def count(rows) -> int:
+    return len(next(iter(rows.values()))) if isinstance(rows, dict) else len(rows)
+
+
+def read_table_input(blob: bytes, signature: dict):
+    """A table (CSV, TSV, Parquet, JSON Lines) for a model of an uploaded table: its raw columns as the graph's
+    inputs, every input column carried to the output in the input's order. A row whose number column holds text, or
+    that lacks a value the model requires, is a problem by its line (CSV: the header is line 1) or row number; a CSV
+    row with the wrong number of fields too. A missing value is filled inside the graph, as in training."""
+    import pyarrow as pa
+
+    from trainq.data.codec import strings
+    from trainq.data.formats import DataError, sniff
+
+    try:
+        fmt = sniff(blob[:65536])
+    except DataError as exc:
+        raise InputProblem(str(exc)) from None
+    if fmt not in ("csv", "tsv", "parquet", "jsonl"):
+        raise InputProblem(f"a {fmt} file; this model takes a table (CSV, TSV, Parquet or JSON Lines) naming its "
+                           f"columns ({', '.join(signature['features'][:6])})")
+    ragged: list[int] = []
+    table = _read_rows(blob, fmt, ragged)
+    wanted = signature["columns"]
+    missing = [c["name"] for c in wanted if c["name"] not in table.column_names]
+    if missing:
+        raise InputProblem(f"the table has no column {', '.join(missing[:6])}; the model's columns are "
+                           + ", ".join(c["name"] for c in wanted[:8]) + (" ..." if len(wanted) > 8 else ""))
+    first = 2 if fmt in ("csv", "tsv") else 1  # what a user counts: a CSV's lines, other tables' rows
+    line = _line_numbers(table.num_rows, ragged, first)
+    good = np.ones(table.num_rows, dtype=bool)
+    problems: dict[int, str] = {}
+    feeds = {}
+    for c in wanted:
+        text = strings(table.column(c["name"]))
+        if c["kind"] == "number":
+            values = np.full(len(text), np.nan, dtype=np.float32)
+            for i, v in enumerate(text):
+                if v == "":
+                    continue
+                try:
+                    values[i] = float(v)
+                except ValueError:
+                    problems.setdefault(i, f"{c['name']}: {v[:40]!r} is not a number")
+            feeds[c["name"]] = values
+            empty = np.isnan(values)
+        else:
+            feeds[c["name"]] = text
+            empty = text == ""
+        if c["required"]:
+            for i in np.flatnonzero(empty):
+                problems.setdefault(int(i), f"{c['name']}: required (rows without it were dropped in training)")
+    good[list(problems)] = False
+    listed = sorted([(int(line[i]), m) for i, m in problems.items()] + [(n, "the row has the wrong number of fields")
+                                                                    for n in ragged])
+    rows = {name: column[good].reshape(-1, 1) for name, column in feeds.items()}
+    carried_names = table.column_names
+    kept = table.filter(pa.array(good))
+    carried_values = list(zip(*(strings(kept.column(n)).tolist() for n in carried_names))) if kept.num_rows else []
+    return (rows, line[good].tolist(), (carried_names, carried_values),
+            [{"row": n, "message": m} for n, m in listed[:PROBLEMS]], len(problems) + len(ragged))
+
+
+def _read_rows(blob: bytes, fmt: str, ragged: list[int]):
+    """The table, a CSV's rows of the wrong width left out and their line numbers put in `ragged`."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    from trainq.data.formats import DataError, read_table
+
+    if fmt not in ("csv", "tsv"):
+        try:
+            return read_table(io.BytesIO(blob), fmt)
+        except DataError as exc:
+            raise InputProblem(str(exc)) from None
+
+    def skip(row) -> str:
+        ragged.append(row.number)
+        return "skip"
+
+    try:  # one thread, so pyarrow knows each row's line number
+        return pcsv.read_csv(io.BytesIO(blob), read_options=pcsv.ReadOptions(use_threads=False),
+                             parse_options=pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",",
+                                                             invalid_row_handler=skip),
+                             convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+    except pa.ArrowInvalid as exc:
+        raise InputProblem(f"not a readable CSV: {str(exc)[:300]}") from None
+
+
+def _line_numbers(rows: int, ragged: list[int], first: int) -> np.ndarray:
+    """The line (or row) number of each row read, counting the ragged lines that were left out between them."""
+    numbers, skipped, line = np.empty(rows, dtype=np.int64), sorted(ragged), first
+    at = 0
+    for i in range(rows):
+        while at < len(skipped) and skipped[at] == line:
+            line, at = line + 1, at + 1
+        numbers[i] = line
+        line += 1
+    return numbers
 
 
 def read_input(blob: bytes, source: str, signature: dict, columns: list[str] | None):
