@@ -90,6 +90,11 @@ class Checkpointer(Callback):
         if final or best or now - self.last >= self.every:
             self._write(state, self.tracker.improved)
 
+    def on_batch_end(self, state: State) -> None:
+        """A streamed epoch can take long: a checkpoint on the clock part-way through it too."""
+        if self.every and time.monotonic() - self.last >= self.every:
+            self._write(state, False)
+
     def on_train_end(self, state: State) -> None:
         if state.stop_reason == "cancelled" and state.step != self.saved_step:  # what the interrupted run did since
             self._write(state, self.tracker.improved and not state.batch_in_epoch)

@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from trainq.models.optimizers import build_optimizer, build_schedule, decoupled_
 from trainq.models.spec import JobSpec, batch_size, ensemble_members, plan
 from trainq.models.stacked import Ensemble, clip_members_
 from trainq.models.state import Callback, State
+from trainq.models.streams import ShardedSplit
 
 EVAL_BATCH = 8192  # rows per evaluation batch; evaluation keeps no graph, so this can be large
 # Below this many multiply-adds per training step (forward and backward, ~3x the forward), splitting each op
@@ -126,7 +127,10 @@ def build_ensemble(spec: JobSpec, shape, members: int, generator: torch.Generato
 
 
 def placement(spec: JobSpec, data: Data, device: torch.device) -> str:
-    """Where the dataset lives while training: on the device, or in host memory with batches copied over."""
+    """Where the dataset lives while training: on the device, or in host memory with batches copied over (a
+    streamed table: read from its shards on disk, a batch at a time)."""
+    if isinstance(data.train, ShardedSplit):
+        return "host"
     wanted = spec.training.data_placement
     if wanted != "auto":
         return wanted
@@ -289,31 +293,41 @@ def train_one_epoch(state: State) -> None:
     objective_loss = training_loss(state)
     members = ensemble_members(spec)
     model.train()
-    resumed = state.batch_in_epoch  # batches of this epoch done before an interruption: redraw its permutation
-    if resumed and state.epoch_rng is not None:
-        state.generator.set_state(state.epoch_rng)
-    state.epoch_rng = state.generator.get_state()
-    # an ensemble's members each draw their own permutation: (M, n) row indices, a (M, B) batch of them per step
-    order = (torch.stack([torch.randperm(n, generator=state.generator) for _ in range(members)]) if members
-             else torch.randperm(n, generator=state.generator))
-    if not state.on_host:
-        order = order.to(state.device)
+    resumed = state.batch_in_epoch  # batches of this epoch done before an interruption: resumed at the next one
+    streamed = isinstance(train, ShardedSplit)  # read from shards, in an order drawn from (seed, epoch)
+
+    def batches() -> Iterator[tuple[int, torch.Tensor, torch.Tensor, float]]:
+        """(batch number, x, y, the weight of its loss) of this epoch from batch `resumed` on."""
+        if streamed:
+            for batch, x, y in train.batches(spec.training.seed, state.epoch, size, resumed):
+                yield batch, x, y, 1.0
+            return
+        if resumed and state.epoch_rng is not None:  # redraw the interrupted epoch's permutation
+            state.generator.set_state(state.epoch_rng)
+        state.epoch_rng = state.generator.get_state()
+        # an ensemble's members each draw their own permutation: (M, n) row indices, a (M, B) batch of them per step
+        order = (torch.stack([torch.randperm(n, generator=state.generator) for _ in range(members)]) if members
+                 else torch.randperm(n, generator=state.generator))
+        if not state.on_host:
+            order = order.to(state.device)
+        for batch, start in enumerate(range(0, n, size)):
+            if batch < resumed:
+                continue
+            idx = order[..., start:start + size]
+            batch_rows = idx.shape[-1]
+            share = float(members) if members else 1.0  # the members' mean loss, each member's gradient its own
+            if state.world > 1:  # every replica draws the same permutation and takes its shard of each batch
+                shard = idx.tensor_split(state.world)[state.rank]
+                # DDP averages shard gradients: weighting each shard's mean loss by its share of the batch makes that
+                # average the whole batch's mean gradient, as in one process, even when shards differ in size. A
+                # replica with no row in a short last batch still takes part (with weight 0): DDP needs every one.
+                share = len(shard) * state.world / batch_rows
+                idx = shard if len(shard) else idx[:1]
+            yield batch, train.x[idx], train.y[idx], share
+
     losses: list[torch.Tensor] = []  # detached batch losses, still on the device: summed once per interval
     logged = 0  # how many of them the last report covered
-    for batch, start in enumerate(range(0, n, size)):
-        if batch < resumed:
-            continue
-        idx = order[..., start:start + size]
-        batch_rows = idx.shape[-1]
-        share = float(members) if members else 1.0  # the loss is the members' mean, each member's gradient its own
-        if state.world > 1:  # every replica draws the same permutation and takes its shard of each batch
-            shard = idx.tensor_split(state.world)[state.rank]
-            # DDP averages shard gradients: weighting each shard's mean loss by its share of the batch makes that
-            # average the whole batch's mean gradient, as in one process, even when shards differ in size. A
-            # replica with no row in a short last batch still takes part (with weight 0): DDP needs every one.
-            share = len(shard) * state.world / batch_rows
-            idx = shard if len(shard) else idx[:1]
-        x, y = train.x[idx], train.y[idx]
+    for batch, x, y, share in batches():
         if state.on_host:  # streamed from host memory, one batch at a time
             x, y = x.to(state.device, non_blocking=True), y.to(state.device, non_blocking=True)
         x = train.decode(x)  # uint8 pixels become float here, a batch at a time, on the device
@@ -355,6 +369,8 @@ def train_one_epoch(state: State) -> None:
             per_step.scheduler.step()
         state.step += 1
         losses.append(loss.detach())
+        if streamed:  # a host sync per batch (cheap beside reading shards): the epoch's sum in one fixed order, so
+            state.epoch_loss += float(loss.detach()) * len(y)  # a resumed epoch adds up as an uninterrupted one
         if state.step % log_every == 0:
             value = torch.stack(losses[logged:]).mean().item()  # the one host sync per reporting interval
             logged = len(losses)
@@ -364,10 +380,16 @@ def train_one_epoch(state: State) -> None:
         if state.world == 1 and state.interrupt.is_set():  # replicas stop together, at the epoch's end
             # stopped part-way: where, for a checkpoint to resume at the next batch
             state.batch_in_epoch = batch + 1
-            done = torch.stack(losses) * torch.tensor([min(size, n - (resumed + i) * size)
-                                                       for i in range(len(losses))], device=losses[0].device)
-            state.epoch_loss += float(done.sum())
+            if not streamed:
+                done = torch.stack(losses) * torch.tensor([min(size, n - (resumed + i) * size)
+                                                           for i in range(len(losses))], device=losses[0].device)
+                state.epoch_loss += float(done.sum())
             return
+        if streamed:  # a long epoch: checkpoints on the clock part-way through it, resumed at the next batch
+            state.batch_in_epoch = batch + 1
+            for cb in state.callbacks:
+                cb.on_batch_end(state)
+            state.batch_in_epoch = 0
     # the epoch's mean loss per example: batches weighted by their size (the last one may be smaller)
     if state.world > 1:
         shards = [idx_len for idx_len in _shard_sizes(n, size, state.world, state.rank)]
@@ -376,8 +398,11 @@ def train_one_epoch(state: State) -> None:
         sizes = torch.full((len(losses),), float(size), device=state.device)
         if losses:
             sizes[-1] = n - size * (resumed + len(losses) - 1)
-    epoch_sum = state.epoch_loss + (  # the batches before an interruption, and since
-        (torch.stack(losses) * sizes).sum() if losses else torch.zeros((), device=state.device))
+    if streamed:
+        epoch_sum = torch.tensor(state.epoch_loss, dtype=torch.float64)
+    else:
+        epoch_sum = state.epoch_loss + (  # the batches before an interruption, and since
+            (torch.stack(losses) * sizes).sum() if losses else torch.zeros((), device=state.device))
     state.batch_in_epoch, state.epoch_loss = 0, 0.0
     if state.world > 1:
         import torch.distributed as dist
@@ -437,8 +462,7 @@ def _outputs(state: State, split: Split, tta: bool) -> torch.Tensor:
     views = state.spec.test_time_augmentation if tta else None
     to_probabilities = state.objective.probabilities
     outputs = []
-    for start in range(0, len(split), EVAL_BATCH):
-        x = split.x[start:start + EVAL_BATCH]
+    for x in split.chunks(EVAL_BATCH):
         if state.on_host:
             x = x.to(state.device, non_blocking=True)
         x = split.decode(x)
@@ -471,28 +495,27 @@ def _scores(state: State, out: torch.Tensor, split: Split, prefix: str, averaged
     test-time augmentations or posterior samples), so the loss is their NLL."""
     import torchmetrics.functional as M
 
-    if state.on_host:
-        split = Split(split.x, split.y.to(state.device), split.shift, split.scale)
+    labels = split.y.to(state.device) if state.on_host else split.y
     metrics: dict[str, torch.Tensor] = {}
     if averaged:  # the outputs are probabilities: the loss is the NLL of the averaged prediction
-        metrics[f"{prefix}_loss"] = torch.nn.functional.nll_loss(out.clamp_min(1e-12).log(), split.y)
+        metrics[f"{prefix}_loss"] = torch.nn.functional.nll_loss(out.clamp_min(1e-12).log(), labels)
     else:
-        metrics[f"{prefix}_loss"] = state.objective.loss(out, split.y)
+        metrics[f"{prefix}_loss"] = state.objective.loss(out, labels)
     extra: dict[str, Any] = {}
     data = state.data
     if state.objective.predict is not None:
         k = data.classes
         pred = out.argmax(dim=1) if averaged else state.objective.predict(out)
         task = {"task": "multiclass", "num_classes": k, "validate_args": False}  # our own tensors, known valid
-        metrics[f"{prefix}_accuracy"] = (pred == split.y).float().mean()
-        metrics[f"{prefix}_precision"] = M.precision(pred, split.y, average="macro", **task)
-        metrics[f"{prefix}_recall"] = M.recall(pred, split.y, average="macro", **task)
-        metrics[f"{prefix}_f1"] = M.f1_score(pred, split.y, average="macro", **task)
+        metrics[f"{prefix}_accuracy"] = (pred == labels).float().mean()
+        metrics[f"{prefix}_precision"] = M.precision(pred, labels, average="macro", **task)
+        metrics[f"{prefix}_recall"] = M.recall(pred, labels, average="macro", **task)
+        metrics[f"{prefix}_f1"] = M.f1_score(pred, labels, average="macro", **task)
         if confusion:
-            extra[f"{prefix}_confusion_matrix"] = M.confusion_matrix(pred, split.y, **task).tolist()
+            extra[f"{prefix}_confusion_matrix"] = M.confusion_matrix(pred, labels, **task).tolist()
     else:
         pred = state.objective.point(out) * data.y_std + data.y_mean
-        target = split.y * data.y_std + data.y_mean
+        target = labels * data.y_std + data.y_mean
         metrics[f"{prefix}_mse"] = M.mean_squared_error(pred, target)
         metrics[f"{prefix}_rmse"] = metrics[f"{prefix}_mse"].sqrt()
         metrics[f"{prefix}_mae"] = M.mean_absolute_error(pred, target)
