@@ -40,6 +40,16 @@ def wants_page() -> bool:
             and request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html")
 
 
+@bp.app_template_filter("filesize")
+def filesize(size: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
 @bp.app_context_processor
 def _template_helpers():
     return {"csrf_token": csrf_token, "me": principal, "missing_assets": missing_assets, "finished_states": FINISHED}
@@ -273,8 +283,26 @@ def datasets_page():
     from trainq.service.lookups import dataset_json, visible_datasets
     from trainq.service.tables import Dataset
 
-    rows = db().scalars(visible_datasets().order_by(Dataset.created_at.desc())).all()
-    return render_template("datasets.html", nav="datasets", datasets=[dataset_json(d) for d in rows])
+    rows = db().scalars(visible_datasets().order_by(Dataset.name, Dataset.version.desc())).all()
+    shown, seen = [], set()
+    for d in rows:
+        shown.append({**dataset_json(d), "latest": (d.owner_id, d.name) not in seen})
+        seen.add((d.owner_id, d.name))
+    return render_template("datasets.html", nav="datasets", datasets=shown,
+                           max_body=services().settings.max_body_bytes)
+
+
+@bp.get("/datasets/<path:ref>")
+def dataset_page(ref: str):
+    from trainq.service.datasets import users_of
+    from trainq.service.lookups import dataset_json, get_dataset, visible_datasets
+    from trainq.service.tables import Dataset
+
+    d = get_dataset(ref)
+    versions = db().scalars(visible_datasets().where(Dataset.owner_id == d.owner_id, Dataset.name == d.name)
+                            .with_only_columns(Dataset.version).order_by(Dataset.version)).all()
+    return render_template("dataset.html", nav="datasets", d=dataset_json(d), versions=versions,
+                           used=users_of(db(), d))
 
 
 @bp.get("/sweeps/<hexid:sweep_id>")

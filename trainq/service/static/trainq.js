@@ -858,7 +858,7 @@ function pageDatasets() {
     if (form.task.value) query.set("task", form.task.value);
     const answer = await api(`/api/v1/datasets?${query}`, {method: "POST", body: await file.arrayBuffer(),
       headers: {"Content-Type": "application/octet-stream"}});
-    if (answer.status === 201) location.reload();
+    if (answer.status === 201 || answer.status === 200) location.href = "/datasets/" + answer.body.ref;
     else listErrors(errors, answer.body);
   });
   for (const button of document.querySelectorAll("#datasets button.delete")) {
@@ -869,6 +869,11 @@ function pageDatasets() {
       else listErrors(errors, answer.body);
     });
   }
+}
+
+function pageDataset() {
+  // Class counts as bars: widths set here, since the page's CSP allows no inline style
+  for (const bar of document.querySelectorAll(".bar[data-w]")) bar.style.width = bar.dataset.w + "%";
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -934,6 +939,6 @@ function registerButton(job) {
 }
 
 const PAGES = {runs: pageRuns, run: pageRun, compare: pageCompare, workers: pageWorkers, submit: pageSubmit,
-               sweep: pageSweep, sweeps: pageSweeps, datasets: pageDatasets, model: pageModel};
+               sweep: pageSweep, sweeps: pageSweeps, datasets: pageDatasets, dataset: pageDataset, model: pageModel};
 localizeTimes();
 (PAGES[document.body.dataset.page] || (() => {}))();
