@@ -385,17 +385,20 @@ class _Client:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
     def call(self, method: str, path: str, timeout: float = 30, **kwargs) -> dict:
+        return self.checked(self.request(method, path, timeout=timeout, **kwargs))
+
+    def request(self, method: str, path: str, timeout: float = 30, **kwargs):
+        """The service's answer, whatever its status; a service that cannot be reached is a usage error."""
         import requests
 
         try:
-            answer = self.http.request(method, self.base + path, timeout=timeout, **kwargs)
+            return self.http.request(method, self.base + path, timeout=timeout, **kwargs)
         except requests.ConnectionError:
             raise click.ClickException(
                 f"cannot reach the trainq service at {self.base}. Start it with `trainq up` (or `make up`), or point "
                 "--url or TRAINQ_SERVICE_URL at where it runs") from None
         except requests.Timeout:
             raise click.ClickException(f"the trainq service at {self.base} did not answer in {timeout:.0f} s") from None
-        return self.checked(answer)
 
     def download(self, path: str) -> bytes:
         """A file from the service, or the service's error as a usage error."""
@@ -976,11 +979,14 @@ def dataset_upload(path: Path, name: str, target: str | None, task: str | None, 
     params = {"name": name, **({"target": target} if target else {}), **({"task": task} if task else {})}
     size = path.stat().st_size
     started = time.monotonic()
+    found = None
     if size <= SMALL_UPLOAD:
         with open(path, "rb") as f:
-            found = client.call("POST", "/api/v1/datasets", params=params, data=f,
-                                headers={"Content-Type": "application/octet-stream"})
-    else:
+            answer = client.request("POST", "/api/v1/datasets", params=params, data=f,
+                                    headers={"Content-Type": "application/octet-stream"}, timeout=600)
+        if answer.status_code != 413:  # larger than this service takes in one request: in parts, then
+            found = client.checked(answer)
+    if found is None:
         found = _upload_in_parts(client, path, params, size)
     _show_dataset(found)
     click.echo(f"{'already there as' if found.get('existing') else 'uploaded'} {found['ref']} "
@@ -1079,7 +1085,7 @@ def dataset_show(ref: str, url: str | None, token: str | None) -> None:
 def dataset_delete(ref: str, url: str | None, token: str | None) -> None:
     """Delete one version (NAME@VERSION); refused while a run or a model names it."""
     client = _Client(url, token)
-    answer = client.http.delete(f"{client.base}/api/v1/datasets/{ref}", timeout=30)
+    answer = client.request("DELETE", f"/api/v1/datasets/{ref}")
     if answer.status_code != 204:
         client.checked(answer)
     click.echo(f"deleted {ref}", err=True)

@@ -301,26 +301,62 @@ def test_start_a_sweep_from_the_form(page, stack):
     stack.http.post(f"{stack.url}/api/v1/sweeps/{sweep_id}/cancel", timeout=10)
 
 
-def test_upload_a_dataset_from_its_page_and_delete_it(page, stack, tmp_path):
-    rows = ["a,b,label"] + [f"{i % 7},{(i * 3) % 5},{'yes' if i % 2 else 'no'}" for i in range(40)]
+def test_upload_a_dataset_from_its_page_see_its_profile_and_delete_it(page, stack, tmp_path):
+    rows = ["id,plan,a,b,label"] + [f"C{i:03d},{['pro', 'free', 'team'][i % 3] if i % 5 else ''},{i % 7},{(i * 3) % 5},"
+                                    f"{'yes' if i % 2 else 'no'}" for i in range(40)]
     (tmp_path / "people.csv").write_text("\n".join(rows) + "\n")
     page.goto(stack.url + "/datasets")
     page.set_input_files("#upload-form input[name=file]", str(tmp_path / "people.csv"))
     page.fill("#upload-form input[name=name]", "people-from-the-page")
     page.click("#upload-form button[type=submit]")
+    page.wait_for_url(re.compile(r".*/datasets/people-from-the-page@1$"))
+    assert page.inner_text("#title").startswith("people-from-the-page@1")
+    plan = page.locator("#columns tr[data-column='plan']")
+    assert "category" in plan.inner_text() and "8 (20.0%)" in plan.inner_text()  # missing, with its share
+    assert "identifier" in page.inner_text("#columns tr[data-column='id']")
+    bars = page.locator("#classes .bar")
+    eventually(lambda: bars.first.evaluate("b => b.getBoundingClientRect().width") > 50)  # drawn by the script
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+    snap(page, "dataset-table")
+    page.goto(stack.url + "/datasets")
     row = page.locator("#datasets tbody tr", has_text="people-from-the-page")
-    row.wait_for()
-    assert "classification" in row.inner_text() and "no, yes" in row.inner_text()
+    assert "classification" in row.inner_text() and "latest" in row.inner_text() and "no, yes" in row.inner_text()
     snap(page, "datasets")
     page.set_input_files("#upload-form input[name=file]", str(tmp_path / "people.csv"))
     page.fill("#upload-form input[name=name]", "people-from-the-page")
-    page.click("#upload-form button[type=submit]")
-    page.locator("#upload-errors li").wait_for()  # the same name again: a 409 that says what to do
-    assert "delete it first" in page.inner_text("#upload-errors")
+    page.click("#upload-form button[type=submit]")  # the same bytes again: the version they already are
+    page.wait_for_url(re.compile(r".*/datasets/people-from-the-page@1$"))
+    page.goto(stack.url + "/datasets")
     page.on("dialog", lambda d: d.accept())
     row.locator("button.delete").click()
     row.wait_for(state="detached")
     assert [d["name"] for d in stack.get("/api/v1/datasets")["datasets"]] == []
+
+
+def test_an_image_datasets_page_shows_its_classes_and_sample_images(page, stack):
+    import io
+    import zipfile
+
+    from tests.integration.test_datasets_on_workers import picture
+
+    rng = __import__("numpy").random.default_rng(1)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for kind in ("circle", "square", "triangle"):
+            for i in range(6):
+                z.writestr(f"shapes/{kind}/{i}.png", picture(kind, rng))
+        z.writestr("shapes/notes.txt", "not an image")
+    answer = stack.http.post(f"{stack.url}/api/v1/datasets", params={"name": "pictures"}, data=archive.getvalue(),
+                             timeout=30)
+    assert answer.status_code == 201, answer.text
+    page.goto(stack.url + "/datasets/pictures")
+    images = page.locator("#samples img")
+    assert images.count() == 12  # four a class
+    eventually(lambda: all(images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(12)))
+    assert "shapes/notes.txt" in page.inner_text("#unreadable")
+    assert "40x40" in page.inner_text("main")
+    snap(page, "dataset-images")
+    stack.http.delete(f"{stack.url}/api/v1/datasets/pictures@1", timeout=10)
 
 
 def test_the_workers_page_says_how_long_ago_a_worker_was_seen(page, stack):

@@ -105,3 +105,28 @@ def test_a_csv_column_typed_by_its_first_block_is_read_again_as_text(monkeypatch
     assert table.num_rows == 3001 and table.column("a")[-1].as_py() == "word"
     profile = profile_table(formats.batches(io.BytesIO(data.encode()), "csv"), "csv", target="b")
     assert profile["rows"] == 3001 and profile["columns"][0]["type"] == "identifier"
+
+
+def test_a_median_is_exact_up_to_the_reservoir_and_a_fair_sample_past_it(monkeypatch):
+    monkeypatch.setattr(codec, "RESERVOIR", 1000)
+    values = np.arange(5000, dtype=float)
+    table = pa.table({"x": values, "y": np.arange(5000) % 2})
+    profile = profile_table(table.to_batches(max_chunksize=700), "parquet", target="y")
+    planned = codec.plan(profile, {}, codec.Rule(missing="median"), "none")
+    fitter = codec.Fitter(planned)
+    for batch in table.to_batches(max_chunksize=700):
+        fitter.add(pa.Table.from_batches([batch]))
+    assert fitter.stats[0]["seen"] == 5000 and len(fitter.stats[0]["kept"]) == 1000
+    assert abs(fitter.fitted().features[0].fill - np.median(values)) < 250  # a sample's median, not the first 1000's
+    small = codec.Fitter(planned)
+    small.add(table.slice(0, 999))
+    assert small.fitted().features[0].fill == np.median(values[:999])
+
+
+def test_a_parquet_row_group_larger_than_the_budget_is_refused():
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.table({"a": np.arange(100_000.0), "y": np.arange(100_000) % 2}), out)
+    with pytest.raises(DataError, match="row group 0 holds"):
+        list(formats.batches(io.BytesIO(out.getvalue()), "parquet", budget_bytes=100_000))

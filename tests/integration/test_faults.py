@@ -298,3 +298,59 @@ def test_a_worker_killed_mid_pack_resumes_every_member_with_each_epoch_once(frag
         # are asynchronous; a kill -9 can land between two): it trains apart, and says so.
         resumed = next(i for i, m in enumerate(messages) if "resuming after epoch" in m)
         assert any("packed with" in m or "trains apart" in m for m in messages[resumed:resumed + 3]), messages
+
+
+def test_a_streamed_table_killed_mid_epoch_resumes_at_its_next_batch_as_if_never_stopped(short_lease_stack, tmp_path):
+    """A table several times the worker's memory budget trains streamed from shards; its worker is killed part-way
+    through an epoch; a successor resumes at the batch after the last checkpoint (not at the epoch's start) and the
+    run ends with the metrics of an uninterrupted one."""
+    from dataclasses import replace
+
+    from tests.integration.test_datasets_on_workers import churn_csv
+    from trainq.data import formats, profile
+    from trainq.models.checkpoint import read_meta
+    from trainq.models.spec import Uploaded
+    from trainq.settings import Settings
+    from trainq.workers.data import source
+
+    stack = short_lease_stack
+    stack.env["TRAINQ_DATA_MEMORY_MB"] = "1"  # the workers' budget: the table below takes 4 MiB in memory
+    data = churn_csv(70_000)
+    uploaded = stack.http.post(f"{stack.url}/api/v1/datasets", params={"name": "churn", "target": "churned"},
+                               data=data, timeout=60)
+    assert uploaded.status_code == 201, uploaded.text
+    spec = {"name": "streamed", "dataset": {"name": "upload", "upload": "churn", "missing": "median"},
+            "model": {"layers": [{"type": "dense", "units": 64}, {"type": "activation", "fn": "relu"},
+                                 {"type": "dropout", "p": 0.1}, {"type": "dense", "units": 2}]},
+            "loss": {"type": "cross_entropy"}, "optimizer": {"type": "adam", "lr": 0.003},
+            "training": {"epochs": 3, "batch_size": 16, "checkpoint_every_seconds": 0.5, "seed": 0}}  # auto: streams
+    stack.worker("doomed")
+    job_id = stack.submit(spec)
+
+    def mid_epoch() -> bool:
+        found = [c for c in stack.get(f"/api/v1/jobs/{job_id}/checkpoints")["checkpoints"] if c["is_latest"]]
+        if not found or stack.job(job_id)["epoch"] < 1:
+            return False
+        blob = stack.http.get(stack.url + found[0]["download_url"], timeout=10).content
+        return read_meta(blob)["batch_in_epoch"] > 0
+
+    wait_until(mid_epoch, timeout=120, what="a checkpoint part-way through the second epoch")
+    stack.stop("doomed", signal.SIGKILL)
+    stack.worker("rescuer")
+    job = stack.wait(job_id, timeout=240)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, stack.logs()
+    events = events_of(stack, job_id)
+    assert any("rows into shards" in m for m in events) and any("at batch" in m for m in events), events
+    series = stack.get(f"/api/v1/jobs/{job_id}/metrics")["series"]
+    assert series["val_loss"]["epoch"] == [1, 2, 3]  # every epoch once
+
+    path = tmp_path / "churn.csv"
+    path.write_bytes(data)
+    found = profile.profile_table(formats.batches(path, "csv"), "csv", target="churned")
+    local = Uploaded("churn", 1, "table", found["rows"], 2, ("no", "yes"), None, found, "local", "local")
+    parsed = parse_spec(spec, uploads=lambda ref: replace(local))
+    src = source(parsed.dataset, path, Settings(data_dir=tmp_path / "local", data_memory_mb=1))
+    assert hasattr(src, "manifest")  # the same shards the workers wrote: the budget, not the spec, chose streaming
+    uninterrupted = fit(parsed, device="cpu", arrays=src)
+    assert series["val_loss"]["value"] == pytest.approx([h["val_loss"] for h in uninterrupted.history], rel=1e-6)
+    assert job["metrics"]["test_accuracy"] == pytest.approx(uninterrupted.metrics["test_accuracy"], abs=1e-9)

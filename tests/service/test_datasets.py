@@ -262,3 +262,87 @@ def test_a_dataset_version_a_job_used_cannot_be_deleted(client, worker_headers):
     assert client.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
     assert client.delete(f"/api/v1/datasets/{d['id']}").status_code == 204
     assert client.get(f"/api/v1/datasets/{d['id']}").status_code == 404
+
+
+def test_an_upload_in_parts_is_the_same_version_as_the_whole_file(client, app, client_as):
+    whole = csv_of(churn_rows(200))
+    started = client.post("/api/v1/datasets/uploads", query_string={"name": "parts", "target": "churned"})
+    assert started.status_code == 201 and started.json["direct"] is False
+    base = f"/api/v1/datasets/uploads/{started.json['id']}"
+    third = len(whole) // 3
+    pieces = [whole[:third], whole[third:2 * third], whole[2 * third:]]
+    for number in (2, 3):  # in any order
+        sent = client.put(f"{base}/parts/{number}", data=pieces[number - 1], content_type="application/octet-stream")
+        assert sent.status_code == 200 and sent.json["size"] == len(pieces[number - 1])
+    gap = client.post(f"{base}/complete")
+    assert gap.status_code == 422 and "part 1 is missing" in gap.json["message"]
+    assert client.get("/api/v1/datasets").json["datasets"] == []  # and the upload is gone: start again
+
+    started = client.post("/api/v1/datasets/uploads", query_string={"name": "parts", "target": "churned"}).json
+    base = f"/api/v1/datasets/uploads/{started['id']}"
+    assert client_as("bob").put(f"{base}/parts/1", data=b"x").status_code == 404  # another user's upload
+    assert client.put(f"{base}/parts/0", data=b"x").status_code == 422
+    for number, piece in enumerate(pieces, start=1):
+        client.put(f"{base}/parts/{number}", data=piece, content_type="application/octet-stream")
+    done = client.post(f"{base}/complete")
+    assert done.status_code == 201, done.json
+    assert done.json["rows"] == 200 and done.json["sha256"] == upload(client, "whole", whole).json["sha256"]
+    assert not (app.extensions["trainq"].storage / "uploads" / started["id"]).exists()
+    assert client.post(f"{base}/complete").status_code == 404  # done once
+    abandoned = client.post("/api/v1/datasets/uploads", query_string={"name": "gone"}).json
+    client.put(f"/api/v1/datasets/uploads/{abandoned['id']}/parts/1", data=b"a,b\n")
+    assert client.delete(f"/api/v1/datasets/uploads/{abandoned['id']}").status_code == 204
+    assert not (app.extensions["trainq"].storage / "uploads" / abandoned["id"]).exists()
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+def png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (12, 10), (200, 10, 10)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_an_archive_of_class_folders_is_profiled_and_its_samples_served(client):
+    files = {f"pets/{c}/{i}.png": png() for c in ("cat", "dog") for i in range(5)}
+    answer = upload(client, "pets", zip_of(files))
+    assert answer.status_code == 201, answer.json
+    d = answer.json
+    assert (d["kind"], d["source"], d["class_names"], d["rows"]) == ("images", "zip", ["cat", "dog"], 10)
+    assert d["profile"]["samples"] == {"cat": [f"pets/cat/{i}.png" for i in range(4)],
+                                       "dog": [f"pets/dog/{i}.png" for i in range(4)]}
+    sample = client.get("/api/v1/datasets/pets/samples/5")
+    assert sample.status_code == 200 and sample.mimetype == "image/png"
+    assert client.get("/api/v1/datasets/pets/samples/8").status_code == 404
+    planned = client.post("/api/v1/jobs:validate", json={**spec_for("pets", 2, image_size=[8, 10]), "model": {
+        "layers": [{"type": "conv2d", "out_channels": 4}, {"type": "flatten"}, {"type": "dense", "units": 2}]}})
+    assert planned.status_code == 200, planned.json
+    assert planned.json["plan"]["input_shape"] == [3, 8, 10]
+
+
+@pytest.mark.parametrize("files, fragment", [
+    ({"cat/1.png": b"x", "../../escape.png": b"x"}, "climbs out"),
+    ({"cat/1.png": b"x", "/etc/cron.d/evil": b"x"}, "absolute path"),
+    ({"cat/big.png": bytes(3 * 2**20)}, "zip bomb"),
+])
+def test_a_hostile_archive_is_refused_and_writes_nothing(client, app, tmp_path, files, fragment):
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    answer = upload(client, "hostile", out.getvalue())
+    assert answer.status_code == 422 and fragment in answer.json["message"], answer.json
+    assert stored_files(app) == [] and not (tmp_path / "escape.png").exists()
+    assert not (tmp_path.parent / "escape.png").exists()

@@ -218,8 +218,8 @@ class Fitter:
         self.codec = codec
         self.rng = np.random.default_rng(0)
         self.stats: list[dict[str, Any]] = [
-            {"moments": _Moments(), "missing": 0, "low": math.inf, "high": -math.inf, "counts": {}, "kept": [],
-             "seen": 0} for _ in codec.features]
+            {"moments": _Moments(), "missing": 0, "low": math.inf, "high": -math.inf, "counts": {},
+             "kept": np.empty(0), "seen": 0} for _ in codec.features]
 
     def add(self, table, rows: np.ndarray | None = None) -> None:
         """Count the table's rows `rows` (all of them when None)."""
@@ -248,20 +248,23 @@ class Fitter:
                 counts[value] = counts.get(value, 0) + count
 
     def _keep(self, st: dict, values: np.ndarray) -> None:
-        """Every value up to RESERVOIR, then a uniform sample of that many (reservoir sampling, a batch at a time)."""
-        kept = st["kept"]
-        if len(kept) + len(values) <= RESERVOIR:
-            kept.extend(values.tolist())
-            st["seen"] += len(values)
-            return
-        for value in values.tolist():
-            st["seen"] += 1
-            if len(kept) < RESERVOIR:
-                kept.append(value)
-            else:
-                j = int(self.rng.integers(0, st["seen"]))
-                if j < RESERVOIR:
-                    kept[j] = value
+        """Every value up to RESERVOIR, then a uniform sample of that many (reservoir sampling, a batch at a time),
+        in a float64 array that grows to at most RESERVOIR values (8 MB)."""
+        kept, held = st["kept"], st["seen"] if st["seen"] < RESERVOIR else RESERVOIR
+        room = min(RESERVOIR - held, len(values))
+        if room:
+            if len(kept) < held + room:
+                grown = np.empty(min(RESERVOIR, max(2 * len(kept), held + room)))
+                grown[:held] = kept[:held]
+                st["kept"] = kept = grown
+            kept[held:held + room] = values[:room]
+        rest = values[room:]
+        seen = st["seen"] + room
+        if len(rest):  # each later value replaces a kept one with probability RESERVOIR / (values seen so far)
+            slots = self.rng.integers(0, np.arange(seen + 1, seen + len(rest) + 1))
+            chosen = slots < RESERVOIR
+            kept[slots[chosen]] = rest[chosen]
+        st["seen"] = seen + len(rest)
 
     def fitted(self) -> Codec:
         out = []
@@ -278,7 +281,7 @@ class Fitter:
             elif not moments.n:
                 fill = 0.0
             elif f.missing == "median":
-                fill = float(np.median(st["kept"]))
+                fill = float(np.median(st["kept"][:min(st["seen"], RESERVOIR)]))
             elif f.missing == "most_frequent":
                 fill = float(min(st["counts"].items(), key=lambda kv: (-kv[1], kv[0]))[0])
             else:

@@ -359,5 +359,9 @@ def model_page(name: str):
         diff = spec_differences([by_number[a]["spec"], by_number[b]["spec"]])
     ready = [v for v in versions if v["state"] == "ready"]
     tried = next((v for v in ready if "champion" in v["aliases"]), ready[0] if ready else None)
+    from trainq.service.tables import Dataset
+
+    ids = {v["dataset_id"] for v in versions if v["dataset_id"]}
+    datasets = {d.id: d.ref for d in db().scalars(select(Dataset).where(Dataset.id.in_(ids)))} if ids else {}
     return render_template("model.html", nav="models", model=model, versions=versions, metrics=metrics,
-                           aliases=aliases, diff=diff, a=a, b=b, tried=tried)
+                           aliases=aliases, diff=diff, a=a, b=b, tried=tried, datasets=datasets)

@@ -16,11 +16,11 @@ from trainq.data.archive import Limits
 from trainq.models.spec import UPLOAD_NAME
 from trainq.service.auth import audit, principal, require_user
 from trainq.service.context import db, services
-from trainq.service.http import fail
+from trainq.service.http import fail, read_body
 from trainq.service.lookups import dataset_json, get_dataset, visible_datasets
 from trainq.service.objects import StoreError, upload_key
 from trainq.service.datasets import users_of
-from trainq.service.tables import Dataset, DatasetUpload
+from trainq.service.tables import Dataset, DatasetUpload, new_id
 from trainq.service.uploads import Received, UploadError, discard, examine, receive, receive_all
 
 bp = Blueprint("datasets_api", __name__, url_prefix="/api/v1/datasets")
@@ -39,17 +39,22 @@ def limits() -> Limits:
     return Limits(max_bytes=services().settings.max_archive_mb * 2**20)
 
 
-def upload_args() -> tuple[str, str | None, str | None]:
+def upload_args(values=None) -> tuple[str, str | None, str | None]:
     """name, target and task of an upload, from the query string (or a JSON body's fields), checked."""
-    name = request.args.get("name", "")
+    values = request.args if values is None else values
+    name = values.get("name", "")
+    if not isinstance(name, str):
+        name = ""
     if not re.fullmatch(UPLOAD_NAME, name):
         fail(422, "validation", "name must be 1-64 letters, digits, '_', '.', '-' (no '@': versions are numbered "
                                 "by trainq)", errors=[{"path": "name", "message": f"must match {UPLOAD_NAME}"}])
-    task = request.args.get("task")
+    task = values.get("task")
     if task not in (None, "classification", "regression"):
         fail(422, "validation", "task must be classification or regression",
              errors=[{"path": "task", "message": "classification or regression"}])
-    target = request.args.get("target") or None
+    target = values.get("target") or None
+    if target is not None and not isinstance(target, str):
+        fail(422, "validation", "target must be a column's name", errors=[{"path": "target", "message": "a string"}])
     return name, target, task
 
 
@@ -125,8 +130,133 @@ def create_version(received: Received, name: str, target: str | None, task: str 
 
 @bp.post("")
 def upload():
+    if request.mimetype == "application/json":  # {"name", "url": "s3://bucket/key-or-prefix/", "target", "task"}
+        return register_url()
     name, target, task = upload_args()
     return create_version(received_body(), name, target, task)
+
+
+def register_url():
+    """Data already in a bucket, made a version without passing through the client: one object (any format
+    trainq reads), or every table under a prefix (ending in /), read in order and written as one Parquet file."""
+    from urllib.parse import urlparse
+
+    body = read_body()
+    if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+        fail(422, "validation", "send {\"name\": NAME, \"url\": \"s3://bucket/key\"} (or the file as the body)",
+             errors=[{"path": "url", "message": "required: an s3:// URL"}])
+    name, target, task = upload_args(body)
+    url = urlparse(body["url"])
+    if url.scheme != "s3" or not url.netloc:
+        fail(422, "validation", "url must be s3://BUCKET/KEY or s3://BUCKET/PREFIX/ (a bucket this service's "
+                                "credentials read)", errors=[{"path": "url", "message": "not an s3:// URL"}])
+    try:
+        received = fetch_s3(url.netloc, url.path.lstrip("/"))
+    except UploadError as exc:
+        fail(422, "bad_dataset", str(exc), errors=[{"path": "url", "message": str(exc)}])
+    except StoreError as exc:
+        fail(502, "store_unavailable", str(exc), errors=[{"path": "url", "message": str(exc)}])
+    return create_version(received, name, target, task)
+
+
+def fetch_s3(bucket: str, key: str) -> Received:
+    """An object (or a prefix's tables, as one Parquet file) copied to local disk, hashed on the way."""
+    store = services().store
+    client = store.client if getattr(store, "client", None) is not None else s3_client()
+    try:
+        if not key.endswith("/") and key:
+            with open_s3(client, bucket, key) as stream:
+                return receive(stream, upload_folder())
+        keys = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            keys += [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    except UploadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore's errors: a missing bucket or key, refused credentials
+        raise StoreError(f"s3://{bucket}/{key}: {exc}") from exc
+    if not keys:
+        raise UploadError(f"nothing under s3://{bucket}/{key}")
+    return joined_tables(client, bucket, sorted(keys))
+
+
+def s3_client():
+    import boto3
+
+    return boto3.client("s3", endpoint_url=services().settings.s3_endpoint_url)
+
+
+def open_s3(client, bucket: str, key: str):
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"]
+    except Exception as exc:  # noqa: BLE001
+        raise StoreError(f"s3://{bucket}/{key}: {exc}") from exc
+
+
+def joined_tables(client, bucket: str, keys: list[str]) -> Received:
+    """Tables under a prefix (shards of one table: the same columns) written into one Parquet file, a batch at a
+    time; anything that is not a table is refused by its key."""
+    import pyarrow.parquet as pq
+
+    folder = upload_folder()
+    out = folder / f"joined-{new_id()}.parquet"
+    writer, first = None, None
+    try:
+        for key in keys:
+            with open_s3(client, bucket, key) as stream:
+                part = receive(stream, folder)
+            converted = None
+            try:
+                converted = as_parquet(part.path, f"s3://{bucket}/{key}")
+                for batch in pq.ParquetFile(converted).iter_batches(batch_size=65_536):
+                    if writer is None:
+                        writer, first = pq.ParquetWriter(out, batch.schema), key
+                    elif batch.schema != writer.schema:
+                        try:
+                            batch = batch.cast(writer.schema)
+                        except Exception:  # noqa: BLE001 - pyarrow's cast errors: the columns differ
+                            raise UploadError(f"s3://{bucket}/{key} has other columns than {first} "
+                                              f"({', '.join(batch.schema.names[:8])})") from None
+                    writer.write_batch(batch)
+            finally:
+                discard(part.path, converted)
+        if writer is None:
+            raise UploadError("the tables under the prefix hold no rows")
+        writer.close()
+        writer = None
+        with open(out, "rb") as f:
+            return receive(f, folder)
+    finally:
+        if writer is not None:
+            writer.close()
+        discard(out)
+
+
+def as_parquet(path: Path, name: str) -> Path:
+    """A table file as Parquet beside it, streamed (a CSV column retyped mid-way starts the file over)."""
+    import pyarrow.parquet as pq
+
+    from trainq.data.formats import RESTART, TABLES, batches, sniff_file
+
+    fmt = sniff_file(path)
+    if fmt not in TABLES:
+        raise UploadError(f"{name} is {fmt}, not a table: a prefix is read as shards of one table (name one object "
+                          "to register an archive)")
+    out = path.with_name(path.name + ".parquet")
+    writer = None
+    try:
+        for batch in batches(path, fmt):
+            if batch is RESTART or writer is None:
+                if writer is not None:
+                    writer.close()
+                writer = None if batch is RESTART else pq.ParquetWriter(out, batch.schema)
+            if batch is not RESTART:
+                writer.write_batch(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not out.exists():
+        raise UploadError(f"{name} holds no rows")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -320,6 +320,7 @@ def version_json(model: Model, version: ModelVersion, aliases: dict[str, int] | 
             "aliases": sorted(a for a, v in (aliases or {}).items() if v == version.version),
             "task": signature.get("task"), "inputs": signature.get("inputs"), "outputs": signature.get("outputs"),
             "features": signature.get("features"), "ranges": signature.get("ranges"),
+            "columns": signature.get("columns"), "image": signature.get("image"), "dataset_id": version.dataset_id,
             "class_names": signature.get("class_names"), "uncertainty": signature.get("uncertainty"),
             "onnx_size": version.onnx_size,
             "onnx_sha256": version.onnx_sha256, "created_by": version.created_by,

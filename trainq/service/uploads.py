@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,7 +37,6 @@ class Examined:
     target: str | None = None
     profile: dict[str, Any] | None = None
     stored: Path | None = None  # the file to store (the upload itself, or the re-written NPZ)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

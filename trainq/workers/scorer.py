@@ -41,7 +41,7 @@ def score(client: ServiceClient, claim: dict, base: str, token: str) -> dict:
     signature = claim["signature"]
     blob = client.download(claim["input_url"], token)
     if "columns" in signature:  # a model of an uploaded table: raw columns in, by name
-        rows, numbers, carried, problems, bad = read_table_input(blob, signature)
+        rows, numbers, carried, problems, bad = read_table_input(blob, signature, claim["source"] == "dataset")
     else:
         rows, numbers, carried, problems, bad = read_input(blob, claim["source"], signature, claim.get("columns"))
     client.call("POST", f"{base}/progress", json={"rows": len(numbers) + bad, "done": 0, "bad_rows": bad},
@@ -78,11 +78,12 @@ def count(rows) -> int:
     return len(next(iter(rows.values()))) if isinstance(rows, dict) else len(rows)
 
 
-def read_table_input(blob: bytes, signature: dict):
+def read_table_input(blob: bytes, signature: dict, dataset: bool = False):
     """A table (CSV, TSV, Parquet, JSON Lines) for a model of an uploaded table: its raw columns as the graph's
     inputs, every input column carried to the output in the input's order. A row whose number column holds text, or
-    that lacks a value the model requires, is a problem by its line (CSV: the header is line 1) or row number; a CSV
-    row with the wrong number of fields too. A missing value is filled inside the graph, as in training."""
+    that lacks a value the model requires, is a problem by its number (a CSV file's line, the header being line 1;
+    an uploaded dataset's or another table's row, from 1); a CSV row with the wrong number of fields too. A missing
+    value is filled inside the graph, as in training."""
     import pyarrow as pa
 
     from trainq.data.codec import strings
@@ -102,7 +103,7 @@ def read_table_input(blob: bytes, signature: dict):
     if missing:
         raise InputProblem(f"the table has no column {', '.join(missing[:6])}; the model's columns are "
                            + ", ".join(c["name"] for c in wanted[:8]) + (" ..." if len(wanted) > 8 else ""))
-    first = 2 if fmt in ("csv", "tsv") else 1  # what a user counts: a CSV's lines, other tables' rows
+    first = 2 if fmt in ("csv", "tsv") and not dataset else 1  # what a user counts: a CSV's lines, else rows
     line = _line_numbers(table.num_rows, ragged, first)
     good = np.ones(table.num_rows, dtype=bool)
     problems: dict[int, str] = {}

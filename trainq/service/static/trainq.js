@@ -896,15 +896,26 @@ function pageModel() {
   form.addEventListener("submit", async event => {
     event.preventDefault();
     const tried = data.tried;
-    let body;
-    if (tried.features && tried.features.length) {
-      body = {records: [Object.fromEntries(tried.features.map(f => [f, Number(form.elements[f].value)]))]};
+    let body, type = "application/json";
+    if (tried.image) {  // the file itself: the service decodes and resizes it as training did
+      const file = form.elements.image.files[0];
+      body = await file.arrayBuffer();
+      type = file.type || "image/png";
+    } else if (tried.columns) {  // raw values by column: text for a category, a number or null (missing)
+      const value = c => {
+        const raw = form.elements[c.name].value;
+        if (raw === "") return null;
+        return c.kind === "number" ? Number(raw) : raw;
+      };
+      body = JSON.stringify({records: [Object.fromEntries(tried.columns.map(c => [c.name, value(c)]))]});
+    } else if (tried.features && tried.features.length) {
+      body = JSON.stringify({records: [Object.fromEntries(tried.features.map(f => [f, Number(form.elements[f].value)]))]});
     } else {
-      try { body = {inputs: JSON.parse(form.elements.rows.value)}; }
+      try { body = JSON.stringify({inputs: JSON.parse(form.elements.rows.value)}); }
       catch (e) { listErrors(document.getElementById("try-errors"), {message: "the rows are not valid JSON: " + e.message}); return; }
     }
     const answer = await api(`/api/v1/models/${encodeURIComponent(data.name)}/versions/${tried.version}/predict`,
-      {method: "POST", body: JSON.stringify(body), headers: {"Content-Type": "application/json"}});
+      {method: "POST", body: body, headers: {"Content-Type": type}});
     const target = document.getElementById("try-errors");
     const table = document.getElementById("try-result");
     if (!answer.ok) { listErrors(target, answer.body); table.hidden = true; return; }
