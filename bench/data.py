@@ -196,16 +196,23 @@ def make_csv(path: Path, megabytes: int) -> int:
     return rows
 
 
+def peak_mb() -> float:
+    """This process's peak resident memory since it started (VmHWM: unlike getrusage's ru_maxrss, which Linux keeps
+    across exec, it counts only this program, not the parent it was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _upload_child(path: str, out: str) -> None:
     """In a fresh process: the upload route's work on a file (receive, examine, store), its time and peak RSS."""
-    import resource
-
     from trainq.data.archive import Limits
     from trainq.service.objects import FileStore
     from trainq.service.uploads import discard, examine, receive
 
     folder = Path(out)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_mb()
     started = time.perf_counter()
     with open(path, "rb") as f:
         received = receive(f, folder / "tmp")
@@ -213,21 +220,16 @@ def _upload_child(path: str, out: str) -> None:
     FileStore(folder / "storage").put_file("datasets/x.csv", found.stored)
     seconds = time.perf_counter() - started
     discard(received.path)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "imports_mb": before / 1024,
-                      "rows": found.rows}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb(), "imports_mb": before, "rows": found.rows}))
 
 
 def _read_csv_child(path: str) -> None:
-    import resource
-
     import pyarrow.csv as pcsv
 
     started = time.perf_counter()
     table = pcsv.read_csv(path)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "rows": table.num_rows,
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "rows": table.num_rows, "peak_mb": peak_mb()}))
 
 
 def child(code: str, *args: str) -> dict:
@@ -272,8 +274,6 @@ STREAM_SPEC = {"name": "streamed", "dataset": {"name": "upload", "upload": "big"
 def _stream_child(path: str, folder: str, placement: str, memory_mb: str) -> None:
     """In a fresh process: the worker's preparation and the training of STREAM_SPEC on the table at `path`, placed
     as asked; its samples per second of training and the process's peak RSS."""
-    import resource
-
     import torch
 
     from trainq.data import formats, profile
@@ -293,7 +293,7 @@ def _stream_child(path: str, folder: str, placement: str, memory_mb: str) -> Non
     result = fit(spec, device="cpu", arrays=data)
     train_rows = data.manifest.rows("train") if hasattr(data, "manifest") else round(found["rows"] * 0.7)
     print(json.dumps({"samples_per_second": train_rows * result.epochs / result.train_seconds,
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_mb": peak_mb(),
                       "accuracy": result.metrics["test_accuracy"]}))
 
 

@@ -130,3 +130,28 @@ def test_a_parquet_row_group_larger_than_the_budget_is_refused():
     pq.write_table(pa.table({"a": np.arange(100_000.0), "y": np.arange(100_000) % 2}), out)
     with pytest.raises(DataError, match="row group 0 holds"):
         list(formats.batches(io.BytesIO(out.getvalue()), "parquet", budget_bytes=100_000))
+
+
+def test_prefetched_items_come_in_order_and_an_error_on_its_thread_is_raised_here():
+    assert list(formats.prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise DataError("line 3: 4 fields")
+
+    with pytest.raises(DataError, match="line 3"):
+        list(formats.prefetched(broken()))
+    made = []
+
+    def endless():
+        while True:
+            made.append(len(made))
+            yield made[-1]
+
+    for item in formats.prefetched(endless(), depth=2):
+        if item == 5:
+            break  # the consumer stops early: the thread stops too, a few items ahead at most
+    import time
+
+    time.sleep(0.3)
+    assert len(made) <= 5 + 4

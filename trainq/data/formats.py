@@ -219,3 +219,44 @@ def read_table(source, fmt: str, budget_bytes: int | None = None):
     if not parts:
         raise DataError("the file holds no rows; a CSV needs a header row and data rows")
     return pa.Table.from_batches(parts).combine_chunks()
+
+
+def prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """The items of an iterator made by a thread of its own, up to `depth` ahead of their consumer: a CSV parses its
+    next block (pyarrow, without the GIL) while the last one is counted. An error on that thread is raised here; a
+    consumer that stops early stops the thread."""
+    import queue
+    import threading
+
+    ahead: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ahead.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            ahead.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="trainq-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ahead.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -23,6 +23,7 @@ from trainq.data.formats import RESTART, DataError
 DISTINCT_CAP = 10_000
 EXAMPLES = 5
 MAX_CLASSES = 1000
+TEXT_SAMPLE = 100_000  # values of a text column whose words are counted (free text or not)
 TARGETABLE = 100  # a column with at most this many values keeps its value counts (it may be a target)
 CLASSIFY_INTEGERS_UP_TO = 50  # an integer target with at most this many values is read as class labels
 LEFT_OUT = ("identifier", "text", "datetime", "empty")
@@ -71,38 +72,42 @@ class _Column:
         self.repeated = False  # a value was seen twice while counting was exact
         self.low = self.high = None
         self.total = self.squares = 0.0
-        self.words = self.length = 0
+        self.words = self.length = self.sampled = 0  # over the first TEXT_SAMPLE values of a text column
 
     def add(self, array) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
 
         nulls = array.null_count
-        if self.floating:
+        present = len(array) - nulls
+        if self.floating and present:
             finite = pc.is_finite(array)
-            bad = len(array) - nulls - pc.sum(finite).as_py() if len(array) - nulls else 0
-            nulls += bad or 0
-            array = pc.filter(array, finite)
-        else:
-            array = array.drop_null()
+            good = pc.sum(finite).as_py() or 0
+            if good != present:  # NaN and infinities are missing values too
+                nulls, present = nulls + present - good, good
+                array = pc.filter(array, finite)
         self.missing += nulls
-        self.present += len(array)
-        if not len(array):
+        self.present += present
+        if not present:
             return
-        if self.numeric:
+        if self.numeric:  # minima, maxima and sums skip missing values
             bounds = pc.min_max(array).as_py()
             self.low = bounds["min"] if self.low is None else min(self.low, bounds["min"])
             self.high = bounds["max"] if self.high is None else max(self.high, bounds["max"])
             as_float = array.cast(pa.float64())
             self.total += pc.sum(as_float).as_py()
             self.squares += pc.sum(pc.multiply(as_float, as_float)).as_py()
-        elif self.string:
-            self.words += pc.sum(pc.count_substring(array, " ")).as_py() + len(array)
-            self.length += pc.sum(pc.utf8_length(array)).as_py()
+        elif self.string and self.sampled < TEXT_SAMPLE:  # words per value: the first values tell text apart
+            part = array.slice(0, TEXT_SAMPLE - self.sampled).drop_null()
+            self.words += pc.sum(pc.count_substring(part, " ")).as_py() + len(part)
+            self.length += pc.sum(pc.utf8_length(part)).as_py()
+            self.sampled += len(part)
         if self.capped and not self.is_target:
             return
         counted = pc.value_counts(array)
         for value, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
+            if value is None:
+                continue
             seen = self.counts.get(value)
             if seen is not None or count > 1:
                 self.repeated = True
@@ -125,7 +130,7 @@ class _Column:
             return "number"
         if not self.string:
             return "category"
-        words = self.words / self.present
+        words = self.words / max(self.sampled, 1)
         if not self.repeated and self.present >= 20:
             return "text" if words >= 3 else "identifier"
         if words >= 4 and (self.capped or self.distinct > 0.5 * self.present):

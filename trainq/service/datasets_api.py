@@ -113,7 +113,7 @@ def create_version(received: Received, name: str, target: str | None, task: str 
             if stored_at is not None and stored == received.path:
                 services().store.move(stored_at, row.key)
             else:
-                services().store.put_file(row.key, stored)
+                services().store.put_file(row.key, stored, move=True)  # the upload's temporary file: not kept
         except StoreError as exc:
             session.rollback()
             fail(503, "store_unavailable", f"{exc}; upload it again later")

@@ -46,10 +46,17 @@ class FileStore:
         tmp.write_bytes(data)
         tmp.replace(path)  # atomic: a reader never sees half a file
 
-    def put_file(self, key: str, source: Path) -> None:
-        """Store a local file's bytes under `key` without holding them in memory."""
+    def put_file(self, key: str, source: Path, move: bool = False) -> None:
+        """Store a local file's bytes under `key` without holding them in memory; `move`: the file is not needed
+        afterwards, and is renamed into place where it lies on the same file system (no copy)."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            try:
+                Path(source).replace(path)
+                return
+            except OSError:  # another file system: copied below
+                pass
         tmp = path.with_name(path.name + ".part")
         shutil.copyfile(source, tmp)
         tmp.replace(path)
@@ -133,7 +140,7 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001 - botocore's errors, all of them a failed write
             raise StoreError(f"{key}: could not be written to {self.url}: {exc}") from exc
 
-    def put_file(self, key: str, source: Path) -> None:
+    def put_file(self, key: str, source: Path, move: bool = False) -> None:
         """Store a local file in parts (boto3's managed multipart transfer): memory stays bounded."""
         try:
             self.client.upload_file(str(source), self.bucket, self._key(key))

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from trainq.data.archive import Limits
-from trainq.data.formats import TABLES, DataError, batches, sniff_file, zip_kind
+from trainq.data.formats import TABLES, DataError, batches, prefetched, sniff_file, zip_kind
 from trainq.data.images import profile_images
 from trainq.data.profile import MAX_CLASSES, class_order, profile_table
 
@@ -84,7 +84,7 @@ def examine(path: Path, *, target: str | None, task: str | None, max_rows: int, 
         names = list(profile["target"]["classes"])
         return Examined("images", fmt, profile["rows"], [], len(names), names, profile=profile, stored=path)
     assert fmt in TABLES
-    profile = profile_table(batches(path, fmt, budget_bytes), fmt, target, task, max_rows or None)
+    profile = profile_table(prefetched(batches(path, fmt, budget_bytes)), fmt, target, task, max_rows or None)
     goal = profile["target"]
     names = list(goal["classes"]) if goal["task"] == "classification" else None
     columns = [c["name"] for c in profile["columns"]]
