@@ -155,3 +155,24 @@ def test_prefetched_items_come_in_order_and_an_error_on_its_thread_is_raised_her
 
     time.sleep(0.3)
     assert len(made) <= 5 + 4
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_large_csv_is_read_the_same_in_chunks_on_threads_as_front_to_back(tmp_path, monkeypatch, parallel):
+    monkeypatch.setattr(formats, "PARALLEL_FROM", 10_000 if parallel else 10**12)
+    monkeypatch.setattr(formats, "PARALLEL_CHUNK", 8_000)
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 8_000)
+    lines = ["a,b,c"] + [f"{i},{i % 5}.5,{'xyz'[i % 3]}" for i in range(4000)] + ["word,1.5,x"]
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(lines) + "\n")
+    table = formats.read_table(path, "csv")
+    assert table.num_rows == 4001 and pa.types.is_string(table.schema.field("a").type)
+    assert table.column("a")[-1].as_py() == "word" and table.column("a")[0].as_py() == "0"
+    ragged = path.with_name("r.csv")
+    ragged.write_text("\n".join(lines[:3000] + ["1,2,3,4"] + lines[3000:]) + "\n")
+    with pytest.raises(DataError, match="line 3001: 4 fields, the header has 3"):
+        formats.read_table(ragged, "csv")
+    quoted = path.with_name("q.csv")
+    quoted.write_text("\n".join(lines[:3000] + ['7,"a\nb",x'] + lines[3000:]) + "\n")
+    table = formats.read_table(quoted, "csv")  # a newline inside quotes: read front to back
+    assert table.num_rows == 4002 and "a\nb" in table.column("b").to_pylist()

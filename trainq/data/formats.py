@@ -73,36 +73,110 @@ def _csv_options(fmt: str, types: dict | None):
     return pcsv.ReadOptions(block_size=BLOCK_BYTES), parse, convert
 
 
-_COLUMN_NUMBER = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
+_COLUMN_NUMBER = re.compile(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (\w+): invalid value",
+                            re.S)
 
 
 RESTART = None  # what `batches` yields when what it yielded so far is to be forgotten: it starts again
 
 
+PARALLEL_FROM = 64 << 20  # a CSV file larger than this is parsed in chunks on two threads (pyarrow frees the GIL)
+PARALLEL_CHUNK = 4 << 20
+
+
 def _csv_batches(source, fmt: str) -> Iterator:
-    """A CSV's record batches, streamed. pyarrow's streaming reader takes each column's type from the first block
-    and fails on a later value that does not fit it ('x' in a column of numbers); the file is then read again from
-    the start with that column as text (as reading the whole file at once would type it), after a RESTART."""
+    """A CSV's record batches, streamed. A column's type comes from the first block (or chunk), and a later value
+    that does not fit it ('x' in a column of numbers) has the file read again from the start with that column as
+    text (as reading the whole file at once would type it), after a RESTART. A large file without quotes is parsed
+    in chunks on two threads, in order; one with quotes (a field may hold a newline) a block after another."""
     import pyarrow as pa
-    import pyarrow.csv as pcsv
 
     types: dict[str, object] = {}
     while True:
-        read, parse, convert = _csv_options(fmt, types)
-        if hasattr(source, "seek"):
-            source.seek(0)
         try:
-            reader = pcsv.open_csv(source, read_options=read, parse_options=parse, convert_options=convert)
-            names = reader.schema.names
-            for batch in reader:
+            parallel = isinstance(source, (str, Path)) and Path(source).stat().st_size > PARALLEL_FROM
+            for batch in (_csv_chunked(source, fmt, types) if parallel else _csv_streamed(source, fmt, types)):
+                if batch is RESTART:  # quotes: read front to back instead
+                    yield RESTART
+                    yield from _csv_streamed(source, fmt, types)
+                    return
                 yield batch
             return
         except pa.ArrowInvalid as exc:
             found = _COLUMN_NUMBER.search(str(exc))
-            if found is None or names[int(found.group(1))] in types:
+            column = _column_named(source, fmt, int(found.group(1))) if found else None
+            if column is None or column in types:
                 raise _csv_error(exc, source) from None
-            types[names[int(found.group(1))]] = pa.string()
+            types[column] = pa.string()
             yield RESTART
+
+
+def _column_named(source, fmt: str, index: int) -> str | None:
+    """The name of a CSV's column by its position, from the header."""
+    import csv
+
+    if hasattr(source, "seek"):
+        source.seek(0)
+        line = source.readline().decode("utf-8-sig", errors="replace")
+    else:
+        with open(source, "rb") as f:
+            line = f.readline().decode("utf-8-sig", errors="replace")
+    names = next(csv.reader([line], delimiter="\t" if fmt == "tsv" else ","), [])
+    return names[index].strip() if index < len(names) else None
+
+
+def _csv_streamed(source, fmt: str, types: dict) -> Iterator:
+    import pyarrow.csv as pcsv
+
+    read, parse, convert = _csv_options(fmt, types)
+    if hasattr(source, "seek"):
+        source.seek(0)
+    yield from pcsv.open_csv(source, read_options=read, parse_options=parse, convert_options=convert)
+
+
+def _csv_chunked(path, fmt: str, types: dict) -> Iterator:
+    """A large CSV in chunks of whole lines, the first parsed alone to fix every column's type, the rest two at a
+    time on a thread pool, handed over in file order (at most two chunks in memory besides the one handed over).
+    A chunk holding a quote yields RESTART: quoted fields may hold newlines, which chunks of lines would cut."""
+    import io
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.csv as pcsv
+
+    read, parse, _ = _csv_options(fmt, types)
+    read = pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False)
+
+    def parsed(data: bytes, fixed: dict):
+        convert = pcsv.ConvertOptions(strings_can_be_null=True, column_types=fixed)
+        return pcsv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse, convert_options=convert)
+
+    with open(path, "rb") as f, ThreadPoolExecutor(max_workers=2, thread_name_prefix="trainq-csv") as pool:
+        header = f.readline()
+        if b'"' in header:
+            yield RESTART
+            return
+        fixed = dict(types)
+        pending: deque = deque()
+        first = True
+        while chunk := f.read(PARALLEL_CHUNK):
+            chunk += f.readline()  # to the end of its last line
+            if b'"' in chunk:
+                for future in pending:
+                    future.cancel()
+                yield RESTART
+                return
+            if first:  # its types are every later chunk's
+                table = parsed(header + chunk, fixed)
+                fixed.update({field.name: field.type for field in table.schema})
+                yield from table.to_batches()
+                first = False
+                continue
+            pending.append(pool.submit(parsed, header + chunk, fixed))
+            if len(pending) >= 2:
+                yield from pending.popleft().result().to_batches()
+        while pending:
+            yield from pending.popleft().result().to_batches()
 
 
 def _csv_error(exc: Exception, source) -> DataError:

@@ -24,6 +24,7 @@ DISTINCT_CAP = 10_000
 EXAMPLES = 5
 MAX_CLASSES = 1000
 TEXT_SAMPLE = 100_000  # values of a text column whose words are counted (free text or not)
+SPREAD_SAMPLE = 1_000_000  # values of a number column its standard deviation is estimated from
 TARGETABLE = 100  # a column with at most this many values keeps its value counts (it may be a target)
 CLASSIFY_INTEGERS_UP_TO = 50  # an integer target with at most this many values is read as class labels
 LEFT_OUT = ("identifier", "text", "datetime", "empty")
@@ -73,6 +74,7 @@ class _Column:
         self.low = self.high = None
         self.total = self.squares = 0.0
         self.words = self.length = self.sampled = 0  # over the first TEXT_SAMPLE values of a text column
+        self.sample_sum = 0.0  # of the first SPREAD_SAMPLE values of a number column, for its spread
 
     def add(self, array) -> None:
         import pyarrow as pa
@@ -90,13 +92,16 @@ class _Column:
         self.present += present
         if not present:
             return
-        if self.numeric:  # minima, maxima and sums skip missing values
+        if self.numeric:  # minima, maxima and sums skip missing values; the spread comes from the first values
             bounds = pc.min_max(array).as_py()
             self.low = bounds["min"] if self.low is None else min(self.low, bounds["min"])
             self.high = bounds["max"] if self.high is None else max(self.high, bounds["max"])
-            as_float = array.cast(pa.float64())
-            self.total += pc.sum(as_float).as_py()
-            self.squares += pc.sum(pc.multiply(as_float, as_float)).as_py()
+            self.total += pc.mean(array).as_py() * present  # pc.sum wraps around on large integers
+            if self.sampled < SPREAD_SAMPLE:
+                part = array.slice(0, SPREAD_SAMPLE - self.sampled).cast(pa.float64()).drop_null()
+                self.sample_sum += pc.sum(part).as_py() or 0.0
+                self.squares += pc.sum(pc.multiply(part, part)).as_py() or 0.0
+                self.sampled += len(part)
         elif self.string and self.sampled < TEXT_SAMPLE:  # words per value: the first values tell text apart
             part = array.slice(0, TEXT_SAMPLE - self.sampled).drop_null()
             self.words += pc.sum(pc.count_substring(part, " ")).as_py() + len(part)
@@ -146,9 +151,9 @@ class _Column:
                                "missing": self.missing,
                                "distinct": self.distinct, "many_values": self.capped, "examples": self.examples()}
         if self.numeric and self.present:
-            mean = self.total / self.present
-            out.update(min=self.low, max=self.high, mean=mean,
-                       std=math.sqrt(max(self.squares / self.present - mean * mean, 0.0)))
+            sample_mean = self.sample_sum / max(self.sampled, 1)
+            out.update(min=self.low, max=self.high, mean=self.total / self.present,
+                       std=math.sqrt(max(self.squares / max(self.sampled, 1) - sample_mean ** 2, 0.0)))
         if not self.capped and (self.distinct <= TARGETABLE or (self.is_target and self.distinct <= MAX_CLASSES)):
             counts: dict[str, int] = {}
             for value, count in self.counts.items():
