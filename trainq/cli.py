@@ -586,16 +586,24 @@ def status(job_id: str, url: str | None, token: str | None) -> None:
     _show_metrics(job.get("metrics") or {})
 
 
+EVENTS_PAGE = 500
+
+
 @job_command
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the job ends.")
 def logs(job_id: str, url: str | None, token: str | None, follow: bool) -> None:
     """Print a job's events: claims, resumes, warnings, errors, its end."""
     client, after = _Client(url, token), 0
     while True:
-        for event in client.call("GET", f"/api/v1/jobs/{job_id}/events", params={"after": after})["events"]:
-            click.echo(f"{event['at'][:19].replace('T', ' ')} UTC {event['level']:<7} {event['source']:<8} "
-                       f"{event['message']}")
-            after = event["id"]
+        while True:  # page after page (500 events each) until one comes back short: a long run's end included
+            events = client.call("GET", f"/api/v1/jobs/{job_id}/events", params={"after": after,
+                                                                               "limit": EVENTS_PAGE})["events"]
+            for event in events:
+                click.echo(f"{event['at'][:19].replace('T', ' ')} UTC {event['level']:<7} {event['source']:<8} "
+                           f"{event['message']}")
+                after = event["id"]
+            if len(events) < EVENTS_PAGE:
+                break
         if not follow or client.call("GET", f"/api/v1/jobs/{job_id}")["status"] not in ("queued", "running"):
             return
         time.sleep(1)

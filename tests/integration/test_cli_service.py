@@ -86,3 +86,25 @@ def test_a_missing_token_and_a_wrong_token_get_different_advice(stack, tmp_path)
         assert hint in missing.stderr, (hint, missing.stderr)
     wrong = trainq(stack, "jobs", token="tq_not-a-token")
     assert wrong.returncode == 1 and "refused the API token from --token / TRAINQ_TOKEN" in wrong.stderr
+
+
+def test_logs_of_a_long_run_are_printed_to_their_end_page_after_page(stack):
+    """The events route answers 500 at a time: `trainq logs` asks for every page (a long run's end, its cancel line,
+    came after the first 500)."""
+    from sqlalchemy.orm import sessionmaker
+
+    from trainq.service.db import make_engine
+    from trainq.service.jobs import add_event
+
+    job_id = stack.submit(with_(mlp(epochs=1), resources={"pool": "nobody"}))  # no worker: it waits
+    engine = make_engine(stack.env["TRAINQ_DATABASE_URL"])
+    with sessionmaker(engine)() as session:
+        for i in range(1200):
+            add_event(session, job_id, f"line {i}")
+        session.commit()
+    engine.dispose()
+    logs = trainq(stack, "logs", job_id)
+    assert logs.returncode == 0, logs.stderr
+    lines = logs.stdout.splitlines()
+    assert len(lines) == 1201 and lines[-1].endswith("line 1199") and "submitted to pool nobody" in lines[0]
+    stack.http.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", timeout=10)

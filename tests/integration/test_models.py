@@ -10,6 +10,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 import pytest
+import requests
 
 from tests.specs import mlp, with_
 from trainq.models.datasets import raw, split_indices
@@ -126,12 +127,34 @@ def test_bad_v2_requests_are_400s_that_name_every_field(stack, digits):
         answer = stack.http.post(stack.url + path, timeout=10, json={"inputs": []})
         assert answer.status_code == status and "error" in answer.json(), (path, answer.text)
     assert stack.http.get(f"{stack.url}/v2/health/ready", timeout=10).json() == {"ready": True}
+    # every prediction counted by model, version and code (/metrics: Prometheus' text format)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{stack.url}/metrics", timeout=10).text
+    counted = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name == "trainq_predictions_total"}
+    assert counted[(("code", "400"), ("model", "digits"), ("version", "1"))] >= 3
+    assert counted[(("code", "404"), ("model", "nope"), ("version", ""))] == 1
+    assert "trainq_prediction_duration_seconds_bucket" in text
 
 
 def test_aliases_move_which_version_answers_and_guard_deletion(stack, digits):
+    import tritonclient.http as httpclient
+
     second = stack.wait(stack.submit(with_(DIGITS, **{"model.layers": mlp(hidden=(32,))["model"]["layers"]})))
     assert second["status"] == "succeeded"
     assert wait_ready(stack, "digits/versions/2")["state"] == "ready"
+    # while a worker exports a version the protocol says it is not ready, and so does a standard client, which reads
+    # the status code (an export takes seconds: torch's exporter, then the check against onnxruntime)
+    client = httpclient.InferenceServerClient(url=stack.url.removeprefix("http://"))
+    auth = {"Authorization": stack.http.headers["Authorization"]}
+    registered = stack.http.post(f"{stack.url}/api/v1/models", json={"name": "pending", "job_id": second["id"]},
+                                 timeout=10)
+    assert registered.status_code == 201 and registered.json()["state"] == "exporting"
+    assert not client.is_model_ready("pending", headers=auth)
+    assert not client.is_model_ready("pending", "1", headers=auth)
+    assert wait_ready(stack, "pending/versions/1")["state"] == "ready"
+    assert client.is_model_ready("pending", headers=auth) and client.is_model_ready("pending", "1", headers=auth)
     rows = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
     put = stack.http.put(f"{stack.url}/api/v1/models/digits/aliases/champion", json={"version": 1}, timeout=10)
     assert put.status_code == 200 and put.json()["previous"] is None

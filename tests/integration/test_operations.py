@@ -3,6 +3,8 @@ and the probes a Kubernetes deployment points at (deploy/kubernetes is checked i
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,3 +81,54 @@ def test_twenty_idle_workers_hold_two_redis_connections_each_and_broadcast_nothi
     finally:
         stack.close()
         redis.Redis.from_url(url).flushdb()
+
+
+def test_a_real_prometheus_scrapes_the_service_and_answers_a_query(make_database, tmp_path):
+    """Debian's Prometheus, as an operator runs it: it scrapes /metrics (the exposition format's content type,
+    sent once) and answers a query for trainq_jobs through its HTTP API."""
+    import shutil
+    import subprocess
+
+    from tests.integration.stack import free_port, wait_until
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("TRAINQ_REQUIRE_BROWSER"):  # under .ci/run, which installs it: a missing one fails
+            pytest.fail("prometheus is not installed (apt-get install prometheus)")
+        pytest.skip("prometheus is not installed (apt-get install prometheus)")
+    stack = Stack(tmp_path, TRAINQ_DATABASE_URL=make_database(), TRAINQ_BROKER_URL="redis://127.0.0.1:6379/9")
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: trainq
+    static_configs: [{{targets: ["127.0.0.1:{stack.port}"]}}]
+""")
+    prometheus = None
+    try:
+        stack.serve()
+        for _ in range(3):
+            stack.submit(mlp())
+        log = open(tmp_path / "prometheus.log", "ab")
+        prometheus = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                       f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        api = f"http://127.0.0.1:{port}/api/v1"
+
+        def answered(query: str):
+            try:
+                found = requests.get(f"{api}/query", params={"query": query}, timeout=2).json()
+            except (requests.RequestException, ValueError):
+                return None
+            return found["data"]["result"] if found.get("status") == "success" and found["data"]["result"] else None
+
+        queued = wait_until(lambda: answered('trainq_jobs{status="queued"}'), timeout=60, what="a scraped trainq_jobs")
+        assert float(queued[0]["value"][1]) == 3
+        targets = requests.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
+        assert [(t["health"], t["lastError"]) for t in targets] == [("up", "")]
+    finally:
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(timeout=20)
+        stack.close()

@@ -16,7 +16,10 @@ from trainq.service.app import create_app
 def scrape(client, **headers) -> dict[tuple[str, tuple], float]:
     answer = client.get("/metrics", headers=headers)
     assert answer.status_code == 200, answer.get_data(as_text=True)
-    assert answer.content_type.startswith("text/plain")
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    # the exposition format's header, once: a second charset makes Go's parser (Prometheus 3) fail the scrape
+    assert answer.headers["Content-Type"] == CONTENT_TYPE_LATEST
     out = {}
     for family in text_string_to_metric_families(answer.get_data(as_text=True)):
         for sample in family.samples:

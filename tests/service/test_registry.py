@@ -96,7 +96,8 @@ def test_the_export_claim_fences_an_earlier_one_and_a_failure_says_why(client, w
     v2 = client.post("/v2/models/digits/versions/1/infer", json={"inputs": []})
     assert v2.status_code == 409 and set(v2.json) == {"error", "errors"}
     assert client.post("/v2/models/digits/infer", json={"inputs": []}).status_code == 409  # no ready version
-    assert client.get("/v2/models/digits/ready").json == {"name": "digits", "ready": False}
+    ready = client.get("/v2/models/digits/ready")  # the protocol reads the code: 4xx is not ready
+    assert ready.status_code == 400 and ready.json["ready"] is False and "no ready version" in ready.json["error"]
 
 
 def _version_id(client) -> str:
@@ -177,3 +178,12 @@ def test_a_batch_needs_a_ready_version_and_an_input_and_is_the_owners_alone(clie
     assert client.get(location).json["progress"] == 0.4
     assert client.post(f"/api/v1/worker/batches/{started.json['id']}/finish", headers=live,
                        json={"status": "succeeded"}).status_code == 400  # no output uploaded: never succeeded
+
+
+def test_v2_readiness_is_its_status_code_for_a_version_not_ready(client, worker_headers):
+    job = succeeded(client, worker_headers)
+    assert client.post("/api/v1/models", json={"name": "slow", "job_id": job["id"]}).status_code == 201
+    ready = client.get("/v2/models/slow/ready")
+    assert ready.status_code == 400 and ready.json["ready"] is False  # exporting: 4xx, as clients read it
+    assert client.get("/v2/models/slow/versions/1/ready").status_code == 400
+    assert client.get("/v2/models/nothing/ready").status_code == 404

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, g, jsonify, request, url_for
 from sqlalchemy import func, select
 
 from trainq.service.auth import audit, principal, require_user
@@ -211,6 +211,7 @@ def predict(ref: str):
     started = time.perf_counter()
     p = principal()
     version = serving(read_connection(), db, parse_ref(ref), p.id, p.is_admin)
+    g.served_model, g.served_version = version.model, str(version.version)  # for /metrics
     require_ready(version.model, version)
     signature = version.signature
     settings = services().settings

@@ -19,7 +19,7 @@ from trainq.service.context import db, services
 from trainq.service.db import utcnow
 from trainq.service.http import fail
 from trainq.service.tables import Job, JobStatus
-from trainq.service.telemetry import REQUEST_SECONDS, multiprocess_dir
+from trainq.service.telemetry import PREDICTION_SECONDS, PREDICTIONS, REQUEST_SECONDS, multiprocess_dir
 from trainq.service.workers import list_workers, lost_after
 
 bp = Blueprint("monitoring", __name__)
@@ -39,7 +39,9 @@ def metrics():
         body = exposition(db(), settings.heartbeat_seconds)
     except SQLAlchemyError as exc:  # the queue and workers are SQL's to tell: a failed scrape, not a wrong figure
         fail(503, "unavailable", f"the database did not answer ({type(exc).__name__}); /api/v1/health/ready says more")
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    # the exposition format's own header, once: Flask's `mimetype` adds a second charset, which Go's media-type
+    # parser (Prometheus 3) refuses, failing the scrape
+    return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class SqlState:
@@ -99,6 +101,9 @@ def exposition(session: Session, heartbeat_seconds: float) -> bytes:
     return generate_latest(counted) + generate_latest(state)
 
 
+PREDICTING = {"models_api.predict_route", "models_api.predict_version", "oip.infer_model", "oip.infer_version"}
+
+
 def instrument(app: Flask) -> None:
     """Time every request; label it with its route's template (`/api/v1/jobs/<hexid:job_id>`), never the path."""
 
@@ -111,6 +116,11 @@ def instrument(app: Flask) -> None:
         started = g.get("started")
         if started is not None:
             route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(
-                time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            REQUEST_SECONDS.labels(route, request.method, str(response.status_code)).observe(seconds)
+            if request.endpoint in PREDICTING:  # by the model and version that answered (or was asked for)
+                model = g.get("served_model") or (request.view_args or {}).get("name", "")
+                version = g.get("served_version", "")
+                PREDICTIONS.labels(model, version, str(response.status_code)).inc()
+                PREDICTION_SECONDS.labels(model, version).observe(seconds)
         return response

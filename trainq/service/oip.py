@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import text
 
 from trainq import __version__
@@ -89,13 +89,17 @@ def metadata(name: str, number: str | None):
 
 
 def model_ready(name: str, number: str | None):
+    """The protocol's answer is its status code, as clients read it (tritonclient's is_model_ready): 200 for a
+    version that answers, 400 for one that exists and does not yet (exporting, verifying, failed), 404 for none."""
     try:
         _, version = version_for(name, number)
     except RegistryError as exc:
-        if exc.status == 409:  # no ready version yet: not ready, rather than an error
-            return jsonify({"name": name, "ready": False})
+        if exc.status == 409:  # it exists, and no version of it is ready
+            return jsonify({"name": name, "ready": False, "error": str(exc)}), 400
         raise
-    return jsonify({"name": name, "ready": version.state == VersionState.ready.value})
+    if version.state != VersionState.ready.value:
+        return jsonify({"name": name, "ready": False, "error": f"version {version.version} is {version.state}"}), 400
+    return jsonify({"name": name, "ready": True})
 
 
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary data extension: JSON, then the tensors' bytes
@@ -140,6 +144,7 @@ def infer(name: str, number: str | None):
     ref = parse_ref(name if number is None else f"{parse_ref(name).name}/versions/{number}", "model")
     p = principal()
     version = serving(read_connection(), db, ref, p.id, p.is_admin)
+    g.served_model, g.served_version = version.model, str(version.version)  # for /metrics
     require_ready(version.model, version)
     signature = version.signature
     body, binary = read_request()

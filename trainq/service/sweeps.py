@@ -17,6 +17,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import optuna
 import sqlalchemy.exc
 from sqlalchemy import func, select
@@ -72,7 +73,9 @@ def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistrib
 def sampler_for(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
     """Seeded per trial number: a sampler lives for one request here, so seeding it once per sweep would hand every
     trial the first draw. Trial n of a sweep gets the same parameters whatever the pruner did to earlier trials."""
-    seed = (spec.seed * 100_003 + number) % 2**32  # numpy takes seeds below 2**32 (schemathesis found the 500)
+    # Trial n's seed is a hash of (sweep seed, n): MT19937 seeded with neighbouring integers (seed * 100003 + n, as
+    # before) drew neighbouring first values, so TPE's first trials repeated nearly the same settings
+    seed = int(np.random.SeedSequence([spec.seed, number]).generate_state(1)[0])
     if spec.method == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, spec.budget // 4)))
     return optuna.samplers.RandomSampler(seed=seed)
@@ -548,6 +551,15 @@ def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
              "epochs": t.epoch, "test_accuracy": (t.metrics or {}).get("test_accuracy")} for t in trials]
     spent = sum(t.epoch for t in trials)
     best_row = next((r for r in rows if r["job_id"] == sweep.best_job_id), None)
+    reached = None  # the best value any trial reached at any epoch, pruned or not: a pruned trial can pass the best
+    if trials:
+        order = Metric.value.desc() if direction == "maximize" else Metric.value.asc()
+        top = session.execute(select(Metric.job_id, Metric.value, Metric.epoch).where(
+            Metric.job_id.in_([t.id for t in trials]), Metric.name == spec.metric).order_by(order).limit(1)).first()
+        if top is not None:
+            trial = next(t for t in trials if t.id == top.job_id)
+            reached = {"trial": trial.trial, "job_id": trial.id, "status": trial.status, "value": top.value,
+                       "epoch": top.epoch}
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
@@ -560,8 +572,10 @@ def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
         "search": {k: v.model_dump() for k, v in spec.search.items()},
         "budget": {"epochs_spent": spent, "epochs_full_search": sweep.budget * epochs,
                    "fraction": spent / (sweep.budget * epochs) if sweep.budget else 0.0},
+        # the best completed trial (what train_best and register_best take); `highest_reached` may be a pruned one's
         "best": None if best_row is None else {**best_row, "spec": next(t.spec for t in trials
                                                                        if t.id == sweep.best_job_id)},
+        "highest_reached": reached,
         "trials": rows,
         "spec": sweep.spec,
     }

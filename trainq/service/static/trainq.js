@@ -754,7 +754,13 @@ function pageSweep() {
     fact("packing", s.pack === "off" ? "off" : `${s.pack}: ${packed} of ${s.trials.length} trials packed`);
     fact("states", Object.entries(s.counts).map(([k, v]) => `${v} ${k}`).join(", ") || "–");
     fact("epochs spent", `${s.budget.epochs_spent} of ${s.budget.epochs_full_search} (${(100 * s.budget.fraction).toFixed(0)} %)`);
-    if (s.best) facts.append(el("span", {}, "best ", el("a", {href: "/jobs/" + s.best.job_id, text: `trial ${s.best.trial}: ${fmt(s.best.value)}`})));
+    if (s.best) facts.append(el("span", {id: "best-completed", title: "the best trial that ran to its end: Train the best and register_best take it"},
+      "best completed ", el("a", {href: "/jobs/" + s.best.job_id, text: `trial ${s.best.trial}: ${fmt(s.best.value)}`})));
+    const top = s.highest_reached;
+    if (top && (!s.best || top.job_id !== s.best.job_id)) facts.append(el("span", {id: "highest-reached",
+      title: "the best value any trial reached at any epoch; a pruned trial stopped there and has no final model"},
+      `${s.direction === "maximize" ? "highest" : "lowest"} reached `, el("a", {href: "/jobs/" + top.job_id,
+        text: `trial ${top.trial} (${top.status}): ${fmt(top.value)} at epoch ${top.epoch}`})));
     const params = Object.keys(s.search);
     const head = document.querySelector("#trials thead"), body = document.querySelector("#trials tbody");
     head.textContent = ""; body.textContent = "";
@@ -819,7 +825,10 @@ function pageSweep() {
     const answer = await api(`/api/v1/sweeps/${id}/train_best`, {method: "POST"});
     if (answer.status === 201) location.href = "/jobs/" + answer.body.id;
   });
-  load().then(running => { if (running) every(2000, load); });
+  load().then(running => {
+    if (running) every(2000, load);
+    else { const live = document.querySelector(".live"); live.textContent = "final"; live.classList.add("stale"); }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
