@@ -75,3 +75,11 @@ def test_the_command_line_finds_the_service_on_the_port_it_was_started_on(monkey
     monkeypatch.delenv("TRAINQ_PORT")
     monkeypatch.delenv("TRAINQ_SERVICE_URL")
     assert Settings().service_url == "http://127.0.0.1:8000"
+
+
+def test_a_fast_jobs_epochs_are_shown_first_some_middle_and_last():
+    from trainq.cli import _shown_epochs
+
+    assert _shown_epochs(-1, 3) == [1, 2, 3]
+    assert _shown_epochs(0, 40) == [1, 11, 21, 30, 40]
+    assert _shown_epochs(38, 40) == [39, 40]

@@ -511,6 +511,16 @@ def _monitored(spec: dict) -> str:
     return stopping.get("monitor") or "val_loss"
 
 
+def _shown_epochs(shown: int, now: int, most: int = 5) -> list[int]:
+    """The epochs since the last line to print a line for: all of them, or where many went by between two polls
+    (a job of a second or two), the first, a few evenly in between and the last."""
+    new = list(range(max(shown, 0) + 1, now + 1))
+    if len(new) <= most:
+        return new
+    picks = {new[0], new[-1], *(new[round(i * (len(new) - 1) / (most - 1))] for i in range(1, most - 1))}
+    return sorted(picks)
+
+
 def _follow(client: _Client, job: dict) -> dict:
     """Print a line for every new epoch (the monitored metric, elapsed time, ETA) until the job ends; return it."""
     from datetime import datetime, timezone
@@ -523,15 +533,17 @@ def _follow(client: _Client, job: dict) -> dict:
             shown = 0
         if job["epoch"] and job["epoch"] > shown and job.get("started_at"):
             series = client.call("GET", f"/api/v1/jobs/{job['id']}/metrics",
-                                 params={"names": monitor, "after_step": last_step}).get("series", {})
-            values = series.get(monitor, {}).get("value", [])
-            if series.get(monitor, {}).get("step"):
-                last_step = series[monitor]["step"][-1]
+                                 params={"names": monitor, "after_step": last_step}).get("series", {}).get(monitor, {})
+            if series.get("step"):
+                last_step = series["step"][-1]
+            epochs = dict(zip(series.get("epoch", []), series.get("value", [])))
             elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(job["started_at"])).total_seconds()
-            eta = elapsed / job["epoch"] * (job["max_epochs"] - job["epoch"])
-            value = f"  {monitor}={values[-1]:.4f}" if values else ""
-            click.echo(f"epoch {job['epoch']:>4}/{job['max_epochs']}{value}  elapsed {_duration(elapsed)}  "
-                       f"ETA {_duration(eta)}", err=True)
+            for epoch in _shown_epochs(shown, job["epoch"]):  # a fast job: its first, some middle and its last
+                value = f"  {monitor}={epochs[epoch]:.4f}" if epoch in epochs else ""
+                timing = (f"  elapsed {_duration(elapsed)}  ETA "
+                          f"{_duration(elapsed / job['epoch'] * (job['max_epochs'] - job['epoch']))}"
+                          if epoch == job["epoch"] else "")
+                click.echo(f"epoch {epoch:>4}/{job['max_epochs']}{value}{timing}", err=True)
             shown = job["epoch"]
         if job["status"] not in ("queued", "running"):
             return job
@@ -960,6 +972,118 @@ def model_alias(name: str, alias: str, version: int, url: str | None, token: str
     moved = _Client(url, token).call("PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"version": version})
     was = f" (was {moved['previous']})" if moved["previous"] else ""
     click.echo(f"{name}@{alias} -> version {moved['version']}{was}")
+
+
+@main.group()
+def sweep() -> None:
+    """Hyperparameter sweeps: submit one (and watch its trials end), list, show, the best trial, cancel."""
+
+
+def _sweep_id(ctx, param, value: str) -> str:
+    import re
+
+    if not re.fullmatch("[0-9a-f]{32}", value):
+        raise click.BadParameter(f"{value!r} is not a sweep id (32 hex digits; `trainq sweep list` shows them)")
+    return value
+
+
+def _trial_line(t: dict, metric: str) -> str:
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+    value = f"{metric}={t['value']:.4f}" if t["value"] is not None else f"{metric}=-"
+    return f"trial {t['trial']:>3} {t['status']:<9} {value}  epochs {t['epochs']}  {params}"
+
+
+def _show_best(s: dict) -> None:
+    best, top = s.get("best"), s.get("highest_reached")
+    if best:
+        click.echo(f"best completed: trial {best['trial']} ({best['job_id']}) {s['metric']}={best['value']:.4f}: "
+                   + ", ".join(f"{k}={v}" for k, v in best["params"].items()))
+    else:
+        click.echo("no trial completed", err=True)
+    if top and (not best or top["job_id"] != best["job_id"]):
+        click.echo(f"{'highest' if s['direction'] == 'maximize' else 'lowest'} reached: trial {top['trial']} "
+                   f"({top['status']}) {s['metric']}={top['value']:.4f} at epoch {top['epoch']}")
+
+
+@sweep.command("submit")
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--wait", is_flag=True, help="Print each trial as it ends, then the best.")
+@URL
+@TOKEN
+def sweep_submit(spec_file: str, wait: bool, url: str | None, token: str | None) -> None:
+    """Submit a sweep (YAML or JSON: base, search, method, trials, metric, pruner); print its id."""
+    client = _Client(url, token)
+    s = client.call("POST", "/api/v1/sweeps", json=load_spec_file(spec_file))
+    click.echo(s["id"])
+    if not wait:
+        return
+    told: set[int] = set()
+    while True:
+        for t in s["trials"]:
+            if t["status"] not in ("queued", "running") and t["trial"] not in told:
+                click.echo(_trial_line(t, s["metric"]), err=True)
+                told.add(t["trial"])
+        if s["status"] != "running":
+            break
+        time.sleep(1)
+        s = client.call("GET", f"/api/v1/sweeps/{s['id']}")
+    click.echo(f"sweep {s['status']}: {len(told)} trials, {s['budget']['epochs_spent']} of "
+               f"{s['budget']['epochs_full_search']} epochs of a full search")
+    _show_best(s)
+
+
+@sweep.command("list")
+@URL
+@TOKEN
+def sweep_list(url: str | None, token: str | None) -> None:
+    """Your sweeps, newest first."""
+    found = _Client(url, token).call("GET", "/api/v1/sweeps")["sweeps"]
+    if not found:
+        click.echo("no sweeps yet: `trainq sweep submit FILE` starts one", err=True)
+        return
+    _table([[s["id"], s["name"][:40], s["status"], f"{s['trials_launched']}/{s['trials_total']}",
+             f"{s['best_value']:.4f}" if s["best_value"] is not None else "-",
+             s["created_at"][:19].replace("T", " ")] for s in found],
+           ["ID", "NAME", "STATUS", "TRIALS", "BEST", "CREATED"])
+
+
+@sweep.command("show")
+@click.argument("sweep_id", callback=_sweep_id)
+@URL
+@TOKEN
+def sweep_show(sweep_id: str, url: str | None, token: str | None) -> None:
+    """A sweep's trials: parameters, status, metric, epochs; then its best."""
+    s = _Client(url, token).call("GET", f"/api/v1/sweeps/{sweep_id}")
+    click.echo(f"{s['name']}: {s['status']}, {s['method']} on {s['metric']} ({s['direction']}), pruner "
+               f"{s['pruner']}, {s['trials_launched']}/{s['trials_total']} trials")
+    params = list(s["search"])
+    _table([[t["trial"], t["status"], *[t["params"].get(p) for p in params],
+             f"{t['value']:.4f}" if t["value"] is not None else "-", t["epochs"]] for t in s["trials"]],
+           ["TRIAL", "STATUS", *[p.upper() for p in params], s["metric"].upper(), "EPOCHS"])
+    _show_best(s)
+
+
+@sweep.command("best")
+@click.argument("sweep_id", callback=_sweep_id)
+@URL
+@TOKEN
+def sweep_best(sweep_id: str, url: str | None, token: str | None) -> None:
+    """The best completed trial: its job id (on stdout, for a script), value and parameters."""
+    s = _Client(url, token).call("GET", f"/api/v1/sweeps/{sweep_id}")
+    if not s.get("best"):
+        raise click.ClickException(f"sweep {sweep_id} has no completed trial yet ({s['status']})")
+    click.echo(s["best"]["job_id"])
+    _show_best(s)
+
+
+@sweep.command("cancel")
+@click.argument("sweep_id", callback=_sweep_id)
+@URL
+@TOKEN
+def sweep_cancel(sweep_id: str, url: str | None, token: str | None) -> None:
+    """Cancel a sweep and its queued and running trials."""
+    s = _Client(url, token).call("POST", f"/api/v1/sweeps/{sweep_id}/cancel")
+    click.echo(f"{sweep_id}: {s['status']}")
 
 
 @main.group()

@@ -108,3 +108,40 @@ def test_logs_of_a_long_run_are_printed_to_their_end_page_after_page(stack):
     lines = logs.stdout.splitlines()
     assert len(lines) == 1201 and lines[-1].endswith("line 1199") and "submitted to pool nobody" in lines[0]
     stack.http.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", timeout=10)
+
+
+def test_a_sweep_from_the_command_line_prints_each_trial_as_it_ends_then_the_best(stack, tmp_path):
+    import yaml
+
+    body = {"name": "cli-sweep", "base": mlp(hidden=(16,), epochs=2), "method": "random", "trials": 3,
+            "parallel": 3, "metric": "val_accuracy", "pruner": {"type": "none"}, "seed": 0,
+            "search": {"optimizer.lr": {"log_uniform": [0.001, 0.05]}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    done = trainq(stack, "sweep", "submit", str(path), "--wait")
+    assert done.returncode == 0, done.stderr
+    sweep_id = done.stdout.splitlines()[0]
+    trials = [line for line in done.stderr.splitlines() if line.startswith("trial")]
+    assert len(trials) == 3 and all("succeeded" in line and "optimizer.lr=" in line for line in trials), trials
+    assert "sweep succeeded: 3 trials" in done.stdout and "best completed: trial" in done.stdout
+    summary = stack.get(f"/api/v1/sweeps/{sweep_id}")
+    best = trainq(stack, "sweep", "best", sweep_id)
+    assert best.stdout.splitlines()[0] == summary["best"]["job_id"]
+    listed = trainq(stack, "sweep", "list")
+    assert listed.stdout.splitlines()[0].split() == ["ID", "NAME", "STATUS", "TRIALS", "BEST", "CREATED"]
+    assert any(line.startswith(sweep_id) and "3/3" in line for line in listed.stdout.splitlines())
+    shown = trainq(stack, "sweep", "show", sweep_id)
+    rows = [line.split() for line in shown.stdout.splitlines() if line[:1].isdigit()]
+    assert "OPTIMIZER.LR" in shown.stdout and [r[:2] for r in rows] == [["0", "succeeded"], ["1", "succeeded"],
+                                                                        ["2", "succeeded"]]
+    wrong = trainq(stack, "sweep", "show", "nope")
+    assert wrong.returncode == 2 and "not a sweep id" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_submit_wait_on_a_fast_job_still_shows_its_first_some_middle_and_its_last_epoch(stack, tmp_path):
+    spec = with_(mlp(hidden=(8,), epochs=40, batch_size=512), name="cli-fast")
+    done = trainq(stack, "submit", spec_file(tmp_path, spec), "--wait")
+    assert done.returncode == 0, done.stderr
+    epochs = [int(line.split()[1].split("/")[0]) for line in done.stderr.splitlines() if line.startswith("epoch")]
+    assert epochs[0] == 1 and epochs[-1] == 40 and len(epochs) >= 4, done.stderr
+    assert epochs == sorted(set(epochs))
