@@ -920,12 +920,16 @@ def model_list(url: str | None, token: str | None) -> None:
 @click.argument("name")
 @click.argument("job_id", callback=_job_id)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until a worker has exported it.")
+@click.option("--checkpoint", type=click.Choice(["best", "latest"]), default=None,
+              help="For a run that was cancelled, failed or pruned: which of its checkpoints to register.")
 @URL
 @TOKEN
-def model_register(name: str, job_id: str, wait: bool, url: str | None, token: str | None) -> None:
+def model_register(name: str, job_id: str, wait: bool, checkpoint: str | None, url: str | None,
+                   token: str | None) -> None:
     """Register JOB_ID's trained model as the next version of NAME; a worker exports and verifies it."""
     client = _Client(url, token)
-    version = client.call("POST", "/api/v1/models", json={"name": name, "job_id": job_id})
+    version = client.call("POST", "/api/v1/models", json={"name": name, "job_id": job_id,
+                                                          **({"checkpoint": checkpoint} if checkpoint else {})})
     ref = f"{version['model']}/versions/{version['version']}"
     click.echo(f"registered {ref}: {version['state']}", err=True)
     deadline = time.monotonic() + 600

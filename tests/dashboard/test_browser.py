@@ -202,6 +202,9 @@ def test_a_packed_sweep_says_who_trained_together_on_its_page_and_each_run_page(
     assert cells == ["#1 #2 #3", "#0 #2 #3", "#0 #1 #3", "#0 #1 #2"]
     assert "packing auto: 4 of 4 trials packed" in page.inner_text("#sweep-facts")
     snap(page, "sweep-packed")
+    page.goto(f"{stack.url}/sweeps/{sweep_id}")  # a finished sweep, opened again: final, not live
+    assert page.inner_text(".live") == "final"
+    assert "best completed trial" in page.inner_text("#sweep-facts")
     page.click("#trials tbody tr[data-trial='2'] a")
     page.locator("#job-packed").wait_for()
     assert page.inner_text("#job-packed") == "packed with trial 0, trial 1, trial 3"
@@ -288,6 +291,11 @@ def test_a_scheduled_run_page_charts_the_learning_rate_log_losses_and_latest_val
 def test_start_a_sweep_from_the_form(page, stack):
     page.goto(stack.url + "/sweeps")
     text = page.input_value("#sweep-spec")
+    box = page.locator("#sweep-spec")  # the width of the page, monospace, lines unwrapped (it was about 180 px)
+    main_width = page.evaluate("document.querySelector('main').clientWidth")
+    assert box.evaluate("b => b.getBoundingClientRect().width") >= 0.9 * main_width
+    assert box.evaluate("b => getComputedStyle(b).whiteSpace") == "pre"
+    assert "monospace" in box.evaluate("b => getComputedStyle(b).fontFamily")
     assert "log_uniform" in text and "pruner" in text
     page.fill("#sweep-spec", text.replace("trials: 8", "trials: 0"))
     page.click("#start-sweep")
@@ -385,9 +393,15 @@ def test_register_a_run_then_promote_diff_and_try_it_on_the_models_page(page, st
     second = stack.wait(stack.submit(with_(iris, **{"optimizer.lr": 0.01})))
     assert first["status"] == second["status"] == "succeeded", stack.logs()
     page.goto(f"{stack.url}/jobs/{first['id']}")
-    page.once("dialog", lambda d: d.accept("iris-model"))
-    page.click("#register")
+    page.click("#register")  # a form, not the browser's prompt(): a name and an alias
+    assert page.is_visible("#register-form") and not page.is_visible("#register-checkpoint")
+    page.fill("#register-form input[name=name]", "iris-model")
+    page.fill("#register-form input[name=alias]", "challenger")
+    page.click("#register-form button[type=submit]")
     page.wait_for_url(f"{stack.url}/models/iris-model")
+    assert stack.get("/api/v1/models/iris-model")["aliases"] == {"challenger": 1}
+    page.goto(f"{stack.url}/jobs/{first['id']}")
+    assert "registered as iris-model version 1" in page.inner_text("#job-versions")
     stack.http.post(f"{stack.url}/api/v1/models", json={"name": "iris-model", "job_id": second["id"]}, timeout=10)
     eventually(lambda: all(v["state"] == "ready" for v in stack.get("/api/v1/models/iris-model")["versions"])
                and len(stack.get("/api/v1/models/iris-model")["versions"]) == 2, 120)
@@ -401,7 +415,7 @@ def test_register_a_run_then_promote_diff_and_try_it_on_the_models_page(page, st
     page.click("#versions tr[data-version='1'] button.promote")
     page.locator("[data-alias='champion']").wait_for()
     assert page.inner_text("[data-alias='champion']") == "champion → 1"
-    assert stack.get("/api/v1/models/iris-model")["aliases"] == {"champion": 1}
+    assert stack.get("/api/v1/models/iris-model")["aliases"] == {"challenger": 1, "champion": 1}
 
     # The form is made from the champion's signature: the four features, each with its training range
     assert page.locator("#try-form input").count() == 4

@@ -326,7 +326,10 @@ def test_the_command_line_registers_shows_aliases_predicts_and_exports(stack, di
     batched = runner.invoke(main, ["predict", "cli-digits@champion", str(tmp_path / "rows.csv"), "--batch", "--out",
                                    str(tmp_path / "batch.csv"), *auth])
     assert batched.exit_code == 0, batched.output
-    assert [r["label"] for r in csv.DictReader((tmp_path / "batch.csv").open())] == [r["label"] for r in out]
+    scored = list(csv.DictReader((tmp_path / "batch.csv").open()))
+    assert [r["label"] for r in scored] == [r["label"] for r in out]
+    inputs = next(csv.reader((tmp_path / "rows.csv").open()))
+    assert list(scored[0])[1:1 + len(inputs)] == inputs  # every input column kept, in its order, as /predict keeps
     (tmp_path / "short.csv").write_text("f0,f1\n1,2\n")  # named as the model's are not
     short = runner.invoke(main, ["predict", "cli-digits", str(tmp_path / "short.csv"), *auth])
     assert short.exit_code == 1 and "has no column pixel_0_0, pixel_0_1" in short.output

@@ -58,7 +58,12 @@ def test_what_cannot_be_registered_is_refused_with_the_field(client, client_as, 
     queued = submit(client)
     answer = client.post("/api/v1/models", json={"name": "digits", "job_id": queued["id"]})
     assert answer.status_code == 409 and answer.json["errors"][0]["path"] == "job_id"
-    assert "only a succeeded job" in answer.json["message"]
+    assert "is queued: a succeeded job's model is registered as it ended" in answer.json["message"]
+    with_checkpoint = client.post("/api/v1/models", json={"name": "digits", "job_id": queued["id"],
+                                                          "checkpoint": "best"})
+    assert with_checkpoint.status_code == 409  # a queued job has no checkpoint to name
+    wrong = client.post("/api/v1/models", json={"name": "digits", "job_id": queued["id"], "checkpoint": "first"})
+    assert wrong.status_code == 422 and wrong.json["errors"][0]["path"] == "checkpoint"
     job = succeeded(client, worker_headers)
     for body, path in (({"name": "bad name", "job_id": job["id"]}, "name"), ({"job_id": job["id"]}, "name"),
                        ({"name": "m", "job_id": "123"}, "job_id")):
@@ -187,3 +192,21 @@ def test_v2_readiness_is_its_status_code_for_a_version_not_ready(client, worker_
     assert ready.status_code == 400 and ready.json["ready"] is False  # exporting: 4xx, as clients read it
     assert client.get("/v2/models/slow/versions/1/ready").status_code == 400
     assert client.get("/v2/models/nothing/ready").status_code == 404
+
+
+def test_a_cancelled_runs_best_checkpoint_is_registered_when_asked_for(client, worker_headers):
+    job = submit(client, mlp(epochs=3))
+    c = claim(client, job["id"], worker_headers).json
+    headers = attempt_headers(worker_headers, c)
+    for best in (True, False):  # the best epoch's checkpoint, then a later one that was not
+        assert client.post(f"/api/v1/worker/attempts/{c['attempt_id']}/checkpoints", data=checkpoint(),
+                           headers=headers, query_string={"is_best": "1" if best else "0"}).status_code == 201
+    client.post(f"/api/v1/worker/attempts/{c['attempt_id']}/finish", headers=headers,
+                json={"status": "cancelled", "stop_reason": "cancelled", "epoch": 1})
+    refused = client.post("/api/v1/models", json={"name": "kept", "job_id": job["id"]})
+    assert refused.status_code == 409 and "--checkpoint best" in refused.json["message"]
+    checkpoints = client.get(f"/api/v1/jobs/{job['id']}/checkpoints").json["checkpoints"]
+    best = next(x for x in checkpoints if x["is_best"])
+    answer = client.post("/api/v1/models", json={"name": "kept", "job_id": job["id"], "checkpoint": "best"})
+    assert answer.status_code == 201, answer.json
+    assert answer.json["checkpoint_id"] == best["id"] and not best["is_latest"]

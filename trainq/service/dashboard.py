@@ -170,7 +170,13 @@ def run(job_id: str):
     # A finished regression run is known from its final metrics, so its page is right before any script runs (the
     # script learns the task of a running one from its plan)
     regression = "test_r2" in (job.get("metrics") or {})
+    from trainq.service.tables import Model, ModelVersion
+
+    versions = db().execute(select(Model.name.label("model"), ModelVersion.version, ModelVersion.state)
+                            .join(Model, Model.id == ModelVersion.model_id).where(ModelVersion.job_id == job_id)
+                            .order_by(ModelVersion.created_at)).all()
     return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]), packed_with=packed_with,
+                           versions=versions,
                            regression=regression, curve=curve_svg((job.get("metrics") or {}).get("test_predictive_curve")))
 
 

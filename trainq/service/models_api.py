@@ -88,7 +88,10 @@ def register_model():
     job = get_job(job_id)
     p = principal()
     session = db()
-    model, version = register(session, body["name"], job, p.id, p.name)
+    kind = body.get("checkpoint")
+    if kind is not None and not isinstance(kind, str):
+        fail(422, "validation", "checkpoint: best or latest", errors=[{"path": "checkpoint", "message": "best or latest"}])
+    model, version = register(session, body["name"], job, p.id, p.name, kind)
     audit("register", f"model:{model.name}", version=version.version, job=job.id)
     session.commit()
     send_exports(session, services().export)

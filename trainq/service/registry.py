@@ -192,14 +192,28 @@ def _serving_query(kind: str, is_admin: bool):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def register(session: Session, name: str, job: Job, owner_id: str | None, by: str) -> tuple[Model, ModelVersion]:
+CHECKPOINTS = ("latest", "best")
+
+
+def register(session: Session, name: str, job: Job, owner_id: str | None, by: str,
+             checkpoint_kind: str | None = None) -> tuple[Model, ModelVersion]:
     """The job's trained model as the next version of `name` (made if new), `exporting` until a worker is done.
-    The version number comes from one UPDATE ... RETURNING, so two registrations at once never share one."""
+    A succeeded job's is its latest checkpoint (its best epoch's weights when early stopping restored them); a run
+    that was cancelled, failed or pruned is registered only when the caller names the checkpoint to take, its
+    `best` (the best epoch written) or its `latest`. The version number comes from one UPDATE ... RETURNING, so two
+    registrations at once never share one."""
     check_name(name)
-    if job.status != JobStatus.succeeded.value:
-        raise RegistryError(409, "not_succeeded", f"job {job.id} is {job.status}: only a succeeded job's model can "
-                                                  "be registered", "job_id")
-    checkpoint = latest_checkpoint(session, job.id)
+    if checkpoint_kind not in (None, *CHECKPOINTS):
+        raise RegistryError(422, "validation", f"checkpoint: {checkpoint_kind!r} is not one of best, latest",
+                            "checkpoint")
+    if job.status != JobStatus.succeeded.value and (checkpoint_kind is None or job.status not in (
+            JobStatus.cancelled.value, JobStatus.failed.value, JobStatus.pruned.value)):
+        raise RegistryError(409, "not_succeeded", f"job {job.id} is {job.status}: a succeeded job's model is "
+                            "registered as it ended; one that was cancelled, failed or pruned from the checkpoint you "
+                            "name: {\"checkpoint\": \"best\"} (trainq model register NAME JOB --checkpoint best)",
+                            "job_id")
+    checkpoint = (best_checkpoint(session, job.id) if checkpoint_kind == "best" else None) or \
+        latest_checkpoint(session, job.id)
     if checkpoint is None:
         raise RegistryError(409, "no_checkpoint", f"job {job.id} kept no checkpoint to register", "job_id")
     model = session.scalar(select(Model).where(Model.owner_id == owner_id, Model.name == name))
@@ -221,6 +235,14 @@ def register(session: Session, name: str, job: Job, owner_id: str | None, by: st
     session.refresh(model)
     session.info.setdefault(PENDING, []).append((version.id, job.pool))
     return model, version
+
+
+def best_checkpoint(session: Session, job_id: str):
+    """The job's checkpoint of its best epoch among those written, the newest such; None if none is marked best."""
+    from trainq.service.tables import Checkpoint
+
+    return session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.is_best)
+                           .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1)).first()
 
 
 PENDING = "trainq_exports"  # in session.info: versions registered in this transaction, to send once it commits

@@ -222,7 +222,7 @@ def _csv(blob: bytes, features: list[str]):
                            + f"; its first line must name the model's features ({', '.join(features[:6])}"
                            + (" ..." if len(features) > 6 else "") + ")")
     at = [header.index(f) for f in features]
-    kept = [j for j, h in enumerate(header) if h not in features]
+    kept = list(range(len(header)))  # every input column, in the input's order, as /predict keeps them
     rows, numbers, carried, problems, bad = [], [], [], [], 0
     for line, record in enumerate(reader, start=2):
         if not record:

@@ -272,7 +272,8 @@ function pageRun() {
     const error = document.getElementById("job-error");
     error.hidden = !job.error; error.textContent = job.error || "";
     document.getElementById("cancel").hidden = FINISHED.includes(job.status);
-    document.getElementById("register").hidden = job.status !== "succeeded";
+    document.getElementById("register").hidden = !["succeeded", "cancelled", "failed", "pruned"].includes(job.status);
+    document.getElementById("register-checkpoint").hidden = job.status === "succeeded";
     document.querySelector("#job-started time").dataset.at = job.started_at || "";
     document.querySelector("#job-finished time").dataset.at = job.finished_at || "";
     localizeTimes(document.getElementById("job-times"));
@@ -944,17 +945,34 @@ function pageModel() {
 }
 
 function registerButton(job) {
-  // "Register" on a succeeded run: its model becomes the next version of a name (a worker exports it)
+  // "Register…" opens a form: the model's name (this run becomes its next version), an alias to point at it, and
+  // for a run that did not succeed, which of its checkpoints to take. A worker exports it.
   const button = document.getElementById("register");
-  if (!button) return;
-  button.addEventListener("click", async () => {
-    const suggested = job.name.toLowerCase().replace(/[^a-z0-9._-]+/g, "-").replace(/^[^a-z0-9]+/, "").slice(0, 64);
-    const name = prompt("Register this run's model as (a new name, or an existing model's next version):", suggested);
-    if (!name) return;
-    const answer = await api("/api/v1/models", {method: "POST", body: JSON.stringify({name, job_id: job.id}),
+  const form = document.getElementById("register-form");
+  if (!button || !form) return;
+  button.addEventListener("click", () => {
+    form.hidden = false;
+    if (!form.elements.name.value) {
+      form.elements.name.value = job.name.toLowerCase().replace(/[^a-z0-9._-]+/g, "-").replace(/^[^a-z0-9]+/, "").slice(0, 64);
+    }
+    form.elements.name.focus();
+  });
+  document.getElementById("register-close").addEventListener("click", () => { form.hidden = true; });
+  form.addEventListener("submit", async event => {
+    event.preventDefault();
+    const errors = document.getElementById("register-errors");
+    const body = {name: form.elements.name.value, job_id: job.id};
+    if (!document.getElementById("register-checkpoint").hidden) body.checkpoint = form.elements.checkpoint.value;
+    const answer = await api("/api/v1/models", {method: "POST", body: JSON.stringify(body),
       headers: {"Content-Type": "application/json"}});
-    if (answer.status === 201) location.href = "/models/" + encodeURIComponent(answer.body.model);
-    else alert((answer.body && answer.body.message) || "the service refused to register it");
+    if (answer.status !== 201) { listErrors(errors, answer.body); return; }
+    const alias = form.elements.alias.value;
+    if (alias) {
+      const moved = await api(`/api/v1/models/${encodeURIComponent(answer.body.model)}/aliases/${encodeURIComponent(alias)}`,
+        {method: "PUT", body: JSON.stringify({version: answer.body.version}), headers: {"Content-Type": "application/json"}});
+      if (!moved.ok) { listErrors(errors, moved.body); return; }
+    }
+    location.href = "/models/" + encodeURIComponent(answer.body.model);
   });
 }
 
