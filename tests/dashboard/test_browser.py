@@ -487,3 +487,42 @@ def test_a_pruned_run_page_offers_no_cancel(page, stack):
     page.wait_for_timeout(1500)  # a poll of the page's own
     assert page.locator("#cancel").is_hidden()
     assert page.get_attribute("body", "data-finished").split() == ["succeeded", "failed", "cancelled", "pruned"]
+
+
+def test_every_page_fits_a_1400_px_window(page, stack):
+    """With a real run, a Bayesian run, a 12-trial sweep, two model versions of different architectures and a
+    dataset: no page is wider than the window (the model page's spec diff was 1,843 px wide)."""
+    cnn = {"name": "wide-cnn", "dataset": {"name": "digits", "as_images": True, "seed": 0},
+           "model": {"layers": [{"type": "conv2d", "out_channels": 8, "padding": "same"},
+                                {"type": "batchnorm"}, {"type": "activation", "fn": "relu"}, {"type": "pool"},
+                                {"type": "conv2d", "out_channels": 16, "padding": "same"},
+                                {"type": "activation", "fn": "relu"}, {"type": "dropout", "p": 0.1},
+                                {"type": "flatten"}, {"type": "dense", "units": 32},
+                                {"type": "activation", "fn": "relu"}, {"type": "dense", "units": 10}]},
+           "loss": {"type": "cross_entropy"}, "optimizer": {"type": "adam"},
+           "training": {"epochs": 2, "batch_size": 64, "seed": 0}, "register_as": "wide-model"}
+    mlp_run = stack.wait(stack.submit(with_(mlp(epochs=2), register_as="wide-model")))
+    cnn_run = stack.wait(stack.submit(cnn))
+    bayes = stack.wait(stack.submit({**mlp(epochs=2), "name": "wide-bayes", "inference": {"method": "ensemble",
+                                                                                          "members": 2}}))
+    sweep = stack.http.post(f"{stack.url}/api/v1/sweeps", timeout=30, json={
+        "name": "a dozen trials", "base": mlp(hidden=(8,), epochs=1, batch_size=256), "method": "random",
+        "trials": 12, "parallel": 12, "metric": "val_accuracy", "pruner": {"type": "none"},
+        "search": {"optimizer.lr": {"log_uniform": [1e-4, 1e-1]}, "model.layers[0].units": {"choice": [8, 16]}}})
+    assert sweep.status_code == 201, sweep.text
+    sweep_id = sweep.json()["id"]
+    wait_until(lambda: stack.get(f"/api/v1/sweeps/{sweep_id}")["status"] != "running", 180, "the sweep's end")
+    assert all(j["status"] == "succeeded" for j in (mlp_run, cnn_run, bayes)), stack.logs()
+    wait_until(lambda: all(v["state"] == "ready" for v in stack.get("/api/v1/models/wide-model")["versions"]),
+               120, "wide-model's versions ready")
+    runs = ",".join(j["id"] for j in (mlp_run, cnn_run, bayes))
+    for path in ("/", f"/jobs/{cnn_run['id']}", f"/jobs/{bayes['id']}", "/sweeps", f"/sweeps/{sweep_id}",
+                 f"/compare?ids={runs}", "/models", "/models/wide-model", "/datasets", "/workers", "/submit"):
+        page.goto(stack.url + path)
+        page.wait_for_load_state("networkidle")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 1400, f"{path} is {width} px wide"
+    page.goto(stack.url + "/models/wide-model")
+    diff = page.inner_text("#spec-diff")
+    assert "→" in diff and "\\u2192" not in diff and "conv2d" in diff  # the layers in full, not JSON escapes
+    snap(page, "models")

@@ -92,8 +92,8 @@ def _differ(values: list[Any], path: str, out: list[dict[str, Any]]) -> None:
 
 def summary(value: Any, width: int = 80) -> Any:
     """A spec part in a line: `dense units=64`, a list of layers as `dense units=64 → activation fn=relu → ...`."""
-    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-        text = " → ".join(str(summary(v, 40)) for v in value)
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):  # layers: every one, however many
+        return " → ".join(str(summary(v, 200)) for v in value)
     elif isinstance(value, dict):
         fields = [f"{k}={json_text(v)}" for k, v in value.items() if k != "type" and v is not None]
         text = " ".join(([str(value["type"])] if "type" in value else []) + fields)
