@@ -441,14 +441,6 @@ def _table(rows: list[list], headers: list[str]) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def _size(size: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
-
-
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -1111,6 +1103,8 @@ def dataset_upload(path: Path, name: str, target: str | None, task: str | None, 
     """Upload PATH (CSV, TSV, Parquet, JSON Lines, NPZ, or a zip/tar of class folders of images) as the next version
     of NAME. A large file goes up in parts, straight into the object store where the service uses one, so neither
     end holds more than a part in memory."""
+    from trainq.service.series import filesize
+
     client = _Client(url, token)
     params = {"name": name, **({"target": target} if target else {}), **({"task": task} if task else {})}
     size = path.stat().st_size
@@ -1126,7 +1120,7 @@ def dataset_upload(path: Path, name: str, target: str | None, task: str | None, 
         found = _upload_in_parts(client, path, params, size)
     _show_dataset(found)
     click.echo(f"{'already there as' if found.get('existing') else 'uploaded'} {found['ref']} "
-               f"({_size(size)} in {_duration(time.monotonic() - started)})", err=True)
+               f"({filesize(size)} in {_duration(time.monotonic() - started)})", err=True)
 
 
 def _upload_in_parts(client: "_Client", path: Path, params: dict, size: int) -> dict:
@@ -1190,12 +1184,14 @@ def _show_dataset(d: dict) -> None:
 @TOKEN
 def dataset_list(name: str | None, url: str | None, token: str | None) -> None:
     """Your datasets, every version, the latest first."""
+    from trainq.service.series import filesize
+
     found = _Client(url, token).call("GET", "/api/v1/datasets", params={"name": name} if name else None)["datasets"]
     if not found:
         click.echo("no datasets yet: `trainq dataset upload FILE --name NAME` uploads one", err=True)
         return
     _table([[d["name"], d["version"], d["kind"], d["source"], f"{d['rows']:,}", d["task"], d.get("target") or "-",
-             _size(d["size"]), d["created_at"][:19].replace("T", " ")] for d in found],
+             filesize(d["size"]), d["created_at"][:19].replace("T", " ")] for d in found],
            ["NAME", "VERSION", "KIND", "FORMAT", "ROWS", "TASK", "TARGET", "SIZE", "UPLOADED"])
 
 

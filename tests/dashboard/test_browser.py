@@ -442,12 +442,22 @@ def test_a_bayesian_regression_run_draws_its_band_and_a_classifier_its_reliabili
     assert page.locator("#predictive-curve circle.train").count() >= 150
     assert len(page.get_attribute("#predictive-curve polyline.mean", "points").split()) == 200
     assert "test_coverage95" in page.inner_text("#final-metrics")
+    assert page.locator("#predictive-curve text.axis").all_text_contents() == ["input x", "target y"]
+    note = page.inner_text("#regions-note")  # why the whole test split's R² says little, and the regions' figures
+    assert "test_r2 over all of them says little" in note and "in: RMSE" in note and "farther: RMSE" in note
     page.locator("#predictive-curve").scroll_into_view_if_needed()
     snap(page, "bayes-band")
     page.goto(f"{stack.url}/jobs/{digits_job['id']}")
     bins = page.locator("#reliability rect.bin")
     counts = [int(c) for c in bins.evaluate_all("els => els.map(e => e.dataset.count)")]
     assert sum(counts) == 270
+    labels = [int(t) for t in page.locator("#reliability text.count").all_text_contents()]
+    assert labels == counts  # each bin says how many rows it holds, and a bin of few rows is pale
+    shades = [float(o) for o in bins.evaluate_all("els => els.map(e => e.getAttribute('fill-opacity'))")]
+    assert shades[counts.index(max(counts))] == 0.95 and min(shades) < 0.95
+    eventually(lambda: page.is_visible("#fig-kl") and page.is_visible("#fig-calibration"))
+    legend = page.inner_text("#chart-loss")  # the data term beside val_loss, not train_loss with its KL
+    assert "train_nll" in legend and "val_loss" in legend and "train_loss" not in legend
     page.locator("#reliability").scroll_into_view_if_needed()
     snap(page, "bayes-reliability")
 

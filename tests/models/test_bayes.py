@@ -45,6 +45,8 @@ def test_the_epoch_loss_is_mean_nll_plus_beta_kl_over_the_training_rows_whatever
     assert kl > 1000  # the KL of 19,000 weights near their init against N(0, 1): far from nothing
     assert state.metrics["train_loss"] == pytest.approx(float(nll) + 0.5 * float(kl) / rows, rel=1e-5)
     assert state.metrics["train_kl"] == pytest.approx(float(kl) / rows, rel=1e-6)
+    # the data term alone, on val_loss's scale (the page charts it there; train_loss with the KL was 50 to 90 times it)
+    assert state.metrics["train_nll"] == pytest.approx(float(nll), rel=1e-5)
     loss = training_loss(state)
     out, y = state.model(state.data.train.features()[:5]), state.data.train.y[:5]
     assert float(loss(out, y) - state.objective.loss(out, y)) == pytest.approx(0.5 * float(kl) / rows, rel=1e-5)

@@ -342,3 +342,29 @@ def test_a_sweeps_trials_draw_like_independent_uniforms(method):
     rates = [optuna.create_study(sampler=sampler_for(spec, n)).ask(
         {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}).params["lr"] for n in range(3)]
     assert max(rates) / min(rates) > 1.5, rates
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 3])
+def test_the_median_pruner_never_prunes_a_trial_within_its_warmup_epochs(warmup):
+    """Trials report epochs counted from 1; Optuna counts steps from 0: warmup_epochs: 1 stopped trials after their
+    first epoch. A trial far behind the median is now first pruned at the end of epoch warmup_epochs + 1."""
+    import optuna
+
+    from trainq.models.sweep import SweepSpec
+    from trainq.service.sweeps import pruner_for
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = SweepSpec.model_validate(sweep(pruner={"type": "median", "startup_trials": 1, "warmup_epochs": warmup}))
+    study = optuna.create_study(pruner=pruner_for(spec, 10))
+    done = study.ask()
+    for epoch in range(1, 11):
+        done.report(0.1, epoch)
+    study.tell(done, 0.1)
+    behind = study.ask()
+    first = None
+    for epoch in range(1, 11):
+        behind.report(10.0, epoch)  # far worse than the median at every epoch
+        if behind.should_prune():
+            first = epoch
+            break
+    assert first == warmup + 1

@@ -280,6 +280,15 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
+def standardized(y: np.ndarray, train: np.ndarray, classes: int | None) -> tuple[np.ndarray, float, float]:
+    """Regression targets as trained, (N, 1) float32 standardized by the training split's mean and spread, with those
+    two (metrics are reported in the target's units); class labels as they are."""
+    if classes is not None:
+        return y, 0.0, 1.0
+    y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
+    return ((y - y_mean) / y_std).reshape(-1, 1).astype(np.float32), y_mean, y_std
+
+
 def table_rows(spec: DatasetSpec, table):
     """The rows of an uploaded table a run uses (a target, and a value in each drop_row column), and their targets:
     class indexes in the profile's order, or floats."""
@@ -313,10 +322,7 @@ def load_table(spec: DatasetSpec, table) -> Data:
     codec = fit(planned_codec(spec), table, train)
     x = encode(codec, table)
     classes = spec.info().classes
-    y_mean, y_std = 0.0, 1.0
-    if classes is None:
-        y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
-        y = ((y - y_mean) / y_std).reshape(-1, 1).astype(np.float32)
+    y, y_mean, y_std = standardized(y, train, classes)
 
     def part(idx: np.ndarray) -> Split:
         return Split(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
@@ -390,10 +396,7 @@ def load(spec: DatasetSpec, arrays=None) -> Data:
             x = one_hot(x, nominal, train)
 
     classes = spec.info().classes
-    y_mean, y_std = 0.0, 1.0
-    if classes is None:
-        y_mean, y_std = float(y[train].mean()), float(y[train].std() or 1.0)
-        y = ((y - y_mean) / y_std).reshape(-1, 1).astype(np.float32)
+    y, y_mean, y_std = standardized(y, train, classes)
 
     def part(idx: np.ndarray) -> Split:
         return Split(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]), *codec)

@@ -414,6 +414,8 @@ def train_one_epoch(state: State) -> None:
     if variational(state.spec):
         with torch.no_grad():
             state.metrics["train_kl"] = float(kl_divergence(model)) / n  # per training row, in nats
+        if not resumed:  # the data term on the same scale as val_loss (the KL is charted apart)
+            state.metrics["train_nll"] = float(objective_loss.data_sum) / n
 
 
 def variational(spec: JobSpec) -> bool:
@@ -437,8 +439,11 @@ def training_loss(state: State) -> Callable[[torch.Tensor, torch.Tensor], torch.
     beta = inference.kl_weight * (min(1.0, (state.epoch + 1) / warmup) if warmup else 1.0)
 
     def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return base(out, y) + beta * kl_divergence(model) / rows
+        data = base(out, y)
+        loss.data_sum = loss.data_sum + data.detach() * len(y)  # the data term alone, summed over the epoch's rows
+        return data + beta * kl_divergence(model) / rows
 
+    loss.data_sum = 0.0
     return loss
 
 
@@ -625,6 +630,10 @@ def _evaluate_sampled(state: State, split: Split, prefix: str, final: bool) -> d
                 region = regression_measures(mean[chosen], epistemic[chosen], here, target[chosen], "r")
                 result[f"test_coverage95_{name}"] = region["r_coverage95"]
                 result[f"test_rmse_{name}"] = region["r_rmse"]
+                if name == "in" and int(chosen.sum()) > 1:  # R² where the data is: the whole split's mixes in probes
+                    import torchmetrics.functional as M
+
+                    result["test_r2_in"] = float(M.r2_score(mean[chosen].flatten(), target[chosen].flatten()))
     return result
 
 

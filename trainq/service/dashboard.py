@@ -13,6 +13,7 @@ from trainq.service.auth import check_csrf, csrf_token, limit, principal, user_f
 from trainq.service.context import db, services
 from trainq.service.job_reads import STATUSES, change_cursor, filtered_jobs, jobs_page_json, read_job
 from trainq.service.lookups import get_job, get_sweep, visible
+from trainq.service.series import filesize
 from trainq.service.tables import FINISHED, Job, User
 
 bp = Blueprint("dashboard", __name__)
@@ -40,14 +41,7 @@ def wants_page() -> bool:
             and request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html")
 
 
-@bp.app_template_filter("filesize")
-def filesize(size: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:,} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
+bp.app_template_filter("filesize")(filesize)
 
 
 @bp.app_context_processor

@@ -102,6 +102,15 @@ def summary(value: Any, width: int = 80) -> Any:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def filesize(size: float) -> str:
+    """1536 -> '1.5 KiB': what a page and the command line show of a file's size."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
 def json_text(value: Any) -> str:
     import json
 

@@ -90,7 +90,9 @@ def pruner_for(spec: SweepSpec, max_epochs: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=p.first_rung(max_epochs), max_resource=max_epochs,
                                               reduction_factor=p.reduction_factor)
     if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
+        # Optuna counts steps from 0 and prunes once step >= n_warmup_steps; trials report epochs counted from 1, so
+        # warmup_epochs: 1 (one epoch never pruned) is n_warmup_steps 2 (a first decision after epoch 2)
+        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs + 1)
     return optuna.pruners.NopPruner()
 
 

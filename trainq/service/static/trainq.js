@@ -245,8 +245,17 @@ function pageRun() {
   for (const [box, key] of [["loss-log", "loss"], ["steps-log", "steps"]]) {
     document.getElementById(box).addEventListener("change", e => charts[key].setLog(e.target.checked));
   }
+  const variational = (job.spec.inference || {}).method === "variational";
+  charts.kl = new LineChart(document.getElementById("chart-kl"), "epoch");
+  charts.calibration = new LineChart(document.getElementById("chart-calibration"), "epoch");
   const chartOf = name => {
     if (name === "train_loss_step") return charts.steps;
+    // a variational run's train_loss adds β·KL/N: the data term is charted beside val_loss, the KL on its own
+    if (name === "train_loss" && variational) return null;
+    if (name === "train_nll") return charts.loss;
+    if (name === "train_kl") { document.getElementById("fig-kl").hidden = false; return charts.kl; }
+    if (/^val_(ece|brier|coverage95|coverage68)$/.test(name)) { document.getElementById("fig-calibration").hidden = false; return charts.calibration; }
+    if (name === "val_nll") return charts.loss;
     if (name === "lr") { document.getElementById("fig-lr").hidden = false; return charts.lr; }
     if (name.endsWith("_loss")) return charts.loss;
     if (/^(train|val)_accuracy$/.test(name)) return charts.metric;
@@ -329,11 +338,15 @@ function pageRun() {
     if (!answer.ok) return;
     const body = document.querySelector("#checkpoints tbody");
     body.textContent = "";
+    const restores = ((job.spec.training || {}).early_stopping || {}).restore_best !== false && (job.spec.training || {}).early_stopping;
     for (const c of answer.body.checkpoints) {
-      body.append(el("tr", {},
+      const roles = [c.is_best ? `best epoch${bestEpoch !== null && bestEpoch !== undefined && c.epoch === bestEpoch ? "" : " written"}` : "",
+                     c.is_latest ? "latest" : ""].filter(Boolean);
+      if (c.is_latest && job.status === "succeeded") roles.push(restores ? "registered: the best epoch's weights it carries" : "registered");
+      body.append(el("tr", {"data-checkpoint": c.id, class: c.is_best ? "best" : null},
         el("td", {text: c.epoch}), el("td", {text: c.step}),
         el("td", {text: c.metric_name ? `${c.metric_name} ${fmt(c.metric)}` : ""}),
-        el("td", {text: [c.is_best ? "best" : "", c.is_latest ? "latest" : ""].filter(Boolean).join(", ")}),
+        el("td", {class: "roles", text: roles.join("; ")}),
         el("td", {text: (c.size / 1024).toFixed(1) + " KiB"}),
         el("td", {}, el("a", {href: c.download_url, text: "download"}))));
     }
