@@ -204,7 +204,7 @@ def test_a_packed_sweep_says_who_trained_together_on_its_page_and_each_run_page(
     snap(page, "sweep-packed")
     page.goto(f"{stack.url}/sweeps/{sweep_id}")  # a finished sweep, opened again: final, not live
     assert page.inner_text(".live") == "final"
-    assert "best completed trial" in page.inner_text("#sweep-facts")
+    eventually(lambda: "best completed trial" in page.inner_text("#sweep-facts"))  # filled by the page's script
     page.click("#trials tbody tr[data-trial='2'] a")
     page.locator("#job-packed").wait_for()
     assert page.inner_text("#job-packed") == "packed with trial 0, trial 1, trial 3"
