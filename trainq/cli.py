@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -1247,6 +1248,16 @@ def predict(ref: str, csv_file: str, out: str | None, batch: bool, url: str | No
     features = version.get("features") or []
     if version["state"] != "ready":
         raise click.ClickException(f"{ref} is version {version['version']}, {version['state']}")
+    target = f"/api/v1/models/{version['model']}/versions/{version['version']}/predict"
+    if version.get("image"):  # a model of uploaded images: the file itself, decoded by the service as in training
+        blob = Path(csv_file).read_bytes()
+        kind = "image/png" if blob[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg" if blob[:2] == b"\xff\xd8" else None
+        if kind is None:
+            raise click.ClickException(f"{csv_file} is not a PNG or JPEG image; {ref} takes image files")
+        for p in client.call("POST", target, data=blob, headers={"Content-Type": kind})["predictions"]:
+            top = sorted(p.get("probabilities", {}).items(), key=lambda kv: -kv[1])[:3]
+            click.echo(f"{p['label']}  " + "  ".join(f"{k} {v:.3f}" for k, v in top))
+        return
     if not features:
         raise click.ClickException(f"{ref} takes images, not named columns; use POST /v2/models/{ref}/infer")
     with open(csv_file, newline="") as handle:
@@ -1256,14 +1267,22 @@ def predict(ref: str, csv_file: str, out: str | None, batch: bool, url: str | No
             raise click.ClickException(f"{csv_file} has no column {_some(missing)}; the model's features are "
                                        f"{_some(features)} (its first line must name them)")
         rows = list(reader)
+    kinds = {c["name"]: c["kind"] for c in version.get("columns") or []}  # a table's model: raw values by column
     records = []
     for number, row in enumerate(rows, start=2):
-        try:
-            records.append({f: float(row[f]) for f in features})
-        except (TypeError, ValueError):
-            bad = next(f for f in features if not _is_number(row[f]))
-            raise click.ClickException(f"{csv_file} line {number}, column {bad}: {row[bad]!r} is not a number")
-    target = f"/api/v1/models/{version['model']}/versions/{version['version']}/predict"
+        record = {}
+        for f in features:
+            text = row[f]
+            if kinds.get(f) == "category":
+                record[f] = text if text != "" else None
+            elif _is_number(text) and math.isfinite(float(text)):
+                record[f] = float(text)
+            elif kinds and (text.strip() == "" or _is_number(text)):
+                record[f] = None  # a missing number (empty, NaN): the model fills it as in training
+            else:
+                raise click.ClickException(f"{csv_file} line {number}, column {f}: {text!r} is not a (finite) "
+                                           "number")
+        records.append(record)
     answers = []
     for start in range(0, len(records), PREDICT_CHUNK):
         answers += client.call("POST", target, json={"records": records[start:start + PREDICT_CHUNK]})["predictions"]

@@ -269,6 +269,8 @@ class DatasetSpec(Spec):
             raise ValueError("name: upload goes with upload: <dataset name>, and only with it")
         if self.name == "shapes" and isinstance(self.image_size, tuple):
             raise ValueError("shapes makes square images: image_size is one number")
+        if self.name == "shapes" and self.image_size is not None and self.image_size > 256:
+            raise ValueError("shapes makes images of at most 256 x 256 pixels")
         return self
 
 
