@@ -181,7 +181,9 @@ def test_another_users_dataset_cannot_be_named_or_seen(client, client_as):
     assert bob.get("/api/v1/datasets/mine").status_code == 404
     answer = bob.post("/api/v1/jobs:validate", json=spec_for("mine", 2))
     assert answer.status_code == 422
-    assert answer.json["errors"] == [{"path": "dataset.upload", "message": "no uploaded dataset named 'mine'"}]
+    [error] = answer.json["errors"]
+    assert error["path"] == "dataset.upload" and error["message"].startswith("no uploaded dataset named 'mine': ")
+    assert "trainq dataset upload FILE --name mine" in error["message"]
 
 
 def nested_parquet() -> bytes:

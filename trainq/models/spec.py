@@ -231,7 +231,9 @@ class DatasetSpec(Spec):
         """Attach what the service knows of the uploaded dataset this spec names, and plan its input from it; raise
         SpecError naming the field at fault (a column the table lacks, a type a column cannot take)."""
         if uploaded is None:
-            raise SpecError([FieldError("dataset.upload", f"no uploaded dataset named {self.upload!r}")])
+            raise SpecError([FieldError("dataset.upload", f"no uploaded dataset named {self.upload!r}: upload it "
+                                                          f"first (trainq dataset upload FILE --name "
+                                                          f"{split_ref(self.upload)[0]}), or see trainq dataset list")])
         self._uploaded = uploaded
         self._info = upload_info(self, uploaded)
 
