@@ -140,6 +140,16 @@ def test_a_spec_naming_what_the_table_lacks_gets_422_with_the_path(client, datas
     assert any(e["path"] == path and fragment in e["message"] for e in answer.json["errors"]), answer.json
 
 
+def test_the_run_page_of_a_job_with_column_choices_lists_each_choice(client):
+    upload(client, "churn", csv_of(churn_rows()), target="churned")
+    spec = spec_for("churn", 2, columns={"plan": {"type": "category", "encoding": "embedding", "dim": 3}})
+    job = client.post("/api/v1/jobs", json=spec).json
+    page = client.get(f"/jobs/{job['id']}", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "dataset.columns.plan.encoding" in text and "dataset.columns.plan.dim" in text
+
+
 def test_another_target_of_the_same_version_is_chosen_in_the_spec(client):
     upload(client, "churn", csv_of(churn_rows()), target="churned")
     planned = client.post("/api/v1/jobs:validate", json=spec_for("churn", 3, target="plan"))

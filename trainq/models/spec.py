@@ -1410,6 +1410,9 @@ def spec_rows(spec: BaseModel, prefix: str = "") -> list[tuple[str, Any, bool]]:
         elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
             for i, item in enumerate(value):
                 rows += spec_rows(item, f"{path}[{i}]")
+        elif isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+            for key, item in value.items():  # dataset.columns: a table's columns by name
+                rows += spec_rows(item, f"{path}.{key}")
         else:
             default = info.get_default(call_default_factory=True) if not info.is_required() else object()
             rows.append((path, list(value) if isinstance(value, tuple) else value,
