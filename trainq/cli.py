@@ -485,9 +485,14 @@ TOKEN = click.option("--token", envvar="TRAINQ_TOKEN", default=None,
 @URL
 @TOKEN
 @click.option("--wait", is_flag=True, help="Show progress until the job ends, then its final metrics.")
-def submit(spec_file: str, url: str | None, token: str | None, wait: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Check the spec and show its layers, shapes and parameters; queue "
+                                              "nothing.")
+def submit(spec_file: str, url: str | None, token: str | None, wait: bool, dry_run: bool) -> None:
     """Submit a job spec (YAML or JSON) to the service; print its id."""
     client = _Client(url, token)
+    if dry_run:
+        _show_plan(client.call("POST", "/api/v1/jobs:validate", json=load_spec_file(spec_file))["plan"])
+        return
     body = client.call("POST", "/api/v1/jobs", json=load_spec_file(spec_file))
     click.echo(body["id"])
     if wait:
@@ -497,6 +502,21 @@ def submit(spec_file: str, url: str | None, token: str | None, wait: bool) -> No
         _show_metrics(body.get("metrics") or {})
         if body["status"] == "failed":
             raise click.ClickException(body.get("error") or "the job failed")
+
+
+def _show_plan(plan: dict) -> None:
+    """A dry run as a table: each layer's id, the layers it reads (blank: the one before), its output and weights."""
+    rows, previous = [["", "in", "input", "", plan["input_shape"], ""]], "in"
+    for layer in plan["layers"]:
+        reads = layer.get("inputs") or []
+        rows.append([layer["index"], layer.get("id", ""), layer["type"],
+                     "" if reads == [previous] else ", ".join(reads), layer["output_shape"], f"{layer['params']:,}"])
+        previous = layer.get("id")
+    _table(rows, ["#", "ID", "LAYER", "READS", "OUTPUT", "PARAMETERS"])
+    click.echo(f"{plan['task']}: {plan['params']:,} parameters, about {plan['memory_bytes'] / 2**20:.1f} MiB to train, "
+               f"{plan['flops_per_example']:,} multiply-adds per example")
+    for warning in plan.get("warnings") or []:
+        click.echo(f"warning: {warning['path']}: {warning['message']}", err=True)
 
 
 def _monitored(spec: dict) -> str:

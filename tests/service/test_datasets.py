@@ -108,7 +108,9 @@ def test_a_table_is_planned_by_its_columns_and_pinned_to_its_version_in_the_job(
     assert planned.json["plan"]["input_shape"] == [5 + 2 + 2]
     embedded = spec_for("churn", 2, columns={"plan": {"type": "category", "encoding": "embedding", "dim": 3}})
     layers = client.post("/api/v1/jobs:validate", json=embedded).json["plan"]["layers"]
-    assert layers[0] == {"index": -1, "type": "embedding", "output_shape": [3 + 1 + 1], "params": (3 + 1) * 3}
+    assert layers[0] == {"index": -1, "type": "embedding", "output_shape": [3 + 1 + 1], "params": (3 + 1) * 3,
+                         "id": "columns", "inputs": ["in"], "path": "dataset.columns"}
+    assert layers[1]["inputs"] == ["in"]  # the first layer reads the model's input, the columns embedded
     job = client.post("/api/v1/jobs", json=spec).json
     assert job["spec"]["dataset"]["upload"] == "churn@1"
     second = upload(client, "churn", csv_of(churn_rows(80)), target="churned")

@@ -143,7 +143,9 @@ def _shapes(n: int, size: int, channels: int, classes: int, noise: float,
             "triangle": (v > -r / 2) & (v < r) & (abs(u) < (r - v) / np.sqrt(3)),
             "cross": ((abs(u) < r / 4) & (abs(v) < r)) | ((abs(v) < r / 4) & (abs(u) < r)),
             "ring": (dist < r) & (dist > 0.6 * r),
-            "diamond": abs(u) + abs(v) < r,
+            # a rhombus twice as long as it is wide: |u| + |v| < r alone was a square turned 45 degrees, which a
+            # random rotation made the square class again (no model told the two apart)
+            "diamond": abs(u) + 2 * abs(v) < r,
         }
         shape = np.stack([masks[name] for name in SHAPE_CLASSES[:classes]])  # classes x m x H x W
         mask = shape[labels[idx], np.arange(m)].astype(np.float32)
@@ -159,6 +161,20 @@ def _inverse_sine(n: int, noise: float, rng: np.random.Generator) -> tuple[np.nd
     t = rng.uniform(0, 1, n).astype(np.float32)
     x = t + 0.3 * np.sin(2 * np.pi * t) + rng.uniform(-noise, noise, n).astype(np.float32)
     return x.reshape(-1, 1), t
+
+
+def _adding(n: int, steps: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Hochreiter and Schmidhuber's adding problem: each example is `steps` steps of (value ~ U(0, 1), marker), with
+    the marker 1 at one step of the first half and one of the second, 0 elsewhere; the target is the sum of the two
+    marked values. Predicting their mean, 1, scores an MSE of 1/6: a model must carry a value across many steps."""
+    values = rng.uniform(0, 1, (n, steps)).astype(np.float32)
+    half = steps // 2
+    first, second = rng.integers(0, half, n), rng.integers(half, steps, n)
+    markers = np.zeros((n, steps), np.float32)
+    rows = np.arange(n)
+    markers[rows, first] = markers[rows, second] = 1.0
+    y = values[rows, first] + values[rows, second]
+    return np.stack([values, markers], axis=2), y.astype(np.float32)
 
 
 GAP_SINE_REGIONS = ("in", "gap", "far", "farther")
@@ -231,6 +247,8 @@ def raw(spec: DatasetSpec, arrays: tuple[np.ndarray, np.ndarray] | None = None) 
         x, y = _inverse_sine(n, spec.noise, np.random.default_rng(seed))
     elif name == "gap_sine":
         x, y = _gap_sine(n, spec.noise, np.random.default_rng(seed))
+    elif name == "adding":
+        x, y = _adding(n, spec.sequence_length, np.random.default_rng(seed))
     else:
         loader = {"digits": sk.load_digits, "iris": sk.load_iris, "wine": sk.load_wine,
                   "breast_cancer": sk.load_breast_cancer, "diabetes": sk.load_diabetes}[name]
@@ -371,7 +389,8 @@ def load(spec: DatasetSpec, arrays=None) -> Data:
     images = x.ndim == 4
     if images and x.dtype != np.uint8 and whole_bytes(x):
         x = x.astype(np.uint8)  # lossless: kept as 8-bit pixels and scaled when a batch is taken
-    axes = (0, 2, 3) if images else 0  # images: one statistic per channel; tables: one per column
+    # images: one statistic per channel; sequences (N, T, F): one per feature over every step; tables: one per column
+    axes = (0, 2, 3) if images else (0, 1) if x.ndim == 3 else 0
     wide = {"dtype": np.float64} if x.dtype == np.uint8 else {}  # statistics of 8-bit pixels, summed in float64
     if scale == "zscore":
         shift, div = x[train].mean(axis=axes, keepdims=images, **wide), x[train].std(axis=axes, keepdims=images, **wide)

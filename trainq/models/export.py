@@ -73,7 +73,8 @@ class Predictor(nn.Module):
         self.learned_noise = state.spec.inference is not None and state.spec.inference.noise == "learned"
         self.classification = state.data.classes is not None
         self.objective = state.objective
-        shape = (1, -1, 1, 1) if prep.image else (1, -1)
+        dims = len(state.data.train.x.shape)  # a sequence's (N, T, F): per feature, over every step
+        shape = (1, -1, 1, 1) if prep.image else (1, 1, -1) if dims == 3 else (1, -1)
         shift = torch.tensor(prep.shift, dtype=torch.float64)
         div = torch.tensor(prep.div, dtype=torch.float64)
         # As the engine computes it, in float32: 8-bit pixels (kept as uint8, decoded per batch) as
@@ -86,7 +87,7 @@ class Predictor(nn.Module):
         for j in self.nominal:
             self.register_buffer(f"categories_{j}", torch.tensor(prep.one_hot[j], dtype=torch.float32).reshape(1, -1))
         self.y_mean, self.y_std = prep.y_mean, prep.y_std
-        last = state.spec.model.layers[-1]
+        last = state.spec.model.output_layer
         self.components = last.components if last.type == "mdn" else None
 
     def modes(self) -> "Predictor":

@@ -1,4 +1,6 @@
-"""Architectures: each layer type of the spec has one builder here, and the model is their sequence."""
+"""Architectures: each layer type of the spec has one builder here. A straight stack of layers is an nn.Sequential;
+a graph (layers that read earlier layers by id, merged by add or concat) is a GraphNet that computes its nodes in
+order. Either is built once, before the first step, so a graph costs nothing per step beyond its own layers."""
 
 from __future__ import annotations
 
@@ -10,9 +12,13 @@ from torch import nn
 
 from trainq.models.bayes import BayesConv2d, BayesLinear, BayesModule
 from trainq.models.registry import Registry
-from trainq.models.spec import (ActivationSpec, BatchnormSpec, Conv2dBayesSpec, Conv2dSpec, DenseBayesSpec, DenseSpec,
-                                DropoutSpec, FlattenSpec, JobSpec, MdnSpec, NoiseSpec, PadSpec, PoolSpec, Shape,
-                                input_shape)
+from trainq.models.spec import (ActivationSpec, AddSpec, AttentionSpec, BatchnormSpec, ConcatSpec, Conv2dBayesSpec,
+                                Conv2dSpec, DenseBayesSpec, DenseSpec, DepthwiseConv2dSpec, DropoutSpec, EmbeddingSpec,
+                                FlattenSpec, GlobalAvgPoolSpec, JobSpec, LayernormSpec, MdnSpec, NoiseSpec, PadSpec,
+                                PoolSpec, PositionalSpec, SeparableConv2dSpec, SequencePoolSpec, Shape,
+                                TransformerEncoderSpec, input_shape)
+from trainq.models.spec.layers import BUILTIN_NAMES as LAYER_TYPES
+from trainq.models.spec.layers import PLUGINS, RecurrentFields, projection_of
 
 LAYERS = Registry("layer")
 ACTIVATIONS = Registry("activation")
@@ -87,6 +93,152 @@ class StochasticPool2d(nn.Module):
         return pooled.view(n, c, out_h, out_w)
 
 
+class GlobalAvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids, (N, T) or (N, T, 1) as numbers, to vectors (N, T, dim)."""
+
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        self.table = nn.Embedding(vocab, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table((x.squeeze(-1) if x.dim() == 3 else x).long())
+
+
+class Recurrent(nn.Module):
+    """An LSTM or GRU over (N, T, F), batch first: every step's outputs, or the last hidden state (both directions')."""
+
+    def __init__(self, kind: type[nn.RNNBase], spec: RecurrentFields, features: int):
+        super().__init__()
+        self.rnn = kind(features, spec.units, num_layers=spec.layers, batch_first=True,
+                        bidirectional=spec.bidirectional, dropout=spec.dropout if spec.layers > 1 else 0.0)
+        self.sequence, self.directions = spec.return_ == "sequence", 2 if spec.bidirectional else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, hidden = self.rnn(x)
+        if self.sequence:
+            return out
+        h = hidden[0] if isinstance(hidden, tuple) else hidden  # an LSTM's (h, c)
+        return torch.cat([h[-2], h[-1]], dim=1) if self.directions == 2 else h[-1]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the steps of (N, T, F): (N, T, dim)."""
+
+    def __init__(self, features: int, dim: int, heads: int, causal: bool, dropout: float):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(features, 3 * dim), nn.Linear(dim, dim)
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # each (N, heads, T, dim/heads)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(n, t, -1))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm: x + attention(norm(x)), then x + feedforward(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, feedforward: int, dropout: float, causal: bool):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = SelfAttention(dim, dim, heads, causal, dropout)
+        self.feedforward = nn.Sequential(nn.Linear(dim, feedforward), nn.GELU(), nn.Dropout(dropout),
+                                         nn.Linear(feedforward, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attention(self.norm1(x)))
+        return x + self.drop(self.feedforward(self.norm2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, spec: TransformerEncoderSpec, shape: Shape):
+        super().__init__()
+        dim = shape[1]
+        self.layers = nn.Sequential(*(EncoderLayer(dim, spec.heads, spec.feedforward or 4 * dim, spec.dropout,
+                                                   spec.causal) for _ in range(spec.layers)))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.layers(x))
+
+
+class Positional(nn.Module):
+    """Adds each step's position: learned vectors, or the sines and cosines of Vaswani et al."""
+
+    def __init__(self, kind: str, steps: int, features: int):
+        super().__init__()
+        if kind == "learned":
+            self.table = nn.Parameter(torch.randn(steps, features) * 0.02)
+        else:
+            position = torch.arange(steps, dtype=torch.float32)[:, None]
+            rate = torch.exp(torch.arange(0, features, 2, dtype=torch.float32) * (-math.log(10_000.0) / features))
+            table = torch.zeros(steps, features)
+            table[:, 0::2] = torch.sin(position * rate)
+            table[:, 1::2] = torch.cos(position * rate[: features // 2])
+            self.register_buffer("table", table)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table
+
+
+class SequencePool(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mean":
+            return x.mean(dim=1)
+        return x.amax(dim=1) if self.kind == "max" else x[:, -1]
+
+
+class Add(nn.Module):
+    """The sum of its inputs, each projected onto the first's shape where it differs (Identity where it does not)."""
+
+    def __init__(self, projections: list[nn.Module]):
+        super().__init__()
+        self.projections = nn.ModuleList(projections)
+
+    def forward(self, first: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+        for projection, x in zip(self.projections, others):
+            first = first + projection(x)
+        return first
+
+
+class Concat(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=self.dim)
+
+
+class GraphNet(nn.Module):
+    """Layers that read earlier layers: each computed in order from the outputs it names (-1: the model's input).
+    The order and inputs are fixed when it is built, so torch.compile and the ONNX export see a plain graph."""
+
+    def __init__(self, layers: list[nn.Module], inputs: list[tuple[int, ...]]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.inputs = [tuple(i) for i in inputs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs: list[torch.Tensor] = []
+        for layer, inputs in zip(self.layers, self.inputs):
+            args = [x if i < 0 else outputs[i] for i in inputs]
+            outputs.append(layer(*args))
+        return outputs[-1]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # One builder per spec name
 # ---------------------------------------------------------------------------------------------------------------------
@@ -94,11 +246,13 @@ class StochasticPool2d(nn.Module):
 
 @LAYERS.register("dense")
 def dense(spec: DenseSpec, shape: Shape) -> nn.Module:
-    return nn.Linear(shape[0], spec.units, bias=spec.bias)
+    return nn.Linear(shape[-1], spec.units, bias=spec.bias)
 
 
 @LAYERS.register("activation")
 def activation(spec: ActivationSpec, shape: Shape) -> nn.Module:
+    if spec.fn == "softmax" and len(shape) == 2:
+        return nn.Softmax(dim=-1)  # a sequence: over each step's features
     return ACTIVATIONS[spec.fn](spec)
 
 
@@ -160,6 +314,88 @@ def mdn(spec: MdnSpec, shape: Shape) -> nn.Module:
     return nn.Linear(shape[0], spec.width)  # split into logits, means and log-sigmas by the mdn_nll loss
 
 
+@LAYERS.register("depthwise_conv2d")
+def depthwise_conv2d(spec: DepthwiseConv2dSpec, shape: Shape) -> nn.Module:
+    return nn.Conv2d(shape[0], shape[0] * spec.multiplier, spec.kernel, stride=spec.stride, padding=spec.pad(),
+                     groups=shape[0], bias=spec.bias)
+
+
+@LAYERS.register("separable_conv2d")
+def separable_conv2d(spec: SeparableConv2dSpec, shape: Shape) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(shape[0], shape[0], spec.kernel, stride=spec.stride, padding=spec.pad(),
+                                   groups=shape[0], bias=False),
+                         nn.Conv2d(shape[0], spec.out_channels, 1, bias=spec.bias))
+
+
+@LAYERS.register("global_avg_pool")
+def global_avg_pool(spec: GlobalAvgPoolSpec, shape: Shape) -> nn.Module:
+    return GlobalAvgPool()
+
+
+@LAYERS.register("layernorm")
+def layernorm(spec: LayernormSpec, shape: Shape) -> nn.Module:
+    return nn.LayerNorm(shape[-1], eps=spec.eps)
+
+
+@LAYERS.register("embedding")
+def embedding(spec: EmbeddingSpec, shape: Shape) -> nn.Module:
+    return TokenEmbedding(spec.vocab, spec.dim)
+
+
+@LAYERS.register("lstm")
+def lstm(spec: RecurrentFields, shape: Shape) -> nn.Module:
+    return Recurrent(nn.LSTM, spec, shape[1])
+
+
+@LAYERS.register("gru")
+def gru(spec: RecurrentFields, shape: Shape) -> nn.Module:
+    return Recurrent(nn.GRU, spec, shape[1])
+
+
+@LAYERS.register("attention")
+def attention(spec: AttentionSpec, shape: Shape) -> nn.Module:
+    return SelfAttention(shape[1], spec.dim or shape[1], spec.heads, spec.causal, spec.dropout)
+
+
+@LAYERS.register("transformer_encoder")
+def transformer_encoder(spec: TransformerEncoderSpec, shape: Shape) -> nn.Module:
+    return TransformerEncoder(spec, shape)
+
+
+@LAYERS.register("positional")
+def positional(spec: PositionalSpec, shape: Shape) -> nn.Module:
+    return Positional(spec.kind, shape[0], shape[1])
+
+
+@LAYERS.register("sequence_pool")
+def sequence_pool(spec: SequencePoolSpec, shape: Shape) -> nn.Module:
+    return SequencePool(spec.kind)
+
+
+@LAYERS.register("add")
+def add(spec: AddSpec, shapes: list[Shape]) -> nn.Module:
+    target, projections = shapes[0], []
+    for i, shape in enumerate(shapes[1:], start=1):
+        if shape == target:
+            projections.append(nn.Identity())
+        elif len(shape) == 3:
+            stride = projection_of(shape, target, i)
+            projections.append(nn.Sequential(nn.Conv2d(shape[0], target[0], 1, stride=stride, bias=False),
+                                             nn.BatchNorm2d(target[0])))
+        else:
+            projections.append(nn.Linear(shape[-1], target[-1]))
+    return Add(projections)
+
+
+@LAYERS.register("concat")
+def concat(spec: ConcatSpec, shapes: list[Shape]) -> nn.Module:
+    return Concat(1 if len(shapes[0]) in (1, 3) else 2)
+
+
+for _plugin in PLUGINS:  # the layer types of installed packages, built by their own functions
+    LAYERS.register(_plugin.name)(_plugin.layer.build)
+
+
 ACTIVATIONS.register("step")(lambda s: Step())
 ACTIVATIONS.register("sigmoid")(lambda s: SlopedSigmoid(s.slope) if s.slope != 1 else nn.Sigmoid())
 ACTIVATIONS.register("tanh")(lambda s: nn.Tanh())
@@ -167,6 +403,7 @@ ACTIVATIONS.register("relu")(lambda s: nn.ReLU())
 ACTIVATIONS.register("leaky_relu")(lambda s: nn.LeakyReLU(s.negative_slope))
 ACTIVATIONS.register("elu")(lambda s: nn.ELU(s.alpha))
 ACTIVATIONS.register("selu")(lambda s: nn.SELU())
+ACTIVATIONS.register("gelu")(lambda s: nn.GELU())
 ACTIVATIONS.register("softmax")(lambda s: nn.Softmax(dim=1))
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,26 +465,39 @@ class EmbedColumns(nn.Module):
         return torch.cat(parts, dim=1)
 
 
-def build_model(spec: JobSpec, shape: Shape | None = None) -> nn.Sequential:
-    """Build the spec's layers in order, initialized by the spec's scheme (biases start at zero).
+def build_model(spec: JobSpec, shape: Shape | None = None) -> nn.Module:
+    """Build the spec's layers, initialized by the spec's scheme (biases start at zero; an installed layer keeps its
+    own initialization): an nn.Sequential for a straight stack, a GraphNet for a graph.
 
     `shape` is one example's shape as loaded (one-hot codes can widen it past what the spec alone tells). An uploaded
     table's embedded categories come first, as an EmbedColumns module.
     """
     shape = tuple(shape) if shape is not None else input_shape(spec)
-    modules = []
+    front: list[nn.Module] = []
     embeddings = spec.dataset.info().embeddings if spec.dataset.name == "upload" else ()
     if embeddings:
-        modules.append(EmbedColumns(embeddings))
+        front.append(EmbedColumns(embeddings))
         shape = input_shape(spec)
-    for layer in spec.model.layers:
-        modules.append(LAYERS[layer.type](layer, shape))
-        shape = layer.output_shape(shape)
-    model = nn.Sequential(*modules)
+    graph = spec.model.graph()
+    shapes: dict[int, Shape] = {-1: shape}
+    modules, own = [], []
+    for node in graph.nodes:
+        layer, inputs = node.layer, [shapes[i] for i in node.inputs]
+        if getattr(layer, "merges", False):
+            module, out = LAYERS[layer.type](layer, inputs), layer.merge_shape(inputs)
+        else:
+            module, out = LAYERS[layer.type](layer, inputs[0]), layer.output_shape(inputs[0])
+        shapes[node.index] = tuple(out)
+        modules.append(module)
+        if layer.type in LAYER_TYPES:
+            own.append(module)
     init = INITS[spec.model.init.type]
-    for module in model.modules():
+    for module in (m for layer in front + own for m in layer.modules()):
         if isinstance(module, (nn.Linear, nn.Conv2d, BayesModule)):  # a Bayesian layer: its posterior means
             init(module.weight, spec.model.init)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-    return model
+    if graph.chain:
+        return nn.Sequential(*front, *modules)
+    net = GraphNet(modules, [node.inputs for node in graph.nodes])
+    return nn.Sequential(*front, net) if front else net

@@ -177,7 +177,7 @@ def perceptron(spec: JobSpec, units: int) -> Objective:
 
 @LOSSES.register("mdn_nll")
 def mdn_loss(spec: JobSpec, units: int) -> Objective:
-    k = spec.model.layers[-1].components
+    k = spec.model.output_layer.components
 
     def point(out):  # the mixture's mean, sum_k pi_k mu_k
         log_pi, mu, _ = mdn_split(out, k)

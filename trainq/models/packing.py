@@ -110,7 +110,7 @@ def worth_packing(spec: JobSpec, device: str) -> bool:
         return False
     if device.startswith("cuda") or device == "gpu":
         return True
-    convolutional = any(layer.type.startswith("conv2d") for layer in spec.model.layers)
+    convolutional = any("conv2d" in node.layer.type for node in spec.model.nodes)
     return step_flops(spec) < CPU_PACK_LIMIT["conv" if convolutional else "dense"]
 
 

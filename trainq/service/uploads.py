@@ -140,8 +140,9 @@ def _npz(path: Path, task: str | None, max_rows: int) -> Examined:
         raise DataError(f"{len(x)} rows, more than the limit of {max_rows} (TRAINQ_MAX_DATASET_ROWS)")
     if x.dtype.kind not in "fiub" or y.dtype.kind not in "fiub":
         raise DataError("x and y must be numeric arrays")
-    if x.ndim not in (2, 4):
-        raise DataError(f"x must be N x features or N x C x H x W, got {x.ndim} dimensions")
+    if x.ndim not in (2, 3, 4):
+        raise DataError(f"x must be N x features, N x steps x features (sequences) or N x C x H x W (images), got "
+                        f"{x.ndim} dimensions")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"y must be one value per row of x: x has {len(x)} rows, y has shape {list(y.shape)}")
     x = x.astype(np.float32)

@@ -19,12 +19,17 @@ from trainq.models.spec.data import (COLUMN_NAME, DATASET_NAMES, GENERATORS, LOG
                                      FillValue, Missing, MissingSpec, PreprocessSpec, Uploaded, class_names_of,
                                      image_target, planned_codec, split_ref, table_rules, table_target,
                                      target_of, upload_info)  # noqa: F401
-from trainq.models.spec.layers import (ACTIVATIONS, BAYES_LAYERS, INIT_NAMES, ActivationSpec, BatchnormSpec,
-                                       BayesFields, Conv2dBayesSpec, Conv2dSpec, DenseBayesSpec, DenseSpec,
-                                       DropoutSpec, FlattenSpec, HeInit, InitSpec, LayerSpec, LecunInit, MdnSpec,
-                                       NoiseSpec, NormalInit, PadSpec, PoolSpec, SameShape, UniformInit, XavierInit,
-                                       ZerosInit)  # noqa: F401
-from trainq.models.spec.model import ModelSpec  # noqa: F401
+from trainq.models.spec.layers import (ACTIVATIONS, BAYES_LAYERS, BUILTIN_LAYERS, BUILTIN_NAMES, HINTS, INIT_NAMES,
+                                       KINDS, LAYER_CLASSES, MERGES, SEQUENCE_LAYERS, ActivationSpec, AddSpec,
+                                       AttentionSpec, BatchnormSpec, BayesFields, ConcatSpec, Conv2dBayesSpec,
+                                       Conv2dSpec, DenseBayesSpec, DenseSpec, DepthwiseConv2dSpec, DropoutSpec,
+                                       EmbeddingSpec, FlattenSpec, GlobalAvgPoolSpec, GruSpec, HeInit, InitSpec,
+                                       LayerSpec, LayernormSpec, LecunInit, LstmSpec, MdnSpec, NoiseSpec, NormalInit,
+                                       PadSpec, Padding, PoolSpec, PositionalSpec, RecurrentFields, SameShape,
+                                       SeparableConv2dSpec, SequencePoolSpec, TransformerEncoderSpec, UniformInit,
+                                       Windowed, XavierInit, ZerosInit, plugin_of, projection_of, projection_params)  # noqa: F401
+from trainq.models.spec.model import (BLOCK_NAME, ITEM, LAYER_ALIASES, LAYER_TAGS, MAX_DEPTH, MAX_NODES, PARAMETER,
+                                      Graph, LayerItem, ModelSpec, Node, UseSpec, unknown_layer)  # noqa: F401
 from trainq.models.spec.objectives import (AdagradSpec, AdamSpec, AdamwSpec, AffineAug, AugmentationSpec, BceLossSpec,
                                            Beta, ClassWeights, CosineScheduleSpec, CropAug, CrossEntropyLossSpec,
                                            ExponentialScheduleSpec, GaussianNllLossSpec, GaussianNoiseAug, HflipAug,

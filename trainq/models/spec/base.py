@@ -1,18 +1,12 @@
 """What every part of the spec shares: the base model (unknown fields and NaN refused), the errors that name a
-field, and shapes."""
+field, and shapes. The base model, a layer's common fields and shapes live in trainq.extensions, which installed
+layer packages import too."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
-
-
-class Spec(BaseModel):
-    """Base of every spec: unknown fields are errors, and NaN or Infinity is refused everywhere."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=10_000, frozen=True)
-
+from trainq.extensions import LayerFields, Shape, ShapeError, Spec  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -30,10 +24,3 @@ class SpecError(ValueError):
     def __init__(self, errors: list[FieldError]):
         self.errors = errors
         super().__init__("; ".join(f"{e.path}: {e.message}" for e in errors))
-
-
-Shape = tuple[int, ...]
-
-
-class ShapeError(ValueError):
-    """A layer cannot take the shape it is given."""

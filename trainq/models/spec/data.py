@@ -53,7 +53,7 @@ class Uploaded:
 
 LOGIC_GATES = ("or", "and", "xor")
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a registered model's name
-GENERATORS = ("moons", "circles", "spirals", "blobs", "shapes", "inverse_sine", "gap_sine")
+GENERATORS = ("moons", "circles", "spirals", "blobs", "shapes", "inverse_sine", "gap_sine", "adding")
 SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 DATASET_NAMES = LOGIC_GATES + GENERATORS + SKLEARN_SETS + ("upload",)
 UPLOAD_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -135,6 +135,7 @@ class DatasetSpec(Spec):
     channels: Literal[1, 3] | None = None  # shapes: 1; uploaded images: 3 if any is in colour
     resize: Literal["stretch", "crop", "pad"] = "stretch"  # uploaded images: to image_size, keeping the aspect or not
     as_images: bool = False  # digits only: 1x8x8 images instead of 64 features
+    sequence_length: int = Field(50, ge=2, le=10_000)  # adding: steps of (value, marker) per example
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -179,6 +180,8 @@ class DatasetSpec(Spec):
             return DatasetInfo((self.channels or 1, side, side), self.classes)
         if self.name == "digits":
             return DatasetInfo((1, 8, 8) if self.as_images else (64,), 10, 1797)
+        if self.name == "adding":
+            return DatasetInfo((self.sequence_length, 2), None)
         return _BUILTIN_INFO[self.name]
 
     @property
@@ -206,7 +209,8 @@ class DatasetSpec(Spec):
         """The fields that mean nothing for this dataset (a generator's size on digits, say)."""
         upload, kind = self.name == "upload", self.table_kind()
         table = upload and kind in (None, "table")
-        uses = {"n_samples": self.name in GENERATORS, "noise": self.name in GENERATORS,
+        uses = {"n_samples": self.name in GENERATORS, "noise": self.name in GENERATORS and self.name != "adding",
+                "sequence_length": self.name == "adding",
                 "classes": self.name in ("spirals", "blobs", "shapes"), "features": self.name == "blobs",
                 "image_size": self.name == "shapes" or (upload and kind in (None, "images")),
                 "channels": self.name == "shapes" or (upload and kind in (None, "images")),

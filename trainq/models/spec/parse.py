@@ -13,11 +13,13 @@ from trainq.models.spec.base import FieldError, SpecError
 from trainq.models.spec.data import Uploaded
 from trainq.models.spec.job import (AUGMENTATION_TYPES, INIT_TYPES, LAYER_TYPES, LOSS_TYPES, OPTIMIZER_TYPES,
                                     SCHEDULE_TYPES, JobSpec)
+from trainq.models.spec.model import unknown_layer
 from trainq.models.spec.planner import plan
 
 _BRANCH = re.compile(r"^(int|float|str|bool|none|constrained-\w+|literal\[.*\]|function-\w+\[.*\]|"
                      r"(list|tuple|dict|nullable)\[.*\]|json-or-python\[.*\])$")
 _TAGS = LAYER_TYPES | LOSS_TYPES | OPTIMIZER_TYPES | SCHEDULE_TYPES | INIT_TYPES | AUGMENTATION_TYPES
+_TAGS |= {"use"}  # a block used in place of a layer
 _UNIONS = {"loss", "optimizer", "schedule", "init"}
 
 
@@ -45,6 +47,8 @@ def errors_from(exc: ValidationError) -> list[FieldError]:
         message = message_of(e)
         if e["type"] == "extra_forbidden":
             message = unknown_field(tuple(e["loc"]), JobSpec)
+        elif e["type"] == "unknown_layer":
+            message = unknown_layer(e["input"])
         elif e["type"] == "missing" and len(e["loc"]) == 1 and e["loc"][0] in MISSING_HINTS:
             message = f"required: add it, for example {e['loc'][0]}: {MISSING_HINTS[e['loc'][0]]}"
         messages = merged.setdefault(format_path(tuple(e["loc"])), [])
@@ -93,13 +97,14 @@ def fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> set[str]:
             if isinstance(part, int) and get_origin(kind) is list:
                 step += get_args(kind)[:1]
             elif isinstance(kind, type) and issubclass(kind, BaseModel):
-                if isinstance(part, str) and part in kind.model_fields:
-                    step.append(kind.model_fields[part].annotation)
+                fields = {info.alias or name: info for name, info in kind.model_fields.items()}
+                if isinstance(part, str) and part in fields:
+                    step.append(fields[part].annotation)
                 elif "type" in kind.model_fields and part in get_args(kind.model_fields["type"].annotation):
                     step.append(kind)  # the tag of a union member: stay on that member
         found = step
-    return {name for kind in _concrete(found) if isinstance(kind, type) and issubclass(kind, BaseModel)
-            for name in kind.model_fields}
+    return {info.alias or name for kind in _concrete(found) if isinstance(kind, type) and issubclass(kind, BaseModel)
+            for name, info in kind.model_fields.items()}
 
 
 def _concrete(kinds: list[Any]) -> list[Any]:

@@ -10,7 +10,8 @@ from typing import Any
 from trainq.models.spec.base import FieldError, Shape, ShapeError, SpecError
 from trainq.models.spec.data import SHAPE_CLASSES, DatasetInfo
 from trainq.models.spec.job import JobSpec
-from trainq.models.spec.layers import BAYES_LAYERS
+from trainq.models.spec.layers import BAYES_LAYERS, plugin_of
+from trainq.models.spec.model import Node
 
 
 CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "train_loss")
@@ -25,6 +26,9 @@ class LayerPlan:
     type: str
     output_shape: list[int]
     params: int
+    id: str = ""  # its id, or type_index; a block's layers: the block's name where used, a dot, their own
+    inputs: list[str] = field(default_factory=lambda: ["in"])  # the layers it reads (in: the model's input)
+    path: str = ""  # where the spec writes it
 
 
 @dataclass
@@ -84,22 +88,20 @@ def plan(spec: JobSpec) -> Plan:
     activations = 0
     if info.embeddings:  # an uploaded table's embedded categories, ahead of the first layer
         params = sum(rows * dim for _, rows, dim in info.embeddings)
-        result.layers.append(LayerPlan(-1, "embedding", list(shape), params))
+        result.layers.append(LayerPlan(-1, "embedding", list(shape), params, "columns", ["in"], "dataset.columns"))
         result.params += params
-    for i, layer in enumerate(spec.model.layers):
-        try:
-            out = layer.output_shape(shape)
-        except ShapeError as exc:
-            message = str(exc)
-            if spec.dataset.name == "digits" and not spec.dataset.as_images and "image input" in message:
-                message += "; digits comes as 1x8x8 images too: set dataset.as_images: true"
-            raise SpecError([FieldError(f"model.layers[{i}]", message)]) from None
-        params = layer.param_count(shape)
-        result.layers.append(LayerPlan(i, layer.type, list(out), params))
+    graph = spec.model.graph()
+    shapes: dict[int, Shape] = {-1: shape}
+    for node in graph.nodes:
+        inputs = [shapes[i] for i in node.inputs]
+        out, params = _plan_node(spec, node, inputs)
+        shapes[node.index] = out
+        result.layers.append(LayerPlan(node.index, node.layer.type, list(out), params, node.name,
+                                       graph.input_names(node), node.path))
         result.params += params
-        result.flops_per_example += params * (math.prod(out[1:]) if len(out) == 3 else 1)
+        result.flops_per_example += _flops(node.layer, inputs[0], out, params)
         activations += math.prod(out)
-        shape = out
+    shape = shapes[graph.nodes[-1].index]
     result.output_shape = list(shape)
     copies = ensemble_members(spec)
     result.members = copies
@@ -132,10 +134,58 @@ def plan(spec: JobSpec) -> Plan:
     return result
 
 
+def _plan_node(spec: JobSpec, node: Node, inputs: list[Shape]) -> tuple[Shape, int]:
+    """A layer's output shape and parameter count from its inputs' shapes; SpecError at its path if it cannot take
+    them."""
+    layer = node.layer
+    try:
+        if getattr(layer, "merges", False):
+            return tuple(layer.merge_shape(inputs)), layer.merge_params(inputs)
+        if plugin_of(layer.type) is None:
+            return tuple(layer.output_shape(inputs[0])), layer.param_count(inputs[0])
+        return _plan_plugin(layer, inputs[0])
+    except ShapeError as exc:
+        message = str(exc) + node.where()
+        if spec.dataset.name == "digits" and not spec.dataset.as_images and "image (" in message:
+            message += "; digits comes as 1x8x8 images too: set dataset.as_images: true"
+        raise SpecError([FieldError(node.path, message)]) from None
+
+
+def _plan_plugin(layer, shape: Shape) -> tuple[Shape, int]:
+    """An installed layer's own shape rule, held to what the planner needs: a shape of positive ints, a count."""
+    plugin = plugin_of(layer.type)
+    try:
+        out, params = tuple(layer.output_shape(shape)), layer.param_count(shape)
+    except ShapeError:
+        raise
+    except Exception as exc:  # the package's code: a bug there is its package's, named as such
+        raise ShapeError(f"the installed layer {layer.type} ({plugin.package} {plugin.version}) failed to plan an "
+                         f"input of {list(shape)}: {type(exc).__name__}: {exc}") from None
+    if not (1 <= len(out) <= 3 and all(isinstance(d, int) and d > 0 for d in out)) or not (
+            isinstance(params, int) and params >= 0):
+        raise ShapeError(f"the installed layer {layer.type} ({plugin.package} {plugin.version}) planned an output "
+                         f"of {list(out)} and {params!r} parameters: not a shape and a count")
+    return out, params
+
+
+def _flops(layer, shape: Shape, out: Shape, params: int) -> int:
+    """Multiply-adds of one example's forward pass through a layer, roughly: its weights once per output pixel or
+    step they apply at, plus attention's step-by-step products."""
+    if layer.type in ("embedding", "positional", "concat"):
+        return 0
+    if layer.type in ("attention", "transformer_encoder"):
+        steps, dim = shape[0], out[-1]
+        return params * steps + 2 * steps * steps * dim * getattr(layer, "layers", 1)
+    if layer.type in ("lstm", "gru"):
+        return params * shape[0]
+    if len(out) == 3:
+        return params * math.prod(out[1:])
+    return params * (out[0] if len(out) == 2 else 1)
+
+
 def _check_output(spec: JobSpec, shape: Shape, info: DatasetInfo) -> list[FieldError]:
-    n = len(spec.model.layers)
-    last_path = f"model.layers[{n - 1}]"
-    last = spec.model.layers[-1]
+    last_path = spec.model.output_path()
+    last = spec.model.output_layer
     loss = spec.loss.type
     if len(shape) != 1:
         return [FieldError(last_path, f"the model must end in a flat output, got shape {list(shape)}")]
@@ -193,10 +243,14 @@ def _check_fields(spec: JobSpec, task: str, info: DatasetInfo) -> list[FieldErro
         errors.append(FieldError("dataset.preprocess.one_hot", "an uploaded table's columns are coded by name: "
                                                                "dataset.columns: {plan: category}"))
     for i, column in enumerate(ds.preprocess.one_hot if ds.table_kind() != "table" else []):
-        if info.is_image or column >= info.shape[0]:
+        if len(info.shape) != 1 or column >= info.shape[0]:
             errors.append(FieldError(f"dataset.preprocess.one_hot[{i}]",
                                      f"no column {column} in {ds.name} ({info.shape[0]} columns)"
-                                     if not info.is_image else "one-hot codes are for tabular data"))
+                                     if len(info.shape) == 1 else "one-hot codes are for tabular data"))
+    reads_ids = [node for node in spec.model.nodes if node.layer.type == "embedding" and node.inputs == (-1,)]
+    if reads_ids and ds.preprocess.scale != "none":
+        errors.append(FieldError("dataset.preprocess.scale", f"{reads_ids[0].path} embeds token ids, which must reach "
+                                                             "it as they are: set dataset.preprocess.scale: none"))
     if not info.is_image:
         for i, _ in enumerate(spec.augmentation):
             errors.append(FieldError(f"augmentation[{i}]", f"augmentation needs image data; {ds.name} is tabular"))
@@ -247,10 +301,10 @@ def _check_inference(spec: JobSpec, task: str) -> list[FieldError]:
     """What each method needs of the model, and what it cannot be combined with."""
     errors = []
     inference = spec.inference
-    bayes = [i for i, layer in enumerate(spec.model.layers) if layer.type in BAYES_LAYERS]
+    bayes = [node.path for node in spec.model.nodes if node.layer.type in BAYES_LAYERS]
     if inference is None or inference.method != "variational":
-        errors += [FieldError(f"model.layers[{i}].type", "a Bayesian layer trains only with inference.method: "
-                                                         "variational (add an inference block)") for i in bayes]
+        errors += [FieldError(f"{path}.type", "a Bayesian layer trains only with inference.method: "
+                                              "variational (add an inference block)") for path in bayes]
     if inference is None:
         if spec.loss.type == "gaussian_nll":
             errors.append(FieldError("loss.type", "gaussian_nll learns the noise of a Bayesian regression: add "
@@ -265,11 +319,11 @@ def _check_inference(spec: JobSpec, task: str) -> list[FieldError]:
         if spec.optimizer.type == "lbfgs":
             errors.append(FieldError("optimizer.type", "lbfgs needs a deterministic loss; a variational loss is "
                                                        "sampled: use adam or sgd"))
-    if inference.method == "mc_dropout" and not any(layer.type == "dropout" and layer.p > 0
-                                                    for layer in spec.model.layers):
+    if inference.method == "mc_dropout" and not any(node.layer.type == "dropout" and node.layer.p > 0
+                                                    for node in spec.model.nodes):
         errors.append(FieldError("inference.method", "mc_dropout samples the dropout layers: add a "
                                                      "{type: dropout, p: 0.1} layer (p > 0)"))
-    if spec.model.layers[-1].type == "mdn":
+    if spec.model.output_layer.type == "mdn":
         errors.append(FieldError("inference", "a mixture density head already gives a predictive distribution; "
                                               "remove the inference block or the mdn layer"))
     if task == "classification" and spec.loss.type not in ("cross_entropy", "bce", "nll"):
@@ -302,6 +356,8 @@ def ensemble_members(spec: JobSpec) -> int:
 
 
 STACKED_SCHEDULES = ("none", "step", "exponential", "cosine", "warmup")  # closed-form in the epoch alone
+# The layers that several members (a pack's trials, an ensemble's networks) compute stacked in one module
+STACKED_LAYERS = ("dense", "activation", "dropout", "noise", "conv2d", "pool", "pad", "batchnorm", "flatten", "mdn")
 
 
 def stacking_limit(spec: JobSpec) -> tuple[str, str] | None:
@@ -323,10 +379,18 @@ def stacking_limit(spec: JobSpec) -> tuple[str, str] | None:
         return "training.compile", "compiled runs are not stacked"
     if spec.resources.gpus > 1:
         return "resources.gpus", "data-parallel runs are not stacked"
-    for i, layer in enumerate(spec.model.layers):
+    graph = spec.model.graph()
+    for node in graph.nodes:
+        layer = node.layer
         if layer.type in BAYES_LAYERS:
-            return f"model.layers[{i}].type", "Bayesian layers are not stacked"
+            return f"{node.path}.type", "Bayesian layers are not stacked"
         if layer.type == "pool" and layer.kind == "stochastic":
-            return f"model.layers[{i}].kind", "stochastic pooling is not stacked"
+            return f"{node.path}.kind", "stochastic pooling is not stacked"
+        if layer.type not in STACKED_LAYERS:
+            installed = plugin_of(layer.type)
+            what = f"the installed layer {layer.type} ({installed.package})" if installed else layer.type
+            return f"{node.path}.type", f"{what} is not stacked (stacked: {', '.join(STACKED_LAYERS)})"
+    if not graph.chain:
+        return "model.layers", "a graph (from, add, concat) is not stacked; a straight stack of layers is"
     return None
 

@@ -31,6 +31,22 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+function planRows(body, plan) {
+  // A dry run's layers: each one's id, the layers it reads ("the one before" is left blank), its output and weights.
+  // A block's layers carry the block's name where it is used (basic2.main); a row's title is where the spec writes it.
+  body.append(el("tr", {}, el("td", {text: ""}), el("td", {text: "in"}), el("td", {text: "input"}), el("td", {text: ""}),
+                 el("td", {text: JSON.stringify(plan.input_shape)}), el("td", {text: ""})));
+  let previous = "in";
+  for (const layer of plan.layers) {
+    const reads = layer.inputs || [];
+    const plain = reads.length === 1 && reads[0] === previous;
+    body.append(el("tr", {title: layer.path || ""}, el("td", {text: layer.index}), el("td", {text: layer.id || "", class: "mono"}),
+      el("td", {text: layer.type}), el("td", {text: plain ? "" : reads.join(", "), class: "mono"}),
+      el("td", {text: JSON.stringify(layer.output_shape)}), el("td", {text: layer.params.toLocaleString()})));
+    previous = layer.id;
+  }
+}
+
 function every(ms, fn) {
   // Poll while the tab is visible; a failed poll marks the page's live badge stale until one succeeds.
   let timer = null;
@@ -358,11 +374,7 @@ function pageRun() {
     if (!answer.ok) return;
     const plan = answer.body.plan;
     const body = document.querySelector("#model-summary tbody");
-    body.append(el("tr", {}, el("td", {text: ""}), el("td", {text: "input"}), el("td", {text: JSON.stringify(plan.input_shape)}), el("td", {text: ""})));
-    for (const layer of plan.layers) {
-      body.append(el("tr", {}, el("td", {text: layer.index}), el("td", {text: layer.type}),
-        el("td", {text: JSON.stringify(layer.output_shape)}), el("td", {text: layer.params.toLocaleString()})));
-    }
+    planRows(body, plan);
     const ensemble = plan.members ? ` · an ensemble of ${plan.members} networks, all counted` : "";
     show("model-totals", `${plan.params.toLocaleString()} parameters · about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train · ${plan.task}${ensemble}`);
     if (plan.task === "regression") {  // no classes, no confusion matrix; its metric chart is R²
@@ -569,9 +581,7 @@ function pageSubmit() {
   const showPlan = plan => {
     const body = document.querySelector("#plan tbody");
     body.textContent = "";
-    body.append(el("tr", {}, el("td", {text: ""}), el("td", {text: "input"}), el("td", {text: JSON.stringify(plan.input_shape)}), el("td", {text: ""})));
-    for (const layer of plan.layers) body.append(el("tr", {}, el("td", {text: layer.index}), el("td", {text: layer.type}),
-      el("td", {text: JSON.stringify(layer.output_shape)}), el("td", {text: layer.params.toLocaleString()})));
+    planRows(body, plan);
     const totals = document.getElementById("plan-totals");
     totals.className = "";
     totals.textContent = `${plan.task}: ${plan.params.toLocaleString()} parameters, about ${(plan.memory_bytes / 2 ** 20).toFixed(1)} MiB to train, ${plan.flops_per_example.toLocaleString()} multiply-adds per example${plan.members ? ` (an ensemble of ${plan.members} networks, all counted)` : ""}`;
