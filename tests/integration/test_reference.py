@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -102,3 +103,28 @@ def test_every_example_is_accepted_by_the_service(stack, path):
     answer = stack.http.post(f"{stack.url}/api/v1/jobs:validate", json=spec, timeout=10)
     assert answer.status_code == 200, answer.text
     assert answer.json()["plan"]["params"] > 0
+
+
+def test_skip_connections_cure_the_vanishing_gradient_of_twenty_sigmoid_layers(stack):
+    residual = example("deep-sigmoid-residual")
+    plain = copy.deepcopy(residual)
+    plain["name"], plain["model"]["blocks"]["pair"] = "deep-sigmoid-plain", residual["model"]["blocks"]["pair"][:-1]
+    with_skips, without = (stack.wait(stack.submit(spec)) for spec in (residual, plain))
+    assert with_skips["status"] == without["status"] == "succeeded", stack.logs()
+    assert without["metrics"]["test_accuracy"] < 0.2  # ten classes: chance is 0.1
+    assert with_skips["metrics"]["test_accuracy"] >= 0.9
+
+
+def test_resnet8_example_classifies_the_shapes(stack):
+    job = stack.wait(stack.submit(example("resnet8")), timeout=300)
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["metrics"]["test_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize("name", ["adding-lstm", "adding-transformer"])
+def test_the_adding_problem_is_learned_by_a_recurrent_and_an_attention_model(stack, name):
+    spec = example(name)
+    spec["training"]["epochs"] = 10  # both are far below the bar by then (the mean's MSE is about 0.17)
+    job = stack.wait(stack.submit(spec), timeout=300)
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["metrics"]["test_mse"] <= 0.02
