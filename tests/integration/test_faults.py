@@ -285,13 +285,19 @@ def test_a_worker_killed_mid_pack_resumes_every_member_with_each_epoch_once(frag
     # The reference: the same pack trained in one go here. (Not each trial alone: with batches of 8 and Adam at
     # these rates, rounding differences between any two summation orders grow past 1e-4 within a few epochs.)
     uninterrupted = fit_pack([parse_spec(job["spec"]) for job in jobs])
+    # Resumed as one pack, every member's arithmetic is the reference's to the last bit but for rounding noise. A
+    # member whose checkpoint was an epoch behind trains apart (below), and then every member sums in another order
+    # from there: rounding differences, ~1e-4 after fifty epochs, where a member restarted from scratch or from another
+    # member's weights is off by more than 1e-2 (and the epoch list below catches an epoch lost or reported twice).
+    split = any("trains apart" in m or "trains alone" in m for job in jobs for m in events_of(stack, job["id"]))
+    tolerance = 1e-3 if split else 1e-5
     for job, reference in zip(jobs, uninterrupted):
         assert job["attempts"] == 2 and job["worker"] == "successor@test"
         series = stack.get(f"/api/v1/jobs/{job['id']}/metrics")["series"]
         assert series["val_loss"]["epoch"] == list(range(1, 61))  # none lost, none twice
         expected = [h["val_loss"] for h in reference.result.history]
-        assert series["val_loss"]["value"] == pytest.approx(expected, abs=1e-5)
-        assert job["metrics"]["test_loss"] == pytest.approx(reference.result.metrics["test_loss"], abs=1e-5)
+        assert series["val_loss"]["value"] == pytest.approx(expected, abs=tolerance)
+        assert job["metrics"]["test_loss"] == pytest.approx(reference.result.metrics["test_loss"], abs=tolerance)
         messages = events_of(stack, job["id"])
         assert any("packed with 2 other jobs" in m for m in messages), messages
         # Resumed as a pack again, except a member whose last checkpoint was an epoch behind the others' (uploads
