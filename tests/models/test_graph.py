@@ -301,3 +301,40 @@ def test_the_adding_problem_is_two_marked_values_and_their_sum():
     assert (x[:, :, 1].sum(axis=1) == 2).all() and (x[:, :6, 1].sum(axis=1) == 1).all()
     assert np.allclose((x[:, :, 0] * x[:, :, 1]).sum(axis=1), y)
     assert abs(float(np.var(y)) - 1 / 6) < 0.03  # what predicting the mean scores
+
+
+STRIDED_POINTWISE = """
+import torch
+from trainq.models.layers import add
+from trainq.models.spec import AddSpec
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+block = add(AddSpec(type="add", **{"from": ["a", "b"]}), [(8, 6, 6), (6, 12, 12)]).to(memory_format=torch.channels_last)
+for _ in range(50):
+    x = torch.randn(32, 6, 12, 12, requires_grad=True).contiguous(memory_format=torch.channels_last)
+    block(torch.zeros(32, 8, 6, 6), x).sum().backward()
+print("trained")
+"""
+
+
+def test_a_strided_pointwise_projection_of_few_channels_trains_on_one_thread():
+    """torch 2.13's CPU backward of a strided 1x1 convolution in channels-last on one thread, with fewer than 8
+    input channels, corrupts the heap (a ResNet shortcut on grayscale images: the worker died, or numbers changed).
+    trainq computes it as a subsampling and a 1x1 convolution: the same numbers, in its own process here."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", STRIDED_POINTWISE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "trained", done.stderr[-2000:]
+    from trainq.models.layers import SubsampledConv2d
+
+    resnet = build_model(parse_spec(example("resnet8")), (3, 32, 32))
+    assert sum(isinstance(m, SubsampledConv2d) for m in resnet.modules()) == 2  # its two projected shortcuts
+    for padding in (0, 1):
+        conv = torch.nn.Conv2d(6, 8, 1, stride=2, padding=padding)
+        mine = SubsampledConv2d(6, 8, 1, stride=2, padding=padding)
+        mine.load_state_dict(conv.state_dict())
+        x = torch.randn(4, 6, 9, 9)
+        assert mine(x).shape == conv(x).shape == (4, 8, 5 + padding, 5 + padding)
+        assert torch.allclose(mine(x), conv(x), atol=1e-6)

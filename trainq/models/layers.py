@@ -200,6 +200,26 @@ class SequencePool(nn.Module):
         return x.amax(dim=1) if self.kind == "max" else x[:, -1]
 
 
+class SubsampledConv2d(nn.Conv2d):
+    """A 1x1 convolution with a stride, computed as what it is: every stride-th pixel, then a 1x1 convolution. The
+    same numbers and parameters as nn.Conv2d's; and it sidesteps a fault of torch 2.13 on CPU, where the backward of
+    a strided 1x1 convolution in channels-last on one thread with fewer than 8 input channels corrupts the heap and
+    kills the process (tests/models/test_graph.py trains such a projection)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (ph, pw), (sh, sw) = self.padding, self.stride
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias, 1, 0, 1, self.groups)
+
+
+def conv(channels: int, out: int, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1,
+         bias: bool = True) -> nn.Conv2d:
+    """A convolution module: nn.Conv2d, or SubsampledConv2d for a 1x1 kernel with a stride."""
+    kind = SubsampledConv2d if kernel == 1 and stride > 1 else nn.Conv2d
+    return kind(channels, out, kernel, stride=stride, padding=padding, groups=groups, bias=bias)
+
+
 class Add(nn.Module):
     """The sum of its inputs, each projected onto the first's shape where it differs (Identity where it does not)."""
 
@@ -268,8 +288,7 @@ def noise(spec: NoiseSpec, shape: Shape) -> nn.Module:
 
 @LAYERS.register("conv2d")
 def conv2d(spec: Conv2dSpec, shape: Shape) -> nn.Module:
-    return nn.Conv2d(shape[0], spec.out_channels, spec.kernel, stride=spec.stride, padding=spec.pad(),
-                     bias=spec.bias)
+    return conv(shape[0], spec.out_channels, spec.kernel, spec.stride, spec.pad(), bias=spec.bias)
 
 
 @LAYERS.register("pool")
@@ -316,14 +335,13 @@ def mdn(spec: MdnSpec, shape: Shape) -> nn.Module:
 
 @LAYERS.register("depthwise_conv2d")
 def depthwise_conv2d(spec: DepthwiseConv2dSpec, shape: Shape) -> nn.Module:
-    return nn.Conv2d(shape[0], shape[0] * spec.multiplier, spec.kernel, stride=spec.stride, padding=spec.pad(),
-                     groups=shape[0], bias=spec.bias)
+    return conv(shape[0], shape[0] * spec.multiplier, spec.kernel, spec.stride, spec.pad(), groups=shape[0],
+                bias=spec.bias)
 
 
 @LAYERS.register("separable_conv2d")
 def separable_conv2d(spec: SeparableConv2dSpec, shape: Shape) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(shape[0], shape[0], spec.kernel, stride=spec.stride, padding=spec.pad(),
-                                   groups=shape[0], bias=False),
+    return nn.Sequential(conv(shape[0], shape[0], spec.kernel, spec.stride, spec.pad(), groups=shape[0], bias=False),
                          nn.Conv2d(shape[0], spec.out_channels, 1, bias=spec.bias))
 
 
@@ -380,7 +398,7 @@ def add(spec: AddSpec, shapes: list[Shape]) -> nn.Module:
             projections.append(nn.Identity())
         elif len(shape) == 3:
             stride = projection_of(shape, target, i)
-            projections.append(nn.Sequential(nn.Conv2d(shape[0], target[0], 1, stride=stride, bias=False),
+            projections.append(nn.Sequential(conv(shape[0], target[0], 1, stride, bias=False),
                                              nn.BatchNorm2d(target[0])))
         else:
             projections.append(nn.Linear(shape[-1], target[-1]))
