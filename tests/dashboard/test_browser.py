@@ -246,6 +246,26 @@ def test_a_failed_check_lists_every_error_at_its_line_and_clears_the_last_dry_ru
     snap(page, "submit-errors")
 
 
+def test_a_graph_dry_run_shows_what_each_layer_reads_and_the_layer_types_are_listed(page, stack):
+    page.goto(stack.url + "/submit")
+    eventually(lambda: page.locator("#example option[value='resnet8-shapes']").count() == 1)
+    page.select_option("#example", "resnet8-shapes")
+    page.click("#check")
+    page.locator("#valid").wait_for()
+    rows = [[td.inner_text() for td in tr.locator("td").all()] for tr in page.locator("#plan tbody tr").all()]
+    assert rows[0][1:3] == ["in", "input"] and rows[0][4] == "[3,32,32]"
+    # a block's add reads its main path and the block's input: the stem's output, then the previous block's
+    adds = [row for row in rows if row[2] == "add"]
+    assert len(adds) == 3 and all(", " in row[3] for row in adds)
+    assert adds[1][4] == "[32,16,16]" and rows[-1][2] == "dense" and rows[-1][4] == "[6]"
+    page.click("#layer-types summary")
+    lstm = page.locator("#layer-types li[data-type='lstm']")
+    assert "long short-term memory" in lstm.inner_text() and "units integer (required)" in lstm.inner_text()
+    assert "return last|sequence (default \"last\")" in lstm.inner_text()
+    assert page.locator("#layer-types > ul > li").count() == len(stack.get("/api/v1/layers")["layers"])
+    snap(page, "submit-graph")
+
+
 def test_a_regression_run_page_shows_r2_and_mae_apart_and_no_confusion_matrix(page, stack):
     spec = with_(mlp("diabetes", outputs=1, epochs=6), **{"loss": {"type": "mse"}, "name": "regression-page"})
     job_id = stack.submit(spec)

@@ -59,20 +59,21 @@ class Stack:
                                                                  backoff_factor=0.05,
                                                                  allowed_methods=frozenset({"GET", "HEAD"}))))
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """A trainq command as a process; `env` adds to the stack's environment for this process alone."""
         log = open(self.folder / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "trainq.cli", *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
+        proc = subprocess.Popen([sys.executable, "-m", "trainq.cli", *args], env={**self.env, **(env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
         self.procs[name] = proc
         return proc
 
-    def serve(self) -> "Stack":
-        self.start("service", "serve")
+    def serve(self, env: dict[str, str] | None = None) -> "Stack":
+        self.start("service", "serve", env=env)
         self.wait_healthy()
         return self
 
-    def worker(self, name: str = "worker", pool: str = "cpu") -> subprocess.Popen:
-        proc = self.start(name, "worker", "--pool", pool, "--name", f"{name}@test")
+    def worker(self, name: str = "worker", pool: str = "cpu", env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = self.start(name, "worker", "--pool", pool, "--name", f"{name}@test", env=env)
         self.wait_for_log(name, "ready.")
         return proc
 

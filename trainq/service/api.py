@@ -277,6 +277,16 @@ def list_workers():
                                "created_at": j.created_at.isoformat()} for j, ahead in queued]})
 
 
+@bp.get("/layers")
+def layers():
+    """Every layer type a spec may use on this service: the built-in ones and those of installed packages (with the
+    package and version), each with its fields as JSON Schema; and installed entry points that were refused, with why.
+    A worker takes a job with an installed type only if it has the same package in the same version."""
+    from trainq.models.spec import layer_catalog
+
+    return jsonify(layer_catalog())
+
+
 @bp.get("/examples")
 def examples():
     """The example specs shipped with trainq, to start a new job from."""

@@ -24,7 +24,7 @@ CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")  # what change_cursor write
 
 JOB_FIELDS = ("id", "name", "sweep_id", "status", "pool", "device", "priority", "params", "created_at", "started_at",
               "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason",
-              "cancel_requested", "metrics", "error", "spec", "trial", "pack_id", "dataset_id")  # what job_json reads: the job read selects only these
+              "cancel_requested", "metrics", "error", "spec", "trial", "pack_id", "dataset_id", "plugins")  # what job_json reads: the job read selects only these
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -56,6 +56,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "error": job.error,
         "spec": job.spec,
         "dataset_id": job.dataset_id,
+        "plugins": job.plugins or {},  # installed layer types it was planned with: {type: {package, version}}
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from trainq.models.spec import JobSpec, Plan, pinned
+from trainq.models.spec import JobSpec, Plan, layer_packages, pinned
 from trainq.service.db import UTCDateTime, utcnow
 from trainq.service.objects import checkpoint_key
 from trainq.service.tables import Attempt, Checkpoint, Event, Job, JobStatus, Metric, Sweep, Worker, new_id
@@ -59,7 +59,7 @@ def new_job(spec: JobSpec, plan: Plan, owner_id: str | None = None, dataset_id: 
     return Job(id=new_id(), owner_id=owner_id, dataset_id=dataset_id, name=spec.name,
                spec=pinned(spec), enqueued_at=utcnow(), pool=spec.resources.pool,
                device=spec.resources.device, priority=spec.resources.priority, params=plan.params,
-               max_epochs=spec.training.epochs, **fields)
+               max_epochs=spec.training.epochs, plugins=layer_packages(spec), **fields)
 
 
 def submit_many(session: Session, made: list[Job]) -> None:

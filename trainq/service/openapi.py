@@ -112,6 +112,8 @@ def document() -> dict:
             "/api/v1/workers/{name}/drain": {"post": _op("Drain a worker (admins)", {"202": _object()}, (404,),
                                                          (worker_name,))},
             "/api/v1/examples": {"get": _op("The example specs", {"200": _object()})},
+            "/api/v1/layers": {"get": _op("Layer types: built-in and from installed packages, with their fields",
+                                          {"200": _object()})},
             "/api/v1/sweeps": {
                 "post": _op("Submit a sweep", {"201": _object()}, body={
                     "required": True, "content": {"application/json": {"schema": _ref("SweepSpec"),

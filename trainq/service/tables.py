@@ -182,6 +182,8 @@ class Job(Base):
     stop_reason: Mapped[str | None] = mapped_column(String(16))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
+    # the installed layer types it was planned with: {type: {package, version}}; a worker must have each to claim it
+    plugins: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     @property
     def queue(self) -> str:
@@ -270,6 +272,8 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(16), default="online")  # online | draining | stopped
     drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     jobs_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # its attempts that ended
+    layers: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # its installed layer types: {type: {package,
+    # version}}, as its heartbeat says
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -63,7 +63,8 @@ def claim(job_id: str):
     worker = str(body.get("worker", "unknown"))[:255] if isinstance(body, dict) else "unknown"
     kind = body.get("kind") if isinstance(body, dict) else None
     gpus = body.get("gpus") if isinstance(body, dict) else None
-    status, answer = claim_jobs([job_id], worker, kind, gpus)[0]
+    layers = body.get("layers") if isinstance(body, dict) else None
+    status, answer = claim_jobs([job_id], worker, kind, gpus, layers)[0]
     if status != 200:
         fail(status, answer["error"], answer["message"])
     return jsonify(answer)
@@ -81,16 +82,25 @@ def claim_many():
                                                                                "message": "1 to 256 job ids"}])
     worker = str(body.get("worker", "unknown"))[:255]
     answers = [answer if status == 200 else {"job_id": job_id, **answer}
-               for job_id, (status, answer) in zip(ids, claim_jobs(ids, worker, body.get("kind"), body.get("gpus")))]
+               for job_id, (status, answer) in zip(ids, claim_jobs(ids, worker, body.get("kind"), body.get("gpus"),
+                                                                    body.get("layers")))]
     return jsonify({"claims": answers})
 
 
-def claim_jobs(job_ids: list[str], worker: str, kind, gpus) -> list[tuple[int, dict]]:
-    """Claim jobs in one transaction: per job (200, what the worker needs to run it) or (4xx, {error, message})."""
+def claim_jobs(job_ids: list[str], worker: str, kind, gpus, layers=None) -> list[tuple[int, dict]]:
+    """Claim jobs in one transaction: per job (200, what the worker needs to run it) or (4xx, {error, message}).
+    `layers` are the worker's installed layer types ({type: {package, version}}): a job planned with one the worker
+    lacks, or has in another version, stays queued for a worker that has it."""
     session = db()
     refused: dict[str, tuple[int, dict]] = {}
-    for job_id, wanted, spec in session.execute(select(Job.id, Job.device, Job.spec).where(Job.id.in_(set(job_ids)))):
+    rows = session.execute(select(Job.id, Job.device, Job.spec, Job.plugins).where(Job.id.in_(set(job_ids))))
+    for job_id, wanted, spec, plugins in rows:
         needs = int(spec.get("resources", {}).get("gpus", 1))
+        missing = workers.missing_layers(plugins, layers)
+        if missing:
+            refused[job_id] = 409, {"error": "missing_layer", "message": f"job {job_id} needs {missing}; {worker} "
+                                                                          "does not have it"}
+            continue
         if kind in workers.KINDS and wanted in workers.KINDS and wanted != kind:
             refused[job_id] = 409, {"error": "wrong_device", "message": f"job {job_id} needs a {wanted.upper()} "
                                                                         f"worker; {worker} is a {kind.upper()} worker"}
@@ -451,8 +461,9 @@ def worker_info(body) -> dict:
               "host": lambda v: isinstance(v, str) and len(v) <= 255,
               "pid": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
               "concurrency": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1024,
-              "gpus": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 64}
-    body = {"gpus": 0, **body}
+              "gpus": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 64,
+              "layers": workers.valid_layers}
+    body = {"gpus": 0, "layers": {}, **body}
     for field, ok in checks.items():
         if not ok(body.get(field)):
             fail(400, "bad_request", f"{field}: missing or not valid", errors=[{"path": field, "message": "not valid"}])

@@ -31,7 +31,8 @@ def heartbeat(session: Session, name: str, info: dict[str, Any], now: datetime |
     now = now or utcnow()
     worker = session.get(Worker, name, with_for_update=session.get_bind().dialect.name == "postgresql")
     fields = {"pool": info["pool"], "kind": info["kind"], "device": info["device"], "host": info["host"],
-              "pid": info["pid"], "concurrency": info["concurrency"], "gpus": info.get("gpus", 0)}
+              "pid": info["pid"], "concurrency": info["concurrency"], "gpus": info.get("gpus", 0),
+              "layers": info.get("layers") or None}
     if worker is None or worker.state == "stopped" or worker.pid != info["pid"]:
         # A new process under a known name (a restart): a fresh registration; an old drain request does not carry over.
         if worker is None:
@@ -86,7 +87,7 @@ class WorkerView:
         w = self.worker
         return {"name": w.name, "pool": w.pool, "kind": w.kind, "device": w.device, "host": w.host, "pid": w.pid,
                 "concurrency": w.concurrency, "gpus": w.gpus, "state": self.state, "started_at": w.started_at.isoformat(),
-                "last_seen_at": w.last_seen_at.isoformat(), "jobs_done": self.jobs_done,
+                "last_seen_at": w.last_seen_at.isoformat(), "jobs_done": self.jobs_done, "layers": w.layers or {},
                 "busy": len(self.jobs),
                 "jobs": [{"id": j.id, "name": j.name, "epoch": j.epoch, "max_epochs": j.max_epochs}
                          for j in self.jobs if can_see(j)]}
@@ -137,11 +138,28 @@ _reasons_lock = threading.Lock()
 REASON_TTL = 1.0  # seconds: workers change state every few seconds, and a polled queued job is read many times
 
 
+def valid_layers(value: Any) -> bool:
+    """A worker's installed layer types as it reports them: {type: {package, version}}, within reason."""
+    return isinstance(value, dict) and len(value) <= 1000 and all(
+        isinstance(k, str) and len(k) <= 64 and isinstance(v, dict) and set(v) == {"package", "version"}
+        and all(isinstance(x, str) and len(x) <= 255 for x in v.values()) for k, v in value.items())
+
+
+def missing_layers(needed: dict | None, has: Any) -> str | None:
+    """What of a job's installed layer types a worker lacks, in words ("the layer type gated from trainq-gated
+    1.0.0"); None when it has them all in the versions planned with."""
+    has = has if isinstance(has, dict) else {}
+    lacking = [f"the layer type {name} from {want['package']} {want['version']}"
+               for name, want in sorted((needed or {}).items()) if has.get(name) != want]
+    return ", ".join(lacking) or None
+
+
 def waiting_reason(session: Callable[[], Session], job: Job, lost: timedelta) -> str:
     """Why a queued job is not running yet, in words a user can act on. The same for every job of a pool, device
     kind and GPU count, so it is kept for a second per process: reads of queued jobs cost one query less (and the
     session, asked for only when the reason is looked up, is not opened)."""
-    key = (job.pool, job.device, int(job.spec.get("resources", {}).get("gpus", 1)))
+    key = (job.pool, job.device, int(job.spec.get("resources", {}).get("gpus", 1)),
+           tuple(sorted((k, v["package"], v["version"]) for k, v in (job.plugins or {}).items())))
     now = time.monotonic()
     with _reasons_lock:
         cached = _reasons.get(key)
@@ -176,6 +194,14 @@ def _waiting_reason(session: Session, job: Job, lost: timedelta) -> str:
                 else "")
         return (f"no {wanted} online for pool {job.pool}{tail}; start one with: trainq worker --pool {job.pool}{start}"
                 f"{hint}")
+    if job.plugins:  # layer types from installed packages: only a worker with each, in the version planned with
+        lacking = missing_layers(job.plugins, {})
+        equipped = [w for w in candidates if not missing_layers(job.plugins, w.layers)]
+        if not equipped:
+            install = " ".join(f"{p['package']}=={p['version']}" for p in job.plugins.values())
+            return (f"no worker of pool {job.pool} has {lacking} ({len(candidates)} online lack it): the administrator "
+                    f"installs it beside trainq on a worker of the pool (pip install {install}) and restarts it")
+        candidates = equipped
     slots = sum(w.concurrency for w in candidates)
     busy = session.scalar(select(func.count()).select_from(Job).where(
         Job.status == JobStatus.running.value, Job.worker.in_([w.name for w in candidates])))

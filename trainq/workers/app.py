@@ -9,6 +9,7 @@ import socket
 from celery import Celery, signals
 
 from trainq.broker import EXPORT_TASK, SCORE_TASK, TRAIN_TASK, make_celery
+from trainq.models.spec import installed_packages
 from trainq.settings import Settings
 from trainq.workers.client import ServiceClient
 from trainq.workers.presence import Presence, warm_shutdown
@@ -40,7 +41,8 @@ def create_worker_app(settings: Settings, *, name: str, pool: str, kind: str = "
     preload()
     drain_flag(os.getpid()).unlink(missing_ok=True)  # a restarted container may reuse the pid of the last worker
     presence = Presence(ServiceClient(settings.service_url, settings.worker_token), name,
-                        {"pool": pool, "kind": kind, "device": device, "concurrency": concurrency, "gpus": gpus},
+                        {"pool": pool, "kind": kind, "device": device, "concurrency": concurrency, "gpus": gpus,
+                         "layers": installed_packages()},
                         every=settings.heartbeat_seconds, on_drain=warm_shutdown)
 
     @signals.worker_ready.connect(weak=False)

@@ -66,9 +66,10 @@ class ServiceClient:
             raise Refused(response.status_code, _body(response))
         return response
 
-    def claim(self, job_id: str, worker: str, kind: str | None = None, gpus: int | None = None) -> dict:
+    def claim(self, job_id: str, worker: str, kind: str | None = None, gpus: int | None = None,
+              layers: dict | None = None) -> dict:
         return self.call("POST", f"/api/v1/worker/jobs/{job_id}/claim",
-                         json={"worker": worker, "kind": kind, "gpus": gpus}).json()
+                         json={"worker": worker, "kind": kind, "gpus": gpus, "layers": layers or {}}).json()
 
     def download(self, path: str, attempt_token: str) -> bytes:
         """A file through the service (a path) or straight from the object store (a presigned URL)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from trainq.models.checkpoint import read_meta
 from trainq.models.engine import fit, pick_device
-from trainq.models.spec import JobSpec, image_target
+from trainq.models.spec import JobSpec, image_target, installed_packages
 from trainq.settings import Settings
 from trainq.workers.client import Fenced, Refused, ServiceClient
 from trainq.workers.data import local_file, source, uploaded_of
@@ -100,13 +100,14 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
     client = ServiceClient(settings.service_url, settings.worker_token)
     if len(job_ids) == 1:
         try:
-            claims = [client.claim(job_ids[0], worker, kind, gpus)]
+            claims = [client.claim(job_ids[0], worker, kind, gpus, installed_packages())]
         except Refused as exc:  # another attempt holds it, or it finished or was cancelled: nothing to do
             log.info("job %s not claimed: %s", job_ids[0], exc)
             return "skipped"
     else:
         answers = client.call("POST", "/api/v1/worker/claims",
-                              json={"job_ids": job_ids, "worker": worker, "kind": kind, "gpus": gpus}).json()
+                              json={"job_ids": job_ids, "worker": worker, "kind": kind, "gpus": gpus,
+                                    "layers": installed_packages()}).json()
         claims = [a for a in answers["claims"] if "token" in a]
         for refused in (a for a in answers["claims"] if "token" not in a):
             log.info("job %s not claimed: %s", refused["job_id"], refused.get("message"))

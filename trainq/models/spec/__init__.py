@@ -8,7 +8,8 @@ parse (a document to a JobSpec, with every error at its path).
 
 Adding a layer, loss or optimizer is one spec class (with its shape arithmetic, for layers) and one builder
 registered under the same name in the torch side (`layers.py`, `losses.py`, `optimizers.py`); a test asserts the two
-sets of names are equal. A team adds layers without forking through a package of its own (`trainq.models.spec.plugins`).
+sets of names are equal. A team adds layers without forking, in a package of its own that declares them under the
+entry-point group `trainq.layers` (`trainq.extensions` is all it imports from trainq).
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from trainq.models.spec.base import (FieldError, Shape, ShapeError, Spec, SpecEr
 from trainq.models.spec.data import (COLUMN_NAME, DATASET_NAMES, GENERATORS, LOGIC_GATES, MODEL_NAME, SHAPE_CLASSES,
                                      SKLEARN_SETS, UPLOAD_NAME, UPLOAD_REF, ColumnSpec, DatasetInfo, DatasetSpec,
                                      FillValue, Missing, MissingSpec, PreprocessSpec, Uploaded, class_names_of,
-                                     image_target, planned_codec, split_ref, table_rules, table_target,
-                                     target_of, upload_info)  # noqa: F401
-from trainq.models.spec.layers import (ACTIVATIONS, BAYES_LAYERS, BUILTIN_LAYERS, BUILTIN_NAMES, HINTS, INIT_NAMES,
-                                       KINDS, LAYER_CLASSES, MERGES, SEQUENCE_LAYERS, ActivationSpec, AddSpec,
+                                     image_target, planned_codec, split_ref, table_rules, table_target, target_of,
+                                     upload_info)  # noqa: F401
+from trainq.models.spec.layers import (ACTIVATIONS, BAYES_LAYERS, BUILTIN_LAYERS, BUILTIN_NAMES, COMMON_FIELDS, HINTS,
+                                       INIT_NAMES, KINDS, LAYER_CLASSES, MERGES, PLUGINS, REFUSED_PLUGINS,
+                                       SEQUENCE_LAYERS, ActivationSpec, AddSpec,
                                        AttentionSpec, BatchnormSpec, BayesFields, ConcatSpec, Conv2dBayesSpec,
                                        Conv2dSpec, DenseBayesSpec, DenseSpec, DepthwiseConv2dSpec, DropoutSpec,
                                        EmbeddingSpec, FlattenSpec, GlobalAvgPoolSpec, GruSpec, HeInit, InitSpec,
                                        LayerSpec, LayernormSpec, LecunInit, LstmSpec, MdnSpec, NoiseSpec, NormalInit,
                                        PadSpec, Padding, PoolSpec, PositionalSpec, RecurrentFields, SameShape,
                                        SeparableConv2dSpec, SequencePoolSpec, TransformerEncoderSpec, UniformInit,
-                                       Windowed, XavierInit, ZerosInit, plugin_of, projection_of, projection_params)  # noqa: F401
+                                       Windowed, XavierInit, ZerosInit, installed_packages, layer_catalog, plugin_of,
+                                       projection_of, projection_params)  # noqa: F401
 from trainq.models.spec.model import (BLOCK_NAME, ITEM, LAYER_ALIASES, LAYER_TAGS, MAX_DEPTH, MAX_NODES, PARAMETER,
                                       Graph, LayerItem, ModelSpec, Node, UseSpec, unknown_layer)  # noqa: F401
 from trainq.models.spec.objectives import (AdagradSpec, AdamSpec, AdamwSpec, AffineAug, AugmentationSpec, BceLossSpec,
@@ -44,8 +47,8 @@ from trainq.models.spec.training import (POOL_PATTERN, EarlyStoppingSpec, Infere
 from trainq.models.spec.job import (AUGMENTATION_TYPES, INIT_TYPES, LAYER_TYPES, LOSS_TYPES, OPTIMIZER_TYPES,
                                     SCHEDULE_TYPES, JobSpec, names_of, pinned, spec_rows)  # noqa: F401
 from trainq.models.spec.planner import (BAYES_CLASSIFICATION_METRICS, BAYES_REGRESSION_METRICS,
-                                        CLASSIFICATION_METRICS, REGRESSION_METRICS, STACKED_SCHEDULES, LayerPlan,
-                                        Plan, batch_size, ensemble_members, input_shape, plan, stacking_limit,
-                                        train_rows)  # noqa: F401
+                                        CLASSIFICATION_METRICS, REGRESSION_METRICS, STACKED_LAYERS, STACKED_SCHEDULES,
+                                        LayerPlan, Plan, batch_size, ensemble_members, input_shape, layer_packages,
+                                        plan, stacking_limit, train_rows)  # noqa: F401
 from trainq.models.spec.parse import (ALIASES, MISSING_HINTS, PLACEHOLDERS, SHAPING, errors_from, fields_at,
                                       format_path, message_of, parse_spec, unknown_field)  # noqa: F401

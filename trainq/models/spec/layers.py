@@ -39,6 +39,8 @@ class SameShape:
 
 
 class DenseSpec(LayerFields):
+    """A fully connected layer: `units` outputs from the features (per step on a sequence)."""
+
     type: Literal["dense"]  # on a sequence, the same dense layer at every step
     units: int = Field(gt=0, le=65_536)
     bias: bool = True
@@ -55,6 +57,8 @@ ACTIVATIONS = ("step", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "
 
 
 class ActivationSpec(SameShape, LayerFields):
+    """An elementwise nonlinearity `fn` (relu, gelu, tanh, sigmoid, ...); the shape is unchanged."""
+
     type: Literal["activation"]
     fn: Literal[ACTIVATIONS]  # type: ignore[valid-type]  # softmax: over features, a step's features, or channels
     slope: float = Field(1.0, gt=0, le=100)  # sigmoid(slope * s)
@@ -68,11 +72,15 @@ class ActivationSpec(SameShape, LayerFields):
 
 
 class DropoutSpec(SameShape, LayerFields):
+    """Zeroes each value with probability `p` while training (and scales the rest); nothing at inference."""
+
     type: Literal["dropout"]
     p: float = Field(0.5, ge=0, lt=1)
 
 
 class NoiseSpec(SameShape, LayerFields):
+    """Adds Gaussian noise of `std` while training: a regularizer; nothing at inference."""
+
     type: Literal["noise"]  # Gaussian noise added to the activations in training only
     std: float = Field(0.1, ge=0, le=100)
 
@@ -104,6 +112,8 @@ class Windowed:
 
 
 class Conv2dSpec(Windowed, LayerFields):
+    """A 2-D convolution of images: `out_channels` filters of `kernel` x `kernel` (`padding`: pixels, same or valid)."""
+
     type: Literal["conv2d"]
     out_channels: int = Field(gt=0, le=4096)
     kernel: int = Field(3, gt=0, le=31)
@@ -119,6 +129,8 @@ class Conv2dSpec(Windowed, LayerFields):
 
 
 class DepthwiseConv2dSpec(Windowed, LayerFields):
+    """A convolution of each channel alone (`multiplier` filters per channel): MobileNet's first half."""
+
     type: Literal["depthwise_conv2d"]  # one kernel per input channel (times multiplier), channels never mixed
     multiplier: int = Field(1, gt=0, le=64)
     kernel: int = Field(3, gt=0, le=31)
@@ -135,6 +147,8 @@ class DepthwiseConv2dSpec(Windowed, LayerFields):
 
 
 class SeparableConv2dSpec(Windowed, LayerFields):
+    """A depthwise convolution then a 1x1 convolution to `out_channels`: far fewer parameters."""
+
     type: Literal["separable_conv2d"]  # a depthwise convolution (no bias), then a 1x1 one that mixes the channels
     out_channels: int = Field(gt=0, le=4096)
     kernel: int = Field(3, gt=0, le=31)
@@ -157,6 +171,8 @@ class BayesFields(Spec):
 
 
 class DenseBayesSpec(BayesFields, DenseSpec):
+    """A dense layer with a Gaussian posterior over its weights (Bayes by backprop): predictions with spread."""
+
     type: Literal["dense_bayes"]  # local reparameterization trick
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -168,6 +184,8 @@ class DenseBayesSpec(BayesFields, DenseSpec):
 
 
 class Conv2dBayesSpec(BayesFields, Conv2dSpec):
+    """A 2-D convolution with a Gaussian posterior over its weights (Bayes by backprop)."""
+
     type: Literal["conv2d_bayes"]  # Flipout
 
     def param_count(self, shape: Shape) -> int:
@@ -175,6 +193,8 @@ class Conv2dBayesSpec(BayesFields, Conv2dSpec):
 
 
 class PoolSpec(LayerFields):
+    """Max or average pooling of images over `size` x `size` windows."""
+
     type: Literal["pool"]
     kind: Literal["max", "avg", "stochastic"] = "max"  # stochastic: sample a_i with p_i = a_i / sum(a) in training
     size: int = Field(2, gt=0, le=32)
@@ -193,6 +213,8 @@ class PoolSpec(LayerFields):
 
 
 class GlobalAvgPoolSpec(LayerFields):
+    """The mean of each channel over the whole image: an image becomes a vector of its channels."""
+
     type: Literal["global_avg_pool"]  # each channel's mean over the image: (C, H, W) -> (C,)
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -204,6 +226,8 @@ class GlobalAvgPoolSpec(LayerFields):
 
 
 class PadSpec(LayerFields):
+    """Zero padding of `size` pixels around an image."""
+
     type: Literal["pad"]  # zeros around an image: a 32x32x3 image padded by 2 is 36x36x3
     size: int = Field(1, ge=0, le=64)
 
@@ -216,6 +240,8 @@ class PadSpec(LayerFields):
 
 
 class BatchnormSpec(LayerFields):
+    """Batch normalization: per channel for images, per feature otherwise."""
+
     type: Literal["batchnorm"]  # over features (1d) or channels (2d), chosen by the input's shape
     momentum: float = Field(0.1, gt=0, le=1)
     eps: float = Field(1e-5, gt=0, le=1)
@@ -231,6 +257,8 @@ class BatchnormSpec(LayerFields):
 
 
 class LayernormSpec(LayerFields):
+    """Layer normalization over the features (per step on a sequence)."""
+
     type: Literal["layernorm"]  # each example's (or step's) features to mean 0 and variance 1, then a learned scale
     eps: float = Field(1e-5, gt=0, le=1)
 
@@ -243,6 +271,8 @@ class LayernormSpec(LayerFields):
 
 
 class FlattenSpec(LayerFields):
+    """An image or a sequence as one vector."""
+
     type: Literal["flatten"]
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -253,6 +283,8 @@ class FlattenSpec(LayerFields):
 
 
 class MdnSpec(LayerFields):
+    """A mixture density head: `components` Gaussians over `outputs` values (for loss: mdn_nll)."""
+
     type: Literal["mdn"]  # mixture density head: K mixing logits, K x D means, K x D log standard deviations
     components: int = Field(5, gt=0, le=100)
     outputs: int = Field(1, gt=0, le=100)
@@ -275,6 +307,8 @@ class MdnSpec(LayerFields):
 
 
 class EmbeddingSpec(LayerFields):
+    """Token ids (integers below `vocab`, one per step) as vectors of `dim`: the input of a text or id model."""
+
     type: Literal["embedding"]  # token ids (integers in [0, vocab)) -> vectors: (T,) or (T, 1) -> (T, dim)
     vocab: int = Field(gt=0, le=1_000_000)
     dim: int = Field(gt=0, le=8192)
@@ -313,11 +347,15 @@ class RecurrentFields(LayerFields):
 
 
 class LstmSpec(RecurrentFields):
+    """A long short-term memory network over a sequence: `units` per direction, the last step or every step."""
+
     type: Literal["lstm"]
     gates: ClassVar[int] = 4
 
 
 class GruSpec(RecurrentFields):
+    """A gated recurrent unit network over a sequence: `units` per direction, the last step or every step."""
+
     type: Literal["gru"]
     gates: ClassVar[int] = 3
 
@@ -328,6 +366,8 @@ def _heads_divide(dim: int, heads: int) -> None:
 
 
 class AttentionSpec(LayerFields):
+    """Multi-head self-attention over a sequence's steps (`causal`: each step sees only earlier ones)."""
+
     type: Literal["attention"]  # multi-head self-attention over the steps: (T, F) -> (T, dim)
     heads: int = Field(1, gt=0, le=64)
     dim: int | None = Field(None, gt=0, le=8192)  # default: the input's features
@@ -346,6 +386,8 @@ class AttentionSpec(LayerFields):
 
 
 class TransformerEncoderSpec(LayerFields):
+    """`layers` transformer encoder blocks (pre-norm attention and feed-forward, each with a residual)."""
+
     type: Literal["transformer_encoder"]  # pre-norm encoder layers: attention, then a feed-forward, each residual
     layers: int = Field(2, gt=0, le=48)
     heads: int = Field(4, gt=0, le=64)
@@ -370,6 +412,8 @@ class TransformerEncoderSpec(LayerFields):
 
 
 class PositionalSpec(LayerFields):
+    """Adds each step's position to a sequence: `learned` vectors or fixed `sinusoidal` ones."""
+
     type: Literal["positional"]  # adds each step's position to its features: learned vectors, or sines and cosines
     kind: Literal["learned", "sinusoidal"] = "sinusoidal"
 
@@ -382,6 +426,8 @@ class PositionalSpec(LayerFields):
 
 
 class SequencePoolSpec(LayerFields):
+    """A sequence as one vector: the mean, the max or the last step."""
+
     type: Literal["sequence_pool"]  # a sequence to one vector: the steps' mean or maximum, or the last step
     kind: Literal["mean", "max", "last"] = "mean"
 
@@ -485,6 +531,32 @@ SEQUENCE_LAYERS = ("embedding", "lstm", "gru", "attention", "transformer_encoder
 def plugin_of(type_: str):
     """The installed package a layer type comes from (None for a built-in)."""
     return next((p for p in PLUGINS if p.name == type_), None)
+
+
+def installed_packages() -> dict[str, dict[str, str]]:
+    """The layer types this process has from installed packages: {type: {package, version}}."""
+    return {p.name: {"package": p.package, "version": p.version} for p in PLUGINS}
+
+
+COMMON_FIELDS = ("type", "id", "from")  # every layer has them: the reference lists them once
+
+
+def layer_catalog() -> dict[str, Any]:
+    """Every layer type a spec may use here, built-in and installed, each with its fields as JSON Schema (what
+    GET /api/v1/layers answers), and the installed entry points that were refused, with why."""
+    def entry(cls, package=None, version=None):
+        schema = cls.model_json_schema()
+        doc = " ".join((cls.__doc__ or "").split())
+        return {"type": type_name(cls), "package": package, "version": version, "description": doc,
+                "fields": {k: v for k, v in schema.get("properties", {}).items() if k not in COMMON_FIELDS},
+                "required": [k for k in schema.get("required", []) if k not in COMMON_FIELDS],
+                "sequence": type_name(cls) in SEQUENCE_LAYERS, "merges": bool(getattr(cls, "merges", False)),
+                "definitions": schema.get("$defs", {})}
+
+    return {"layers": [entry(cls) for cls in BUILTIN_LAYERS]
+            + [entry(p.layer.spec, p.package, p.version) for p in PLUGINS],
+            "refused": [{"name": r.name, "package": r.package, "version": r.version, "reason": r.reason}
+                        for r in REFUSED_PLUGINS]}
 
 
 class ZerosInit(Spec):

@@ -183,6 +183,16 @@ def _flops(layer, shape: Shape, out: Shape, params: int) -> int:
     return params * (out[0] if len(out) == 2 else 1)
 
 
+def layer_packages(spec: JobSpec) -> dict[str, dict[str, str]] | None:
+    """The installed layer types a spec uses, with the package and version each was planned with (None: none)."""
+    used = {}
+    for node in spec.model.nodes:
+        plugin = plugin_of(node.layer.type)
+        if plugin is not None:
+            used[plugin.name] = {"package": plugin.package, "version": plugin.version}
+    return used or None
+
+
 def _check_output(spec: JobSpec, shape: Shape, info: DatasetInfo) -> list[FieldError]:
     last_path = spec.model.output_path()
     last = spec.model.output_layer

@@ -547,6 +547,37 @@ function lineOf(text, path) {
   return at >= 0 ? at + 1 : null;
 }
 
+function schemaText(s) {
+  // A field's JSON Schema in a few words: integer, same|valid, integer or same|valid, a list of string
+  if (!s) return "";
+  if (s.enum) return s.enum.join("|");
+  if (s.const !== undefined) return String(s.const);
+  if (s.anyOf) return s.anyOf.filter(x => x.type !== "null").map(schemaText).join(" or ");
+  if (s.$ref) return s.$ref.split("/").pop();
+  if (s.type === "array") return "a list of " + schemaText(s.items);
+  return Array.isArray(s.type) ? s.type.join(" or ") : (s.type || "");
+}
+
+function layerReference(catalog) {
+  // GET /api/v1/layers as a list: each type, where it comes from, what it does and its fields with their defaults
+  const list = document.querySelector("#layer-types ul");
+  document.querySelector("#layer-types summary").textContent = `The ${catalog.layers.length} layer types of this service`;
+  for (const layer of catalog.layers) {
+    const fields = Object.entries(layer.fields).map(([name, s]) => {
+      const required = layer.required.includes(name);
+      const extra = required ? "required" : ("default" in s ? "default " + JSON.stringify(s.default) : "");
+      return el("li", {}, el("code", {text: name}), ` ${schemaText(s)}${extra ? ` (${extra})` : ""}`);
+    });
+    list.append(el("li", {"data-type": layer.type}, el("code", {text: layer.type}),
+      layer.package ? el("span", {class: "badge", text: `${layer.package} ${layer.version}`}) : "",
+      " ", layer.description, fields.length ? el("ul", {}, ...fields) : ""));
+  }
+  const refused = document.getElementById("layer-refused");
+  for (const r of catalog.refused) {
+    refused.append(el("li", {}, el("code", {text: r.name}), ` from ${r.package} ${r.version} is not offered: ${r.reason}`));
+  }
+}
+
 function pageSubmit() {
   const area = document.getElementById("spec");
   const format = document.getElementById("format");
@@ -563,6 +594,7 @@ function pageSubmit() {
     const e = known.find(x => x.name === examples.value);
     if (e) { area.value = format.value === "json" ? JSON.stringify(e.spec, null, 2) : e.yaml; format.value = format.value; }
   });
+  api("/api/v1/layers").then(answer => { if (answer.ok) layerReference(answer.body); });
   const send = path => api(path, {method: "POST", body: area.value,
     headers: {"Content-Type": area.value.trim().startsWith("{") ? "application/json" : "application/yaml"}});
   const clearPlan = note => {
