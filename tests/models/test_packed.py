@@ -77,6 +77,41 @@ def test_each_member_trains_as_its_trial_alone(build, optimizer):
     assert len({round(m.result.history[-1]["train_loss"], 4) for m in packed}) == len(specs)
 
 
+GRAPH = {"name": "graph", "dataset": {"name": "shapes", "n_samples": 300, "image_size": 12, "classes": 4, "noise": 0.2,
+                                      "seed": 0},
+         "model": {"init": "he", "blocks": {"basic": [
+             {"type": "conv2d", "out_channels": "$f", "stride": "$s", "padding": "same", "bias": False},
+             {"type": "batchnorm", "id": "main"}, {"type": "add", "from": ["main", "in"]},
+             {"type": "activation", "fn": "relu"}]},
+             "layers": [
+                 {"type": "conv2d", "out_channels": 6, "padding": "same", "id": "stem"},
+                 {"use": "basic", "f": 6, "s": 1},
+                 {"use": "basic", "f": 8, "s": 2},  # the shortcut projected: a strided 1x1 convolution, batch norm
+                 {"type": "depthwise_conv2d", "multiplier": 2, "padding": "same", "id": "dw"},
+                 {"type": "separable_conv2d", "out_channels": 8, "padding": "same", "id": "sep"},
+                 {"type": "pool", "from": "stem", "size": 2, "id": "pooled"},
+                 {"type": "concat", "from": ["sep", "pooled", "dw"]},
+                 {"type": "global_avg_pool"},
+                 {"type": "dropout", "p": 0.1},
+                 {"type": "dense", "units": 16, "id": "h"},
+                 {"type": "layernorm"},
+                 {"type": "dense", "units": 16, "id": "g"},
+                 {"type": "concat", "from": ["g", "h"]},
+                 {"type": "dense", "units": 4}]},
+         "loss": {"type": "cross_entropy"}, "optimizer": {"type": "momentum", "lr": 0.01, "momentum": 0.9},
+         "training": {"epochs": 2, "batch_size": 32, "seed": 0}}
+
+
+def test_a_graph_packs_and_each_member_trains_as_its_trial_alone():
+    """Blocks with projected shortcuts, depthwise and separable convolutions, concat of images and of features,
+    global pooling and layer norm: one packed graph of the same layers, each member its trial to 1e-4."""
+    specs = members(GRAPH, *VARIED)
+    packed = fit_pack(specs)
+    for spec, member in zip(specs, packed):
+        assert_same_training(fit(spec), member)
+    assert len({round(m.result.history[-1]["train_loss"], 4) for m in packed}) == len(specs)
+
+
 @pytest.mark.parametrize("optimizer", [
     {"type": "sgd", "lr": 0.05}, {"type": "nesterov", "lr": 0.02, "momentum": 0.8},
     {"type": "rmsprop", "lr": 0.0005, "momentum": 0.5}, {"type": "adagrad", "lr": 0.02},
@@ -156,6 +191,9 @@ def test_members_that_differ_in_shape_are_refused_with_the_field(change, says):
     ({"optimizer": {"type": "lbfgs"}}, "lbfgs re-evaluates the loss"),
     ({"schedule": {"type": "one_cycle"}}, "schedule.type: one_cycle is not stacked"),
     ({"training.accumulate_steps": 2}, "accumulation is not stacked"),
+    ({"dataset": {"name": "adding", "sequence_length": 10, "n_samples": 200}, "loss": {"type": "mse"},
+      "model.layers": [{"type": "lstm", "units": 4}, {"type": "dense", "units": 1}]},
+     "dataset: sequences \\(steps x features\\) are not stacked yet"),
 ])
 def test_what_never_packs_says_so(change, says):
     with pytest.raises(PackError, match=says):

@@ -36,11 +36,11 @@ from trainq.models.checkpoint import dump, restore
 from trainq.models.optimizers import build_optimizer, decoupled_decay
 from trainq.models.packing import PackError, check_pack
 from trainq.models.spec import JobSpec, batch_size, plan
-from trainq.models.stacked import PackedConv2d, PackedDropout, PackedFlatten, PackedNoise, pack_modules
+from trainq.models.stacked import COUNTED, PackedDropout, PackedNoise, pack_modules
 from trainq.models.state import Callback, State
 
 
-def _unpacked_state(packed: nn.Sequential, member: int) -> dict[str, torch.Tensor]:
+def _unpacked_state(packed: nn.Module, member: int) -> dict[str, torch.Tensor]:
     """Member `member`'s slice of the pack as its own model's state_dict (same names)."""
     out = {}
     for name, tensor in [*packed.named_parameters(), *packed.named_buffers()]:
@@ -48,7 +48,7 @@ def _unpacked_state(packed: nn.Sequential, member: int) -> dict[str, torch.Tenso
     return out
 
 
-def flatten_parameters(packed: nn.Sequential, keep: torch.Tensor | None = None) -> torch.Tensor:
+def flatten_parameters(packed: nn.Module, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Put every parameter of the pack into one (N, P) tensor, member-major, and make each parameter a view of its
     columns: the optimizer then updates all of them in a dozen operations on one tensor. With `keep`, only those
     members stay (compaction), in parameters and buffers alike."""
@@ -64,7 +64,7 @@ def flatten_parameters(packed: nn.Sequential, keep: torch.Tensor | None = None) 
         for module in packed.modules():
             for name, b in list(module.named_buffers(recurse=False)):
                 module.register_buffer(name, b[keep].clone())
-            if isinstance(module, (PackedConv2d, PackedFlatten)):
+            if isinstance(module, COUNTED):
                 module.members = len(keep)
     return flat
 
@@ -83,7 +83,7 @@ class PackedOptimizer:
     update rules and each member's hyperparameters as a column. `lr` is set each epoch by the schedule; a member
     with lr 0 does not move."""
 
-    def __init__(self, model: nn.Sequential, specs: list[JobSpec], device):
+    def __init__(self, model: nn.Module, specs: list[JobSpec], device):
         self.model, self.kind = model, specs[0].optimizer.type
         if self.kind not in ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"):
             raise PackError(f"optimizer.type: {self.kind} is not packed")
@@ -268,7 +268,7 @@ class Member:
 @dataclass
 class Pack:
     members: list[Member]
-    model: nn.Sequential  # the packed model over the live members (`slots` maps its rows to members)
+    model: nn.Module  # the packed model over the live members (`slots` maps its rows to members)
     optimizer: PackedOptimizer
     generators: list[torch.Generator | None]
     slots: list[int]  # member index of each row of the packed parameters

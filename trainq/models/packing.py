@@ -41,8 +41,13 @@ def _without(document: Any, path: list[str]) -> None:
 
 
 def pack_key(spec: JobSpec) -> str:
-    """What members of one pack must share: the spec with every packable field left out, as canonical JSON."""
+    """What members of one pack must share: the spec with every packable field left out, as canonical JSON. The
+    model is compared as its expanded graph (each layer with what it reads), so blocks used with other parameters
+    differ where their layers do, and a dropout `p` in a block may differ as one in model.layers may."""
     document = spec.model_dump(mode="json")
+    document["model"] = {"init": document["model"].get("init"), "layers": [
+        {**node.layer.model_dump(mode="json", exclude={"id", "from_"}), "inputs": list(node.inputs)}
+        for node in spec.model.nodes]}
     for path in PACKABLE:
         _without(document, path.split("."))
     return json.dumps(document, sort_keys=True)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainq.models.bayes import BayesModule
-from trainq.models.layers import GaussianNoise, StochasticPool2d
+from trainq.models.layers import GaussianNoise, StochasticPool2d, SubsampledConv2d
 from trainq.models.packing import PackError
 
 
@@ -44,13 +44,20 @@ class PackedConv2d(nn.Module):
         super().__init__()
         first = layers[0]
         self.stride, self.padding, self.members = first.stride, first.padding, len(layers)
-        self.weight = _stack([m.weight for m in layers])  # (N, out, in, k, k)
+        self.groups = first.groups  # a depthwise convolution's own groups: each member's, side by side
+        self.weight = _stack([m.weight for m in layers])  # (N, out, in / groups, k, k)
         self.bias = _stack([m.bias for m in layers]) if first.bias is not None else None
+
+        self.subsampled = isinstance(first, SubsampledConv2d)  # a strided 1x1: as the member computes it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N*in, H, W) -> (B, N*out, H', W')
         w = self.weight.flatten(0, 1)
-        return F.conv2d(x, w, None if self.bias is None else self.bias.flatten(), self.stride, self.padding,
-                        groups=self.members)
+        bias = None if self.bias is None else self.bias.flatten()
+        if self.subsampled:
+            (ph, pw), (sh, sw) = self.padding, self.stride
+            x = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+            return F.conv2d(x[:, :, ::sh, ::sw], w, bias, 1, 0, 1, self.members * self.groups)
+        return F.conv2d(x, w, bias, self.stride, self.padding, groups=self.members * self.groups)
 
 
 class PackedBatchNorm(nn.Module):
@@ -145,6 +152,57 @@ def _join(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return torch.stack(parts, dim=1).flatten(1, 2)
 
 
+class PackedLayerNorm(nn.Module):
+    """Layer norm of each member's features, (N, B, F), with each member's own scale and shift."""
+
+    def __init__(self, layers: list[nn.LayerNorm]):
+        super().__init__()
+        self.shape, self.eps = layers[0].normalized_shape, layers[0].eps
+        self.weight = _stack([m.weight for m in layers])  # (N, F)
+        self.bias = _stack([m.bias for m in layers])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias.unsqueeze(1), F.layer_norm(x, self.shape, None, None, self.eps),
+                             self.weight.unsqueeze(1))
+
+
+class PackedGlobalAvgPool(nn.Module):
+    def __init__(self, members: int):
+        super().__init__()
+        self.members = members
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N*C, H, W) -> (N, B, C)
+        return x.mean(dim=(2, 3)).view(x.shape[0], self.members, -1).transpose(0, 1)
+
+
+class PackedConcat(nn.Module):
+    """Each member's inputs side by side: its channels of each image input together, or its features."""
+
+    def __init__(self, members: int):
+        super().__init__()
+        self.members = members
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if xs[0].dim() == 3:  # (N, B, F_i) -> (N, B, sum F_i)
+            return torch.cat(xs, dim=-1)
+        b, _, h, w = xs[0].shape  # (B, N*C_i, H, W) -> (B, N*sum C_i, H, W), member-major
+        return torch.cat([x.view(b, self.members, -1, h, w) for x in xs], dim=2).flatten(1, 2)
+
+
+class PackedAdd(nn.Module):
+    """The sum of its inputs, each member's projection (a packed convolution and batch norm, or dense) where the
+    member alone projects; the module names are the member's, so a member's state dict is a slice of the pack's."""
+
+    def __init__(self, projections: nn.ModuleList):
+        super().__init__()
+        self.projections = projections
+
+    def forward(self, first: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+        for projection, x in zip(self.projections, others):
+            first = first + projection(x)
+        return first
+
+
 class PackedFlatten(nn.Module):
     def __init__(self, members: int):
         super().__init__()
@@ -163,34 +221,62 @@ class PackedSoftmax(nn.Module):
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.MaxPool2d, nn.AvgPool2d, nn.ZeroPad2d)
 
 
-def pack_modules(models: list[nn.Sequential], generators: list[torch.Generator]) -> nn.Sequential:
-    """One module that computes every member model at once (their weights copied in, stacked)."""
-    from trainq.models.layers import SlopedSigmoid, Step
+def pack_modules(models: list[nn.Module], generators: list[torch.Generator]) -> nn.Module:
+    """One module that computes every member model at once (their weights copied in, stacked): a straight stack as
+    an nn.Sequential, a graph as a GraphNet of packed layers reading the same inputs."""
+    from trainq.models.layers import GraphNet
 
-    packed = []
-    for layers in zip(*models):
-        first = layers[0]
-        if isinstance(first, BayesModule) or isinstance(first, StochasticPool2d):
-            raise PackError(f"{type(first).__name__} is not packed")
-        if isinstance(first, nn.Linear):
-            packed.append(PackedLinear(list(layers)))
-        elif isinstance(first, nn.Conv2d):
-            packed.append(PackedConv2d(list(layers)))
-        elif isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            packed.append(PackedBatchNorm(list(layers)))
-        elif isinstance(first, nn.Dropout):
-            packed.append(PackedDropout([m.p for m in layers], generators))
-        elif isinstance(first, GaussianNoise):
-            packed.append(PackedNoise([m.std for m in layers], generators))
-        elif isinstance(first, nn.Flatten):
-            packed.append(PackedFlatten(len(models)))
-        elif isinstance(first, nn.Softmax):
-            packed.append(PackedSoftmax())
-        elif isinstance(first, (*ELEMENTWISE, SlopedSigmoid, Step)):
-            packed.append(first)  # acts on each element or channel alone: the same for every member
-        else:
-            raise PackError(f"{type(first).__name__} is not packed")
-    return nn.Sequential(*packed)
+    if isinstance(models[0], GraphNet):
+        return GraphNet([_pack_one(list(layers), generators) for layers in zip(*(m.layers for m in models))],
+                        models[0].inputs)
+    return nn.Sequential(*[_pack_one(list(layers), generators) for layers in zip(*models)])
+
+
+def _pack_one(layers: list[nn.Module], generators: list[torch.Generator]) -> nn.Module:
+    """The members' module at one place of the network, packed."""
+    from trainq.models.layers import Add, Concat, GlobalAvgPool, SlopedSigmoid, Step
+
+    first, n = layers[0], len(layers)
+    if isinstance(first, nn.Sequential):  # a layer made of layers (separable_conv2d, a projection)
+        return nn.Sequential(*[_pack_one(list(parts), generators) for parts in zip(*layers)])
+    if isinstance(first, nn.Identity):
+        return first
+    if isinstance(first, Add):
+        return PackedAdd(nn.ModuleList([_pack_one(list(parts), generators)
+                                        for parts in zip(*(m.projections for m in layers))]))
+    if isinstance(first, Concat):
+        return PackedConcat(n)
+    if isinstance(first, GlobalAvgPool):
+        return PackedGlobalAvgPool(n)
+    if isinstance(first, nn.LayerNorm):
+        return PackedLayerNorm(layers)
+    return _pack_plain(layers, generators, SlopedSigmoid, Step)
+
+
+def _pack_plain(layers: list[nn.Module], generators, *elementwise) -> nn.Module:
+    first = layers[0]
+    if isinstance(first, (BayesModule, StochasticPool2d)):
+        raise PackError(f"{type(first).__name__} is not packed")
+    if isinstance(first, nn.Linear):
+        return PackedLinear(layers)
+    if isinstance(first, nn.Conv2d):
+        return PackedConv2d(layers)
+    if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return PackedBatchNorm(layers)
+    if isinstance(first, nn.Dropout):
+        return PackedDropout([m.p for m in layers], generators)
+    if isinstance(first, GaussianNoise):
+        return PackedNoise([m.std for m in layers], generators)
+    if isinstance(first, nn.Flatten):
+        return PackedFlatten(len(layers))
+    if isinstance(first, nn.Softmax):
+        return PackedSoftmax()
+    if isinstance(first, (*ELEMENTWISE, *elementwise)):
+        return first  # acts on each element or channel alone: the same for every member
+    raise PackError(f"{type(first).__name__} is not packed")
+
+
+COUNTED = (PackedConv2d, PackedFlatten, PackedGlobalAvgPool, PackedConcat)  # they hold the number of live members
 
 
 class Ensemble(nn.Module):

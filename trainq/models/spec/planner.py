@@ -367,7 +367,8 @@ def ensemble_members(spec: JobSpec) -> int:
 
 STACKED_SCHEDULES = ("none", "step", "exponential", "cosine", "warmup")  # closed-form in the epoch alone
 # The layers that several members (a pack's trials, an ensemble's networks) compute stacked in one module
-STACKED_LAYERS = ("dense", "activation", "dropout", "noise", "conv2d", "pool", "pad", "batchnorm", "flatten", "mdn")
+STACKED_LAYERS = ("dense", "activation", "dropout", "noise", "conv2d", "depthwise_conv2d", "separable_conv2d", "pool",
+                  "global_avg_pool", "pad", "batchnorm", "layernorm", "flatten", "mdn", "add", "concat")
 
 
 def stacking_limit(spec: JobSpec) -> tuple[str, str] | None:
@@ -389,6 +390,8 @@ def stacking_limit(spec: JobSpec) -> tuple[str, str] | None:
         return "training.compile", "compiled runs are not stacked"
     if spec.resources.gpus > 1:
         return "resources.gpus", "data-parallel runs are not stacked"
+    if len(input_shape(spec)) == 2:
+        return "dataset", "sequences (steps x features) are not stacked yet; images and feature vectors are"
     graph = spec.model.graph()
     for node in graph.nodes:
         layer = node.layer
@@ -400,7 +403,5 @@ def stacking_limit(spec: JobSpec) -> tuple[str, str] | None:
             installed = plugin_of(layer.type)
             what = f"the installed layer {layer.type} ({installed.package})" if installed else layer.type
             return f"{node.path}.type", f"{what} is not stacked (stacked: {', '.join(STACKED_LAYERS)})"
-    if not graph.chain:
-        return "model.layers", "a graph (from, add, concat) is not stacked; a straight stack of layers is"
     return None
 
