@@ -189,20 +189,6 @@ class PackedConcat(nn.Module):
         return torch.cat([x.view(b, self.members, -1, h, w) for x in xs], dim=2).flatten(1, 2)
 
 
-class PackedAdd(nn.Module):
-    """The sum of its inputs, each member's projection (a packed convolution and batch norm, or dense) where the
-    member alone projects; the module names are the member's, so a member's state dict is a slice of the pack's."""
-
-    def __init__(self, projections: nn.ModuleList):
-        super().__init__()
-        self.projections = projections
-
-    def forward(self, first: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
-        for projection, x in zip(self.projections, others):
-            first = first + projection(x)
-        return first
-
-
 class PackedFlatten(nn.Module):
     def __init__(self, members: int):
         super().__init__()
@@ -241,9 +227,8 @@ def _pack_one(layers: list[nn.Module], generators: list[torch.Generator]) -> nn.
         return nn.Sequential(*[_pack_one(list(parts), generators) for parts in zip(*layers)])
     if isinstance(first, nn.Identity):
         return first
-    if isinstance(first, Add):
-        return PackedAdd(nn.ModuleList([_pack_one(list(parts), generators)
-                                        for parts in zip(*(m.projections for m in layers))]))
+    if isinstance(first, Add):  # the members' projections packed: the module names stay the member's
+        return Add([_pack_one(list(parts), generators) for parts in zip(*(m.projections for m in layers))])
     if isinstance(first, Concat):
         return PackedConcat(n)
     if isinstance(first, GlobalAvgPool):
