@@ -248,8 +248,8 @@ def test_a_failed_check_lists_every_error_at_its_line_and_clears_the_last_dry_ru
 
 def test_a_graph_dry_run_shows_what_each_layer_reads_and_the_layer_types_are_listed(page, stack):
     page.goto(stack.url + "/submit")
-    eventually(lambda: page.locator("#example option[value='resnet8-shapes']").count() == 1)
-    page.select_option("#example", "resnet8-shapes")
+    eventually(lambda: page.locator("#example option[value='resnet8']").count() == 1)
+    page.select_option("#example", "resnet8")
     page.click("#check")
     page.locator("#valid").wait_for()
     rows = [[td.inner_text() for td in tr.locator("td").all()] for tr in page.locator("#plan tbody tr").all()]
@@ -264,6 +264,8 @@ def test_a_graph_dry_run_shows_what_each_layer_reads_and_the_layer_types_are_lis
     assert "return last|sequence (default \"last\")" in lstm.inner_text()
     assert page.locator("#layer-types > ul > li").count() == len(stack.get("/api/v1/layers")["layers"])
     snap(page, "submit-graph")
+    page.locator("#layer-types li[data-type='embedding']").scroll_into_view_if_needed()
+    snap(page, "submit-layer-types")
 
 
 def test_a_regression_run_page_shows_r2_and_mae_apart_and_no_confusion_matrix(page, stack):

@@ -549,6 +549,7 @@ def layer_catalog() -> dict[str, Any]:
         doc = " ".join((cls.__doc__ or "").split())
         return {"type": type_name(cls), "package": package, "version": version, "description": doc,
                 "fields": {k: v for k, v in schema.get("properties", {}).items() if k not in COMMON_FIELDS},
+                "order": [k for k in schema.get("properties", {}) if k not in COMMON_FIELDS],  # as the class has them
                 "required": [k for k in schema.get("required", []) if k not in COMMON_FIELDS],
                 "sequence": type_name(cls) in SEQUENCE_LAYERS, "merges": bool(getattr(cls, "merges", False)),
                 "definitions": schema.get("$defs", {})}

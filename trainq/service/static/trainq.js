@@ -563,14 +563,15 @@ function layerReference(catalog) {
   const list = document.querySelector("#layer-types ul");
   document.querySelector("#layer-types summary").textContent = `The ${catalog.layers.length} layer types of this service`;
   for (const layer of catalog.layers) {
-    const fields = Object.entries(layer.fields).map(([name, s]) => {
+    const fields = (layer.order || Object.keys(layer.fields)).map(name => [name, layer.fields[name]]).map(([name, s]) => {
       const required = layer.required.includes(name);
       const extra = required ? "required" : ("default" in s ? "default " + JSON.stringify(s.default) : "");
       return el("li", {}, el("code", {text: name}), ` ${schemaText(s)}${extra ? ` (${extra})` : ""}`);
     });
     list.append(el("li", {"data-type": layer.type}, el("code", {text: layer.type}),
       layer.package ? el("span", {class: "badge", text: `${layer.package} ${layer.version}`}) : "",
-      " ", layer.description, fields.length ? el("ul", {}, ...fields) : ""));
+      " ", ...layer.description.split("`").map((part, i) => i % 2 ? el("code", {text: part}) : part),
+      fields.length ? el("ul", {}, ...fields) : ""));
   }
   const refused = document.getElementById("layer-refused");
   for (const r of catalog.refused) {
