@@ -101,6 +101,8 @@ def block_layer(i: int, **fields):
     (lambda s: s["model"]["layers"].__setitem__(0, {"type": "residual"}), "model.layers[0]",
      "unknown layer type 'residual'; did you mean 'add'?"),
     (lambda s: s["model"]["layers"][0].update(id="in"), "model.layers[0].id", "in names the input"),
+    (lambda s: s["model"]["layers"][2].update(**{"from": "conv2d_0"}), "model.layers[2].from",  # the dry run's name
+     "conv2d_0 is the name the dry run shows for the layer at model.layers[0], which has no id; give it one"),
 ])
 def test_a_graph_mistake_is_named_at_its_path(change, path, fragment):
     errors = errors_of(changed(RESNET, change))

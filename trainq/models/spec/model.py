@@ -231,7 +231,10 @@ class _Expander:
                            "cycle")
         else:
             known = ", ".join(sorted(scope))
-            self.fail(f"{path}.from", f"no layer with id {name!r} before this one; the ids here are {known}")
+            named = next((n for n in self.nodes if n.name == name), None)
+            hint = (f": {name} is the name the dry run shows for the layer at {named.path}, which has no id; give it "
+                    f"one (id: {named.layer.type}1) and name that" if named is not None else "")
+            self.fail(f"{path}.from", f"no layer with id {name!r} before this one; the ids here are {known}{hint}")
         return scope["in"]
 
     def layer(self, layer: Any, path: str, inputs: list[int], prefix: str, used_at: str) -> int:
