@@ -216,8 +216,8 @@ def test_a_tpe_sweep_with_median_pruning_survives_a_service_restart_and_a_worker
     try:
         s.serve()
         s.worker("w1")
-        # ~5 s a trial on a free core: long enough for the kill to land in the middle of trial 0
-        body = {"name": "tpe-restart", "base": mlp(hidden=(128, 128), epochs=40, batch_size=8),
+        # a few seconds a trial on a free core: long enough for the kill (at epoch 2) to land in the middle of trial 0
+        body = {"name": "tpe-restart", "base": mlp(hidden=(128, 128), epochs=20, batch_size=8),
                 "search": {"optimizer.lr": {"log_uniform": [1e-4, 1e-2]},
                            "model.layers[0].units": {"int_uniform": [32, 128]}},
                 "method": "tpe", "trials": 6, "parallel": 2, "metric": "val_accuracy",
