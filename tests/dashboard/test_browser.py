@@ -188,6 +188,21 @@ def test_the_sweep_page_shows_trials_parameters_and_curves(page, stack):
     assert best_row.get_attribute("data-trial") == str(state["best"]["trial"])
 
 
+def test_a_sweep_that_cannot_pack_says_why_on_its_page(page, stack):
+    base = {"name": "adding", "dataset": {"name": "adding", "sequence_length": 8, "n_samples": 100},
+            "model": {"layers": [{"type": "gru", "units": 4}, {"type": "dense", "units": 1}]},
+            "loss": {"type": "mse"}, "optimizer": {"type": "adam", "lr": 0.01}, "training": {"epochs": 1}}
+    body = {"name": "sequence-sweep", "base": base, "search": {"optimizer.lr": {"choice": [0.001, 0.01]}},
+            "method": "grid", "parallel": 2, "metric": "val_loss", "pack": "auto"}
+    answer = stack.http.post(f"{stack.url}/api/v1/sweeps", json=body, timeout=30)
+    assert answer.status_code == 201, answer.text
+    page.goto(f"{stack.url}/sweeps/{answer.json()['id']}")
+    page.locator("#trials tbody td.packed").first.wait_for()
+    assert ("packing auto: 0 of 2 trials packed (dataset: sequences (steps x features) are not stacked yet"
+            in page.inner_text("#sweep-facts"))
+    assert page.locator("#trials tbody td.packed").first.get_attribute("title").startswith("not packed: dataset:")
+
+
 def test_a_packed_sweep_says_who_trained_together_on_its_page_and_each_run_page(page, stack):
     body = {"name": "packed-page", "base": mlp(epochs=4, batch_size=64),
             "search": {"optimizer.lr": {"choice": [0.0003, 0.001, 0.003, 0.01]}}, "method": "grid", "parallel": 4,

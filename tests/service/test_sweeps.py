@@ -368,3 +368,24 @@ def test_the_median_pruner_never_prunes_a_trial_within_its_warmup_epochs(warmup)
             first = epoch
             break
     assert first == warmup + 1
+
+
+@pytest.mark.parametrize("base, says", [
+    ({"name": "adding", "dataset": {"name": "adding", "sequence_length": 10, "n_samples": 200},
+      "model": {"layers": [{"type": "lstm", "units": 8}, {"type": "dense", "units": 1}]},
+      "loss": {"type": "mse"}, "optimizer": {"type": "adam", "lr": 0.01}, "training": {"epochs": 2}},
+     "dataset: sequences (steps x features) are not stacked yet"),
+    ({**mlp(epochs=2), "optimizer": {"type": "lbfgs"}}, "optimizer.type: lbfgs re-evaluates the loss"),
+    (mlp(epochs=2), None),
+])
+def test_the_sweep_says_why_its_trials_do_not_pack(client, base, says):
+    body = sweep(base=base, search={"training.seed": {"choice": [0, 1, 2]}}, pack="auto", parallel=3, trials=3)
+    answer = client.post("/api/v1/sweeps", json=body)
+    assert answer.status_code == 201, answer.get_json()
+    shown = client.get(f"/api/v1/sweeps/{answer.get_json()['id']}").get_json()
+    if says is None:
+        assert shown["not_packed"] is None and all(t["packed_with"] for t in shown["trials"])
+        return
+    assert says in shown["not_packed"] and not any(t["packed_with"] for t in shown["trials"])
+    events = client.get(f"/api/v1/jobs/{shown['trials'][0]['job_id']}/events").get_json()["events"]
+    assert any(e["message"] == f"not packed: {shown['not_packed']}" for e in events), events

@@ -442,10 +442,13 @@ def pack_trials(spec: SweepSpec, created: list[Job], specs: dict[str, JobSpec]) 
     if spec.pack == "off" or len(created) < 2:
         return {}
     groups: dict[str, list[Job]] = {}
-    for job in created:
-        if unpackable(specs[job.id]) is None:
-            groups.setdefault(pack_key(specs[job.id]), []).append(job)
     said: dict[str, str] = {}
+    for job in created:
+        reason = unpackable(specs[job.id])
+        if reason is None:
+            groups.setdefault(pack_key(specs[job.id]), []).append(job)
+        else:
+            said[job.id] = f"not packed: {reason}"
     for members in groups.values():
         first = specs[members[0].id]
         device = "cuda" if first.resources.device == "gpu" else "cpu"  # any: a CPU worker may take it
@@ -531,6 +534,24 @@ def running_sweeps(session: Session) -> list[str]:
     return list(session.scalars(select(Sweep.id).where(Sweep.status == "running")))
 
 
+_UNPACKABLE: dict[str, str | None] = {}  # sweep id -> why its trials cannot pack; its base spec never changes
+
+
+def _not_packed(sweep: Sweep, spec: SweepSpec, trials: list[Job]) -> str | None:
+    """Why this sweep's trials do not pack, read from its first trial's spec once per process (the searched fields
+    may be what decides, so the base alone would not do); None when they can, or packing is off."""
+    if spec.pack == "off" or not trials:
+        return None
+    if sweep.id not in _UNPACKABLE:
+        if len(_UNPACKABLE) > 10_000:
+            _UNPACKABLE.clear()
+        try:
+            _UNPACKABLE[sweep.id] = unpackable(JobSpec.model_validate(trials[0].spec))
+        except Exception:  # noqa: BLE001 - a spec this version cannot read again (an older one's): no reason to show
+            return None
+    return _UNPACKABLE[sweep.id]
+
+
 def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
     """The sweep as the API shows it: trials with parameters, status and metric; the best; the budget spent."""
     from trainq.models.sweep import get_path
@@ -547,6 +568,7 @@ def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
     for t in trials:
         if t.pack_id:
             packs.setdefault(t.pack_id, []).append(t.trial)
+    not_packed = _not_packed(sweep, spec, trials)
     rows = [{"trial": t.trial, "job_id": t.id, "status": t.status, "stop_reason": t.stop_reason,
              "packed_with": [n for n in packs.get(t.pack_id, []) if n != t.trial] if t.pack_id else [],
              "params": {p: get_path(t.spec, p) for p in spec.search}, "value": values.get(t.id),
@@ -570,6 +592,7 @@ def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
         "metric": spec.metric, "direction": direction, "pruner": spec.pruner.type,
         "trials_total": sweep.budget, "trials_launched": sweep.launched, "parallel": spec.parallel,
         "counts": counts, "created_at": sweep.created_at.isoformat(), "pack": spec.pack,
+        "not_packed": not_packed,  # why its trials cannot pack (a sequence model, L-BFGS, ...), None if they can
         "finished_at": sweep.finished_at.isoformat() if sweep.finished_at else None,
         "search": {k: v.model_dump() for k, v in spec.search.items()},
         "budget": {"epochs_spent": spent, "epochs_full_search": sweep.budget * epochs,

@@ -808,7 +808,7 @@ function pageSweep() {
     fact("method", s.method); fact("metric", `${s.metric} (${s.direction})`); fact("pruner", s.pruner);
     fact("trials", `${s.trials_launched} / ${s.trials_total}`);
     const packed = s.trials.filter(t => (t.packed_with || []).length).length;
-    fact("packing", s.pack === "off" ? "off" : `${s.pack}: ${packed} of ${s.trials.length} trials packed`);
+    fact("packing", s.pack === "off" ? "off" : `${s.pack}: ${packed} of ${s.trials.length} trials packed${s.not_packed ? ` (${s.not_packed})` : ""}`);
     fact("states", Object.entries(s.counts).map(([k, v]) => `${v} ${k}`).join(", ") || "–");
     fact("epochs spent", `${s.budget.epochs_spent} of ${s.budget.epochs_full_search} (${(100 * s.budget.fraction).toFixed(0)} %)`);
     if (s.best) facts.append(el("span", {id: "best-completed", title: "the best trial that ran to its end: Train the best and register_best take it"},
@@ -830,7 +830,7 @@ function pageSweep() {
         el("td", {}, el("span", {class: "badge " + t.status, text: t.status})),
         ...params.map(p => el("td", {text: fmt(t.params[p], 5)})),
         el("td", {text: fmt(t.value)}), el("td", {text: t.epochs}), el("td", {text: fmt(t.test_accuracy)}),
-        el("td", {class: "packed", text: (t.packed_with || []).length ? (t.packed_with.length > 6
+        el("td", {class: "packed", title: s.not_packed ? "not packed: " + s.not_packed : null, text: (t.packed_with || []).length ? (t.packed_with.length > 6
           ? `${t.packed_with.length} trials (#${t.packed_with[0]}–#${t.packed_with[t.packed_with.length - 1]})`
           : t.packed_with.map(n => "#" + n).join(" ")) : "–"})));
     }
