@@ -145,3 +145,20 @@ def test_submit_wait_on_a_fast_job_still_shows_its_first_some_middle_and_its_las
     epochs = [int(line.split()[1].split("/")[0]) for line in done.stderr.splitlines() if line.startswith("epoch")]
     assert epochs[0] == 1 and epochs[-1] == 40 and len(epochs) >= 4, done.stderr
     assert epochs == sorted(set(epochs))
+
+
+def test_layers_lists_the_types_and_one_types_fields(stack):
+    listed = trainq(stack, "layers")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:2] == ["TYPE", "FROM"]
+    rows = {line.split()[0]: line for line in lines[1:] if line and not line.startswith(("every", "not offered"))}
+    assert set(rows) == {layer["type"] for layer in stack.get("/api/v1/layers")["layers"]}
+    assert "built-in" in rows["lstm"] and "units*, layers, bidirectional, dropout, return" in rows["lstm"]
+    shown = trainq(stack, "layers", "conv2d")
+    assert shown.returncode == 0, shown.stderr
+    assert "  out_channels: integer (required)" in shown.stdout.splitlines()
+    assert "  padding: integer or same|valid (default 0)" in shown.stdout.splitlines()
+    missing = trainq(stack, "layers", "residual")
+    assert missing.returncode == 1 and "no layer type 'residual' here; `trainq layers` lists them" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -365,5 +365,5 @@ def unknown_layer(value: Any) -> str:
             else difflib.get_close_matches(str(kind), LAYER_TAGS, n=1, cutoff=0.6))
     hint = f"did you mean {near[0]!r}? " if near else ""
     return (f"unknown layer type {kind!r}; {hint}the layer types installed here are {installed}. Other types come "
-            "from packages that the administrator installs beside trainq (GET /api/v1/layers lists what is "
-            "installed)")
+            "from packages that the administrator installs beside trainq (`trainq layers` or GET /api/v1/layers "
+            "lists what is installed, with each type's fields)")
