@@ -369,21 +369,6 @@ def worker_drain(name: str, url: str | None, token: str | None) -> None:
     click.echo(f"{body['name']}: {body['state']}")
 
 
-def _schema_text(schema: dict) -> str:
-    """A field's JSON Schema in a few words: integer, same|valid, integer or same|valid, a list of string."""
-    if "enum" in schema:
-        return "|".join(str(v) for v in schema["enum"])
-    if "const" in schema:
-        return str(schema["const"])
-    if "anyOf" in schema:
-        return " or ".join(_schema_text(s) for s in schema["anyOf"] if s.get("type") != "null")
-    if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
-    if schema.get("type") == "array":
-        return "a list of " + _schema_text(schema.get("items", {}))
-    return str(schema.get("type", ""))
-
-
 @main.command("layers")
 @click.argument("type_", metavar="[TYPE]", required=False)
 @click.option("--url", default=None, help="Service URL (default TRAINQ_SERVICE_URL).")
@@ -394,7 +379,7 @@ def layers(type_: str | None, url: str | None, token: str | None) -> None:
     found = {layer["type"]: layer for layer in body["layers"]}
     if type_ is None:
         _table([[t, f"{layer['package']} {layer['version']}" if layer["package"] else "built-in",
-                 ", ".join(f + ("*" if f in layer["required"] else "") for f in layer["order"])]
+                 ", ".join(f + ("*" if f in layer["required"] else "") for f, _ in layer["about"])]
                 for t, layer in found.items()], ["TYPE", "FROM", "FIELDS (* required)"])
         for refused in body["refused"]:
             click.echo(f"not offered: {refused['name']} from {refused['package']} {refused['version']}: "
@@ -406,10 +391,8 @@ def layers(type_: str | None, url: str | None, token: str | None) -> None:
         raise click.ClickException(f"no layer type {type_!r} here; `trainq layers` lists them")
     source = f" (from {layer['package']} {layer['version']})" if layer["package"] else ""
     click.echo(f"{type_}{source}: {layer['description'].replace('`', '')}")
-    for name in layer["order"]:
-        schema = layer["fields"][name]
-        extra = "required" if name in layer["required"] else f"default {json.dumps(schema.get('default'))}"
-        click.echo(f"  {name}: {_schema_text(schema)} ({extra})")
+    for name, words in layer["about"]:
+        click.echo(f"  {name}: {words}")
 
 
 class _Client:

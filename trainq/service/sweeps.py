@@ -534,22 +534,15 @@ def running_sweeps(session: Session) -> list[str]:
     return list(session.scalars(select(Sweep.id).where(Sweep.status == "running")))
 
 
-_UNPACKABLE: dict[str, str | None] = {}  # sweep id -> why its trials cannot pack; its base spec never changes
-
-
-def _not_packed(sweep: Sweep, spec: SweepSpec, trials: list[Job]) -> str | None:
-    """Why this sweep's trials do not pack, read from its first trial's spec once per process (the searched fields
-    may be what decides, so the base alone would not do); None when they can, or packing is off."""
+def _not_packed(spec: SweepSpec, trials: list[Job]) -> str | None:
+    """Why this sweep's trials do not pack, read from its first trial's spec (the searched fields may be what decides,
+    so the base alone would not do); None when they can, or packing is off."""
     if spec.pack == "off" or not trials:
         return None
-    if sweep.id not in _UNPACKABLE:
-        if len(_UNPACKABLE) > 10_000:
-            _UNPACKABLE.clear()
-        try:
-            _UNPACKABLE[sweep.id] = unpackable(JobSpec.model_validate(trials[0].spec))
-        except Exception:  # noqa: BLE001 - a spec this version cannot read again (an older one's): no reason to show
-            return None
-    return _UNPACKABLE[sweep.id]
+    try:
+        return unpackable(JobSpec.model_validate(trials[0].spec))
+    except Exception:  # noqa: BLE001 - a spec this version cannot read again (an older one's): no reason to show
+        return None
 
 
 def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
@@ -568,7 +561,7 @@ def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
     for t in trials:
         if t.pack_id:
             packs.setdefault(t.pack_id, []).append(t.trial)
-    not_packed = _not_packed(sweep, spec, trials)
+    not_packed = _not_packed(spec, trials)
     rows = [{"trial": t.trial, "job_id": t.id, "status": t.status, "stop_reason": t.stop_reason,
              "packed_with": [n for n in packs.get(t.pack_id, []) if n != t.trial] if t.pack_id else [],
              "params": {p: get_path(t.spec, p) for p in spec.search}, "value": values.get(t.id),

@@ -9,6 +9,7 @@ types that installed packages add (trainq.extensions) join the union here, after
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -541,16 +542,36 @@ def installed_packages() -> dict[str, dict[str, str]]:
 COMMON_FIELDS = ("type", "id", "from")  # every layer has them: the reference lists them once
 
 
+def schema_words(schema: dict[str, Any]) -> str:
+    """A field's JSON Schema in a few words: integer, same|valid, integer or same|valid, a list of string."""
+    if "enum" in schema:
+        return "|".join(str(v) for v in schema["enum"])
+    if "const" in schema:
+        return str(schema["const"])
+    if "anyOf" in schema:
+        return " or ".join(schema_words(s) for s in schema["anyOf"] if s.get("type") != "null")
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    if schema.get("type") == "array":
+        return "a list of " + schema_words(schema.get("items", {}))
+    return str(schema.get("type", ""))
+
+
 def layer_catalog() -> dict[str, Any]:
     """Every layer type a spec may use here, built-in and installed, each with its fields as JSON Schema (what
-    GET /api/v1/layers answers), and the installed entry points that were refused, with why."""
+    GET /api/v1/layers answers), and the installed entry points that were refused, with why. `about` says each field
+    in words (its type, and required or its default), as the submit page and `trainq layers` show it."""
     def entry(cls, package=None, version=None):
         schema = cls.model_json_schema()
         doc = " ".join((cls.__doc__ or "").split())
+        fields = {k: v for k, v in schema.get("properties", {}).items() if k not in COMMON_FIELDS}
+        required = [k for k in schema.get("required", []) if k not in COMMON_FIELDS]
+        # each field in words, in the class's order (a JSON object's keys may be sorted on the way)
+        said = {k: "required" if k in required else f"default {json.dumps(v.get('default'))}"
+                for k, v in fields.items()}
+        about = [[k, f"{schema_words(v)} ({said[k]})"] for k, v in fields.items()]
         return {"type": type_name(cls), "package": package, "version": version, "description": doc,
-                "fields": {k: v for k, v in schema.get("properties", {}).items() if k not in COMMON_FIELDS},
-                "order": [k for k in schema.get("properties", {}) if k not in COMMON_FIELDS],  # as the class has them
-                "required": [k for k in schema.get("required", []) if k not in COMMON_FIELDS],
+                "fields": fields, "about": about, "required": required,
                 "sequence": type_name(cls) in SEQUENCE_LAYERS, "merges": bool(getattr(cls, "merges", False)),
                 "definitions": schema.get("$defs", {})}
 

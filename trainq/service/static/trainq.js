@@ -547,27 +547,12 @@ function lineOf(text, path) {
   return at >= 0 ? at + 1 : null;
 }
 
-function schemaText(s) {
-  // A field's JSON Schema in a few words: integer, same|valid, integer or same|valid, a list of string
-  if (!s) return "";
-  if (s.enum) return s.enum.join("|");
-  if (s.const !== undefined) return String(s.const);
-  if (s.anyOf) return s.anyOf.filter(x => x.type !== "null").map(schemaText).join(" or ");
-  if (s.$ref) return s.$ref.split("/").pop();
-  if (s.type === "array") return "a list of " + schemaText(s.items);
-  return Array.isArray(s.type) ? s.type.join(" or ") : (s.type || "");
-}
-
 function layerReference(catalog) {
   // GET /api/v1/layers as a list: each type, where it comes from, what it does and its fields with their defaults
   const list = document.querySelector("#layer-types ul");
   document.querySelector("#layer-types summary").textContent = `The ${catalog.layers.length} layer types of this service`;
   for (const layer of catalog.layers) {
-    const fields = (layer.order || Object.keys(layer.fields)).map(name => [name, layer.fields[name]]).map(([name, s]) => {
-      const required = layer.required.includes(name);
-      const extra = required ? "required" : ("default" in s ? "default " + JSON.stringify(s.default) : "");
-      return el("li", {}, el("code", {text: name}), ` ${schemaText(s)}${extra ? ` (${extra})` : ""}`);
-    });
+    const fields = layer.about.map(([name, words]) => el("li", {}, el("code", {text: name}), " " + words));
     list.append(el("li", {"data-type": layer.type}, el("code", {text: layer.type}),
       layer.package ? el("span", {class: "badge", text: `${layer.package} ${layer.version}`}) : "",
       " ", ...layer.description.split("`").map((part, i) => i % 2 ? el("code", {text: part}) : part),
