@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from sqlalchemy import delete, func, select, text
 
 from trainq.models.spec import FieldError, JobSpec, SpecError, parse_spec, plan
-from trainq.service import jobs, workers
+from trainq.service import annotations, jobs, workers
 from trainq.service.auth import audit, create_token, limit, principal, require_admin, require_user
 from trainq.service.context import db, services
 from trainq.service.db import utcnow
@@ -173,6 +173,43 @@ def delete_job(job_id: str):
     for checkpoint_id in ids:  # files go after the rows are gone, so no row ever points at a missing file
         services().store.delete(checkpoint_key(job_id, checkpoint_id))
     return "", 204
+
+
+def locked_job(job_id: str) -> Job:
+    """The caller's job, its row locked until commit: two tag writes at once both land."""
+    get_job(job_id)
+    return db().scalars(select(Job).where(Job.id == job_id).with_for_update()).one()
+
+
+@bp.put("/jobs/<hexid:job_id>/tags/<path:key>")
+def put_job_tag(job_id: str, key: str):
+    """Set a tag on a run (`{"value": TEXT}`); searchable as tags.KEY = 'TEXT'."""
+    key, value = annotations.tag_key(key), annotations.tag_value(read_body())
+    job = locked_job(job_id)
+    job.tags = annotations.with_tag(job.tags, key, value)
+    audit("tag", f"job:{job_id}", key=key, value=value)
+    db().commit()
+    return jsonify({"tags": job.tags})
+
+
+@bp.delete("/jobs/<hexid:job_id>/tags/<path:key>")
+def delete_job_tag(job_id: str, key: str):
+    job = locked_job(job_id)
+    job.tags = annotations.without_tag(job.tags, annotations.tag_key(key))
+    audit("untag", f"job:{job_id}", key=key)
+    db().commit()
+    return jsonify({"tags": job.tags or {}})
+
+
+@bp.put("/jobs/<hexid:job_id>/note")
+def put_job_note(job_id: str):
+    """A run's note in markdown (`{"note": TEXT}`, empty to clear): why it exists, what it showed."""
+    note = annotations.note_text(read_body())
+    job = locked_job(job_id)
+    job.note = note or None
+    audit("note", f"job:{job_id}", characters=len(note))
+    db().commit()
+    return jsonify({"note": note, "html": annotations.markdown_html(note)})
 
 
 def names_arg() -> list[str] | None:

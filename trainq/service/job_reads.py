@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import aliased
 
 from trainq.models.spec import improves
-from trainq.service import workers
+from trainq.service import search, workers
 from trainq.service.auth import principal
 from trainq.service.context import db, read_connection, services
 from trainq.service.http import fail, send_object
@@ -22,7 +22,7 @@ from trainq.service.tables import Checkpoint, Dataset, Event, Job, JobStatus, Me
 STATUSES = {s.value for s in JobStatus}
 CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")  # what change_cursor writes; 18 digits stay below 2**63
 
-JOB_FIELDS = ("id", "name", "sweep_id", "status", "pool", "device", "priority", "params", "created_at", "started_at",
+JOB_FIELDS = ("id", "name", "project", "tags", "note", "sweep_id", "status", "pool", "device", "priority", "params", "created_at", "started_at",
               "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason",
               "cancel_requested", "metrics", "error", "spec", "trial", "pack_id", "dataset_id", "plugins")  # what job_json reads: the job read selects only these
 
@@ -34,6 +34,9 @@ def job_json(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,
+        "project": job.project,
+        "tags": job.tags or {},
+        "note": job.note or "",
         "sweep_id": job.sweep_id,
         "trial": job.trial,
         "pack_id": job.pack_id,  # trials trained together as one packed model share it
@@ -64,6 +67,16 @@ SORTS = {"created": Job.created_at, "name": Job.name, "status": Job.status, "poo
          "epoch": Job.epoch, "started": Job.started_at, "finished": Job.finished_at, "priority": Job.priority}
 
 
+def searched(argument: str, compile_, dialect: str):
+    """A search argument compiled to SQL, or a 400 naming the argument and the position where reading stopped."""
+    text = request.args.get(argument, "")
+    try:
+        return compile_(text, dialect) if text else None
+    except search.SearchError as exc:
+        fail(400, "bad_filter", f"{argument}: {exc}", position=exc.position,
+             errors=[{"path": argument, "message": str(exc), "position": exc.position}])
+
+
 def filtered_jobs(sweep_default: str = "any"):
     """The caller's jobs as the list's query arguments filter and sort them (a bad argument is a 400 naming it)."""
     query = visible(select(Job))
@@ -86,6 +99,15 @@ def filtered_jobs(sweep_default: str = "any"):
     if request.args.get("name"):
         needle = request.args["name"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Job.name.ilike(f"%{needle}%", escape="\\"))
+    if request.args.get("project"):
+        query = query.where(Job.project == request.args["project"])
+    dialect = db().get_bind().dialect.name
+    found = searched("filter", search.where_clause, dialect)
+    if found is not None:
+        query = query.where(found)
+    if request.args.get("order_by"):  # MLflow's order_by: metrics.val_loss ASC, params.optimizer.lr DESC
+        return query.order_by(*searched("order_by", search.order_clauses, dialect), Job.created_at.desc(),
+                              Job.id.desc())
     sort = request.args.get("sort", "-created")
     column = SORTS.get(sort.lstrip("-"))
     if column is None:

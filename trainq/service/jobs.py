@@ -56,7 +56,8 @@ def submit(session: Session, spec: JobSpec, plan: Plan, owner_id: str | None = N
 def new_job(spec: JobSpec, plan: Plan, owner_id: str | None = None, dataset_id: str | None = None,
             **fields: Any) -> Job:
     """A job as submitted (its id given), for `submit_many` to store."""
-    return Job(id=new_id(), owner_id=owner_id, dataset_id=dataset_id, name=spec.name,
+    return Job(id=new_id(), owner_id=owner_id, dataset_id=dataset_id, name=spec.name, project=spec.project,
+               tags=dict(spec.tags) or None,
                spec=pinned(spec), enqueued_at=utcnow(), pool=spec.resources.pool,
                device=spec.resources.device, priority=spec.resources.priority, params=plan.params,
                max_epochs=spec.training.epochs, plugins=layer_packages(spec), **fields)

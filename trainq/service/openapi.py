@@ -78,8 +78,22 @@ def document() -> dict:
               _query("sweep", {"type": "string", "pattern": "^(none|any|[0-9a-f]{32})$"}),
               _query("sort", {"type": "string", "pattern": "^-?(created|name|status|pool|worker|epoch|started|"
                                                          "finished|priority)$"}),
-              _query("changed_since", {"type": "string", "pattern": "^[0-9]{1,18}\\.[0-9]{1,18}$"}))
+              _query("changed_since", {"type": "string", "pattern": "^[0-9]{1,18}\\.[0-9]{1,18}$"}),
+              _query("project", {"type": "string"}),
+              {**_query("filter", {"type": "string"}), "description": "MLflow's search syntax: metrics.test_accuracy "
+               "> 0.9 and params.optimizer.lr < 0.01 and tags.team = 'vision' and attributes.status = 'succeeded'",
+               "example": "metrics.val_accuracy > 0.9 and attributes.status = 'succeeded'"},
+              {**_query("order_by", {"type": "string"}), "description": "metrics.val_loss ASC, ... (MLflow's)",
+               "example": "metrics.val_loss ASC"})
     sweep = ("sweep_id",)
+    tag_key = {"name": "key", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.\\-/ ]{0,99}$"}}
+    tag_body = {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["value"], "properties": {"value": {"type": "string", "maxLength": 500}}},
+        "example": {"value": "vision"}}}}
+    note_body = {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["note"], "properties": {"note": {"type": "string", "maxLength": 50000}}},
+        "example": {"note": "Baseline for the **churn** study."}}}}
     worker_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1,
                                                                                "pattern": "^[^/]+$"}}
     binary = {"description": "the file", "content": {"application/octet-stream": {"schema": {"type": "string",
@@ -102,6 +116,11 @@ def document() -> dict:
             "/api/v1/jobs/{job_id}": {"get": _op("A job", {"200": _object()}, (404,), job),
                                       "delete": _op("Delete a finished job", {"204": no_content}, (404, 409), job)},
             "/api/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a job", {"200": _object()}, (404,), job)},
+            "/api/v1/jobs/{job_id}/tags/{key}": {
+                "put": _op("Set a tag on a run", {"200": _object()}, (404, 409), job + (tag_key,), body=tag_body),
+                "delete": _op("Remove a tag", {"200": _object()}, (400, 404), job + (tag_key,))},
+            "/api/v1/jobs/{job_id}/note": {"put": _op("A run's note (markdown)", {"200": _object()}, (404,), job,
+                                                      body=note_body)},
             "/api/v1/jobs/{job_id}/metrics": {"get": _op("Metric series", {"200": _object()}, (400, 404), job + (
                 _query("names", {"type": "string"}), _query("after_step", {"type": "integer", "minimum": -1}),
                 _query("max_points", {"type": "integer", "minimum": 0, "maximum": 100_000})))},
@@ -119,7 +138,8 @@ def document() -> dict:
                     "required": True, "content": {"application/json": {"schema": _ref("SweepSpec"),
                                                                        "example": EXAMPLE_SWEEP}}}),
                 "get": _op("List sweeps", {"200": _object()}, (400,), (
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),)),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                    _query("project", {"type": "string"}))),
             },
             "/api/v1/sweeps/{sweep_id}": {"get": _op("A sweep and its trials", {"200": _object()}, (404,), sweep)},
             "/api/v1/sweeps/{sweep_id}/cancel": {"post": _op("Cancel a sweep and its trials", {"200": _object()},

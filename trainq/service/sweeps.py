@@ -352,7 +352,8 @@ def _store_together(session, pending: list[tuple[str, tuple]]) -> list[tuple]:
 
 
 def create(session: Session, settings: Settings, spec: SweepSpec, base: dict, owner_id: str | None) -> Sweep:
-    sweep = Sweep(owner_id=owner_id, name=spec.name, spec=spec.model_dump(mode="json"), base=base,
+    sweep = Sweep(owner_id=owner_id, name=spec.name, project=base.get("project") or "default",
+                  spec=spec.model_dump(mode="json"), base=base,
                   budget=spec.budget, launched=0)
     session.add(sweep)
     session.flush()
@@ -581,7 +582,7 @@ def summary(session: Session, sweep: Sweep) -> dict[str, Any]:
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
     return {
-        "id": sweep.id, "name": sweep.name, "status": sweep.status, "method": spec.method,
+        "id": sweep.id, "name": sweep.name, "project": sweep.project, "status": sweep.status, "method": spec.method,
         "metric": spec.metric, "direction": direction, "pruner": spec.pruner.type,
         "trials_total": sweep.budget, "trials_launched": sweep.launched, "parallel": spec.parallel,
         "counts": counts, "created_at": sweep.created_at.isoformat(), "pack": spec.pack,

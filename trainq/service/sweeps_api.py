@@ -52,7 +52,10 @@ def list_sweeps():
     query = select(Sweep).order_by(Sweep.created_at.desc()).limit(int_arg("limit", 50, 1, 500))
     if not p.is_admin:
         query = query.where(Sweep.owner_id == p.id)
-    return jsonify({"sweeps": [{"id": s.id, "name": s.name, "status": s.status, "trials_total": s.budget,
+    if request.args.get("project"):
+        query = query.where(Sweep.project == request.args["project"])
+    return jsonify({"sweeps": [{"id": s.id, "name": s.name, "project": s.project, "status": s.status,
+                                "trials_total": s.budget,
                                 "trials_launched": s.launched, "best_job_id": s.best_job_id,
                                 "best_value": s.best_value, "created_at": s.created_at.isoformat()}
                                for s in db().scalars(query)]})

@@ -140,6 +140,7 @@ class Sweep(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
     name: Mapped[str] = mapped_column(String(200))
+    project: Mapped[str] = mapped_column(String(100), default="default", server_default="default", index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the sweep as submitted, validated
     base: Mapped[dict[str, Any]] = mapped_column(JSONType)  # its base job spec with every default filled in
     status: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | cancelled | failed
@@ -161,6 +162,9 @@ class Job(Base):
     trial: Mapped[int | None] = mapped_column(Integer)  # the Optuna trial number, for a sweep's trial
     pack_id: Mapped[str | None] = mapped_column(String(32), index=True)  # trials trained together as one model
     name: Mapped[str] = mapped_column(String(200))
+    project: Mapped[str] = mapped_column(String(100), default="default", server_default="default")
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSONType)  # {key: text}: the spec's, then changed by users
+    note: Mapped[str | None] = mapped_column(Text)  # markdown: why the run exists, what it showed
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     pool: Mapped[str] = mapped_column(String(63))
@@ -194,6 +198,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created", "created_at"),
+        Index("ix_jobs_project_created", "project", "created_at"),
+        Index("ix_jobs_tags", "tags", postgresql_using="gin", postgresql_ops={"tags": "jsonb_path_ops"}),
         # The queue's order (priority, then age) per pool, over queued jobs only: counting the jobs ahead of one
         # is two range scans of this small index instead of filtering every queued job (api.ahead_in_queue).
         Index("ix_jobs_queue", "pool", "priority", "created_at", postgresql_where=text("status = 'queued'"),
@@ -322,6 +328,8 @@ class ModelVersion(Base):
     created_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    description: Mapped[str | None] = mapped_column(Text)  # markdown, as a run's note
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSONType)
 
     __table_args__ = (UniqueConstraint("model_id", "version"),)
 

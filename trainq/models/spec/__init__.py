@@ -45,7 +45,8 @@ from trainq.models.spec.objectives import (AdagradSpec, AdamSpec, AdamwSpec, Aff
 from trainq.models.spec.training import (POOL_PATTERN, EarlyStoppingSpec, InferenceSpec, ResourcesSpec, TrainingSpec,
                                          improves)  # noqa: F401
 from trainq.models.spec.job import (AUGMENTATION_TYPES, INIT_TYPES, LAYER_TYPES, LOSS_TYPES, OPTIMIZER_TYPES,
-                                    SCHEDULE_TYPES, JobSpec, names_of, pinned, spec_rows)  # noqa: F401
+                                    SCHEDULE_TYPES, PROJECT_NAME, TAG_KEY, JobSpec, Tags, names_of, pinned,
+                                    spec_rows, tag_text)  # noqa: F401
 from trainq.models.spec.planner import (BAYES_CLASSIFICATION_METRICS, BAYES_REGRESSION_METRICS,
                                         CLASSIFICATION_METRICS, REGRESSION_METRICS, STACKED_LAYERS, STACKED_SCHEDULES,
                                         LayerPlan, Plan, batch_size, ensemble_members, input_shape, layer_packages,

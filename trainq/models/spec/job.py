@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
 from trainq.models.spec.base import Spec
 from trainq.models.spec.data import MODEL_NAME, DatasetSpec
@@ -15,8 +15,26 @@ from trainq.models.spec.objectives import (AugmentationSpec, LossSpec, NoSchedul
 from trainq.models.spec.training import InferenceSpec, ResourcesSpec, TrainingSpec
 
 
+PROJECT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+TAG_KEY = r"^[A-Za-z0-9_][A-Za-z0-9_.\-/ ]{0,99}$"  # what a filter can name: tags.team, tags.`data set`
+
+
+def tag_text(value: Any) -> Any:
+    """A tag's value is text, as MLflow's are; a number or a boolean written in YAML is taken as its text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+TagKey = Annotated[str, StringConstraints(pattern=TAG_KEY)]
+TagValue = Annotated[str, BeforeValidator(tag_text), StringConstraints(max_length=500, pattern=r"^[^\x00]*$")]
+Tags = Annotated[dict[TagKey, TagValue], Field(max_length=50)]
+
+
 class JobSpec(Spec):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")  # no control characters
+    project: str = Field("default", pattern=PROJECT_NAME)  # runs, sweeps and models are grouped and found by it
+    tags: Tags = Field(default_factory=dict)  # key: text, searchable (tags.team = 'vision'); changeable later
     dataset: DatasetSpec
     model: ModelSpec
     loss: LossSpec
