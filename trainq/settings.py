@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0)  # a claim lives this long without a heartbeat
     heartbeat_seconds: float = Field(2.0, gt=0)  # worker -> service, also how fast a cancel is heard
     metrics_flush_seconds: float = Field(1.0, gt=0)  # reporter batches metric points for this long
+    system_metrics_seconds: float = Field(5.0, ge=0)  # a job's sys/... series (CPU, memory, data wait, GPU); 0: none
     pack_checkpoint_seconds: float = Field(30.0, ge=0)  # a packed trial checkpoints this often (and when it stops)
     reconcile_seconds: float = Field(5.0, gt=0)  # how often the service looks for lost jobs
     max_attempts: int = Field(3, ge=1, le=100)  # a job whose worker is lost this many times ends failed

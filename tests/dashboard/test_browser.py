@@ -565,7 +565,8 @@ def test_every_page_fits_a_1400_px_window(page, stack):
                120, "wide-model's versions ready")
     runs = ",".join(j["id"] for j in (mlp_run, cnn_run, bayes))
     for path in ("/", f"/jobs/{cnn_run['id']}", f"/jobs/{bayes['id']}", "/sweeps", f"/sweeps/{sweep_id}",
-                 f"/compare?ids={runs}", "/models", "/models/wide-model", "/datasets", "/workers", "/submit"):
+                 f"/compare?ids={runs}", "/models", "/models/wide-model", "/datasets", "/workers", "/submit",
+                 "/projects", "/projects/default"):
         page.goto(stack.url + path)
         page.wait_for_load_state("networkidle")
         width = page.evaluate("document.documentElement.scrollWidth")
@@ -574,3 +575,71 @@ def test_every_page_fits_a_1400_px_window(page, stack):
     diff = page.inner_text("#spec-diff")
     assert "→" in diff and "\\u2192" not in diff and "conv2d" in diff  # the layers in full, not JSON escapes
     snap(page, "models")
+
+
+def test_runs_are_found_by_project_tag_and_search_and_the_search_stays_in_the_url(page, stack):
+    made = {name: stack.submit(with_(mlp(hidden=(8,), epochs=2), name=f"org-{name}", project=project, tags=tags,
+                                     **{"optimizer.lr": lr}))
+            for name, project, tags, lr in (("a", "churn", {"team": "vision"}, 0.001),
+                                            ("b", "churn", {"team": "nlp"}, 0.05),
+                                            ("c", "other", {"team": "vision"}, 0.002))}
+    for job_id in made.values():
+        assert stack.wait(job_id)["status"] == "succeeded", stack.logs()
+    page.goto(stack.url + "/")
+    search = "params.optimizer.lr < 0.01 and tags.team = 'vision' and metrics.test_accuracy > 0"
+    page.fill("#filter", search)
+    page.select_option("#project", "churn")
+    page.locator("form.filters button[type=submit]").click()
+    page.wait_for_url(re.compile(r".*filter=.*"))
+    assert page.locator("#runs tbody tr").count() == 1
+    assert page.locator("#runs tbody tr").get_attribute("data-id") == made["a"]
+    chip = page.locator(f"#runs tr[data-id='{made['a']}'] a.chip")
+    assert chip.inner_text() == "team: vision"
+    snap(page, "runs-search")
+    shared = page.url  # a search is a link: opened afresh, it finds the same
+    page.goto(shared)
+    assert page.input_value("#filter") == search and page.locator("#runs tbody tr").count() == 1
+    chip.click()  # a chip searches for its tag in every project
+    page.wait_for_url(re.compile(r".*filter=tags\.team.*"))
+    shown = {r.get_attribute("data-id") for r in page.locator("#runs tbody tr").all()}
+    assert {made["a"], made["c"]} <= shown and made["b"] not in shown
+    page.fill("#filter", "metrics.test_accuracy > 0.9 or tags.team = 'nlp'")
+    page.locator("form.filters button[type=submit]").click()
+    error = page.locator("#filter-error")
+    error.wait_for()
+    assert "position 28" in error.inner_text() and "OR is not supported" in error.inner_text()
+    assert page.input_value("#filter").endswith("'nlp'") and page.locator("#runs tbody tr").count() == 0
+    page.goto(stack.url + "/projects/churn")
+    assert {r.get_attribute("data-id") for r in page.locator("#project-runs tbody tr").all()} == {made["a"], made["b"]}
+    snap(page, "project")
+    page.goto(stack.url + "/projects")
+    assert "churn" in page.inner_text("#projects") and "other" in page.inner_text("#projects")
+
+
+def test_a_run_is_tagged_and_noted_on_its_page_and_charts_its_system(page, stack):
+    job_id = stack.submit(with_(mlp(hidden=(64,), epochs=8), name="noted"))
+    assert stack.wait(job_id)["status"] == "succeeded", stack.logs()
+    cpu = stack.get(f"/api/v1/jobs/{job_id}/metrics?names=sys/cpu_percent,sys/memory_mb")["series"]
+    assert max(cpu["sys/cpu_percent"]["value"]) > 0 and min(cpu["sys/memory_mb"]["value"]) > 50, cpu
+    assert "sys/cpu_percent" not in stack.job(job_id)["metrics"]  # not a model metric
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    page.fill("#tag-form input[name=key]", "stage")
+    page.fill("#tag-form input[name=value]", "baseline")
+    page.click("#tag-form button[type=submit]")
+    page.locator("#tag-chips span.chip[data-key=stage]").wait_for()
+    assert stack.job(job_id)["tags"] == {"stage": "baseline"}
+    page.click("#note-edit")
+    page.fill("#note-form textarea", "Why: **a baseline** for the lr study.\n\n<script>window.hacked = 1</script>")
+    page.click("#note-form button[type=submit]")
+    page.locator("#note-html strong").wait_for()
+    assert page.inner_text("#note-html strong") == "a baseline"
+    assert page.locator("#note-html script").count() == 0 and "<script>" in page.inner_text("#note-html")
+    page.wait_for_selector("#system:not([hidden])")
+    eventually(lambda: chart_points(page, "#chart-sys-cpu") >= 1)
+    assert chart_points(page, "#chart-sys-memory") >= 1
+    snap(page, "run-annotated")
+    page.reload()  # both were stored, not only drawn
+    assert page.inner_text("#note-html strong") == "a baseline"
+    page.click("#tag-chips span.chip[data-key=stage] button.untag")
+    eventually(lambda: page.locator("#tag-chips span.chip").count() == 0)
+    assert stack.job(job_id)["tags"] == {}

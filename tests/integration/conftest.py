@@ -13,7 +13,7 @@ def stack(make_database, redis_url, tmp_path_factory):
     redis.Redis.from_url(redis_url).flushdb()
     url = make_database()
     s = Stack(tmp_path_factory.mktemp("stack"), TRAINQ_DATABASE_URL=url, TRAINQ_BROKER_URL=redis_url,
-              TRAINQ_MAX_BODY_BYTES=str(4 * 1024 * 1024))
+              TRAINQ_MAX_BODY_BYTES=str(4 * 1024 * 1024), TRAINQ_SYSTEM_METRICS_SECONDS="1")
     try:
         s.serve()
         s.worker()

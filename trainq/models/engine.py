@@ -279,6 +279,30 @@ def _train(spec: JobSpec, *, device, callbacks, checkpoint_sink, resume, interru
                   time.perf_counter() - started - setup_seconds)
 
 
+class WaitClock:
+    """Seconds this process's training loops spent waiting for their next batch, on the host clock (no device sync):
+    a worker's system sampler reads it to chart the data-loading share of the time."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+
+DATA_WAIT = WaitClock()
+
+
+def timed(batches: Iterator) -> Iterator:
+    clock = time.perf_counter
+    while True:
+        started = clock()
+        try:
+            item = next(batches)
+        except StopIteration:
+            return
+        finally:
+            DATA_WAIT.seconds += clock() - started
+        yield item
+
+
 def train_one_epoch(state: State) -> None:
     """One pass over the training split in shuffled mini-batches; sets metrics['train_loss']."""
     spec, model, train = state.spec, state.model, state.data.train
@@ -327,7 +351,7 @@ def train_one_epoch(state: State) -> None:
 
     losses: list[torch.Tensor] = []  # detached batch losses, still on the device: summed once per interval
     logged = 0  # how many of them the last report covered
-    for batch, x, y, share in batches():
+    for batch, x, y, share in timed(batches()):
         if state.on_host:  # streamed from host memory, one batch at a time
             x, y = x.to(state.device, non_blocking=True), y.to(state.device, non_blocking=True)
         x = train.decode(x)  # uint8 pixels become float here, a batch at a time, on the device

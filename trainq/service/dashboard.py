@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from flask import (Blueprint, abort, current_app, redirect, render_template, request, send_from_directory, session,
                    url_for)
-from sqlalchemy import distinct, func, select
+from sqlalchemy import case, distinct, false, func, select
 
 from trainq.service.auth import check_csrf, csrf_token, limit, principal, user_for_token, verify_password
 from trainq.service.context import db, services
 from trainq.service.job_reads import STATUSES, change_cursor, filtered_jobs, jobs_page_json, read_job
+from trainq.service.http import ApiError
 from trainq.service.lookups import get_job, get_sweep, visible
 from trainq.service.series import filesize
 from trainq.service.tables import FINISHED, Job, User
@@ -130,12 +132,21 @@ def runs():
     limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
     offset = min(max(request.args.get("offset", 0, type=int), 0), 10**9)  # a page, not a number SQL cannot hold
     sort = request.args.get("sort", "-created")
-    query = filtered_jobs(sweep_default="none")  # validates sort and status: a bad one is a 400 naming it
+    filter_error = None
+    try:
+        query = filtered_jobs(sweep_default="none")  # validates sort and status: a bad one is a 400 naming it
+    except ApiError as exc:
+        if exc.body.get("error") != "bad_filter":
+            raise
+        # a search that does not read: said beside the box, which keeps the text to mend; no runs listed
+        filter_error = exc.body["message"]
+        query = filtered_jobs(sweep_default="none", args={**request.args, "filter": "", "order_by": ""}).where(false())
     session = db()
     cursor = change_cursor(session)
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     rows = session.scalars(query.limit(limit).offset(offset)).all()
-    args = {k: v for k, v in request.args.items() if k in ("status", "pool", "name", "sweep", "cols") and v}
+    args = {k: v for k, v in request.args.items()
+            if k in ("status", "pool", "name", "sweep", "cols", "project", "filter", "order_by") and v}
     extra = extra_columns(args.get("cols", ""))
     args["sweep"] = args.get("sweep", "none")  # a sweep's trials are on its own page unless asked for here
     hidden = None
@@ -146,8 +157,10 @@ def runs():
     def link(**changes):
         return "/?" + urlencode({**args, "sort": sort, "limit": limit, "offset": offset, **changes})
 
+    projects = session.scalars(visible(select(Job.project)).distinct().order_by(Job.project)).all()
     return render_template("runs.html", nav="runs", jobs=jobs_page_json(session, rows), total=total, limit=limit,
                            offset=offset, sort=sort, args=args, statuses=sorted(STATUSES), columns=COLUMNS,
+                           projects=projects, filter_error=filter_error, tag_link=tag_link,
                            hidden=hidden, trials_link=link(sweep="any", offset=0), extra=extra, cell=cell,
                            cursor=cursor, query=urlencode({**args, "sort": sort, "limit": limit}),
                            sort_link=lambda key: link(sort=key if sort == f"-{key}" else f"-{key}", offset=0),
@@ -169,9 +182,18 @@ def run(job_id: str):
     versions = db().execute(select(Model.name.label("model"), ModelVersion.version, ModelVersion.state)
                             .join(Model, Model.id == ModelVersion.model_id).where(ModelVersion.job_id == job_id)
                             .order_by(ModelVersion.created_at)).all()
+    from trainq.service.annotations import markdown_html
+
     return render_template("run.html", nav="runs", job=job, spec_rows=shown_spec(job["spec"]), packed_with=packed_with,
-                           versions=versions,
+                           versions=versions, tag_link=tag_link, note_html=markdown_html(job.get("note") or ""),
                            regression=regression, curve=curve_svg((job.get("metrics") or {}).get("test_predictive_curve")))
+
+
+def tag_link(key: str, value: str) -> str:
+    """The runs page searching for a tag's value: a chip is a link to its runs."""
+    name = key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) else f"`{key}`"
+    quoted = value.replace("'", "''")
+    return "/?" + urlencode({"filter": f"tags.{name} = '{quoted}'", "sweep": "any"})
 
 
 def curve_svg(curve: dict | None, width: float = 480, height: float = 240) -> dict | None:
@@ -226,6 +248,10 @@ def shown_spec(stored: dict) -> list[tuple[str, object, bool]]:
 @bp.get("/compare")
 def compare():
     ids = ",".join(i for i in request.args.get("ids", "").replace(" ", "").split(",") if i)
+    if not ids and request.args.get("project"):  # a project's latest finished runs, from its page
+        ids = ",".join(db().scalars(visible(select(Job.id)).where(
+            Job.project == request.args["project"], Job.status.in_(["succeeded", "failed", "cancelled", "pruned"]))
+            .order_by(Job.created_at.desc()).limit(20)))
     metric = request.args.get("metric", "val_loss")[:64]
     # the page replaces the menu with the metrics the runs reported, once it has them
     return render_template("compare.html", nav="compare", ids=ids, metric=metric, metric_names=[metric])
@@ -257,7 +283,11 @@ def sweeps_page():
     query = select(Sweep).order_by(Sweep.created_at.desc()).limit(200)
     if not p.is_admin:
         query = query.where(Sweep.owner_id == p.id)
-    return render_template("sweeps.html", nav="sweeps", sweeps=db().scalars(query).all(), example=example_sweep())
+    project = request.args.get("project", "")
+    if project:
+        query = query.where(Sweep.project == project)
+    return render_template("sweeps.html", nav="sweeps", sweeps=db().scalars(query).all(), example=example_sweep(),
+                           project=project)
 
 
 def example_sweep() -> str:
@@ -303,6 +333,38 @@ def dataset_page(ref: str):
                             .with_only_columns(Dataset.version).order_by(Dataset.version)).all()
     return render_template("dataset.html", nav="datasets", d=dataset_json(d), versions=versions,
                            used=users_of(db(), d))
+
+
+@bp.get("/projects")
+def projects_page():
+    """Every project the caller has runs in: its runs, how many succeeded, its last run."""
+    rows = db().execute(visible(select(Job.project, func.count(), func.sum(case((Job.status == "succeeded", 1),
+                                                                              else_=0)),
+                                       func.max(Job.created_at))).group_by(Job.project).order_by(Job.project)).all()
+    return render_template("projects.html", nav="projects", projects=rows)
+
+
+@bp.get("/projects/<name>")
+def project_page(name: str):
+    """One project: its latest runs, its sweeps, and the models whose versions its runs trained."""
+    from trainq.service.tables import Model, ModelVersion, Sweep
+
+    p = principal()
+    session = db()
+    runs = session.scalars(visible(select(Job)).where(Job.project == name).order_by(Job.created_at.desc())
+                           .limit(50)).all()
+    total = session.scalar(visible(select(func.count()).select_from(Job)).where(Job.project == name))
+    sweeps = select(Sweep).where(Sweep.project == name).order_by(Sweep.created_at.desc()).limit(100)
+    sweeps = session.scalars(sweeps if p.is_admin else sweeps.where(Sweep.owner_id == p.id)).all()
+    models = (select(Model.name, func.count(ModelVersion.id), func.max(ModelVersion.version))
+              .join(ModelVersion, ModelVersion.model_id == Model.id).join(Job, Job.id == ModelVersion.job_id)
+              .where(Job.project == name).group_by(Model.name).order_by(Model.name))
+    models = session.execute(models if p.is_admin else models.where(Model.owner_id == p.id)).all()
+    if not runs and not sweeps and not models:
+        abort(404, f"no project {name}: a spec names its project with `project: {name}`")
+    return render_template("project.html", nav="projects", name=name, jobs=jobs_page_json(session, runs),
+                           total=total, sweeps=sweeps, models=models, tag_link=tag_link,
+                           runs_link="/?" + urlencode({"project": name, "sweep": "any"}))
 
 
 @bp.get("/sweeps/<hexid:sweep_id>")

@@ -67,9 +67,9 @@ SORTS = {"created": Job.created_at, "name": Job.name, "status": Job.status, "poo
          "epoch": Job.epoch, "started": Job.started_at, "finished": Job.finished_at, "priority": Job.priority}
 
 
-def searched(argument: str, compile_, dialect: str):
+def searched(argument: str, compile_, dialect: str, args=None):
     """A search argument compiled to SQL, or a 400 naming the argument and the position where reading stopped."""
-    text = request.args.get(argument, "")
+    text = (request.args if args is None else args).get(argument, "")
     try:
         return compile_(text, dialect) if text else None
     except search.SearchError as exc:
@@ -77,16 +77,18 @@ def searched(argument: str, compile_, dialect: str):
              errors=[{"path": argument, "message": str(exc), "position": exc.position}])
 
 
-def filtered_jobs(sweep_default: str = "any"):
-    """The caller's jobs as the list's query arguments filter and sort them (a bad argument is a 400 naming it)."""
+def filtered_jobs(sweep_default: str = "any", args=None):
+    """The caller's jobs as the list's query arguments (`args`, else the request's) filter and sort them (a bad
+    argument is a 400 naming it)."""
+    args = request.args if args is None else args
     query = visible(select(Job))
-    status = request.args.get("status")
+    status = args.get("status")
     if status:
         wanted = set(status.split(","))
         if not wanted <= STATUSES:
             fail(400, "bad_request", f"unknown status {sorted(wanted - STATUSES)}; one of {sorted(STATUSES)}")
         query = query.where(Job.status.in_(wanted))
-    sweep = request.args.get("sweep") or sweep_default
+    sweep = args.get("sweep") or sweep_default
     if sweep == "none":  # jobs of their own: no sweep's trials
         query = query.where(Job.sweep_id.is_(None))
     elif sweep != "any":
@@ -94,21 +96,21 @@ def filtered_jobs(sweep_default: str = "any"):
             fail(400, "bad_request", "sweep: none, any, or a sweep's id",
                  errors=[{"path": "sweep", "message": "none, any, or a sweep's id (32 hex digits)"}])
         query = query.where(Job.sweep_id == sweep)
-    if request.args.get("pool"):
-        query = query.where(Job.pool == request.args["pool"])
-    if request.args.get("name"):
-        needle = request.args["name"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    if args.get("pool"):
+        query = query.where(Job.pool == args["pool"])
+    if args.get("name"):
+        needle = args["name"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Job.name.ilike(f"%{needle}%", escape="\\"))
-    if request.args.get("project"):
-        query = query.where(Job.project == request.args["project"])
+    if args.get("project"):
+        query = query.where(Job.project == args["project"])
     dialect = db().get_bind().dialect.name
-    found = searched("filter", search.where_clause, dialect)
+    found = searched("filter", search.where_clause, dialect, args)
     if found is not None:
         query = query.where(found)
-    if request.args.get("order_by"):  # MLflow's order_by: metrics.val_loss ASC, params.optimizer.lr DESC
-        return query.order_by(*searched("order_by", search.order_clauses, dialect), Job.created_at.desc(),
+    if args.get("order_by"):  # MLflow's order_by: metrics.val_loss ASC, params.optimizer.lr DESC
+        return query.order_by(*searched("order_by", search.order_clauses, dialect, args), Job.created_at.desc(),
                               Job.id.desc())
-    sort = request.args.get("sort", "-created")
+    sort = args.get("sort", "-created")
     column = SORTS.get(sort.lstrip("-"))
     if column is None:
         fail(400, "bad_request", f"sort: unknown field {sort.lstrip('-')!r}; one of {sorted(SORTS)} (prefix - for "

@@ -152,17 +152,20 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
     index = {id(c): i for i, c in enumerate(claimed)}
 
     def conclude(c: Claimed) -> None:  # a member's job ends as soon as it does: the others train on meanwhile
+        done.add(id(c))
         if pack_reporter is not None:
             r = c.reporter
             hand_back = r.draining and c.outcome.get("status") == "cancelled" and not r.cancelled
             pack_reporter.end(index[id(c)], None if hand_back else c.outcome)
 
-    for group in groups.values():
-        if len(group) > 1:
-            _train_pack(group, dev, settings, conclude, pack_reporter, [index[id(c)] for c in group])
-        else:
-            _train_alone(group[0], dev)
-            conclude(group[0])
+    done: set[int] = set()  # members whose job ended: sampled no more
+    with sampling(lambda: [c.reporter for c in ready if id(c) not in done], dev, settings.system_metrics_seconds):
+        for group in groups.values():
+            if len(group) > 1:
+                _train_pack(group, dev, settings, conclude, pack_reporter, [index[id(c)] for c in group])
+            else:
+                _train_alone(group[0], dev)
+                conclude(group[0])
     if pack_reporter is None:
         return _conclude(client, claimed[0], worker)
     prepared = {id(c) for c in ready}
@@ -171,6 +174,16 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
             conclude(c)  # its preparation failed: the outcome says why
     ended = pack_reporter.close()
     return ", ".join(ended.get(i, "unreported") for i in range(len(claimed)))
+
+
+def sampling(reporters, dev, every: float):
+    """The jobs' system series while they train (nothing when TRAINQ_SYSTEM_METRICS_SECONDS is 0); `reporters()`
+    names the jobs still training at each sample."""
+    from contextlib import nullcontext
+
+    from trainq.workers.system import SystemSampler
+
+    return SystemSampler(reporters, dev, every) if every > 0 else nullcontext()
 
 
 def _prepare(client: ServiceClient, c: Claimed, dev, worker: str, downloaded: dict[str, tuple],

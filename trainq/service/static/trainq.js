@@ -181,13 +181,25 @@ function cellOf(job, column) {
   return node;
 }
 
+function tagLink(key, value) {
+  // the runs page searching for a tag's value (the same link the server writes)
+  const name = /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? key : "`" + key + "`";
+  return "/?" + new URLSearchParams({filter: `tags.${name} = '${value.replaceAll("'", "''")}'`, sweep: "any"});
+}
+
+function tagChips(tags) {
+  return Object.entries(tags || {}).flatMap(([k, v]) => [" ", el("a", {class: "chip", href: tagLink(k, v), title: `runs tagged ${k} = ${v}`, text: `${k}: ${v}`})]);
+}
+
 function runRow(job, extra = []) {
   const best = job.best_metric ? `${job.best_metric.name} ${fmt(job.best_metric.value)}` : "";
   return el("tr", {"data-id": job.id},
     el("td", {}, el("input", {type: "checkbox", class: "pick", value: job.id, "aria-label": "select " + job.name})),
     el("td", {class: "name"}, el("a", {href: "/jobs/" + job.id, text: job.name}), " ",
       el("small", {class: "id", text: job.id.slice(0, 6)}),
-      ...(job.sweep_id ? [" ", el("a", {class: "trial", href: "/sweeps/" + job.sweep_id, text: "trial of sweep " + job.sweep_id.slice(0, 6)})] : [])),
+      ...(job.sweep_id ? [" ", el("a", {class: "trial", href: "/sweeps/" + job.sweep_id, text: "trial of sweep " + job.sweep_id.slice(0, 6)})] : []),
+      ...(job.project && job.project !== "default" ? [" ", el("a", {class: "project", href: "/projects/" + encodeURIComponent(job.project), text: job.project})] : []),
+      ...tagChips(job.tags)),
     el("td", {class: "status"}, el("span", {class: "badge " + job.status, text: job.status})),
     el("td", {class: "pool", text: job.pool}),
     el("td", {class: "worker", text: job.worker || ""}),
@@ -264,7 +276,16 @@ function pageRun() {
   const variational = (job.spec.inference || {}).method === "variational";
   charts.kl = new LineChart(document.getElementById("chart-kl"), "epoch");
   charts.calibration = new LineChart(document.getElementById("chart-calibration"), "epoch");
+  charts.sysCpu = new LineChart(document.getElementById("chart-sys-cpu"), "seconds");
+  charts.sysMemory = new LineChart(document.getElementById("chart-sys-memory"), "seconds");
+  charts.sysShare = new LineChart(document.getElementById("chart-sys-share"), "seconds");
+  charts.sysGpu = new LineChart(document.getElementById("chart-sys-gpu"), "seconds");
+  let sysStart = null;
   const chartOf = name => {
+    if (name === "sys/cpu_percent") return charts.sysCpu;
+    if (name === "sys/memory_mb" || name === "sys/gpu_memory_mb") return charts.sysMemory;
+    if (name === "sys/data_wait_share") return charts.sysShare;
+    if (name === "sys/gpu_utilization") { document.getElementById("fig-sys-gpu").hidden = false; return charts.sysGpu; }
     if (name === "train_loss_step") return charts.steps;
     // a variational run's train_loss adds β·KL/N: the data term is charted beside val_loss, the KL on its own
     if (name === "train_loss" && variational) return null;
@@ -315,7 +336,8 @@ function pageRun() {
   };
 
   async function pollMetrics() {
-    const after = Math.min(...Object.values(lastStep).concat([Infinity]));
+    // system series are stepped by the clock (seconds since 1970): they are left out of where model series resume
+    const after = Math.min(...Object.entries(lastStep).filter(([n]) => !n.startsWith("sys/")).map(([, v]) => v).concat([Infinity]));
     const since = isFinite(after) ? `&after_step=${Math.max(-1, after - 1)}` : "";
     const answer = await api(`/api/v1/jobs/${id}/metrics?max_points=2000${since}`);
     if (!answer.ok) throw new Error(answer.status);
@@ -325,6 +347,13 @@ function pageRun() {
       const useStep = chart === charts.steps;
       const keep = s.step.map((step, i) => i).filter(i => s.step[i] > (lastStep[name] ?? -1));
       if (!keep.length) continue;
+      if (name.startsWith("sys/")) {  // seconds since the run started, from the clock the worker stamped them with
+        if (sysStart === null) sysStart = job.started_at ? Math.floor(Date.parse(job.started_at) / 1000) : s.step[keep[0]];
+        chart.add(name.slice(4), keep.map(i => s.step[i] - sysStart), keep.map(i => s.value[i]));
+        document.getElementById("system").hidden = false;
+        lastStep[name] = s.step[keep[keep.length - 1]];
+        continue;
+      }
       chart.add(name, keep.map(i => useStep ? s.step[i] : s.epoch[i]), keep.map(i => s.value[i]));
       lastStep[name] = s.step[keep[keep.length - 1]];
       if (name === monitored) {
@@ -388,6 +417,7 @@ function pageRun() {
     if (answer.ok) { job = {...job, ...answer.body}; renderJob(); }
   });
   registerButton(job);
+  annotations(job);
 
   for (const cell of document.querySelectorAll("table.confusion td")) {
     cell.style.background = `rgba(37, 99, 235, ${Math.min(0.85, Number(cell.dataset.share) * 0.85).toFixed(3)})`;
@@ -416,6 +446,16 @@ function pageRun() {
 // Compare
 // ---------------------------------------------------------------------------------------------------------------------
 
+function smooth(values, weight) {
+  if (!weight) return values;
+  let last = 0, n = 0;
+  return values.map(v => {
+    if (v === null || !isFinite(v)) return v;
+    last = last * weight + (1 - weight) * v; n += 1;
+    return last / (1 - Math.pow(weight, n));
+  });
+}
+
 async function pageCompare() {
   const form = document.getElementById("compare-form");
   const ids = form.ids.value;
@@ -426,12 +466,28 @@ async function pageCompare() {
   if (!answer.ok) { caption.textContent = answer.body ? answer.body.message : "could not load the runs"; return; }
   const runs = answer.body.runs;
   const useStep = metric.endsWith("_step");
-  const chart = new LineChart(document.getElementById("chart-compare"), useStep ? "step" : "epoch");
-  runs.forEach((run, i) => {
-    const s = run.series[metric];
-    chart.add(`${run.name} · ${run.id.slice(0, 6)}`, s ? (useStep ? s.step : s.epoch) : [], s ? s.value : []);
-  });
-  chart.render();
+  const target = document.getElementById("chart-compare");
+  const smoothing = document.getElementById("compare-smooth");
+  const logBox = document.getElementById("compare-log");
+  let chart = null;
+  const draw = () => {
+    // smoothing as TensorBoard's: an exponential moving average, debiased so the first points are not pulled to 0
+    const weight = Number(smoothing.value);
+    document.getElementById("compare-smooth-value").textContent = weight.toFixed(2);
+    if (chart && chart.plot) chart.plot.destroy();
+    chart = new LineChart(target, useStep ? "step" : "epoch");
+    chart.log = logBox.checked;
+    runs.forEach(run => {
+      const s = run.series[metric];
+      chart.add(`${run.name} · ${run.id.slice(0, 6)}`, s ? (useStep ? s.step : s.epoch) : [], s ? smooth(s.value, weight) : []);
+    });
+    target.dataset.smoothing = weight;
+    target.dataset.log = logBox.checked ? "1" : "0";
+    chart.render();
+  };
+  smoothing.addEventListener("input", draw);
+  logBox.addEventListener("change", draw);
+  draw();
   const differences = answer.body.differences;
   const finals = [...new Set(runs.flatMap(r => Object.keys(r.metrics || {}).filter(k => typeof r.metrics[k] === "number")))]
     .filter(k => k.startsWith("test_") || k.startsWith("best_")).sort();
@@ -982,6 +1038,50 @@ function pageModel() {
                       el("td", {text: detail})));
     });
     table.hidden = false;
+  });
+}
+
+function annotations(job) {
+  // A run's tags (chips that link to a search, each removable) and its markdown note. The note's HTML is the service's
+  // rendering (markdown-it with raw HTML off and unsafe links dropped); nothing the user typed is parsed here.
+  const chips = document.getElementById("tag-chips");
+  const error = document.getElementById("tag-error");
+  const render = tags => {
+    chips.replaceChildren(...Object.entries(tags).flatMap(([k, v]) => [el("span", {class: "chip", "data-key": k},
+      el("a", {href: tagLink(k, v), text: `${k}: ${v}`}),
+      el("button", {type: "button", class: "untag", "aria-label": "remove tag " + k, title: "remove this tag", text: "×"})), " "]));
+  };
+  const said = answer => {
+    error.hidden = answer.ok;
+    error.textContent = answer.ok ? "" : (answer.body ? answer.body.message : `error ${answer.status}`);
+    if (answer.ok) render(answer.body.tags || {});
+  };
+  chips.addEventListener("click", async e => {
+    const chip = e.target.closest("button.untag") && e.target.closest("span.chip");
+    if (!chip) return;
+    said(await api(`/api/v1/jobs/${job.id}/tags/${encodeURIComponent(chip.dataset.key)}`, {method: "DELETE"}));
+  });
+  document.getElementById("tag-form").addEventListener("submit", async e => {
+    e.preventDefault();
+    const form = e.target;
+    const answer = await api(`/api/v1/jobs/${job.id}/tags/${encodeURIComponent(form.key.value.trim())}`,
+      {method: "PUT", headers: {"Content-Type": "application/json"}, body: JSON.stringify({value: form.value.value})});
+    said(answer);
+    if (answer.ok) form.reset();
+  });
+  const noteForm = document.getElementById("note-form");
+  const edit = document.getElementById("note-edit");
+  const open = shown => { noteForm.hidden = !shown; edit.hidden = shown; };
+  edit.addEventListener("click", () => { open(true); noteForm.note.focus(); });
+  document.getElementById("note-cancel").addEventListener("click", () => open(false));
+  noteForm.addEventListener("submit", async e => {
+    e.preventDefault();
+    const answer = await api(`/api/v1/jobs/${job.id}/note`, {method: "PUT", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({note: noteForm.note.value})});
+    if (!answer.ok) { error.hidden = false; error.textContent = answer.body ? answer.body.message : `error ${answer.status}`; return; }
+    document.getElementById("note-html").innerHTML = answer.body.html;  // the service's safe rendering
+    document.getElementById("note-empty").hidden = Boolean(answer.body.note);
+    open(false);
   });
 }
 
