@@ -595,15 +595,23 @@ def _follow(client: _Client, job: dict) -> dict:
 @TOKEN
 @click.option("--status", default=None, help="Only these statuses, comma separated (queued,running,...).")
 @click.option("--name", default=None, help="Only names containing this.")
+@click.option("--project", default=None, help="Only this project's runs.")
+@click.option("--filter", "filter_", default=None, metavar="SEARCH",
+              help="MLflow's search syntax: \"metrics.test_accuracy > 0.9 and params.optimizer.lr < 0.01 and "
+                   "tags.team = 'vision' and attributes.status = 'succeeded'\".")
+@click.option("--order-by", default=None, metavar="KEY [ASC|DESC]", help="e.g. \"metrics.val_loss ASC\".")
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
-def jobs(url: str | None, token: str | None, status: str | None, name: str | None, limit: int) -> None:
-    """List jobs, newest first."""
-    params = {"limit": limit, **({"status": status} if status else {}), **({"name": name} if name else {})}
+def jobs(url: str | None, token: str | None, status: str | None, name: str | None, project: str | None,
+         filter_: str | None, order_by: str | None, limit: int) -> None:
+    """List jobs, newest first (or --order-by), filtered by status, name, project or a search."""
+    given = {"status": status, "name": name, "project": project, "filter": filter_, "order_by": order_by}
+    params = {"limit": limit, **{k: v for k, v in given.items() if v}}
     body = _Client(url, token).call("GET", "/api/v1/jobs", params=params)
-    _table([[j["id"], j["name"][:40], j["status"], f"{j['epoch']}/{j['max_epochs']}",
+    _table([[j["id"], j["name"][:40], j["project"], j["status"], f"{j['epoch']}/{j['max_epochs']}",
              f"{j['best_metric']['name']}={j['best_metric']['value']:.4f}" if j.get("best_metric") else "-",
+             " ".join(f"{k}={v}" for k, v in (j.get("tags") or {}).items())[:40] or "-",
              j["created_at"][:19].replace("T", " ") + " UTC"] for j in body["jobs"]],
-           ["ID", "NAME", "STATUS", "EPOCH", "BEST", "CREATED"])
+           ["ID", "NAME", "PROJECT", "STATUS", "EPOCH", "BEST", "TAGS", "CREATED"])
     if body["total"] > len(body["jobs"]):
         click.echo(f"({len(body['jobs'])} of {body['total']}; --limit shows more)", err=True)
 
@@ -658,6 +666,40 @@ def logs(job_id: str, url: str | None, token: str | None, follow: bool) -> None:
         if not follow or client.call("GET", f"/api/v1/jobs/{job_id}")["status"] not in ("queued", "running"):
             return
         time.sleep(1)
+
+
+@job_command
+@click.argument("pairs", nargs=-1, metavar="KEY=VALUE...")
+@click.option("--remove", "-r", multiple=True, metavar="KEY", help="Remove this tag (repeatable).")
+def tag(job_id: str, pairs: tuple[str, ...], remove: tuple[str, ...], url: str | None, token: str | None) -> None:
+    """Tag a run (trainq tag JOB team=vision stage=baseline), or remove tags (-r KEY); print its tags."""
+    from urllib.parse import quote
+
+    bad = [p for p in pairs if "=" not in p or not p.split("=", 1)[0]]
+    if bad:
+        raise click.UsageError(f"{bad[0]!r}: write each tag as KEY=VALUE (trainq tag JOB team=vision)")
+    client = _Client(url, token)
+    tags = client.call("GET", f"/api/v1/jobs/{job_id}")["tags"]
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        tags = client.call("PUT", f"/api/v1/jobs/{job_id}/tags/{quote(key, safe='')}", json={"value": value})["tags"]
+    for key in remove:
+        tags = client.call("DELETE", f"/api/v1/jobs/{job_id}/tags/{quote(key, safe='')}")["tags"]
+    for key, value in sorted(tags.items()):
+        click.echo(f"{key}={value}")
+
+
+@job_command
+@click.argument("text", required=False)
+@click.option("--file", "source", type=click.File("r"), default=None, help="Read the note from a file (- for stdin).")
+def note(job_id: str, text: str | None, source, url: str | None, token: str | None) -> None:
+    """Show a run's note, or set it (markdown): trainq note JOB "why it exists", or --file NOTES.md; "" clears it."""
+    client = _Client(url, token)
+    if text is None and source is None:
+        click.echo(client.call("GET", f"/api/v1/jobs/{job_id}")["note"] or "(no note)")
+        return
+    written = client.call("PUT", f"/api/v1/jobs/{job_id}/note", json={"note": source.read() if source else text})
+    click.echo(f"{job_id}: note {'saved' if written['note'] else 'cleared'} ({len(written['note'])} characters)")
 
 
 @job_command

@@ -52,8 +52,8 @@ def test_submit_wait_shows_progress_then_the_final_metrics(stack, tmp_path):
     listed = trainq(stack, "jobs", "--name", "cli-wait")
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()[:2]
-    assert header.split() == ["ID", "NAME", "STATUS", "EPOCH", "BEST", "CREATED"]
-    assert row.split()[:4] == [job_id, "cli-wait", "succeeded", "4/4"]
+    assert header.split() == ["ID", "NAME", "PROJECT", "STATUS", "EPOCH", "BEST", "TAGS", "CREATED"]
+    assert row.split()[:5] == [job_id, "cli-wait", "default", "succeeded", "4/4"]
 
     status = trainq(stack, "status", job_id)
     assert "status       succeeded" in status.stdout and "epoch        4/4" in status.stdout
@@ -162,3 +162,26 @@ def test_layers_lists_the_types_and_one_types_fields(stack):
     missing = trainq(stack, "layers", "residual")
     assert missing.returncode == 1 and "no layer type 'residual' here; `trainq layers` lists them" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_tags_notes_and_a_search_from_the_command_line(stack):
+    tagged = stack.submit(with_(mlp(hidden=(8,), epochs=1), name="cli-tagged", project="cli-study"))
+    other = stack.submit(with_(mlp(hidden=(8,), epochs=1), name="cli-other", project="cli-study"))
+    for job_id in (tagged, other):
+        assert stack.wait(job_id)["status"] == "succeeded", stack.logs()
+    done = trainq(stack, "tag", tagged, "team=vision", "stage=first try")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["stage=first try", "team=vision"]
+    assert trainq(stack, "tag", tagged, "-r", "stage").stdout.splitlines() == ["team=vision"]
+    found = trainq(stack, "jobs", "--project", "cli-study", "--filter", "tags.team = 'vision' and metrics.test_accuracy >= 0")
+    assert found.returncode == 0, found.stderr
+    rows = found.stdout.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == [tagged] and "team=vision" in rows[0]
+    both = trainq(stack, "jobs", "--project", "cli-study", "--order-by", "attributes.run_name ASC")
+    assert [r.split()[1] for r in both.stdout.splitlines()[1:]] == ["cli-other", "cli-tagged"]
+    assert trainq(stack, "note", tagged, "Why: the **first** try.").returncode == 0
+    assert trainq(stack, "note", tagged).stdout.strip() == "Why: the **first** try."
+    wrong = trainq(stack, "jobs", "--filter", "metrics.a > 1 or metrics.b > 2")
+    assert wrong.returncode != 0 and "position 14" in wrong.stderr and "Traceback" not in wrong.stderr
+    bad = trainq(stack, "tag", tagged, "team")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
