@@ -210,3 +210,19 @@ def test_a_cancelled_runs_best_checkpoint_is_registered_when_asked_for(client, w
     answer = client.post("/api/v1/models", json={"name": "kept", "job_id": job["id"], "checkpoint": "best"})
     assert answer.status_code == 201, answer.json
     assert answer.json["checkpoint_id"] == best["id"] and not best["is_latest"]
+
+
+def test_a_version_is_described_and_tagged_as_a_run_is_and_names_its_run(client, client_as, worker_headers):
+    job = succeeded(client, worker_headers)
+    assert client.post("/api/v1/models", json={"name": "described", "job_id": job["id"]}).status_code == 201
+    base = "/api/v1/models/described/versions/1"
+    answer = client.put(f"{base}/description", json={"description": "Champion of **May**. <img src=x onerror=1>"})
+    assert answer.status_code == 200 and "<strong>May</strong>" in answer.json["html"]
+    assert "<img" not in answer.json["html"] and "&lt;img" in answer.json["html"]
+    assert client.put(f"{base}/tags/approved", json={"value": True}).json["tags"] == {"approved": "true"}
+    version = client.get(base).json
+    assert version["description"].startswith("Champion of **May**") and version["tags"] == {"approved": "true"}
+    assert version["job_id"] == job["id"]
+    assert client.delete(f"{base}/tags/approved").json["tags"] == {}
+    assert client.put(f"{base}/description", json={"note": "x"}).json["errors"][0]["path"] == "description"
+    assert client_as("bob").put(f"{base}/tags/x", json={"value": "y"}).status_code == 404

@@ -425,5 +425,9 @@ def model_page(name: str):
 
     ids = {v["dataset_id"] for v in versions if v["dataset_id"]}
     datasets = {d.id: d.ref for d in db().scalars(select(Dataset).where(Dataset.id.in_(ids)))} if ids else {}
+    from trainq.service.annotations import markdown_html
+
+    described = {v["version"]: markdown_html(v["description"]) for v in versions}
     return render_template("model.html", nav="models", model=model, versions=versions, metrics=metrics,
+                           described=described,
                            aliases=aliases, diff=diff, a=a, b=b, tried=tried, datasets=datasets)

@@ -19,7 +19,7 @@ from trainq.service.http import body_bytes, fail, fast_json, read_body, read_fas
 from trainq.service.inference import (IMAGE_TYPES, InputError, friendly, image_inputs, record_inputs, run,
                                      sample_runs)
 from trainq.data.formats import DataError, sniff
-from trainq.service import scoring
+from trainq.service import annotations, scoring
 from trainq.service.lookups import find_dataset, get_job, visible_datasets
 from trainq.service.objects import batch_key, model_key
 from trainq.service.registry import (
@@ -165,6 +165,41 @@ def delete_alias(name: str, alias: str):
     audit("alias_delete", f"model:{model.name}", alias=alias)
     session.commit()
     return "", 204
+
+
+def locked_version(name: str, number: str) -> tuple[Model, ModelVersion]:
+    model, version = lookup(f"{parse_ref(name).name}/versions/{number}")
+    return model, db().scalars(select(ModelVersion).where(ModelVersion.id == version.id).with_for_update()).one()
+
+
+@bp.put("/<name>/versions/<number>/description")
+def put_description(name: str, number: str):
+    """A version's description in markdown (`{"description": TEXT}`), as a run's note."""
+    text = annotations.note_text(read_body(), "description")
+    model, version = locked_version(name, number)
+    version.description = text or None
+    audit("describe", f"model:{model.name}", version=version.version, characters=len(text))
+    db().commit()
+    return jsonify({"description": text, "html": annotations.markdown_html(text)})
+
+
+@bp.put("/<name>/versions/<number>/tags/<path:key>")
+def put_version_tag(name: str, number: str, key: str):
+    key, value = annotations.tag_key(key), annotations.tag_value(read_body())
+    model, version = locked_version(name, number)
+    version.tags = annotations.with_tag(version.tags, key, value)
+    audit("tag", f"model:{model.name}", version=version.version, key=key, value=value)
+    db().commit()
+    return jsonify({"tags": version.tags})
+
+
+@bp.delete("/<name>/versions/<number>/tags/<path:key>")
+def delete_version_tag(name: str, number: str, key: str):
+    model, version = locked_version(name, number)
+    version.tags = annotations.without_tag(version.tags, annotations.tag_key(key))
+    audit("untag", f"model:{model.name}", version=version.version, key=key)
+    db().commit()
+    return jsonify({"tags": version.tags or {}})
 
 
 def forget(version_ids: list[str]) -> None:

@@ -49,6 +49,19 @@ def _op(summary: str, ok: dict[str, dict], errors: tuple[int, ...] = (), params:
     return op
 
 
+TAG_KEY_PARAM = {"name": "key", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.\\-/ ]{0,99}$"}}
+TAG_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["value"], "properties": {"value": {"type": "string", "maxLength": 500}}},
+    "example": {"value": "vision"}}}}
+
+
+def markdown_body(field: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": [field], "properties": {field: {"type": "string", "maxLength": 50000}}},
+        "example": {field: "Baseline for the **churn** study."}}}}
+
+
 def _query(name: str, schema: dict) -> dict:
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
@@ -86,14 +99,7 @@ def document() -> dict:
               {**_query("order_by", {"type": "string"}), "description": "metrics.val_loss ASC, ... (MLflow's)",
                "example": "metrics.val_loss ASC"})
     sweep = ("sweep_id",)
-    tag_key = {"name": "key", "in": "path", "required": True,
-               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.\\-/ ]{0,99}$"}}
-    tag_body = {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["value"], "properties": {"value": {"type": "string", "maxLength": 500}}},
-        "example": {"value": "vision"}}}}
-    note_body = {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["note"], "properties": {"note": {"type": "string", "maxLength": 50000}}},
-        "example": {"note": "Baseline for the **churn** study."}}}}
+    tag_key, tag_body, note_body = TAG_KEY_PARAM, TAG_BODY, markdown_body("note")
     worker_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1,
                                                                                "pattern": "^[^/]+$"}}
     binary = {"description": "the file", "content": {"application/octet-stream": {"schema": {"type": "string",
@@ -230,6 +236,13 @@ def model_paths(binary: dict, no_content: dict) -> dict:
             "get": _op("A version", {"200": _object()}, found, (name, version)),
             "delete": _op("Delete a version no alias points at", {"204": no_content}, (400, 404, 409),
                           (name, version))},
+        "/api/v1/models/{name}/versions/{version}/description": {
+            "put": _op("A version's description (markdown)", {"200": _object()}, found, (name, version),
+                       body=markdown_body("description"))},
+        "/api/v1/models/{name}/versions/{version}/tags/{key}": {
+            "put": _op("Set a tag on a version", {"200": _object()}, (400, 404, 409), (name, version, TAG_KEY_PARAM),
+                       body=TAG_BODY),
+            "delete": _op("Remove a version's tag", {"200": _object()}, found, (name, version, TAG_KEY_PARAM))},
         "/api/v1/models/{name}/versions/{version}/onnx": {
             "get": _op("Download a ready version's ONNX file", {"200": binary}, (400, 404, 409), (name, version))},
         "/api/v1/models/{name}/aliases/{alias}": {

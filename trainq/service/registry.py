@@ -338,6 +338,7 @@ def version_json(model: Model, version: ModelVersion, aliases: dict[str, int] | 
     signature = version.signature or {}
     return {"model": model.name, "version": version.version, "ref": f"{model.name}/versions/{version.version}",
             "state": version.state, "error": version.error, "job_id": version.job_id,
+            "description": version.description or "", "tags": version.tags or {},
             "checkpoint_id": version.checkpoint_id, "metrics": version.metrics or {},
             "aliases": sorted(a for a, v in (aliases or {}).items() if v == version.version),
             "task": signature.get("task"), "inputs": signature.get("inputs"), "outputs": signature.get("outputs"),

@@ -998,6 +998,20 @@ function pageModel() {
       else listErrors(errors, answer.body);
     });
   }
+  for (const edit of document.querySelectorAll("form.version-edit")) {
+    edit.addEventListener("submit", async event => {
+      event.preventDefault();
+      const base = `/api/v1/models/${encodeURIComponent(data.name)}/versions/${edit.dataset.version}`;
+      const json = {"Content-Type": "application/json"};
+      let answer = await api(`${base}/description`, {method: "PUT", headers: json,
+        body: JSON.stringify({description: edit.elements.description.value})});
+      const key = edit.elements.key.value.trim();
+      if (answer.ok && key) answer = await api(`${base}/tags/${encodeURIComponent(key)}`, {method: "PUT", headers: json,
+        body: JSON.stringify({value: edit.elements.value.value})});
+      if (answer.ok) location.reload();
+      else listErrors(errors, answer.body);
+    });
+  }
   const form = document.getElementById("try-form");
   if (!form) return;
   form.addEventListener("submit", async event => {
