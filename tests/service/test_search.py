@@ -54,6 +54,7 @@ REFUSED = [
     ("tags.team = 'a' and (metrics.x > 1)", 20, "expected an identifier"),
     ("metrics.x >", 11, "expected a value"),
     ("metrics.x ~ 1", 10, "cannot read"),
+    ("attempt = 'x'", 0, "unknown attribute"),  # a bare key is an attribute, and must be one
 ]
 
 # Where trainq reads more than MLflow, on purpose (the README says so): a spec keeps numbers, and lists are general.
@@ -86,6 +87,9 @@ def test_order_by_reads_keys_and_directions():
     with pytest.raises(SearchError) as refused:
         parse_order_by("metrics.val_loss UP")
     assert refused.value.position == 17
+    with pytest.raises(SearchError) as refused:  # found by the stateful fuzzer: a bare unknown key was a 500
+        parse_order_by("attempt")
+    assert refused.value.position == 0 and "unknown attribute" in str(refused.value)
 
 
 # -- through the API, in SQL --------------------------------------------------------------------------------------------

@@ -117,8 +117,8 @@ class Key:
 
 def split_identifier(token: Token, text: str) -> Key:
     head, dot, rest = token.text.partition(".")
-    if not dot:
-        return Key("attribute", head, token.at)
+    if not dot:  # a bare key is an attribute, as in MLflow
+        head, dot, rest = "attributes", ".", token.text
     kind = TYPES.get(unquote(head))
     if kind is None:
         raise SearchError(f"unknown entity type {head!r}: one of metrics, params, tags, attributes (or their "

@@ -152,8 +152,8 @@ def run_pack(job_ids: list[str], settings: Settings, worker: str, device: str | 
     index = {id(c): i for i, c in enumerate(claimed)}
 
     def conclude(c: Claimed) -> None:  # a member's job ends as soon as it does: the others train on meanwhile
-        done.add(id(c))
         if pack_reporter is not None:
+            done.add(id(c))  # its reporter is handed its end: no more system points (a lone job's stays open)
             r = c.reporter
             hand_back = r.draining and c.outcome.get("status") == "cancelled" and not r.cancelled
             pack_reporter.end(index[id(c)], None if hand_back else c.outcome)
