@@ -10,6 +10,8 @@ RUN npm ci --no-audit --no-fund
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# "[gpu]" for the GPU image: NVML, for a job's GPU utilisation series
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 TRAINQ_DATA_DIR=/data TRAINQ_HOST=0.0.0.0 \
     TRAINQ_EXAMPLES_DIR=/app/examples
 
@@ -19,7 +21,7 @@ COPY pyproject.toml README.md ./
 COPY trainq ./trainq
 COPY --from=assets /assets/node_modules ./trainq/service/assets/node_modules
 COPY examples ./examples
-RUN pip install . && useradd --create-home trainq && mkdir -p /data && chown trainq /data
+RUN pip install ".${EXTRAS}" && useradd --create-home trainq && mkdir -p /data && chown trainq /data
 USER trainq
 EXPOSE 8000
 CMD ["trainq", "serve"]

@@ -455,7 +455,8 @@ class _Client:
             raise click.ClickException(f"HTTP {answer.status_code} from {self.base}: {answer.text[:200]}") from None
         if answer.status_code >= 400:
             for error in body.get("errors", []):
-                click.echo(f"{error['path']}: {error['message']}", err=True)
+                if str(error.get("message")) not in str(body.get("message")):  # said once, in the last line
+                    click.echo(f"{error['path']}: {error['message']}", err=True)
             raise click.ClickException(body.get("message", answer.text))
         return body
 
