@@ -265,3 +265,35 @@ def test_a_spec_s_project_and_tags_are_checked_at_their_paths(client):
     assert answer.status_code == 422 and answer.json["errors"][0]["path"] == "project"
     answer = client.post("/api/v1/jobs", json=with_(mlp(), tags={"ok": "x", "team": ["a"]}))
     assert answer.status_code == 422 and answer.json["errors"][0]["path"].startswith("tags.team")
+
+
+# -- anything typed into the box ---------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+WORDS = ["metrics.m", "params.optimizer.lr", "tags.team", "attributes.status", "status", "run_name", "and", "AND",
+         "or", "=", "!=", "<", ">=", "LIKE", "ILIKE", "IN", "NOT", "IS", "NULL", "(", ")", ",", "'x'", '"y"', "1",
+         "-2.5e3", "`f 1`", "metrics.`a b`", "params.model.layers[0].units", "attributes.start_time", "ASC", "DESC"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.lists(st.sampled_from(WORDS), max_size=9).map(" ".join)))
+def test_whatever_is_typed_reads_or_is_refused_with_a_position_never_an_error(text):
+    """Random text and random sequences of the language's words: a SearchError with a position inside the text, or
+    a filter that compiles to SQL on both databases; no other exception (which the API would answer with a 500)."""
+    from trainq.service.search import order_clauses, where_clause
+
+    for compile_ in (where_clause, order_clauses):
+        for dialect in ("postgresql", "sqlite"):
+            try:
+                compiled = compile_(text, dialect)
+            except SearchError as refused:
+                assert 0 <= refused.position <= len(text)
+                continue
+            if compiled is not None:  # and the statement builds in that database's dialect
+                from sqlalchemy.dialects import postgresql, sqlite
+
+                terms = [compiled] if compile_ is where_clause else compiled
+                for term in terms:
+                    str(term.compile(dialect=(postgresql if dialect == "postgresql" else sqlite).dialect()))
