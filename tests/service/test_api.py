@@ -240,6 +240,16 @@ def test_metrics_are_stored_once_per_name_and_step(client, worker_headers):
     only = client.get(f"/api/v1/jobs/{job['id']}/metrics?names=val_loss&after_step=20").json["series"]
     assert only == {"val_loss": {"step": [40], "epoch": [2], "value": [1.5]}}
     assert client.post(url, json={"points": [["x", "y"]]}, headers=headers).status_code == 400
+    # system series are stepped by the clock: a run page asks for the model's without them, and for them apart
+    clock = [["sys/cpu_percent", 1_800_000_000, 2, 95.0], ["sys_like_but_not", 50, 2, 1.0]]
+    assert client.post(url, json={"points": clock}, headers=headers).status_code == 200
+    model = client.get(f"/api/v1/jobs/{job['id']}/metrics?exclude=sys/&after_step=20").json["series"]
+    assert model == {"val_loss": {"step": [40], "epoch": [2], "value": [1.5]},
+                     "sys_like_but_not": {"step": [50], "epoch": [2], "value": [1.0]}}
+    system = client.get(f"/api/v1/jobs/{job['id']}/metrics?names=sys/cpu_percent&after_step=-1").json["series"]
+    assert system == {"sys/cpu_percent": {"step": [1_800_000_000], "epoch": [2], "value": [95.0]}}
+    assert client.get(f"/api/v1/jobs/{job['id']}/metrics?exclude=%25&after_step=-1").json["series"].keys() >= {
+        "val_loss"}  # the prefix is text, not a pattern
 
 
 def test_a_stale_attempt_is_fenced_after_its_lease_expires(client, app, worker_headers):

@@ -218,12 +218,12 @@ def names_arg() -> list[str] | None:
 
 @bp.get("/jobs/<hexid:job_id>/metrics")
 def job_metrics(job_id: str):
-    """A job's metric series; `names` picks some, `after_step` only newer points (to extend a live chart),
-    `max_points` downsamples each longer series (LTTB) for a chart."""
+    """A job's metric series; `names` picks some, `exclude` leaves out those whose names start with it (`sys/`),
+    `after_step` only newer points (to extend a live chart), `max_points` downsamples each longer series (LTTB)."""
     get_job(job_id)
     after = int_arg("after_step", -1, -1, 2**62)
     max_points = int_arg("max_points", 0, 0, 100_000) or None
-    series = metric_series([job_id], names_arg(), after, max_points)[job_id]
+    series = metric_series([job_id], names_arg(), after, max_points, request.args.get("exclude") or None)[job_id]
     return jsonify({"job_id": job_id, "series": series})
 
 

@@ -217,8 +217,10 @@ def lost_after():
 
 
 def metric_series(job_ids: list[str], names: list[str] | None, after_step: int = -1,
-                  max_points: int | None = None) -> dict[str, dict[str, dict[str, list]]]:
-    """{job_id: {name: {step, epoch, value}}}, each series downsampled with LTTB to max_points when longer."""
+                  max_points: int | None = None, exclude: str | None = None) -> dict[str, dict[str, dict[str, list]]]:
+    """{job_id: {name: {step, epoch, value}}}, each series downsampled with LTTB to max_points when longer; the
+    series whose names start with `exclude` left out (a run page polls its sys/ series apart: they are stepped by
+    the clock, not by training steps)."""
     import numpy as np
 
     from trainq.service.series import lttb
@@ -227,6 +229,8 @@ def metric_series(job_ids: list[str], names: list[str] | None, after_step: int =
         Metric.job_id.in_(job_ids))
     if names:
         query = query.where(Metric.name.in_(names))
+    if exclude:
+        query = query.where(~Metric.name.startswith(exclude, autoescape=True))
     if after_step >= 0:
         query = query.where(Metric.step > after_step)
     out: dict[str, dict[str, dict[str, list]]] = {job_id: {} for job_id in job_ids}

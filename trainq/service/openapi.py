@@ -129,6 +129,7 @@ def document() -> dict:
                                                       body=note_body)},
             "/api/v1/jobs/{job_id}/metrics": {"get": _op("Metric series", {"200": _object()}, (400, 404), job + (
                 _query("names", {"type": "string"}), _query("after_step", {"type": "integer", "minimum": -1}),
+                _query("exclude", {"type": "string"}),
                 _query("max_points", {"type": "integer", "minimum": 0, "maximum": 100_000})))},
             "/api/v1/compare": {"get": _op("Several runs side by side", {"200": _object()}, (400, 404), (
                 _query("ids", {"type": "string"}), _query("names", {"type": "string"}),

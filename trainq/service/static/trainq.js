@@ -6,6 +6,8 @@ const CSRF = document.body.dataset.csrf;
 const IS_ADMIN = document.body.dataset.admin === "1";
 // The states a job ends in, as the service lists them (base.html; a list of its own here lacked "pruned")
 const FINISHED = document.body.dataset.finished.split(" ");
+// The series a worker samples of a job's process (trainq/workers/system.py)
+const SYSTEM_SERIES = ["sys/cpu_percent", "sys/memory_mb", "sys/data_wait_share", "sys/gpu_utilization", "sys/gpu_memory_mb"];
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f", "#a16207",
                 "#475569"];
 
@@ -336,12 +338,16 @@ function pageRun() {
   };
 
   async function pollMetrics() {
-    // system series are stepped by the clock (seconds since 1970): they are left out of where model series resume
+    // the model's series resume after their last step; the system series are stepped by the clock (seconds since
+    // 1970), so they are asked for apart, after their own last stamp: each poll carries only new points of both
     const after = Math.min(...Object.entries(lastStep).filter(([n]) => !n.startsWith("sys/")).map(([, v]) => v).concat([Infinity]));
     const since = isFinite(after) ? `&after_step=${Math.max(-1, after - 1)}` : "";
-    const answer = await api(`/api/v1/jobs/${id}/metrics?max_points=2000${since}`);
-    if (!answer.ok) throw new Error(answer.status);
-    for (const [name, s] of Object.entries(answer.body.series)) {
+    const stamped = Math.max(...SYSTEM_SERIES.map(n => lastStep[n] ?? -1));
+    const [answer, system] = await Promise.all([
+      api(`/api/v1/jobs/${id}/metrics?max_points=2000&exclude=sys/${since}`),
+      api(`/api/v1/jobs/${id}/metrics?max_points=2000&names=${SYSTEM_SERIES.join(",")}&after_step=${stamped}`)]);
+    if (!answer.ok || !system.ok) throw new Error(answer.ok ? system.status : answer.status);
+    for (const [name, s] of [...Object.entries(answer.body.series), ...Object.entries(system.body.series)]) {
       const chart = chartOf(name);
       if (!chart) continue;
       const useStep = chart === charts.steps;
