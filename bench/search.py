@@ -27,7 +27,7 @@ import psycopg
 import requests
 from stack import PG, running_stack
 
-from tests.integration.stack import ADMIN_TOKEN, free_port
+from tests.integration.stack import ADMIN_TOKEN, free_port, wait_until
 
 RUNS, METRICS = 10_000, 20
 FILTER = "metrics.m3 > 0.9 and tags.team = 'vision'"
@@ -102,6 +102,13 @@ def fill_mlflow(python: str, url: str, artifacts: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.ConnectionError:
+        return False
+
+
 def latencies(ask, count: int) -> list[float]:
     for _ in range(5):  # warm: connections, caches, plans
         ask()
@@ -159,13 +166,7 @@ def main() -> None:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
             base = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    if requests.get(f"{base}/health", timeout=1).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                time.sleep(0.2)
+            wait_until(lambda: answers(f"{base}/health"), 60, "MLflow's server up")
             peer = requests.Session()
 
             def ask_mlflow():

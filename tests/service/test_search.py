@@ -297,3 +297,10 @@ def test_whatever_is_typed_reads_or_is_refused_with_a_position_never_an_error(te
                 terms = [compiled] if compile_ is where_clause else compiled
                 for term in terms:
                     str(term.compile(dialect=(postgresql if dialect == "postgresql" else sqlite).dialect()))
+
+
+def test_a_project_s_compare_page_takes_its_finished_runs_only(client, runs):
+    page = client.get("/compare?project=churn").get_data(as_text=True)
+    ids = page.split('name="ids" value="', 1)[1].split('"', 1)[0].split(",")
+    assert set(ids) == {runs["a"], runs["b"], runs["c"]}  # e still runs, d is of another project
+    assert client.get("/projects/churn").status_code == 200 and client.get("/projects/nothing").status_code == 404

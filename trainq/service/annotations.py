@@ -4,6 +4,7 @@ both share; the dashboard renders a note's markdown with raw HTML refused and un
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from trainq.models.spec import TAG_KEY, tag_text
@@ -60,12 +61,19 @@ def note_text(body: Any, field: str = "note") -> str:
     return value
 
 
+SAFE_LINK = re.compile(r"^(https?:|mailto:|/|#|\.{0,2}/?[^:]*$)", re.IGNORECASE)
+
+
+@lru_cache(maxsize=1)
+def renderer():
+    from markdown_it import MarkdownIt
+
+    made = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+    made.validateLink = lambda url: bool(SAFE_LINK.match(url.strip()))
+    return made
+
+
 def markdown_html(text: str) -> str:
     """Markdown as HTML that runs nothing: raw HTML in the text is shown as text, and links other than http(s),
     mailto and relative ones are not made (markdown-it's CommonMark with html off and its link validation)."""
-    from markdown_it import MarkdownIt
-
-    renderer = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
-    safe = re.compile(r"^(https?:|mailto:|/|#|\.{0,2}/?[^:]*$)", re.IGNORECASE)
-    renderer.validateLink = lambda url: bool(safe.match(url.strip()))
-    return renderer.render(text or "")
+    return renderer().render(text or "")

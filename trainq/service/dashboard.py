@@ -250,7 +250,7 @@ def compare():
     ids = ",".join(i for i in request.args.get("ids", "").replace(" ", "").split(",") if i)
     if not ids and request.args.get("project"):  # a project's latest finished runs, from its page
         ids = ",".join(db().scalars(visible(select(Job.id)).where(
-            Job.project == request.args["project"], Job.status.in_(["succeeded", "failed", "cancelled", "pruned"]))
+            Job.project == request.args["project"], Job.status.in_(FINISHED))
             .order_by(Job.created_at.desc()).limit(20)))
     metric = request.args.get("metric", "val_loss")[:64]
     # the page replaces the menu with the metrics the runs reported, once it has them

@@ -22,9 +22,10 @@ from trainq.service.tables import Checkpoint, Dataset, Event, Job, JobStatus, Me
 STATUSES = {s.value for s in JobStatus}
 CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")  # what change_cursor writes; 18 digits stay below 2**63
 
-JOB_FIELDS = ("id", "name", "project", "tags", "note", "sweep_id", "status", "pool", "device", "priority", "params", "created_at", "started_at",
-              "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch", "stop_reason",
-              "cancel_requested", "metrics", "error", "spec", "trial", "pack_id", "dataset_id", "plugins")  # what job_json reads: the job read selects only these
+# what job_json reads: the job read selects only these
+JOB_FIELDS = ("id", "name", "project", "tags", "note", "sweep_id", "status", "pool", "device", "priority", "params",
+              "created_at", "started_at", "finished_at", "worker", "attempts", "epoch", "max_epochs", "best_epoch",
+              "stop_reason", "cancel_requested", "metrics", "error", "spec", "trial", "pack_id", "dataset_id", "plugins")
 
 
 def job_json(job: Job) -> dict[str, Any]:

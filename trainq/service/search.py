@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func, literal, null, select, type_coerce
+from sqlalchemy import Float, String, and_, case, cast, func, literal, null, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -137,7 +137,6 @@ class Comparison:
     key: Key
     op: str  # = != < <= > >= LIKE ILIKE IN NOT IN IS NULL IS NOT NULL
     value: Any  # a number, a string, a tuple of strings (IN), None (IS NULL)
-    at: int
 
 
 class Parser:
@@ -233,24 +232,24 @@ class Parser:
                 self.error(f"{what} compares with = != < <= > >=, not {op}", at)
             if not numeric:
                 self.error(f"{what} compares with a number, not {value.text}", where)
-            return Comparison(key, op, value.value, key.at)
+            return Comparison(key, op, value.value)
         if op in ("IS NULL", "IS NOT NULL"):
             if key.type == "attribute":
                 self.error("IS NULL and IS NOT NULL apply to tags and params only", at)
-            return Comparison(key, op, None, key.at)
+            return Comparison(key, op, None)
         if op in ("IN", "NOT IN"):
             if any(v.kind != "string" for v in value):
                 self.error("an IN list holds quoted strings", next(v for v in value if v.kind != "string"))
-            return Comparison(key, op, tuple(v.value for v in value), key.at)
+            return Comparison(key, op, tuple(v.value for v in value))
         if numeric and key.type == "param":  # trainq's spec keeps numbers: params.optimizer.lr < 0.01
             if op not in NUMERIC_OPS:
                 self.error(f"{op} compares strings; quote the value", where)
-            return Comparison(key, op, value.value, key.at)
+            return Comparison(key, op, value.value)
         if op not in STRING_OPS:
             self.error(f"a {key.type} compares with = != LIKE ILIKE, not {op}", at)
         if not isinstance(value, Token) or value.kind != "string":
             self.error(f"a {key.type} compares with a string in quotes, not {value.text}", where)
-        return Comparison(key, op, value.value, key.at)
+        return Comparison(key, op, value.value)
 
 
 def parse_filter(text: str) -> list[Comparison]:
@@ -313,7 +312,7 @@ def json_text(dialect: str, column, path: tuple) -> ColumnElement:
                     else_=null())
     where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f'."{p}"' for p in path)
     return case((func.json_type(column, where).in_(("text", "integer", "real")), cast(func.json_extract(column, where),
-                                                                                        Job.name.type)),
+                                                                                        String)),
                 (func.json_type(column, where) == "true", literal("true")),
                 (func.json_type(column, where) == "false", literal("false")), else_=null())
 
